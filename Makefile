@@ -1,0 +1,98 @@
+# nimrank: `make` builds build/nimrank, build/nim.so and build/libnimrank.a.
+# `make deps` installs missing Debian packages (as root) or prints the apt-get line.
+# `make test` runs every test; `make test-asan` the same under AddressSanitizer+UBSan.
+
+PREFIX   ?= /usr/local
+BUILD    ?= build
+CC       ?= cc
+PKGS     := lua5.4 libcurl lua5.4-cjson
+DEB_PKGS := pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev lua-cjson \
+            libmicrohttpd-dev lua-yaml curl
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+OPT      ?= -O2 -g
+CFLAGS   ?=
+CFLAGS   += -std=gnu11 $(OPT) $(WARN) $(EXTRA_CFLAGS) -fPIC -fvisibility=hidden \
+            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
+            -DNIMRANK_LUA_DIR='"$(PREFIX)/share/nimrank/lua"'
+LDFLAGS  += $(EXTRA_LDFLAGS)
+# Programs link lua-cjson statically; nim.so links the shared library (the static archive is
+# not position-independent). Neither links liblua: the host provides Lua to nim.so.
+CJSON_A  := -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic
+CJSON_SO := -llua5.4-cjson
+CURL_LIBS:= $(shell pkg-config --libs libcurl 2>/dev/null)
+LUA_LIBS := $(shell pkg-config --libs lua5.4 2>/dev/null)
+
+LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))
+LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
+HDRS     := $(wildcard src/*.h)
+
+C_TESTS  := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
+
+.PHONY: all deps check-deps test test-asan test-valgrind install uninstall clean bench fmt-check
+
+all: check-deps $(BUILD)/nimrank $(BUILD)/nim.so $(BUILD)/libnimrank.a $(BUILD)/fakenim
+
+deps:
+	@sh .ci/deps.sh $(DEB_PKGS)
+
+# Quietly make sure the build can find its libraries; on a fresh machine this installs them.
+check-deps:
+	@pkg-config --exists $(PKGS) libmicrohttpd 2>/dev/null || sh .ci/deps.sh $(DEB_PKGS)
+
+$(BUILD)/obj/%.o: src/%.c $(HDRS) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj $(BUILD)/tests:
+	@mkdir -p $@
+
+$(BUILD)/libnimrank.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+# The module links libcurl and lua-cjson, never liblua: the host provides Lua.
+$(BUILD)/nim.so: $(LIB_OBJ)
+	$(CC) -shared -o $@ $^ $(CJSON_SO) $(CURL_LIBS) -lm $(LDFLAGS) -Wl,--exclude-libs,ALL
+
+$(BUILD)/nimrank: src/main.c $(BUILD)/libnimrank.a $(HDRS)
+	$(CC) $(CFLAGS) -o $@ src/main.c $(BUILD)/libnimrank.a $(CJSON_A) $(CURL_LIBS) \
+	    $(LUA_LIBS) -lm -ldl $(LDFLAGS) -Wl,-E
+
+$(BUILD)/fakenim: tests/fake/fakenim.c | $(BUILD)/obj
+	$(CC) $(CFLAGS) -DFAKENIM_SCRIPT='"$(CURDIR)/tests/fake/fakenim.lua"' -o $@ $< \
+	    $(CJSON_A) $(LUA_LIBS) $(shell pkg-config --libs libmicrohttpd) \
+	    -lpthread -lm -ldl $(LDFLAGS)
+
+$(BUILD)/tests/test_%: tests/c/test_%.c $(BUILD)/libnimrank.a tests/c/ctest.h | $(BUILD)/tests
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libnimrank.a $(CJSON_A) $(CURL_LIBS) $(LUA_LIBS) \
+	    -lm -ldl $(LDFLAGS)
+
+test: all $(C_TESTS)
+	@sh tests/run.sh $(BUILD)
+
+# A separate build tree, so sanitizer objects never mix with the normal ones.
+test-asan:
+	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
+	    EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	    EXTRA_LDFLAGS="-fsanitize=address,undefined" test
+
+test-valgrind: all $(C_TESTS)
+	@sh tests/valgrind.sh $(BUILD)
+
+bench: all
+	@sh bench/overhead.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
+	    $(DESTDIR)$(PREFIX)/lib/lua/5.4 $(DESTDIR)$(PREFIX)/share/nimrank/lua/nim
+	install -m 755 $(BUILD)/nimrank $(DESTDIR)$(PREFIX)/bin/nimrank
+	install -m 644 $(BUILD)/libnimrank.a $(DESTDIR)$(PREFIX)/lib/libnimrank.a
+	install -m 644 src/nimrank.h $(DESTDIR)$(PREFIX)/include/nimrank.h
+	install -m 755 $(BUILD)/nim.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/nim.so
+	install -m 644 lua/nim/*.lua $(DESTDIR)$(PREFIX)/share/nimrank/lua/nim/
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/nimrank $(DESTDIR)$(PREFIX)/lib/libnimrank.a \
+	    $(DESTDIR)$(PREFIX)/include/nimrank.h $(DESTDIR)$(PREFIX)/lib/lua/5.4/nim.so
+	rm -rf $(DESTDIR)$(PREFIX)/share/nimrank
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,173 @@
+-- nim.cli: the subcommands of the nimrank host program. main(command, args) -> exit code.
+-- Exit codes: 0 success, 1 provider/runtime failure, 2 usage error.
+local nim = require "nim"
+local json = require "nim.json"
+
+local M = {}
+
+local EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+M.DEFAULT_NIM_MODEL = "nvidia_nim/nvidia/llama-nemotron-rerank-1b-v2"
+M.OFFLINE_MODEL = "local/bm25"
+
+local RERANK_HELP = [[
+usage: nimrank rerank [--model M] --query Q [options] [DOC...]
+
+Reranks documents against a query and prints the response JSON on stdout.
+
+Documents come from the arguments, or with --docs from a file ('-' for stdin): one document
+per line, or JSON lines ({"text": ...}). Blank lines are skipped.
+
+Options:
+  -m, --model M         model, e.g. nvidia_nim/nvidia/llama-nemotron-rerank-1b-v2 or
+                        nvidia_nim/ranking/<model>. Default: $NIMRANK_MODEL, else
+                        ]] .. M.DEFAULT_NIM_MODEL .. [[ when NVIDIA_NIM_API_KEY
+                        is set, else the embedded offline reranker local/bm25
+  -q, --query Q         the query (required)
+  -n, --top-n N         return the N best results
+      --truncate MODE   END or NONE
+      --api-base URL    base URL or full endpoint URL of the NIM service
+      --docs FILE       read documents from FILE ('-' = stdin)
+      --no-documents    leave the document text out of the results
+      --timeout SECONDS total time allowed for the request (default 60)
+  -H, --header 'K: V'   extra HTTP header (repeatable)
+  -h, --help            show this help
+  -v, --version         print the version
+
+The API key is read from NVIDIA_NIM_API_KEY (never from the command line, where other users
+could see it). Exit status: 0 success, 1 provider or network failure, 2 usage error.
+]]
+
+local function usage_error(cmd, msg)
+  io.stderr:write(("nimrank %s: %s\n(see 'nimrank %s --help')\n"):format(cmd, msg, cmd))
+  return EXIT_USAGE
+end
+
+-- Reads documents: one per line; a line starting with '{' is a JSON object.
+local function read_docs(path, docs)
+  local f, err
+  if path == "-" then f = io.stdin else f, err = io.open(path, "rb") end
+  if not f then return nil, ("--docs: %s"):format(err) end
+  local n = 0
+  for line in f:lines() do
+    n = n + 1
+    line = line:gsub("\r$", "")
+    if line:match("^%s*{") then
+      local ok, v = pcall(json.decode, line)
+      if not ok or type(v) ~= "table" then
+        if f ~= io.stdin then f:close() end
+        return nil, ("--docs %s:%d: not a JSON object"):format(path, n)
+      end
+      docs[#docs + 1] = v
+    elseif line:match("%S") then
+      docs[#docs + 1] = line
+    end
+  end
+  if f ~= io.stdin then f:close() end
+  return docs
+end
+
+local function parse_rerank_args(args)
+  local o = { docs = {}, headers = nil }
+  local i = 1
+  local function value(name)
+    i = i + 1
+    if args[i] == nil then error({ usage = name .. ": needs a value" }) end
+    return args[i]
+  end
+  while i <= #args do
+    local a = args[i]
+    local name, inline = a:match("^(%-%-[%w%-]+)=(.*)$")
+    if name then
+      a = name
+      table.insert(args, i + 1, inline)
+    end
+    if a == "-h" or a == "--help" then o.help = true
+    elseif a == "-v" or a == "--version" then o.version = true
+    elseif a == "-m" or a == "--model" then o.model = value(a)
+    elseif a == "-q" or a == "--query" then o.query = value(a)
+    elseif a == "-n" or a == "--top-n" then
+      local v = value(a)
+      o.top_n = math.tointeger(tonumber(v))
+      if not o.top_n or o.top_n < 1 then error({ usage = a .. ": expected an integer >= 1, got " .. v }) end
+    elseif a == "--truncate" then o.truncate = value(a)
+    elseif a == "--api-base" then o.api_base = value(a)
+    elseif a == "--docs" then o.docs_file = value(a)
+    elseif a == "--no-documents" then o.return_documents = false
+    elseif a == "--timeout" then
+      local v = value(a)
+      o.timeout = tonumber(v)
+      if not o.timeout or o.timeout <= 0 then error({ usage = a .. ": expected seconds > 0, got " .. v }) end
+    elseif a == "-H" or a == "--header" then
+      local v = value(a)
+      local k, hv = v:match("^([^:]+):%s*(.*)$")
+      if not k then error({ usage = a .. ": expected 'Name: value'" }) end
+      o.headers = o.headers or {}
+      o.headers[k] = hv
+    elseif a == "--" then
+      for j = i + 1, #args do o.docs[#o.docs + 1] = args[j] end
+      break
+    elseif a:sub(1, 1) == "-" and a ~= "-" then
+      error({ usage = "unknown option " .. a })
+    else
+      o.docs[#o.docs + 1] = a
+    end
+    i = i + 1
+  end
+  return o
+end
+
+-- The model when none is given: an explicit default, else NIM with a key, else offline.
+function M.default_model()
+  local env = os.getenv("NIMRANK_MODEL")
+  if env and env ~= "" then return env, nil end
+  local key = os.getenv("NVIDIA_NIM_API_KEY")
+  if key and key ~= "" then return M.DEFAULT_NIM_MODEL, nil end
+  return M.OFFLINE_MODEL,
+    "no --model and no NVIDIA_NIM_API_KEY: using the embedded offline reranker local/bm25"
+end
+
+function M.rerank(args)
+  local ok, o = pcall(parse_rerank_args, args)
+  if not ok then
+    if type(o) == "table" and o.usage then return usage_error("rerank", o.usage) end
+    error(o, 0)
+  end
+  if o.help then io.stdout:write(RERANK_HELP); return EXIT_OK end
+  if o.version then print("nimrank " .. nim.version); return EXIT_OK end
+  if not o.query then return usage_error("rerank", "--query is required") end
+  if o.docs_file then
+    local _, err = read_docs(o.docs_file, o.docs)
+    if err then return usage_error("rerank", err) end
+  end
+  if #o.docs == 0 then return usage_error("rerank", "no documents (give DOC arguments or --docs)") end
+  local model = o.model
+  if not model then
+    local note
+    model, note = M.default_model()
+    if note then io.stderr:write("nimrank rerank: ", note, "\n") end
+  end
+  local call_ok, res, err = pcall(nim.rerank, {
+    model = model, query = o.query, documents = o.docs, top_n = o.top_n,
+    truncate = o.truncate, api_base = o.api_base, return_documents = o.return_documents,
+    timeout = o.timeout, headers = o.headers,
+  })
+  if not call_ok then
+    return usage_error("rerank", (tostring(res):gsub("^nim%.rerank: ", "")))
+  end
+  if not res then
+    io.stderr:write("nimrank rerank: ", tostring(err), "\n")
+    return EXIT_FAILURE
+  end
+  io.stdout:write(json.encode(res), "\n")
+  return EXIT_OK
+end
+
+local COMMANDS = { rerank = M.rerank }
+
+function M.main(command, args)
+  local fn = COMMANDS[command]
+  if not fn then return usage_error(command, "unknown command") end
+  return fn(args)
+end
+
+return M

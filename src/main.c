@@ -1,0 +1,239 @@
+/* main.c: the `nimrank` host program. Creates the Lua state, opens `nim`, finds the Lua layer
+ * and dispatches a subcommand. All set-up runs inside one protected call (as lua.c's pmain). */
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include <lua-cjson.h>
+
+#include "nimrank.h"
+
+#ifndef NIMRANK_LUA_DIR
+#define NIMRANK_LUA_DIR "/usr/local/share/nimrank/lua"
+#endif
+
+static const char *progname = "nimrank";
+
+static const char usage[] =
+    "usage: nimrank [options] [SCRIPT.lua [ARGS...]]\n"
+    "       nimrank COMMAND [options]\n"
+    "\n"
+    "nimrank runs Lua 5.4 scripts with the `nim` reranking module preloaded.\n"
+    "\n"
+    "Commands:\n"
+    "  rerank           rerank documents against a query and print JSON\n"
+    "                   (nimrank rerank --help for its options)\n"
+    "\n"
+    "Options:\n"
+    "  -e CODE          run CODE (a Lua chunk)\n"
+    "  -h, --help       show this help\n"
+    "  -v, --version    print the version\n"
+    "\n"
+    "Environment:\n"
+    "  NVIDIA_NIM_API_KEY          key for the hosted NVIDIA API\n"
+    "  NVIDIA_NIM_RERANK_API_BASE  base URL for reranking (wins over NVIDIA_NIM_API_BASE)\n"
+    "  NVIDIA_NIM_API_BASE         base URL (ignored when it names integrate.api.nvidia.com)\n"
+    "  NIMRANK_LUA_PATH            directory holding the Lua layer (nim/*.lua)\n"
+    "  NIMRANK_CA_BUNDLE           CA certificate bundle for TLS verification\n";
+
+/* The message handler of every chunk: the error plus a traceback. */
+static int msghandler(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+static int docall(lua_State *L, int narg, int nres) {
+    int base = lua_gettop(L) - narg;
+    lua_pushcfunction(L, msghandler);
+    lua_insert(L, base);
+    int status = lua_pcall(L, narg, nres, base);
+    lua_remove(L, base);
+    return status;
+}
+
+static int report(lua_State *L, int status) {
+    if (status != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        fprintf(stderr, "%s: %s\n", progname, msg ? msg : "(error)");
+        fflush(stderr);
+        lua_pop(L, 1);
+    }
+    return status;
+}
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* The Lua layer: $NIMRANK_LUA_PATH, else lua/ beside the binary or one level up (build/),
+ * else the install prefix. */
+#define DIR_MAX (PATH_MAX + 16)
+
+static void find_lua_dir(char *out, size_t cap) {
+    const char *env = getenv("NIMRANK_LUA_PATH");
+    if (env && *env) {
+        snprintf(out, cap, "%s", env);
+        return;
+    }
+    char exe[PATH_MAX - 16];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = '\0';
+        char cand[PATH_MAX + 16];
+        snprintf(cand, sizeof cand, "%s/lua/nim", exe);
+        if (is_dir(cand)) {
+            snprintf(out, cap, "%s/lua", exe);
+            return;
+        }
+        snprintf(cand, sizeof cand, "%s/../lua/nim", exe);
+        if (is_dir(cand)) {
+            snprintf(out, cap, "%s/../lua", exe);
+            return;
+        }
+    }
+    snprintf(out, cap, "%s", NIMRANK_LUA_DIR);
+}
+
+static void set_package_path(lua_State *L) {
+    char dir[DIR_MAX];
+    find_lua_dir(dir, sizeof dir);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 1);
+    lua_pushstring(L, dir);
+    lua_setfield(L, -2, "nimrank_lua_dir");
+    lua_pop(L, 1);
+}
+
+/* arg table as lua.c builds it: script at 0, its arguments from 1, the program before. */
+static void create_arg_table(lua_State *L, char **argv, int argc, int script) {
+    lua_createtable(L, argc - script - 1, script + 1);
+    for (int i = 0; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i - script);
+    }
+    lua_setglobal(L, "arg");
+}
+
+static int run_script(lua_State *L, char **argv, int argc, int script) {
+    create_arg_table(L, argv, argc, script);
+    const char *fname = strcmp(argv[script], "-") == 0 ? NULL : argv[script];
+    int status = luaL_loadfile(L, fname);
+    if (status != LUA_OK) return status;
+    int n = argc - script - 1;
+    luaL_checkstack(L, n, "too many arguments to script");
+    for (int i = script + 1; i < argc; i++) lua_pushstring(L, argv[i]);
+    return docall(L, n, 0);
+}
+
+/* nimrank COMMAND args...: require("nim.cli").main(command, {args}) -> exit code. */
+static int run_command(lua_State *L, char **argv, int argc, int *exit_code) {
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "nim.cli");
+    int status = docall(L, 1, 1);
+    if (status != LUA_OK) return status;
+    lua_getfield(L, -1, "main");
+    lua_remove(L, -2);
+    lua_pushstring(L, argv[1]);
+    lua_createtable(L, argc - 2, 0);
+    for (int i = 2; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i - 1);
+    }
+    status = docall(L, 2, 1);
+    if (status == LUA_OK) {
+        *exit_code = (int)luaL_optinteger(L, -1, 0);
+        lua_pop(L, 1);
+    }
+    return status;
+}
+
+static int is_command(const char *s) { return strcmp(s, "rerank") == 0; }
+
+static int pmain(lua_State *L) {
+    int argc = (int)lua_tointeger(L, 1);
+    char **argv = lua_touserdata(L, 2);
+    int *exit_code = lua_touserdata(L, 3);
+    luaL_checkversion(L);
+    luaL_openlibs(L);
+    /* cjson is linked in: `require "cjson"` needs no cjson.so beside the binary. */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_cjson);
+    lua_setfield(L, -2, "cjson");
+    lua_pop(L, 1);
+    luaL_requiref(L, "nim", luaopen_nim, 1); /* also the global `nim` */
+    lua_pop(L, 1);
+    set_package_path(L);
+
+    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        *exit_code = argc < 2 ? 2 : 0;
+        return 0;
+    }
+    if (strcmp(argv[1], "-v") == 0 || strcmp(argv[1], "--version") == 0) {
+        printf("nimrank %s (%s)\n", NIMRANK_VERSION, LUA_RELEASE);
+        return 0;
+    }
+    int status;
+    if (strcmp(argv[1], "-e") == 0) {
+        if (argc < 3) {
+            fprintf(stderr, "%s: -e needs an argument\n%s", progname, usage);
+            *exit_code = 2;
+            return 0;
+        }
+        create_arg_table(L, argv, argc, 0);
+        status = luaL_loadbuffer(L, argv[2], strlen(argv[2]), "=(command line)");
+        if (status == LUA_OK) status = docall(L, 0, 0);
+    } else if (is_command(argv[1])) {
+        status = run_command(L, argv, argc, exit_code);
+    } else if (argv[1][0] == '-' && argv[1][1] != '\0') {
+        fprintf(stderr, "%s: unknown option '%s'\n%s", progname, argv[1], usage);
+        *exit_code = 2;
+        return 0;
+    } else {
+        status = run_script(L, argv, argc, 1);
+    }
+    if (report(L, status) != LUA_OK) *exit_code = 1;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    int exit_code = 0;
+    if (argv[0] && argv[0][0]) progname = "nimrank";
+    signal(SIGPIPE, SIG_IGN); /* a closed stdout or socket is an error, not a death */
+    if (nimrank_global_init() != 0) {
+        fprintf(stderr, "%s: cannot initialise libcurl\n", progname);
+        return 1;
+    }
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);
+        return 1;
+    }
+    lua_pushcfunction(L, pmain);
+    lua_pushinteger(L, argc);
+    lua_pushlightuserdata(L, argv);
+    lua_pushlightuserdata(L, &exit_code);
+    int status = lua_pcall(L, 3, 0, 0);
+    report(L, status);
+    lua_close(L);
+    return status == LUA_OK ? exit_code : 1;
+}

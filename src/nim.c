@@ -1,0 +1,771 @@
+/* nim.c: the `nim` Lua module. Argument checking, Lua tables <-> C, the blocking call.
+ * Misuse raises naming the field; failures of the world return nil, err (DESIGN.md). */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <curl/curl.h>
+#include <lauxlib.h>
+#include <lua-cjson.h>
+#include <lua.h>
+
+#include "engine.h"
+#include "nimrank.h"
+#include "resolve.h"
+#include "wire.h"
+
+/* Upvalues shared by every function of the module: no per-process globals for state data. */
+enum { UV_CTX = 1, UV_ENCODE, UV_DECODE, UV_CATALOG, UV_SETTINGS, UV_ARRAY_MT, UV_COUNT = 6 };
+
+#define ERROR_MT "nim.Error"
+#define CALL_MT "nim.Call"
+#define DEFAULT_MAX_PASSAGES 512
+#define DEFAULT_TIMEOUT_S 60.0
+#define DEFAULT_CONNECT_TIMEOUT_S 10.0
+
+typedef struct {
+    nim_engine *engine;
+} nim_ctx;
+
+/* Everything malloc'ed for one call lives here, so a raise never leaks: __gc frees it. */
+typedef struct {
+    nim_transfer *t;
+    struct curl_slist *headers;
+    char *body;
+} nim_call;
+
+int nimrank_global_init(void) {
+    static int done;
+    if (done) return 0;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return -1;
+    done = 1;
+    return 0;
+}
+
+static nim_ctx *ctx_of(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(UV_CTX)); }
+
+static int ctx_gc(lua_State *L) {
+    nim_ctx *c = lua_touserdata(L, 1);
+    nim_engine_free(c->engine); /* detaches transfers still owned by calls */
+    c->engine = NULL;
+    return 0;
+}
+
+static int call_gc(lua_State *L) {
+    nim_call *c = luaL_checkudata(L, 1, CALL_MT);
+    nim_transfer_free(c->t);
+    curl_slist_free_all(c->headers);
+    free(c->body);
+    c->t = NULL;
+    c->headers = NULL;
+    c->body = NULL;
+    return 0;
+}
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+static int error_tostring(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "type");
+    lua_getfield(L, 1, "status");
+    lua_getfield(L, 1, "message");
+    lua_getfield(L, 1, "model");
+    lua_Integer status = lua_tointeger(L, -3);
+    if (status > 0)
+        lua_pushfstring(L, "nim: %s (HTTP %I): %s", luaL_optstring(L, -4, "error"), status,
+                        luaL_optstring(L, -2, ""));
+    else
+        lua_pushfstring(L, "nim: %s: %s", luaL_optstring(L, -4, "error"),
+                        luaL_optstring(L, -2, ""));
+    if (lua_type(L, -2) == LUA_TSTRING) {
+        lua_pushfstring(L, " [model %s]", lua_tostring(L, -2));
+        lua_concat(L, 2);
+    }
+    return 1;
+}
+
+/* Replaces every occurrence of the key in the string on top of the stack. */
+static void redact_top(lua_State *L, const char *key) {
+    if (!key || strlen(key) < 4 || !strstr(lua_tostring(L, -1), key)) return;
+    luaL_gsub(L, lua_tostring(L, -1), key, "[redacted]");
+    lua_remove(L, -2);
+}
+
+/* Pushes nil and an error table; the message is on top of the stack (consumed). */
+static int push_failure(lua_State *L, nim_err_type type, long status, int retryable,
+                        const char *model, const char *key) {
+    redact_top(L, key);
+    int msg = lua_gettop(L);
+    lua_pushnil(L);
+    lua_createtable(L, 0, 8);
+    lua_pushinteger(L, status);
+    lua_setfield(L, -2, "status");
+    lua_pushstring(L, nim_err_type_name(type));
+    lua_setfield(L, -2, "type");
+    lua_pushvalue(L, msg);
+    lua_setfield(L, -2, "message");
+    lua_pushboolean(L, retryable);
+    lua_setfield(L, -2, "retryable");
+    lua_pushliteral(L, "nvidia_nim");
+    lua_setfield(L, -2, "provider");
+    lua_pushstring(L, model);
+    lua_setfield(L, -2, "model");
+    luaL_setmetatable(L, ERROR_MT);
+    lua_remove(L, msg);
+    return 2;
+}
+
+/* ---- argument checking ----------------------------------------------------------------- */
+
+static int field_error(lua_State *L, const char *field, const char *what) {
+    return luaL_error(L, "nim.rerank: %s: %s", field, what);
+}
+
+static int type_error(lua_State *L, const char *field, const char *expected, int idx) {
+    return luaL_error(L, "nim.rerank: %s: expected %s, got %s", field, expected,
+                      luaL_typename(L, idx));
+}
+
+static const char *opt_string(lua_State *L, int args, const char *field) {
+    int t = lua_getfield(L, args, field);
+    const char *s = NULL;
+    if (t == LUA_TSTRING) s = lua_tostring(L, -1);
+    else if (t != LUA_TNIL) type_error(L, field, "string", -1);
+    lua_pop(L, 1); /* still referenced by args, so s stays valid */
+    return s;
+}
+
+/* An integer >= 1, or 0 when absent. Floats with a fraction, booleans, strings: errors. */
+static lua_Integer opt_count(lua_State *L, int args, const char *field) {
+    int t = lua_getfield(L, args, field);
+    lua_Integer v = 0;
+    if (t != LUA_TNIL) {
+        int isint = 0;
+        if (t == LUA_TNUMBER) v = lua_tointegerx(L, -1, &isint);
+        if (!isint) type_error(L, field, "an integer >= 1", -1);
+        if (v < 1) luaL_error(L, "nim.rerank: %s: must be an integer >= 1 (got %I)", field, v);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static double opt_seconds(lua_State *L, int args, const char *field, double dflt) {
+    int t = lua_getfield(L, args, field);
+    double v = dflt;
+    if (t == LUA_TNUMBER) {
+        v = lua_tonumber(L, -1);
+        if (!(v > 0 && v < 1e7)) field_error(L, field, "must be a number of seconds > 0");
+    } else if (t != LUA_TNIL) {
+        type_error(L, field, "a number of seconds", -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static int opt_bool(lua_State *L, int args, const char *field, int dflt) {
+    int t = lua_getfield(L, args, field);
+    int v = dflt;
+    if (t == LUA_TBOOLEAN) v = lua_toboolean(L, -1);
+    else if (t != LUA_TNIL) type_error(L, field, "boolean", -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Request parameters the native call understands. */
+static const char *const known_params[] = {"model", "query", "documents", "top_n", "top_k",
+                                           "truncate", "return_documents", NULL};
+/* Transport and policy options: never "unsupported", even when this layer ignores them. */
+static const char *const transport_options[] = {
+    "api_key",   "api_base",   "timeout",     "connect_timeout",    "headers",
+    "drop_params", "num_retries", "max_retries", "ca_bundle",        "max_response_bytes",
+    "request_timeout", "metadata", "fallbacks", "user",             "custom_llm_provider",
+    NULL};
+
+static int in_list(const char *const *list, const char *s) {
+    for (; *list; list++)
+        if (strcmp(*list, s) == 0) return 1;
+    return 0;
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Collects unknown keys into a sorted list at the top of the stack (a table; empty if none).
+ * Names only: values are never printed. */
+static void unknown_params(lua_State *L, int args) {
+    const char *names[64];
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, args)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "nim.rerank: arguments: keys must be strings, got a %s key",
+                       luaL_typename(L, -1));
+        const char *k = lua_tostring(L, -1);
+        if (!in_list(known_params, k) && !in_list(transport_options, k) &&
+            n < (int)(sizeof names / sizeof names[0]))
+            names[n++] = k; /* alive: the key is held by args */
+    }
+    qsort(names, (size_t)n, sizeof names[0], cmp_str);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushstring(L, names[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+}
+
+/* Looks the cleaned model up in nim.catalog; fills entry and limits. A malformed entry
+ * raises: catalog lookups never fall open to the derived rules. */
+static int catalog_lookup(lua_State *L, const char *clean, nim_catalog_entry *entry,
+                          lua_Integer *max_passages) {
+    int top = lua_gettop(L);
+    *max_passages = DEFAULT_MAX_PASSAGES;
+    memset(entry, 0, sizeof *entry);
+    int t = lua_getfield(L, lua_upvalueindex(UV_CATALOG), clean);
+    if (t == LUA_TNIL) {
+        lua_settop(L, top);
+        return 0;
+    }
+    if (t != LUA_TTABLE)
+        luaL_error(L, "nim.catalog['%s']: expected table, got %s", clean, luaL_typename(L, -1));
+    static const char *const fields[] = {"endpoint_path", "body_model"};
+    for (int i = 0; i < 2; i++) {
+        int ft = lua_getfield(L, -1 - i, fields[i]);
+        if (ft != LUA_TNIL && ft != LUA_TSTRING)
+            luaL_error(L, "nim.catalog['%s'].%s: expected string, got %s", clean, fields[i],
+                       luaL_typename(L, -1));
+    }
+    entry->body_model = lua_tostring(L, -1);
+    entry->endpoint_path = lua_tostring(L, -2);
+    lua_getfield(L, -3, "max_passages");
+    if (!lua_isnil(L, -1)) {
+        int isint;
+        *max_passages = lua_tointegerx(L, -1, &isint);
+        if (!isint || *max_passages < 1)
+            luaL_error(L, "nim.catalog['%s'].max_passages: expected an integer >= 1", clean);
+    }
+    lua_pop(L, 1);
+    /* The entry table and its strings stay on the stack (anchored) until the caller is done. */
+    return 1;
+}
+
+static int header_name_ok(const char *s) {
+    if (!*s) return 0;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || strchr("!#$%&'*+-.^_`|~", *s))) return 0;
+    return 1;
+}
+
+static int header_value_ok(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 && s[i] != '\t') return 0;
+    return 1;
+}
+
+static void add_header(lua_State *L, nim_call *call) {
+    struct curl_slist *h = curl_slist_append(call->headers, lua_tostring(L, -1));
+    if (!h) luaL_error(L, "nim.rerank: out of memory");
+    call->headers = h;
+    lua_pop(L, 1);
+}
+
+/* Caller headers override ours by name (case-insensitive); a caller's Authorization wins. */
+static int caller_has_header(lua_State *L, int headers, const char *name) {
+    if (headers == 0) return 0;
+    lua_pushnil(L);
+    while (lua_next(L, headers)) {
+        lua_pop(L, 1);
+        if (strcasecmp(lua_tostring(L, -1), name) == 0) {
+            lua_pop(L, 1);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void build_headers(lua_State *L, nim_call *call, int headers, const char *key) {
+    if (headers) {
+        lua_pushnil(L);
+        while (lua_next(L, headers)) {
+            if (lua_type(L, -2) != LUA_TSTRING || !header_name_ok(lua_tostring(L, -2)))
+                luaL_error(L, "nim.rerank: headers: invalid header name");
+            if (lua_type(L, -1) != LUA_TSTRING)
+                luaL_error(L, "nim.rerank: headers['%s']: expected string, got %s",
+                           lua_tostring(L, -2), luaL_typename(L, -1));
+            size_t n;
+            const char *v = lua_tolstring(L, -1, &n);
+            if (!header_value_ok(v, n))
+                luaL_error(L, "nim.rerank: headers['%s']: value has control characters",
+                           lua_tostring(L, -2));
+            lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), v);
+            add_header(L, call);
+            lua_pop(L, 1);
+        }
+    }
+    if (!caller_has_header(L, headers, "Accept")) {
+        lua_pushliteral(L, "Accept: application/json");
+        add_header(L, call);
+    }
+    if (!caller_has_header(L, headers, "Content-Type")) {
+        lua_pushliteral(L, "Content-Type: application/json");
+        add_header(L, call);
+    }
+    if (!caller_has_header(L, headers, "User-Agent")) {
+        lua_pushfstring(L, "User-Agent: nimrank/%s (libcurl/%s)", NIMRANK_VERSION,
+                        curl_version_info(CURLVERSION_NOW)->version);
+        add_header(L, call);
+    }
+    if (key && !caller_has_header(L, headers, "Authorization")) {
+        lua_pushfstring(L, "Authorization: Bearer %s", key);
+        add_header(L, call);
+    }
+}
+
+static const char *settings_string(lua_State *L, const char *field) {
+    lua_getfield(L, lua_upvalueindex(UV_SETTINGS), field);
+    const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    lua_pop(L, 1); /* held by the settings table */
+    return s;
+}
+
+static int settings_bool(lua_State *L, const char *field) {
+    lua_getfield(L, lua_upvalueindex(UV_SETTINGS), field);
+    int v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static double settings_number(lua_State *L, const char *field, double dflt) {
+    lua_getfield(L, lua_upvalueindex(UV_SETTINGS), field);
+    double v = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : dflt;
+    lua_pop(L, 1);
+    return v;
+}
+
+static void push_empty_result(lua_State *L) {
+    char uuid[37];
+    nim_uuid4(uuid);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, uuid);
+    lua_setfield(L, -2, "id");
+    lua_newtable(L);
+    lua_pushvalue(L, lua_upvalueindex(UV_ARRAY_MT));
+    lua_setmetatable(L, -2);
+    lua_setfield(L, -2, "results");
+    lua_createtable(L, 0, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushinteger(L, 0);
+    lua_setfield(L, -2, "total_tokens");
+    lua_setfield(L, -2, "billed_units");
+    lua_setfield(L, -2, "meta");
+}
+
+/* Adds provider, family, model and dropped_params to res.meta (res on top of the stack). */
+static void annotate_meta(lua_State *L, const nim_route *r, int dropped, double seconds) {
+    lua_getfield(L, -1, "meta");
+    lua_pushliteral(L, "nvidia_nim");
+    lua_setfield(L, -2, "provider");
+    lua_pushstring(L, nim_family_name(r->family));
+    lua_setfield(L, -2, "family");
+    lua_pushstring(L, r->body_model);
+    lua_setfield(L, -2, "model");
+    if (seconds >= 0) {
+        lua_pushnumber(L, seconds * 1000.0);
+        lua_setfield(L, -2, "latency_ms");
+    }
+    if (lua_rawlen(L, dropped) > 0) {
+        lua_pushvalue(L, dropped);
+        lua_pushvalue(L, lua_upvalueindex(UV_ARRAY_MT));
+        lua_setmetatable(L, -2);
+        lua_setfield(L, -2, "dropped_params");
+    }
+    lua_pop(L, 1);
+}
+
+/* nim.rerank{...} -> result | nil, err */
+static int nim_rerank(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    const int args = 1;
+
+    /* 2: unsupported parameters, sorted */
+    unknown_params(L, args);
+    const int dropped = 2;
+    if (lua_rawlen(L, dropped) > 0 &&
+        !opt_bool(L, args, "drop_params", settings_bool(L, "drop_params"))) {
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, dropped); i++) {
+            if (i > 1) luaL_addstring(&b, ", ");
+            lua_rawgeti(L, dropped, i);
+            luaL_addvalue(&b);
+        }
+        luaL_pushresult(&b);
+        return luaL_error(L,
+                          "nim.rerank: unsupported parameters for nvidia_nim: %s "
+                          "(pass drop_params = true to drop them)",
+                          lua_tostring(L, -1));
+    }
+
+    const char *model = opt_string(L, args, "model");
+    if (!model) return field_error(L, "model", "required (e.g. \"nvidia_nim/nvidia/...\")");
+
+    /* 3: query */
+    if (lua_getfield(L, args, "query") != LUA_TSTRING) type_error(L, "query", "string", -1);
+    const int query = 3;
+    if (lua_rawlen(L, query) == 0) field_error(L, "query", "must not be empty");
+
+    /* 4: documents */
+    if (lua_getfield(L, args, "documents") != LUA_TTABLE)
+        type_error(L, "documents", "a list of strings or tables", -1);
+    const int documents = 4;
+    lua_Integer ndocs = (lua_Integer)lua_rawlen(L, documents);
+
+    lua_Integer top_n = opt_count(L, args, "top_n");
+    lua_Integer top_k = opt_count(L, args, "top_k");
+    if (top_n && top_k && top_n != top_k)
+        luaL_error(L, "nim.rerank: top_n and top_k: both given with different values (%I, %I)",
+                   top_n, top_k);
+    if (!top_n) top_n = top_k;
+
+    const char *truncate = opt_string(L, args, "truncate");
+    if (truncate && strcmp(truncate, "NONE") != 0 && strcmp(truncate, "END") != 0)
+        luaL_error(L, "nim.rerank: truncate: must be \"NONE\" or \"END\" (got \"%s\")", truncate);
+    int return_documents = opt_bool(L, args, "return_documents", 1);
+    double timeout = opt_seconds(L, args, "timeout",
+                                 settings_number(L, "timeout", DEFAULT_TIMEOUT_S));
+    double connect_timeout = opt_seconds(
+        L, args, "connect_timeout", settings_number(L, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_S));
+    const char *ca_bundle = opt_string(L, args, "ca_bundle");
+    if (!ca_bundle) ca_bundle = settings_string(L, "ca_bundle");
+    lua_Integer max_response = opt_count(L, args, "max_response_bytes");
+    const char *api_base = opt_string(L, args, "api_base");
+    const char *api_key = opt_string(L, args, "api_key");
+    if (!api_key || !*api_key) api_key = getenv("NVIDIA_NIM_API_KEY");
+    if (api_key && !*api_key) api_key = NULL;
+    if (api_key && !header_value_ok(api_key, strlen(api_key)))
+        field_error(L, "api_key", "contains control characters");
+
+    /* 5: headers (or a placeholder) */
+    int ht = lua_getfield(L, args, "headers");
+    if (ht != LUA_TNIL && ht != LUA_TTABLE) type_error(L, "headers", "table", -1);
+    const int headers = ht == LUA_TTABLE ? 5 : 0;
+
+    /* Route. The catalog entry (6) stays on the stack while its strings are in use. */
+    nim_family family;
+    const char *clean;
+    char err[512];
+    if (nim_model_parse(model, &family, &clean, err, sizeof err) != 0)
+        return luaL_error(L, "nim.rerank: %s", err);
+    nim_catalog_entry entry;
+    lua_Integer max_passages;
+    int has_entry = catalog_lookup(L, clean, &entry, &max_passages);
+    nim_route route;
+    if (nim_resolve(model, api_base, has_entry ? &entry : NULL, NULL, NULL, &route, err,
+                    sizeof err) != 0)
+        return luaL_error(L, "nim.rerank: %s", err);
+
+    if (ndocs > max_passages) {
+        lua_pushfstring(L,
+                        "documents: %I documents exceed the limit of %I passages per request "
+                        "for %s; split them into batches of at most %I",
+                        ndocs, max_passages, route.model, max_passages);
+        return push_failure(L, NIM_ERR_BAD_REQUEST, 0, 0, model, api_key);
+    }
+    if (!api_key && route.hosted) {
+        lua_pushfstring(L, "no API key for the hosted NVIDIA API: pass api_key or set "
+                           "NVIDIA_NIM_API_KEY");
+        return push_failure(L, NIM_ERR_AUTH, 0, 0, model, NULL);
+    }
+
+    /* Passages and body; every document is checked before anything is sent. */
+    int encode = lua_upvalueindex(UV_ENCODE);
+    nim_wire_passages(L, documents, encode, family);
+    int passages = lua_gettop(L);
+    if (ndocs == 0) { /* nothing to rank: no network call */
+        push_empty_result(L);
+        annotate_meta(L, &route, dropped, -1);
+        return 1;
+    }
+    lua_Integer send_top_k = 0;
+    if (family == NIM_FAMILY_RETRIEVAL && top_n > 0) send_top_k = top_n < ndocs ? top_n : ndocs;
+    nim_wire_body(L, encode, route.body_model, query, passages, send_top_k, truncate);
+    int body = lua_gettop(L);
+
+    nim_call *call = lua_newuserdatauv(L, sizeof *call, 0);
+    memset(call, 0, sizeof *call);
+    luaL_setmetatable(L, CALL_MT);
+    build_headers(L, call, headers, api_key);
+    size_t body_len;
+    const char *body_s = lua_tolstring(L, body, &body_len);
+    call->body = malloc(body_len + 1);
+    if (!call->body) return luaL_error(L, "nim.rerank: out of memory");
+    memcpy(call->body, body_s, body_len + 1);
+
+    nim_post post = {0};
+    post.url = route.url;
+    post.headers = call->headers;
+    post.body = call->body;
+    post.body_len = body_len;
+    post.timeout_ms = (long)(timeout * 1000.0);
+    post.connect_timeout_ms = (long)(connect_timeout * 1000.0);
+    post.max_response = (size_t)max_response;
+    post.ca_bundle = ca_bundle;
+    call->headers = NULL; /* the engine owns them from here */
+    call->body = NULL;
+    nim_ctx *ctx = ctx_of(L);
+    call->t = nim_engine_start(ctx->engine, &post, err, sizeof err);
+    if (!call->t) {
+        lua_pushstring(L, err);
+        return push_failure(L, NIM_ERR_CONNECTION, 0, 0, model, api_key);
+    }
+    while (!nim_transfer_done(call->t))
+        if (nim_engine_step(ctx->engine, 1000) < 0) break;
+
+    nim_transfer *t = call->t;
+    long status = nim_transfer_status(t);
+    switch (nim_transfer_done(t) ? nim_transfer_result(t) : NIM_XFER_OTHER) {
+    case NIM_XFER_OK: break;
+    case NIM_XFER_TIMEOUT:
+        lua_pushfstring(L, "no response within %f s (%s)", timeout, nim_transfer_error(t));
+        return push_failure(L, NIM_ERR_TIMEOUT, 0, 1, model, api_key);
+    case NIM_XFER_TOO_LARGE:
+        lua_pushfstring(L, "response larger than %I bytes",
+                        (lua_Integer)(max_response ? max_response : NIM_ENGINE_MAX_RESPONSE));
+        return push_failure(L, NIM_ERR_BAD_RESPONSE, status, 0, model, api_key);
+    case NIM_XFER_CONNECTION:
+        lua_pushfstring(L, "%s: %s", route.url, nim_transfer_error(t));
+        return push_failure(L, NIM_ERR_CONNECTION, 0, 1, model, api_key);
+    default:
+        lua_pushfstring(L, "%s: %s", route.url,
+                        nim_transfer_done(t) ? nim_transfer_error(t) : "engine failure");
+        return push_failure(L, NIM_ERR_CONNECTION, 0, 0, model, api_key);
+    }
+
+    /* Take what we need from the transfer, then release it before any further Lua work. */
+    size_t resp_len;
+    const char *resp = nim_transfer_body(t, &resp_len);
+    lua_pushlstring(L, resp, resp_len);
+    int resp_idx = lua_gettop(L);
+    double seconds = nim_transfer_seconds(t);
+    double retry_after = nim_transfer_retry_after(t);
+    const char *reqid = nim_transfer_header(t, "NVCF-REQID");
+    lua_pushstring(L, reqid ? reqid : "");
+    int reqid_idx = lua_gettop(L);
+    nim_transfer_free(call->t);
+    call->t = NULL;
+
+    int decode = lua_upvalueindex(UV_DECODE);
+    if (status >= 200 && status < 300 && status != 202) {
+        nim_parse_opts o = {family, top_n, return_documents, ndocs};
+        if (nim_wire_parse(L, resp_idx, decode, passages, lua_upvalueindex(UV_ARRAY_MT), &o)) {
+            annotate_meta(L, &route, dropped, seconds);
+            return 1;
+        }
+        lua_pushfstring(L, "malformed response from %s: %s; body: ", route.url,
+                        lua_tostring(L, -1));
+        nim_wire_error_message(L, resp_idx, 0); /* raw text: the first part of the body */
+        lua_concat(L, 2);
+        return push_failure(L, NIM_ERR_BAD_RESPONSE, status, 0, model, api_key);
+    }
+
+    int retryable;
+    nim_err_type type = nim_err_from_status(status, &retryable);
+    nim_wire_error_message(L, resp_idx, decode);
+    if (status == 410) {
+        lua_pushfstring(L, "model %s has reached end of life (410 Gone): %s", route.model,
+                        lua_tostring(L, -1));
+        lua_remove(L, -2);
+        if (has_entry) {
+            lua_getfield(L, 6, "replacement");
+            if (lua_type(L, -1) == LUA_TSTRING) {
+                lua_pushfstring(L, "; use %s instead", lua_tostring(L, -1));
+                lua_remove(L, -2);
+                lua_concat(L, 2);
+            } else {
+                lua_pop(L, 1);
+            }
+        }
+    } else if (status == 202) {
+        lua_pushfstring(L, "result not ready (202 Accepted, NVCF-REQID '%s'); try again",
+                        lua_tostring(L, reqid_idx));
+        lua_remove(L, -2);
+    } else if (lua_rawlen(L, -1) == 0) {
+        lua_pushfstring(L, "HTTP %I from %s", (lua_Integer)status, route.url);
+        lua_remove(L, -2);
+    }
+    push_failure(L, type, status, retryable, model, api_key);
+    if (retry_after >= 0) {
+        lua_pushnumber(L, retry_after);
+        lua_setfield(L, -2, "retry_after");
+    }
+    return 2;
+}
+
+/* nim.resolve(model [, {api_base = ...}]) -> route table. Raises on a malformed model. */
+static int nim_resolve_l(lua_State *L) {
+    const char *model = luaL_checkstring(L, 1);
+    const char *api_base = NULL;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        if (lua_getfield(L, 2, "api_base") == LUA_TSTRING) api_base = lua_tostring(L, -1);
+        else if (!lua_isnil(L, -1)) type_error(L, "api_base", "string", -1);
+    }
+    lua_settop(L, 2);
+    nim_family family;
+    const char *clean;
+    char err[512];
+    if (nim_model_parse(model, &family, &clean, err, sizeof err) != 0)
+        return luaL_error(L, "nim.resolve: %s", err);
+    nim_catalog_entry entry;
+    lua_Integer max_passages;
+    int has_entry = catalog_lookup(L, clean, &entry, &max_passages);
+    nim_route r;
+    if (nim_resolve(model, api_base, has_entry ? &entry : NULL, NULL, NULL, &r, err,
+                    sizeof err) != 0)
+        return luaL_error(L, "nim.resolve: %s", err);
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, nim_family_name(r.family));
+    lua_setfield(L, -2, "family");
+    lua_pushstring(L, r.url);
+    lua_setfield(L, -2, "url");
+    lua_pushstring(L, r.body_model);
+    lua_setfield(L, -2, "body_model");
+    lua_pushstring(L, r.model);
+    lua_setfield(L, -2, "model");
+    lua_pushboolean(L, r.hosted);
+    lua_setfield(L, -2, "needs_key");
+    lua_pushstring(L, r.base_source);
+    lua_setfield(L, -2, "base_source");
+    lua_pushinteger(L, max_passages);
+    lua_setfield(L, -2, "max_passages");
+    lua_pushliteral(L, "nvidia_nim");
+    lua_setfield(L, -2, "provider");
+    return 1;
+}
+
+/* nim.array([t]) -> t marked as a JSON array (so an empty one encodes as []). */
+static int nim_array(lua_State *L) {
+    if (lua_isnoneornil(L, 1)) lua_newtable(L);
+    else luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(UV_ARRAY_MT));
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+static void push_catalog(lua_State *L) {
+    lua_newtable(L);
+    for (const nim_catalog_builtin *c = nim_catalog_builtins; c->name; c++) {
+        lua_createtable(L, 0, 8);
+        lua_pushliteral(L, "nvidia_nim");
+        lua_setfield(L, -2, "provider");
+        if (c->entry.endpoint_path) {
+            lua_pushstring(L, c->entry.endpoint_path);
+            lua_setfield(L, -2, "endpoint_path");
+        }
+        if (c->entry.body_model) {
+            lua_pushstring(L, c->entry.body_model);
+            lua_setfield(L, -2, "body_model");
+        }
+        lua_pushinteger(L, c->max_passages);
+        lua_setfield(L, -2, "max_passages");
+        lua_pushinteger(L, c->max_tokens);
+        lua_setfield(L, -2, "max_tokens");
+        if (c->deprecated) {
+            lua_pushstring(L, c->deprecated);
+            lua_setfield(L, -2, "deprecated");
+        }
+        if (c->replacement) {
+            lua_pushstring(L, c->replacement);
+            lua_setfield(L, -2, "replacement");
+        }
+        lua_setfield(L, -2, c->name);
+    }
+}
+
+static const luaL_Reg nim_funcs[] = {
+    {"rerank", nim_rerank},
+    {"resolve", nim_resolve_l},
+    {"array", nim_array},
+    {NULL, NULL},
+};
+
+int luaopen_nim(lua_State *L) {
+    if (nimrank_global_init() != 0) return luaL_error(L, "nim: curl_global_init failed");
+
+    if (luaL_newmetatable(L, ERROR_MT)) {
+        lua_pushcfunction(L, error_tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, CALL_MT)) {
+        lua_pushcfunction(L, call_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, call_gc);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_pop(L, 1);
+
+    lua_newtable(L); /* the module */
+    int mod = lua_gettop(L);
+
+    /* Upvalues, in UV_* order. */
+    nim_ctx *ctx = lua_newuserdatauv(L, sizeof *ctx, 0);
+    ctx->engine = NULL;
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, ctx_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    ctx->engine = nim_engine_new();
+    if (!ctx->engine) return luaL_error(L, "nim: cannot create the curl engine");
+
+    luaopen_cjson(L); /* our own cjson instance: the user's cjson settings do not reach it */
+    lua_getfield(L, -1, "encode");
+    lua_getfield(L, -2, "decode");
+    lua_remove(L, -3);
+
+    push_catalog(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, mod, "catalog");
+
+    lua_createtable(L, 0, 6); /* settings */
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "drop_params");
+    lua_pushnumber(L, DEFAULT_TIMEOUT_S);
+    lua_setfield(L, -2, "timeout");
+    lua_pushnumber(L, DEFAULT_CONNECT_TIMEOUT_S);
+    lua_setfield(L, -2, "connect_timeout");
+    const char *ca = getenv("NIMRANK_CA_BUNDLE");
+    if (ca && *ca) {
+        lua_pushstring(L, ca);
+        lua_setfield(L, -2, "ca_bundle");
+    }
+    lua_pushvalue(L, -1);
+    lua_setfield(L, mod, "settings");
+
+    lua_createtable(L, 0, 2); /* array marker metatable */
+    lua_pushliteral(L, "nim.array");
+    lua_setfield(L, -2, "__name");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, mod, "array_mt");
+
+    luaL_setfuncs(L, nim_funcs, UV_COUNT);
+
+    /* nim.native: the raw binding, reachable after the Lua layer wraps nim.rerank. */
+    lua_createtable(L, 0, 2);
+    lua_getfield(L, mod, "rerank");
+    lua_setfield(L, -2, "rerank");
+    lua_getfield(L, mod, "resolve");
+    lua_setfield(L, -2, "resolve");
+    lua_setfield(L, mod, "native");
+
+    lua_pushliteral(L, NIMRANK_VERSION);
+    lua_setfield(L, mod, "version");
+    lua_pushliteral(L, "nvidia_nim");
+    lua_setfield(L, mod, "default_provider");
+    return 1;
+}

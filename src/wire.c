@@ -1,0 +1,337 @@
+/* wire.c: request bodies and response parsing for NVIDIA NIM reranking. */
+#include "wire.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+static const char *const err_names[] = {"auth",    "bad_request", "not_found", "rate_limit",
+                                        "timeout", "connection",  "provider",  "bad_response"};
+
+const char *nim_err_type_name(nim_err_type t) { return err_names[t]; }
+
+nim_err_type nim_err_from_status(long status, int *retryable) {
+    *retryable = 0;
+    switch (status) {
+    case 401:
+    case 403: return NIM_ERR_AUTH;
+    case 404:
+    case 410: return NIM_ERR_NOT_FOUND;
+    case 408: *retryable = 1; return NIM_ERR_TIMEOUT;
+    case 429: *retryable = 1; return NIM_ERR_RATE_LIMIT;
+    case 202: *retryable = 1; return NIM_ERR_PROVIDER; /* NVCF: result not ready */
+    default: break;
+    }
+    if (status >= 500) {
+        *retryable = (status != 501);
+        return NIM_ERR_PROVIDER;
+    }
+    if (status >= 400) return NIM_ERR_BAD_REQUEST;
+    return NIM_ERR_BAD_RESPONSE; /* 3xx and other statuses we do not follow */
+}
+
+/* Encodes the value at idx with cjson.encode; raises naming documents[i] if it cannot. */
+static void encode_or_raise(lua_State *L, int encode_idx, int idx, lua_Integer i) {
+    lua_pushvalue(L, encode_idx);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        const char *m = lua_tostring(L, -1);
+        luaL_error(L, "nim.rerank: documents[%I]: cannot be encoded as text (%s)", i,
+                   m ? m : "?");
+    }
+}
+
+void nim_wire_passages(lua_State *L, int docs_idx, int encode_idx, nim_family family) {
+    lua_Integer n = (lua_Integer)lua_rawlen(L, docs_idx);
+    lua_createtable(L, (int)n, 0);
+    int out = lua_gettop(L);
+    for (lua_Integer i = 1; i <= n; i++) {
+        int t = lua_rawgeti(L, docs_idx, i);
+        int doc = lua_gettop(L);
+        lua_createtable(L, 0, 1);
+        switch (t) {
+        case LUA_TSTRING:
+            lua_pushvalue(L, doc);
+            lua_setfield(L, -2, "text");
+            break;
+        case LUA_TNUMBER:
+        case LUA_TBOOLEAN:
+            luaL_tolstring(L, doc, NULL);
+            lua_setfield(L, -2, "text");
+            break;
+        case LUA_TTABLE: {
+            int tt = lua_getfield(L, doc, "text");
+            if (tt == LUA_TSTRING) {
+                lua_setfield(L, -2, "text");
+            } else if (tt == LUA_TNUMBER) {
+                luaL_tolstring(L, -1, NULL);
+                lua_setfield(L, -3, "text");
+                lua_pop(L, 1);
+            } else if (tt != LUA_TNIL) {
+                luaL_error(L, "nim.rerank: documents[%I].text: expected string, got %s", i,
+                           luaL_typename(L, -1));
+            } else {
+                lua_pop(L, 1);
+            }
+            int has_text = (tt != LUA_TNIL);
+            int has_image = 0;
+            if (family == NIM_FAMILY_RANKING) {
+                int it = lua_getfield(L, doc, "image");
+                if (it == LUA_TSTRING) {
+                    lua_setfield(L, -2, "image");
+                    has_image = 1;
+                } else if (it != LUA_TNIL) {
+                    luaL_error(L, "nim.rerank: documents[%I].image: expected string, got %s",
+                               i, luaL_typename(L, -1));
+                } else {
+                    lua_pop(L, 1);
+                }
+            }
+            if (!has_text && !has_image) { /* neither: the table's JSON is the text */
+                encode_or_raise(L, encode_idx, doc, i);
+                lua_setfield(L, -2, "text");
+            }
+            break;
+        }
+        default:
+            luaL_error(L, "nim.rerank: documents[%I]: expected string or table, got %s", i,
+                       luaL_typename(L, doc));
+        }
+        lua_rawseti(L, out, i);
+        lua_pop(L, 1); /* doc */
+    }
+}
+
+static void add_encoded(luaL_Buffer *b, lua_State *L, int encode_idx, int value_idx) {
+    lua_pushvalue(L, encode_idx);
+    lua_pushvalue(L, value_idx);
+    lua_call(L, 1, 1); /* our own tables of strings: cannot fail except on memory */
+    luaL_addvalue(b);
+}
+
+void nim_wire_body(lua_State *L, int encode_idx, const char *body_model, int query_idx,
+                   int passages_idx, lua_Integer top_k, const char *truncate) {
+    /* Keys go in the documented order, so each value is encoded on its own by cjson. */
+    lua_pushstring(L, body_model);
+    int model_idx = lua_gettop(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, "{\"model\":");
+    add_encoded(&b, L, encode_idx, model_idx);
+    luaL_addstring(&b, ",\"query\":{\"text\":");
+    add_encoded(&b, L, encode_idx, query_idx);
+    luaL_addstring(&b, "},\"passages\":");
+    add_encoded(&b, L, encode_idx, passages_idx);
+    if (top_k > 0) {
+        char num[40];
+        snprintf(num, sizeof num, ",\"top_k\":%lld", (long long)top_k);
+        luaL_addstring(&b, num);
+    }
+    if (truncate) {
+        luaL_addstring(&b, ",\"truncate\":\"");
+        luaL_addstring(&b, truncate); /* validated: NONE or END */
+        luaL_addchar(&b, '"');
+    }
+    luaL_addchar(&b, '}');
+    luaL_pushresult(&b);
+    lua_remove(L, model_idx);
+}
+
+/* Calls cjson.decode on the string at body_idx in protected mode; pushes the value or nil. */
+static int decode(lua_State *L, int body_idx, int decode_idx) {
+    lua_pushvalue(L, decode_idx);
+    lua_pushvalue(L, body_idx);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        return 0;
+    }
+    return 1;
+}
+
+typedef struct {
+    lua_Integer index;
+    double score;
+} ranking;
+
+static int by_score_desc(const void *a, const void *b) {
+    const ranking *x = a, *y = b;
+    if (x->score > y->score) return -1;
+    if (x->score < y->score) return 1;
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+static int fail(lua_State *L, int top, const char *fmt, lua_Integer i) {
+    lua_settop(L, top);
+    lua_pushfstring(L, fmt, i);
+    return 0;
+}
+
+int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int passages_idx,
+                   int array_mt_idx, const nim_parse_opts *o) {
+    int top = lua_gettop(L);
+    if (!decode(L, body_idx, decode_idx)) return fail(L, top, "body is not JSON", 0);
+    int doc = lua_gettop(L);
+    if (!lua_istable(L, doc)) return fail(L, top, "body is not a JSON object", 0);
+
+    int rt = lua_getfield(L, doc, "rankings");
+    int rankings_idx = lua_gettop(L);
+    if (rt != LUA_TNIL && rt != LUA_TTABLE)
+        return fail(L, top, "'rankings' is not a list", 0);
+    lua_Integer n = rt == LUA_TTABLE ? (lua_Integer)lua_rawlen(L, rankings_idx) : 0;
+    if (n > o->npassages)
+        return fail(L, top, "'rankings' has more entries than passages were sent", 0);
+
+    /* Collected in C first: nothing here raises while this memory is held... */
+    ranking *rk = NULL;
+    if (n > 0) {
+        rk = lua_newuserdatauv(L, (size_t)n * sizeof *rk, 0); /* ...and the GC owns it */
+    }
+    unsigned char *seen = n > 0 ? lua_newuserdatauv(L, (size_t)o->npassages, 0) : NULL;
+    if (seen) memset(seen, 0, (size_t)o->npassages);
+    for (lua_Integer i = 1; i <= n; i++) {
+        if (lua_rawgeti(L, rankings_idx, i) != LUA_TTABLE)
+            return fail(L, top, "rankings[%I] is not an object", i - 1);
+        int isnum;
+        lua_getfield(L, -1, "index");
+        lua_Integer idx = lua_tointegerx(L, -1, &isnum);
+        if (!isnum) return fail(L, top, "rankings[%I].index is not an integer", i - 1);
+        if (idx < 0 || idx >= o->npassages)
+            return fail(L, top, "rankings[%I].index is out of range", i - 1);
+        if (seen[idx]) return fail(L, top, "rankings[%I].index repeats an earlier index", i - 1);
+        seen[idx] = 1;
+        lua_getfield(L, -2, "logit");
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            return fail(L, top, "rankings[%I].logit is not a number", i - 1);
+        double score = lua_tonumber(L, -1);
+        if (!isfinite(score)) return fail(L, top, "rankings[%I].logit is not finite", i - 1);
+        rk[i - 1].index = idx;
+        rk[i - 1].score = score;
+        lua_pop(L, 3);
+    }
+    if (o->family == NIM_FAMILY_RANKING && n > 1) qsort(rk, (size_t)n, sizeof *rk, by_score_desc);
+    lua_Integer keep = (o->top_n > 0 && o->top_n < n) ? o->top_n : n;
+
+    /* id, results, meta */
+    lua_createtable(L, 0, 3);
+    int res = lua_gettop(L);
+    if (lua_getfield(L, doc, "id") == LUA_TSTRING && lua_rawlen(L, -1) > 0) {
+        lua_setfield(L, res, "id");
+    } else {
+        char uuid[37];
+        lua_pop(L, 1);
+        nim_uuid4(uuid);
+        lua_pushstring(L, uuid);
+        lua_setfield(L, res, "id");
+    }
+    lua_createtable(L, (int)keep, 0);
+    lua_pushvalue(L, array_mt_idx);
+    lua_setmetatable(L, -2);
+    for (lua_Integer i = 0; i < keep; i++) {
+        lua_createtable(L, 0, 3);
+        lua_pushinteger(L, rk[i].index);
+        lua_setfield(L, -2, "index");
+        lua_pushnumber(L, rk[i].score);
+        lua_setfield(L, -2, "relevance_score");
+        if (o->return_documents) {
+            lua_rawgeti(L, passages_idx, rk[i].index + 1);
+            if (lua_getfield(L, -1, "text") == LUA_TSTRING) {
+                lua_createtable(L, 0, 1);
+                lua_insert(L, -2);
+                lua_setfield(L, -2, "text");
+                lua_setfield(L, -3, "document");
+            } else {
+                lua_pop(L, 1);
+            }
+            lua_pop(L, 1);
+        }
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, res, "results");
+
+    lua_Integer tokens = 0;
+    if (lua_getfield(L, doc, "usage") == LUA_TTABLE) {
+        lua_getfield(L, -1, "total_tokens");
+        if (lua_type(L, -1) == LUA_TNUMBER) {
+            double t = lua_tonumber(L, -1);
+            if (t > 0 && t < 9e15) tokens = (lua_Integer)t;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (tokens <= 0) tokens = n;
+    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 1);
+    lua_pushinteger(L, tokens);
+    lua_setfield(L, -2, "total_tokens");
+    lua_setfield(L, -2, "billed_units");
+    lua_setfield(L, res, "meta");
+
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+    return 1;
+}
+
+/* The "message" of common error shapes: {"detail": "..."|[{"msg": ...}]},
+ * {"error": "..."|{"message": ...}}, {"message": ...}, {"title": ...}. */
+static int push_json_message(lua_State *L, int doc) {
+    static const char *const keys[] = {"detail", "message", "error", "title", NULL};
+    for (int k = 0; keys[k]; k++) {
+        int t = lua_getfield(L, doc, keys[k]);
+        if (t == LUA_TSTRING) return 1;
+        if (t == LUA_TTABLE) {
+            int sub = lua_gettop(L);
+            if (lua_getfield(L, sub, "message") == LUA_TSTRING) return 1;
+            lua_pop(L, 1);
+            if (lua_rawgeti(L, sub, 1) == LUA_TTABLE && lua_getfield(L, -1, "msg") == LUA_TSTRING)
+                return 1;
+            lua_settop(L, sub);
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+void nim_wire_error_message(lua_State *L, int body_idx, int decode_idx) {
+    int top = lua_gettop(L);
+    size_t len;
+    const char *s = lua_tolstring(L, body_idx, &len);
+    if (len > 0 && decode_idx != 0 && decode(L, body_idx, decode_idx) && lua_istable(L, -1) &&
+        push_json_message(L, lua_gettop(L))) {
+        s = lua_tolstring(L, -1, &len);
+    }
+    /* One line, at most 300 bytes, no control characters. */
+    size_t i = 0, end = len;
+    while (i < end && (unsigned char)s[i] <= ' ') i++;
+    while (end > i && (unsigned char)s[end - 1] <= ' ') end--;
+    size_t stop = end - i > 300 ? i + 300 : end;
+    while (stop < end && stop > i && ((unsigned char)s[stop] & 0xC0) == 0x80) stop--;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (; i < stop; i++) {
+        unsigned char c = (unsigned char)s[i];
+        luaL_addchar(&b, (c < 0x20 || c == 0x7f) ? ' ' : (char)c);
+    }
+    if (stop < end) luaL_addstring(&b, "...");
+    luaL_pushresult(&b);
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+}
+
+void nim_uuid4(char out[37]) {
+    unsigned char r[16];
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t k = getrandom(r + got, sizeof r - got, 0);
+        if (k <= 0) break;
+        got += (size_t)k;
+    }
+    for (; got < sizeof r; got++) r[got] = (unsigned char)rand(); /* no entropy: still unique-ish */
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
+             r[13], r[14], r[15]);
+}

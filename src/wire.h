@@ -1,0 +1,58 @@
+/* wire.h: the NIM wire format (LITELLM_COMPAT.md sections 2-3).
+ * JSON goes through lua-cjson, which is a Lua library, so the encoders and decoders here work
+ * on a lua_State; the classification helpers are plain C. */
+#ifndef NIM_WIRE_H
+#define NIM_WIRE_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "resolve.h"
+
+/* Error types of DESIGN.md "Errors". */
+typedef enum {
+    NIM_ERR_AUTH,
+    NIM_ERR_BAD_REQUEST,
+    NIM_ERR_NOT_FOUND,
+    NIM_ERR_RATE_LIMIT,
+    NIM_ERR_TIMEOUT,
+    NIM_ERR_CONNECTION,
+    NIM_ERR_PROVIDER,
+    NIM_ERR_BAD_RESPONSE
+} nim_err_type;
+
+const char *nim_err_type_name(nim_err_type t);
+/* HTTP status (>= 300, or 202) -> error type and whether a retry may help. */
+nim_err_type nim_err_from_status(long status, int *retryable);
+
+/* Turns documents (a sequence at docs_idx) into a passages table, pushed on the stack.
+ * encode_idx holds cjson.encode (for table documents without text). Raises, naming
+ * documents[i], on a document of the wrong type. */
+void nim_wire_passages(lua_State *L, int docs_idx, int encode_idx, nim_family family);
+
+/* Pushes the request body string. passages_idx: the table from nim_wire_passages.
+ * top_k <= 0 means not sent; truncate NULL means not sent. */
+void nim_wire_body(lua_State *L, int encode_idx, const char *body_model, int query_idx,
+                   int passages_idx, lua_Integer top_k, const char *truncate);
+
+typedef struct {
+    nim_family family;
+    lua_Integer top_n; /* 0 = all */
+    int return_documents;
+    lua_Integer npassages;
+} nim_parse_opts;
+
+/* Decodes a 2xx body (string at body_idx) into the result table. On success pushes the result
+ * and returns 1. On a body that is not JSON or has the wrong shape, pushes a message string
+ * and returns 0. decode_idx holds cjson.decode, array_mt_idx the array marker metatable. */
+int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int passages_idx,
+                   int array_mt_idx, const nim_parse_opts *o);
+
+/* Pushes a short human message taken from an error body (JSON detail/message/error or text).
+ * decode_idx 0: the body's raw text only. */
+void nim_wire_error_message(lua_State *L, int body_idx, int decode_idx);
+
+/* A fresh UUID4 string into out (37 bytes). */
+void nim_uuid4(char out[37]);
+
+#endif

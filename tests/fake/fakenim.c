@@ -1,0 +1,257 @@
+/* fakenim: a NIM-compatible reranking server for tests and benchmarks, on loopback only.
+ * libmicrohttpd moves the bytes (a thread per connection, so delays do not block others);
+ * the API rules live in fakenim.lua, run in one Lua state under a mutex. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua-cjson.h>
+#include <lua.h>
+#include <lualib.h>
+
+#define MAX_BODY (64u * 1024u * 1024u)
+
+static lua_State *L;
+static pthread_mutex_t lua_lock = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    int too_large;
+} upload;
+
+typedef struct {
+    int status;
+    char *body;
+    size_t body_len;
+    char *headers; /* "Name: value\n" lines */
+    long delay_ms;
+    int drop;
+} reply;
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                          const char *value) {
+    (void)kind;
+    lua_State *S = cls;
+    char lower[256];
+    size_t i;
+    for (i = 0; key[i] && i < sizeof lower - 1; i++)
+        lower[i] = (char)((key[i] >= 'A' && key[i] <= 'Z') ? key[i] + 32 : key[i]);
+    lower[i] = '\0';
+    lua_pushstring(S, value ? value : "");
+    lua_setfield(S, -2, lower);
+    return MHD_YES;
+}
+
+static char *dup_field(lua_State *S, int idx, const char *field, size_t *len) {
+    lua_getfield(S, idx, field);
+    size_t n = 0;
+    const char *s = lua_tolstring(S, -1, &n);
+    char *out = NULL;
+    if (s) {
+        out = malloc(n + 1);
+        if (out) memcpy(out, s, n + 1);
+    }
+    if (len) *len = out ? n : 0;
+    lua_pop(S, 1);
+    return out;
+}
+
+/* Runs handle(req) under the lock and copies the reply out of Lua. */
+static void run_handler(struct MHD_Connection *c, const char *method, const char *url,
+                        const upload *u, reply *r) {
+    memset(r, 0, sizeof *r);
+    pthread_mutex_lock(&lua_lock);
+    int top = lua_gettop(L);
+    lua_getglobal(L, "handle");
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, method);
+    lua_setfield(L, -2, "method");
+    lua_pushstring(L, url);
+    lua_setfield(L, -2, "path");
+    lua_newtable(L);
+    MHD_get_connection_values(c, MHD_HEADER_KIND, collect_header, L);
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, u->buf ? u->buf : "", u->len);
+    lua_setfield(L, -2, "body");
+    lua_pushboolean(L, u->too_large);
+    lua_setfield(L, -2, "too_large");
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        fprintf(stderr, "fakenim: handler error: %s\n", lua_tostring(L, -1));
+        r->status = 500;
+        r->body = strdup("{\"error\":\"fake server handler error\"}");
+        r->body_len = strlen(r->body);
+    } else {
+        r->status = (lua_getfield(L, -1, "status"), (int)lua_tointeger(L, -1));
+        lua_pop(L, 1);
+        r->body = dup_field(L, -1, "body", &r->body_len);
+        r->headers = dup_field(L, -1, "headers", NULL);
+        r->delay_ms = (lua_getfield(L, -1, "delay_ms"), (long)lua_tointeger(L, -1));
+        lua_pop(L, 1);
+        r->drop = (lua_getfield(L, -1, "drop"), lua_toboolean(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_settop(L, top);
+    pthread_mutex_unlock(&lua_lock);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *data, size_t *data_size, void **con_cls) {
+    (void)cls;
+    (void)version;
+    upload *u = *con_cls;
+    if (!u) {
+        u = calloc(1, sizeof *u);
+        if (!u) return MHD_NO;
+        *con_cls = u;
+        return MHD_YES;
+    }
+    if (*data_size) {
+        if (u->len + *data_size > MAX_BODY) {
+            u->too_large = 1;
+        } else {
+            if (u->len + *data_size > u->cap) {
+                size_t cap = u->cap ? u->cap * 2 : 65536;
+                while (cap < u->len + *data_size) cap *= 2;
+                char *p = realloc(u->buf, cap);
+                if (!p) return MHD_NO;
+                u->buf = p;
+                u->cap = cap;
+            }
+            memcpy(u->buf + u->len, data, *data_size);
+            u->len += *data_size;
+        }
+        *data_size = 0;
+        return MHD_YES;
+    }
+    reply r;
+    run_handler(c, method, url, u, &r);
+    if (r.delay_ms > 0) {
+        struct timespec ts = {r.delay_ms / 1000, (r.delay_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+        }
+    }
+    enum MHD_Result ret = MHD_NO;
+    if (!r.drop) {
+        struct MHD_Response *resp = MHD_create_response_from_buffer(
+            r.body_len, r.body ? r.body : (char *)"", MHD_RESPMEM_MUST_COPY);
+        for (char *line = r.headers, *next; line && *line; line = next) {
+            next = strchr(line, '\n');
+            if (next) *next++ = '\0';
+            char *colon = strchr(line, ':');
+            if (!colon) continue;
+            *colon = '\0';
+            MHD_add_response_header(resp, line, colon + 1 + (colon[1] == ' '));
+        }
+        ret = MHD_queue_response(c, (unsigned)r.status, resp);
+        MHD_destroy_response(resp);
+    }
+    free(r.body);
+    free(r.headers);
+    return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)cls;
+    (void)c;
+    (void)toe;
+    upload *u = *con_cls;
+    if (u) {
+        free(u->buf);
+        free(u);
+    }
+    *con_cls = NULL;
+}
+
+static int lua_now_ms(lua_State *S) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(S, (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6);
+    return 1;
+}
+
+static void usage(void) {
+    fputs("usage: fakenim [--port N] [--api-key KEY] [--max-passages N] [--lifetime SECONDS]\n"
+          "               [--script PATH]\n"
+          "Serves the NIM reranking API on 127.0.0.1 and prints 'PORT <n>' once listening.\n",
+          stderr);
+}
+
+int main(int argc, char **argv) {
+    int port = 0, lifetime = 1800, max_passages = 512;
+    const char *api_key = NULL;
+    const char *script = FAKENIM_SCRIPT;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--port") == 0 && v) port = atoi(argv[++i]);
+        else if (strcmp(a, "--api-key") == 0 && v) api_key = argv[++i];
+        else if (strcmp(a, "--max-passages") == 0 && v) max_passages = atoi(argv[++i]);
+        else if (strcmp(a, "--lifetime") == 0 && v) lifetime = atoi(argv[++i]);
+        else if (strcmp(a, "--script") == 0 && v) script = argv[++i];
+        else {
+            usage();
+            return 2;
+        }
+    }
+    L = luaL_newstate();
+    luaL_openlibs(L);
+    luaL_requiref(L, "cjson", luaopen_cjson, 0);
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 4);
+    if (api_key) {
+        lua_pushstring(L, api_key);
+        lua_setfield(L, -2, "api_key");
+    }
+    lua_pushinteger(L, max_passages);
+    lua_setfield(L, -2, "max_passages");
+    lua_pushcfunction(L, lua_now_ms);
+    lua_setfield(L, -2, "now_ms");
+    lua_setglobal(L, "FAKE");
+    if (luaL_dofile(L, script) != LUA_OK) {
+        fprintf(stderr, "fakenim: %s\n", lua_tostring(L, -1));
+        return 1;
+    }
+
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct MHD_Daemon *d = MHD_start_daemon(
+        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
+        (uint16_t)port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, &addr,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)60, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_END);
+    if (!d) {
+        fprintf(stderr, "fakenim: cannot listen on 127.0.0.1:%d\n", port);
+        return 1;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    printf("PORT %u\n", info ? (unsigned)info->port : (unsigned)port);
+    fflush(stdout);
+
+    /* Runs until SIGTERM/SIGINT or the lifetime ends: it never outlives a lost test run. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    struct timespec ts = {lifetime, 0};
+    sigtimedwait(&set, NULL, &ts);
+    MHD_stop_daemon(d);
+    lua_close(L);
+    return 0;
+}
