@@ -269,7 +269,7 @@ int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int passages_idx,
     lua_setfield(L, -2, "billed_units");
     lua_setfield(L, res, "meta");
 
-    lua_replace(L, top + 1);
+    lua_copy(L, -1, top + 1);
     lua_settop(L, top + 1);
     return 1;
 }
@@ -316,7 +316,7 @@ void nim_wire_error_message(lua_State *L, int body_idx, int decode_idx) {
     }
     if (stop < end) luaL_addstring(&b, "...");
     luaL_pushresult(&b);
-    lua_replace(L, top + 1);
+    lua_copy(L, -1, top + 1); /* the result may already sit at top + 1 */
     lua_settop(L, top + 1);
 }
 

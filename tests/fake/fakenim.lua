@@ -13,6 +13,7 @@
 --   !id=X            response carries id X           !nousage / !norankings   omit those
 --   !usage=N         usage.total_tokens = N          !echo-auth      400 echoing Authorization
 --   !202             202 with an NVCF-REQID header
+--   !reverse         rankings in reverse order      !ties           every logit equal
 -- GET /_fake/last returns the last POST seen (headers and raw body) for assertions.
 local cjson = require "cjson"
 
@@ -61,6 +62,11 @@ local function words(s)
   for w in s:lower():gmatch("[%w\128-\255]+") do out[#out + 1] = w end
   return out
 end
+
+-- Function words carry no relevance in the fake scorer.
+local STOP = {}
+for w in ("a an and are as at be by for from has have in is it its of on or that the to was "
+  .. "what which who with"):gmatch("%a+") do STOP[w] = true end
 
 -- Directives are "!name" or "!name=value" words in the query.
 local function directives(q)
@@ -181,7 +187,7 @@ local function rerank(req, family, model_info, body)
 
   local qwords = words(qtext)
   local qterms = {}
-  for _, w in ipairs(qwords) do qterms[w] = true end
+  for _, w in ipairs(qwords) do if not STOP[w] then qterms[w] = true end end
   local rankings, tokens = {}, 0
   for i, p in ipairs(body.passages) do
     local pw = words(p.text or "")
@@ -200,11 +206,18 @@ local function rerank(req, family, model_info, body)
   if body.top_k and body.top_k < #rankings then
     for i = #rankings, body.top_k + 1, -1 do rankings[i] = nil end
   end
+  if active and d.ties then
+    for _, r in ipairs(rankings) do r.logit = 1.5 end
+    table.sort(rankings, function(a, b) return a.index > b.index end)
+  end
+  if active and d.reverse then
+    local n = #rankings
+    for i = 1, n // 2 do rankings[i], rankings[n + 1 - i] = rankings[n + 1 - i], rankings[i] end
+  end
   local out = { rankings = rankings, usage = { prompt_tokens = tokens, total_tokens = tokens } }
   if active then
     if d.badindex then rankings[1].index = #body.passages + 5 end
     if d.dupindex and rankings[2] then rankings[2].index = rankings[1].index end
-    if d.nan then rankings[1].logit = 0 / 0 end
     if d.nousage then out.usage = nil end
     if d.usage then out.usage.total_tokens = tonumber(d.usage) end
     if d.norankings then out.rankings = nil end
@@ -245,6 +258,7 @@ local function route(req)
     family = "ranking"
   else
     local model_path = path:match("^/v1/retrieval/(.+)/reranking$")
+    if path == "/v1/retrieval/nvidia/reranking" then model_path = "nvidia/reranking" end
     info = model_path and RETRIEVAL[model_path]
     if not info then return text(404, "404 page not found") end
     family = "retrieval"

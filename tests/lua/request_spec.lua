@@ -1,0 +1,272 @@
+-- What nim.rerank sends: LITELLM_COMPAT.md section 2.
+local spec = require "spec"
+local h = require "helpers"
+local nim = require "nim"
+local test, eq, ok, raises = spec.test, spec.eq, spec.ok, spec.raises
+
+local function sent(over, base)
+  local res, err = nim.rerank(h.args(over))
+  ok(res, "call succeeded: " .. tostring(err))
+  local last = h.last(base)
+  return h.decode(last.body), last, res
+end
+
+test("body_keys_in_documented_order", function()
+  local _, last = sent({ top_n = 2, truncate = "END" })
+  local b = last.body
+  local pos = {}
+  for _, k in ipairs({ "model", "query", "passages", "top_k", "truncate" }) do
+    pos[#pos + 1] = assert(b:find('"' .. k .. '":', 1, true), k .. " missing")
+  end
+  for i = 2, #pos do ok(pos[i - 1] < pos[i], "key order") end
+end)
+
+test("body_model_uses_dots_url_keeps_underscores", function()
+  local body, last = sent({ model = "nvidia_nim/nvidia/llama-3_2-nv-rerankqa-1b-v1" })
+  eq(body.model, "nvidia/llama-3.2-nv-rerankqa-1b-v1", "body model")
+  eq(last.path, "/v1/retrieval/nvidia/llama-3_2-nv-rerankqa-1b-v1/reranking", "path")
+end)
+
+test("catalog_entry_mistral_goes_to_fixed_path", function()
+  local body, last = sent({ model = "nvidia_nim/nvidia/rerank-qa-mistral-4b" })
+  eq(body.model, "nv-rerank-qa-mistral-4b:1", "body model")
+  eq(last.path, "/v1/retrieval/nvidia/reranking", "path")
+end)
+
+test("query_is_wrapped_in_text_object", function()
+  local body = sent()
+  eq(body.query.text, h.QUERY, "query.text")
+end)
+
+test("documents_of_every_kind_become_passages", function()
+  local body = sent({ documents = {
+    "plain", { text = "from table", id = 7, extra = "dropped" }, { title = "no text" }, 42, true,
+    { text = 3.5 },
+  } })
+  local p = body.passages
+  eq(#p, 6, "passage count")
+  eq(p[1].text, "plain", "string")
+  eq(p[2].text, "from table", "table text")
+  eq(p[2].id, nil, "other keys dropped")
+  eq(p[3].text, '{"title":"no text"}', "table without text is its JSON")
+  eq(p[4].text, "42", "number")
+  eq(p[5].text, "true", "boolean")
+  eq(p[6].text, "3.5", "numeric text")
+end)
+
+test("retrieval_family_drops_image", function()
+  local body = sent({ documents = { { text = "t", image = "data:image/png;base64,AAAA" } } })
+  eq(body.passages[1].image, nil, "image on retrieval")
+end)
+
+test("ranking_family_keeps_image", function()
+  local body = sent({ model = "nvidia_nim/ranking/nvidia/llama-nemotron-rerank-vl-1b-v2",
+    documents = { { text = "t", image = "data:image/png;base64,AAAA" }, { image = "data:x" } } })
+  eq(body.passages[1].image, "data:image/png;base64,AAAA", "image kept")
+  eq(body.passages[2].image, "data:x", "image only")
+  eq(body.passages[2].text, nil, "no text invented")
+end)
+
+test("retrieval_sends_top_n_as_top_k", function()
+  local body, _, res = sent({ top_n = 2 })
+  eq(body.top_k, 2, "top_k")
+  eq(body.top_n, nil, "top_n never sent")
+  eq(#res.results, 2, "results")
+end)
+
+test("retrieval_top_k_clamped_to_document_count", function()
+  local body = sent({ top_n = 50 })
+  eq(body.top_k, 3, "top_k")
+end)
+
+test("retrieval_without_top_n_sends_no_top_k", function()
+  local body = sent()
+  eq(body.top_k, nil, "top_k")
+end)
+
+test("ranking_family_never_sends_top_k", function()
+  local body, last, res = sent({ model = h.RANKING, top_n = 1 })
+  eq(last.path, "/v1/ranking", "path")
+  eq(body.top_k, nil, "top_k")
+  eq(#res.results, 1, "cut to top_n on the client")
+  eq(res.results[1].index, 2, "best document kept")
+end)
+
+test("top_k_alias_accepted_and_equal_values_allowed", function()
+  local body = sent({ top_k = 2 })
+  eq(body.top_k, 2, "top_k")
+  body = sent({ top_k = 2, top_n = 2 })
+  eq(body.top_k, 2, "top_k")
+  body = sent({ top_n = 2.0 })
+  eq(body.top_k, 2, "integral float")
+end)
+
+test("top_n_validation_names_the_field", function()
+  for _, bad in ipairs({ true, 1.5, "3", 0, -1, {} }) do
+    raises(function() nim.rerank(h.args({ top_n = bad })) end, "top_n")
+  end
+  raises(function() nim.rerank(h.args({ top_n = 2, top_k = 3 })) end, "top_n", "top_k")
+end)
+
+test("truncate_validated_and_sent", function()
+  local err = raises(function() nim.rerank(h.args({ truncate = "START" })) end,
+    "truncate", "NONE", "END")
+  ok(err, "error")
+  raises(function() nim.rerank(h.args({ truncate = "end" })) end, "truncate")
+  local body = sent({ truncate = "NONE" })
+  eq(body.truncate, "NONE", "NONE sent")
+  body = sent()
+  eq(body.truncate, nil, "not sent when absent")
+end)
+
+test("unsupported_params_listed_sorted_without_values", function()
+  local err = raises(function()
+    nim.rerank(h.args({ rank_fields = { "secret-value" }, max_chunks_per_doc = 9 }))
+  end, "max_chunks_per_doc, rank_fields")
+  spec.no_match(err, "secret-value", "values never printed")
+end)
+
+test("drop_params_drops_and_reports", function()
+  local body, _, res = sent({ rank_fields = { "x" }, max_tokens_per_doc = 3, drop_params = true })
+  eq(body.rank_fields, nil, "not sent")
+  eq(table.concat(res.meta.dropped_params, ","), "max_tokens_per_doc,rank_fields", "reported")
+end)
+
+test("global_drop_params_setting", function()
+  nim.settings.drop_params = true
+  local okc, res = pcall(nim.rerank, h.args({ rank_fields = { "x" } }))
+  nim.settings.drop_params = false
+  ok(okc and res, "dropped globally")
+  eq(res.meta.dropped_params[1], "rank_fields", "reported")
+  raises(function() nim.rerank(h.args({ rank_fields = { "x" }, drop_params = false })) end,
+    "rank_fields")
+end)
+
+test("transport_options_are_never_unsupported", function()
+  local res = nim.rerank(h.args({ timeout = 30, num_retries = 2, headers = {}, connect_timeout = 5,
+    max_retries = 1, metadata = { a = 1 }, request_timeout = 10 }))
+  ok(res, "accepted")
+end)
+
+test("return_documents_never_sent_and_controls_document", function()
+  local body, _, res = sent({ return_documents = false })
+  eq(body.return_documents, nil, "not sent")
+  for _, r in ipairs(res.results) do eq(r.document, nil, "no document") end
+  raises(function() nim.rerank(h.args({ return_documents = "yes" })) end, "return_documents")
+end)
+
+test("default_headers_sent", function()
+  local _, last = sent()
+  eq(last.headers["authorization"], "Bearer " .. h.key, "authorization")
+  eq(last.headers["accept"], "application/json", "accept")
+  eq(last.headers["content-type"], "application/json", "content-type")
+  spec.match(last.headers["user-agent"], "^nimrank/" .. nim.version:gsub("%.", "%%."), "user-agent")
+end)
+
+test("caller_headers_merged_and_authorization_replaced", function()
+  local _, last = sent({ headers = { ["X-Trace"] = "abc", ["authorization"] = "Bearer " .. h.key,
+    ["User-Agent"] = "mine/1" } })
+  eq(last.headers["x-trace"], "abc", "merged")
+  eq(last.headers["user-agent"], "mine/1", "caller wins")
+  local res, err = nim.rerank(h.args({ headers = { Authorization = "Bearer wrong" } }))
+  eq(res, nil, "caller authorization replaces ours")
+  eq(err.type, "auth", "type")
+end)
+
+test("header_injection_rejected", function()
+  raises(function() nim.rerank(h.args({ headers = { ["X-A"] = "v\r\nX-B: w" } })) end,
+    "headers['X-A']")
+  raises(function() nim.rerank(h.args({ headers = { ["Bad Name"] = "v" } })) end, "headers")
+  raises(function() nim.rerank(h.args({ headers = { ["X-A"] = 5 } })) end, "headers['X-A']")
+end)
+
+test("hosted_api_without_key_fails_before_network", function()
+  local res, err = nim.rerank({ model = h.RETRIEVAL, query = "q", documents = { "d" } })
+  eq(res, nil, "no result")
+  eq(err.type, "auth", "type")
+  eq(err.status, 0, "no HTTP status: nothing was sent")
+  spec.match(err.message, "NVIDIA_NIM_API_KEY", "names the variable")
+end)
+
+test("self_hosted_without_key_sends_no_authorization", function()
+  local res, err = nim.rerank({ model = h.RANKING, query = "q", documents = { "d" },
+    api_base = h.open_url })
+  ok(res, "self-hosted call: " .. tostring(err))
+  local last = h.last(h.open_url)
+  eq(last.headers["authorization"], nil, "no header")
+end)
+
+test("misuse_raises_naming_the_field", function()
+  raises(function() nim.rerank() end, "table expected")
+  raises(function() nim.rerank(h.args({ model = false })) end, "model")
+  raises(function() nim.rerank({ query = "q", documents = {} }) end, "model")
+  raises(function() nim.rerank(h.args({ query = 5 })) end, "query")
+  raises(function() nim.rerank(h.args({ query = "" })) end, "query")
+  raises(function() nim.rerank(h.args({ documents = "x" })) end, "documents")
+  raises(function() nim.rerank(h.args({ documents = { "a", print } })) end, "documents[2]")
+  raises(function() nim.rerank(h.args({ documents = { { text = {} } } })) end, "documents[1].text")
+  raises(function() nim.rerank(h.args({ timeout = -1 })) end, "timeout")
+  raises(function() nim.rerank(h.args({ api_base = "localhost:8000" })) end, "api_base")
+  raises(function() nim.rerank(h.args({ model = "nvidia_nim/a b" })) end, "model")
+  raises(function() nim.rerank(h.args({ [1] = "positional" })) end, "keys must be strings")
+end)
+
+test("empty_documents_return_empty_results_without_network", function()
+  local res = nim.rerank({ model = h.RETRIEVAL, query = "q", documents = {},
+    api_base = "http://127.0.0.1:1" })
+  eq(#res.results, 0, "no results")
+  eq(require("nim.json").encode(res.results), "[]", "encodes as []")
+end)
+
+test("document_limit_512_enforced_before_sending", function()
+  local docs = h.words(512, 1024)
+  local res, err = nim.rerank(h.args({ documents = docs, top_n = 5 }))
+  ok(res, "512 documents of 1 KB: " .. tostring(err))
+  eq(#res.results, 5, "results")
+  docs[513] = "one too many"
+  res, err = nim.rerank(h.args({ documents = docs }))
+  eq(res, nil, "513 refused")
+  eq(err.type, "bad_request", "type")
+  spec.match(err.message, "512", "names the limit")
+end)
+
+test("catalog_max_passages_is_extendable", function()
+  nim.catalog["nvidia/llama-nemotron-rerank-1b-v2"].max_passages = 2
+  local res, err = nim.rerank(h.args())
+  nim.catalog["nvidia/llama-nemotron-rerank-1b-v2"].max_passages = 512
+  eq(res, nil, "refused")
+  spec.match(err.message, "limit of 2", "catalog limit used")
+end)
+
+test("user_catalog_entry_changes_route", function()
+  nim.catalog["acme/alias"] = { endpoint_path = "/v1/retrieval/nvidia/reranking",
+    body_model = "nv-rerank-qa-mistral-4b:1" }
+  local body, last = sent({ model = "nvidia_nim/acme/alias" })
+  nim.catalog["acme/alias"] = nil
+  eq(last.path, "/v1/retrieval/nvidia/reranking", "path")
+  eq(body.model, "nv-rerank-qa-mistral-4b:1", "body model")
+end)
+
+test("malformed_catalog_entry_fails_closed", function()
+  nim.catalog["acme/bad"] = { endpoint_path = 42 }
+  local okc, err = pcall(nim.rerank, h.args({ model = "nvidia_nim/acme/bad" }))
+  nim.catalog["acme/bad"] = "not a table"
+  local okc2, err2 = pcall(nim.rerank, h.args({ model = "nvidia_nim/acme/bad" }))
+  nim.catalog["acme/bad"] = nil
+  ok(not okc and tostring(err):find("endpoint_path", 1, true), "bad field named")
+  ok(not okc2 and tostring(err2):find("acme/bad", 1, true), "bad entry named")
+end)
+
+test("resolve_exposes_route", function()
+  local r = nim.resolve("nvidia_nim/ranking/nvidia/llama-3.2-nv-rerankqa-1b-v2",
+    { api_base = "http://localhost:8000" })
+  eq(r.family, "ranking", "family")
+  eq(r.url, "http://localhost:8000/v1/ranking", "url")
+  eq(r.body_model, "nvidia/llama-3.2-nv-rerankqa-1b-v2", "body model")
+  eq(r.needs_key, false, "self-hosted")
+  r = nim.resolve("nvidia_nim/nvidia/llama-3_2-nv-rerankqa-1b-v2")
+  eq(r.url, "https://ai.api.nvidia.com/v1/retrieval/nvidia/llama-3_2-nv-rerankqa-1b-v2/reranking", "url")
+  eq(r.needs_key, true, "hosted")
+  raises(function() nim.resolve("") end, "model")
+  eq(nim.native.resolve, nim.resolve, "native resolve")
+end)

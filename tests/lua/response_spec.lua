@@ -1,0 +1,226 @@
+-- What nim.rerank returns: LITELLM_COMPAT.md section 3, and every error type.
+local spec = require "spec"
+local h = require "helpers"
+local nim = require "nim"
+local json = require "nim.json"
+local test, eq, ok, match = spec.test, spec.eq, spec.ok, spec.match
+
+local function call(over) return nim.rerank(h.args(over)) end
+
+local function fails(over, want_type, want_status)
+  local res, err = call(over)
+  eq(res, nil, "no result")
+  ok(type(err) == "table", "error table")
+  eq(err.type, want_type, "err.type")
+  if want_status then eq(err.status, want_status, "err.status") end
+  eq(err.provider, "nvidia_nim", "err.provider")
+  eq(err.model, (over and over.model) or h.RETRIEVAL, "err.model")
+  eq(type(err.message), "string", "err.message")
+  eq(type(err.retryable), "boolean", "err.retryable")
+  spec.no_match(tostring(err), h.key, "no key in tostring")
+  spec.no_match(err.message, h.key, "no key in message")
+  return err
+end
+
+test("seed_example_shape", function()
+  local res = call({ top_n = 3 })
+  eq(#res.results, 3, "results")
+  local r = res.results[1]
+  eq(r.index, 2, "H100 document first, 0-based index")
+  eq(math.type(r.index), "integer", "index is an integer")
+  eq(r.document.text, h.DOCS[3], "document text")
+  eq(type(r.relevance_score), "number", "score")
+  ok(res.results[1].relevance_score >= res.results[2].relevance_score, "sorted")
+  match(res.id, "^%x+%-%x+%-4%x+%-[89ab]%x+%-%x+$", "uuid4 id")
+  eq(res.meta.billed_units.total_tokens > 0, true, "tokens")
+end)
+
+test("relevance_score_is_the_raw_logit", function()
+  local res = call({ query = "gpu memory bandwidth", documents = { "gpu memory bandwidth" } })
+  -- the fake's score for 3 matching terms of a 3-word passage: 2.5*3 - 4 - 0.0015, fp16-rounded
+  spec.near(res.results[1].relevance_score, 3.498046875, 1e-9, "logit")
+end)
+
+test("retrieval_keeps_provider_order", function()
+  local normal = call()
+  local rev = call({ query = "!reverse " .. h.QUERY })
+  for i = 1, 3 do
+    eq(rev.results[i].index, normal.results[4 - i].index, "provider's (reversed) order kept")
+  end
+end)
+
+test("ranking_sorts_by_score_then_index", function()
+  local res = call({ model = h.RANKING, query = "!reverse " .. h.QUERY })
+  eq(res.results[1].index, 2, "sorted by score")
+  ok(res.results[1].relevance_score > res.results[2].relevance_score, "descending")
+  ok(res.results[2].relevance_score >= res.results[3].relevance_score, "descending")
+  res = call({ model = h.RANKING, query = "!ties anything" })
+  eq(res.results[1].index, 0, "tie broken by index")
+  eq(res.results[2].index, 1, "tie broken by index")
+  eq(res.results[3].index, 2, "tie broken by index")
+end)
+
+test("provider_id_kept_else_fresh_uuid", function()
+  eq(call({ query = "!id=req-42 gpu" }).id, "req-42", "provider id")
+  ok(call().id ~= call().id, "fresh ids differ")
+end)
+
+test("billed_units_from_usage_else_rankings_count", function()
+  eq(call({ query = "!usage=77 gpu" }).meta.billed_units.total_tokens, 77, "usage")
+  eq(call({ query = "!nousage gpu" }).meta.billed_units.total_tokens, 3, "rankings count")
+  eq(call({ query = "!usage=0 gpu" }).meta.billed_units.total_tokens, 3, "zero usage")
+end)
+
+test("missing_rankings_give_empty_results_encoded_as_list", function()
+  local res = call({ query = "!norankings gpu" })
+  eq(#res.results, 0, "empty")
+  match(json.encode(res), '"results":%[%]', "encodes as []")
+end)
+
+test("image_only_passage_has_no_document", function()
+  local res = call({ model = "nvidia_nim/ranking/nvidia/llama-nemotron-rerank-vl-1b-v2",
+    documents = { { image = "data:image/png;base64,AA" }, "gpu" }, query = "gpu" })
+  for _, r in ipairs(res.results) do
+    if r.index == 0 then eq(r.document, nil, "image only") else ok(r.document, "text doc") end
+  end
+end)
+
+test("meta_names_provider_family_model", function()
+  local res = call({ model = h.RANKING })
+  eq(res.meta.provider, "nvidia_nim", "provider")
+  eq(res.meta.family, "ranking", "family")
+  eq(res.meta.model, "nvidia/llama-3.2-nv-rerankqa-1b-v2", "model")
+end)
+
+test("bad_response_not_json", function()
+  local err = fails({ query = "!malformed gpu" }, "bad_response", 200)
+  match(err.message, "not JSON", "says why")
+  match(err.message, "rankings", "carries the body's first part")
+  eq(err.retryable, false, "not retryable")
+end)
+
+test("bad_response_wrong_shape", function()
+  fails({ query = "!shape gpu" }, "bad_response", 200)
+end)
+
+test("bad_response_index_out_of_range", function()
+  local err = fails({ query = "!badindex gpu" }, "bad_response", 200)
+  match(err.message, "out of range", "says why")
+end)
+
+test("bad_response_repeated_index", function()
+  fails({ query = "!dupindex gpu" }, "bad_response", 200)
+end)
+
+test("bad_response_non_finite_logit", function()
+  fails({ query = "!nan gpu" }, "bad_response", 200)
+end)
+
+test("response_size_limit", function()
+  local err = fails({ query = "!huge=200000 gpu", max_response_bytes = 100000 }, "bad_response")
+  match(err.message, "larger than 100000", "names the limit")
+  ok(call({ query = "!huge=200000 gpu" }), "default limit is generous")
+end)
+
+test("auth_401_json_and_text", function()
+  local err = fails({ api_key = "wrong-key-xyz" }, "auth", 401)
+  eq(err.retryable, false, "not retryable")
+  spec.no_match(err.message, "wrong-key-xyz", "wrong key not echoed")
+  fails({ headers = { Authorization = "" }, api_key = "zzzz" }, "auth", 401)
+end)
+
+test("bad_request_400_top_k_on_ranking_path", function()
+  -- a full /v1/ranking URL used with the retrieval family sends top_k, which ranking rejects
+  local res, err = nim.rerank(h.args({ model = "nvidia_nim/ranking/x", api_base = h.url }))
+  eq(res, nil, "unknown ranking model")
+  eq(err.type, "not_found", "404 for an unknown model")
+  err = fails({ query = "!status=400 gpu" }, "bad_request", 400)
+  match(err.message, "injected failure 400", "provider message")
+end)
+
+test("bad_request_422_schema", function()
+  local err = fails({ query = "!status=422 gpu" }, "bad_request", 422)
+  eq(err.retryable, false, "not retryable")
+end)
+
+test("bad_request_input_too_long_with_truncate_none", function()
+  local long = ("word "):rep(600)
+  local err = fails({ model = "nvidia_nim/nvidia/nv-rerankqa-mistral-4b-v3", documents = { long },
+    truncate = "NONE" }, "bad_request", 400)
+  match(err.message, "exceeds maximum allowed token size 512", "provider message")
+  ok(call({ model = "nvidia_nim/nvidia/nv-rerankqa-mistral-4b-v3", documents = { long },
+    truncate = "END" }), "END truncates")
+end)
+
+test("not_found_404_unknown_model_text_body", function()
+  local err = fails({ model = "nvidia_nim/nvidia/no-such-model" }, "not_found", 404)
+  match(err.message, "404 page not found", "plain text body")
+end)
+
+test("not_found_410_end_of_life_suggests_replacement", function()
+  local err = fails({ model = "nvidia_nim/nvidia/llama-3_2-nv-rerankqa-1b-v2" }, "not_found", 410)
+  match(err.message, "end of life", "says end of life")
+  match(err.message, "llama%-nemotron%-rerank%-1b%-v2", "suggests the replacement")
+end)
+
+test("rate_limit_429_with_retry_after", function()
+  local err = fails({ query = "!status=429 !retry-after=7 gpu" }, "rate_limit", 429)
+  eq(err.retryable, true, "retryable")
+  eq(err.retry_after, 7, "retry_after seconds")
+  err = fails({ query = "!status=429 gpu" }, "rate_limit", 429)
+  eq(err.retry_after, nil, "absent when no header")
+end)
+
+test("provider_5xx_retryable", function()
+  for _, st in ipairs({ 500, 502, 503, 504 }) do
+    local err = fails({ query = ("!status=%d gpu"):format(st) }, "provider", st)
+    eq(err.retryable, true, "retryable " .. st)
+  end
+end)
+
+test("error_bodies_text_and_empty", function()
+  local err = fails({ query = "!status=503 !text gpu" }, "provider", 503)
+  match(err.message, "injected failure 503", "text body")
+  err = fails({ query = "!status=503 !empty gpu" }, "provider", 503)
+  match(err.message, "HTTP 503", "empty body still says something")
+end)
+
+test("nvcf_202_is_a_retryable_provider_error", function()
+  local err = fails({ query = "!202 gpu" }, "provider", 202)
+  eq(err.retryable, true, "retryable")
+  match(err.message, "fake%-req%-1", "request id")
+end)
+
+test("timeout", function()
+  local t0 = os.clock()
+  local err = fails({ query = "!delay=3000 gpu", timeout = 0.3 }, "timeout", 0)
+  eq(err.retryable, true, "retryable")
+  ok(os.clock() - t0 < 1, "no busy wait while blocked")
+end)
+
+test("connection_refused", function()
+  local err = fails({ api_base = "http://127.0.0.1:1" }, "connection", 0)
+  eq(err.retryable, true, "retryable")
+end)
+
+test("connection_dropped", function()
+  fails({ query = "!drop gpu" }, "connection", 0)
+end)
+
+test("key_never_appears_even_if_provider_echoes_it", function()
+  local err = fails({ query = "!echo-auth gpu" }, "bad_request", 400)
+  match(err.message, "%[redacted%]", "redacted")
+end)
+
+test("tostring_is_readable", function()
+  local _, err = call({ query = "!status=429 gpu" })
+  match(tostring(err), "^nim: rate_limit %(HTTP 429%): injected failure 429", "tostring")
+  local _, err2 = call({ api_base = "http://127.0.0.1:1" })
+  match(tostring(err2), "^nim: connection: ", "tostring without status")
+end)
+
+test("connections_are_reused_across_calls", function()
+  -- the fake counts nothing about sockets; libcurl's reuse shows as no reconnect delay, so
+  -- this test checks the observable contract: many calls in a row all succeed.
+  for _ = 1, 50 do ok(call(), "call") end
+end)
