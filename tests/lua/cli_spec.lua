@@ -1,0 +1,154 @@
+-- The host program: scripts, -e, help, and `nimrank rerank` with its exit codes.
+local spec = require "spec"
+local h = require "helpers"
+local test, eq, ok, match = spec.test, spec.eq, spec.ok, spec.match
+local q, sh = h.q, h.sh
+local BIN = h.nimrank
+
+local function tmpfile(content)
+  local name = os.tmpname()
+  local f = assert(io.open(name, "wb"))
+  f:write(content)
+  f:close()
+  return name
+end
+
+-- nimrank rerank against the keyed fake, key from the environment.
+local function rerank_cmd(args)
+  return ("NVIDIA_NIM_API_KEY=%s %s rerank --api-base %s %s"):format(q(h.key), BIN, q(h.url), args)
+end
+
+test("no_arguments_prints_usage_and_exits_2", function()
+  local out, code = sh(BIN .. " 2>&1")
+  eq(code, 2, "exit code")
+  match(out, "usage: nimrank", "usage")
+end)
+
+test("help_and_version", function()
+  local out, code = sh(BIN .. " --help")
+  eq(code, 0, "exit")
+  match(out, "rerank", "mentions rerank")
+  out = sh(BIN .. " --version")
+  match(out, "^nimrank %d+%.%d+%.%d+", "version")
+  out, code = sh(BIN .. " rerank --help")
+  eq(code, 0, "rerank --help exit")
+  match(out, "%-%-top%-n", "rerank options")
+  out = sh(BIN .. " rerank --version")
+  match(out, "^nimrank %d", "rerank --version")
+end)
+
+test("e_runs_code_with_nim_preloaded", function()
+  local out, code = sh(BIN .. " -e 'print(nim.version, require(\"nim\") == nim)'")
+  eq(code, 0, "exit")
+  match(out, "^%d+%.%d+%.%d+\ttrue", "nim global is the module")
+end)
+
+test("script_gets_arg_table", function()
+  local script = tmpfile("print(arg[0], arg[1], arg[2], select('#', ...))")
+  local out, code = sh(BIN .. " " .. script .. " one two")
+  os.remove(script)
+  eq(code, 0, "exit")
+  eq(out, script .. "\tone\ttwo\t2\n", "arg table and varargs")
+end)
+
+test("script_error_gives_traceback_and_exit_1", function()
+  local script = tmpfile("local function f() error('boom') end\nf()\n")
+  local out, code = sh(BIN .. " " .. script .. " 2>&1")
+  os.remove(script)
+  eq(code, 1, "exit")
+  match(out, "boom", "message")
+  match(out, "stack traceback", "traceback")
+end)
+
+test("unknown_option_is_usage_error", function()
+  local _, code = sh(BIN .. " --bogus 2>/dev/null")
+  eq(code, 2, "exit")
+end)
+
+test("rerank_arguments_print_json", function()
+  local out, code = sh(rerank_cmd(("-m %s -q %s -n 2 %s %s %s"):format(h.RETRIEVAL, q(h.QUERY),
+    q(h.DOCS[1]), q(h.DOCS[2]), q(h.DOCS[3]))))
+  eq(code, 0, "exit")
+  local res = h.decode(out)
+  eq(#res.results, 2, "top 2")
+  eq(res.results[1].index, 2, "H100 first")
+end)
+
+test("rerank_docs_file_lines_and_json_lines", function()
+  local f = tmpfile(h.DOCS[1] .. "\n\n" .. '{"text": ' .. ("%q"):format(h.DOCS[3]) .. "}\r\n"
+    .. h.DOCS[2] .. "\n")
+  local out, code = sh(rerank_cmd(("-m %s -q %s --docs %s"):format(h.RANKING, q(h.QUERY), f)))
+  os.remove(f)
+  eq(code, 0, "exit")
+  local res = h.decode(out)
+  eq(#res.results, 3, "blank line skipped")
+  eq(res.results[1].index, 1, "JSON line is document 2")
+  eq(res.results[1].document.text, h.DOCS[3], "text from JSON")
+end)
+
+test("rerank_docs_from_stdin", function()
+  local out, code = sh(("printf 'cats\\ngpu memory bandwidth\\n' | %s"):format(
+    rerank_cmd(("-m %s -q 'gpu bandwidth' --docs - --no-documents"):format(h.RETRIEVAL))))
+  eq(code, 0, "exit")
+  local res = h.decode(out)
+  eq(res.results[1].index, 1, "best")
+  eq(res.results[1].document, nil, "--no-documents")
+end)
+
+test("rerank_bad_json_line_is_usage_error", function()
+  local f = tmpfile('{"text": oops}\n')
+  local out, code = sh(rerank_cmd(("-m %s -q q --docs %s 2>&1"):format(h.RETRIEVAL, f)))
+  os.remove(f)
+  eq(code, 2, "exit")
+  match(out, ":1: not a JSON object", "names the line")
+end)
+
+test("rerank_usage_errors_exit_2", function()
+  local cases = {
+    { "-m x 'doc'", "--query is required" },
+    { "-m x -q q", "no documents" },
+    { "-m x -q q -n zero d", "--top-n" },
+    { "-m x -q q --truncate MIDDLE d", "truncate" },
+    { "-m x -q q --frobnicate d", "unknown option --frobnicate" },
+    { "-m x -q q --docs /nonexistent/file", "--docs" },
+  }
+  for _, c in ipairs(cases) do
+    local out, code = sh(rerank_cmd(c[1] .. " 2>&1"))
+    eq(code, 2, "exit for " .. c[1])
+    match(out, c[2]:gsub("%-", "%%-"), "message for " .. c[1])
+  end
+end)
+
+test("rerank_provider_error_exits_1_without_key_in_output", function()
+  local out, code = sh(("NVIDIA_NIM_API_KEY=wrong-secret-123 %s rerank --api-base %s -m %s -q q d 2>&1")
+    :format(BIN, q(h.url), h.RETRIEVAL))
+  eq(code, 1, "exit")
+  match(out, "auth", "error type")
+  spec.no_match(out, "wrong-secret-123", "key never printed")
+end)
+
+test("rerank_key_from_environment", function()
+  local out, code = sh(rerank_cmd(("-m %s -q q d"):format(h.RETRIEVAL)))
+  eq(code, 0, "env key used: " .. out)
+end)
+
+test("rerank_inline_option_values", function()
+  local out, code = sh(rerank_cmd(("--model=%s --query=gpu --top-n=1 a gpu"):format(h.RETRIEVAL)))
+  eq(code, 0, "exit")
+  eq(#h.decode(out).results, 1, "--top-n=1")
+end)
+
+test("rerank_extra_header", function()
+  local _, code = sh(rerank_cmd(("-m %s -q q -H 'X-Trace: t-1' d"):format(h.RETRIEVAL)))
+  eq(code, 0, "exit")
+  eq(h.last().headers["x-trace"], "t-1", "header sent")
+end)
+
+test("env_base_url_used_by_cli", function()
+  local out, code = sh(("NVIDIA_NIM_API_KEY=%s NVIDIA_NIM_RERANK_API_BASE=%s %s rerank -m %s -q q d")
+    :format(q(h.key), q(h.url), BIN, h.RETRIEVAL))
+  eq(code, 0, "exit: " .. out)
+  out, code = sh(("NVIDIA_NIM_API_KEY=%s NVIDIA_NIM_API_BASE=%s %s rerank -m %s -q q d")
+    :format(q(h.key), q(h.url .. "/v1"), BIN, h.RETRIEVAL))
+  eq(code, 0, "NVIDIA_NIM_API_BASE with /v1: " .. out)
+end)
