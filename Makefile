@@ -1,6 +1,7 @@
 # nimrank: `make` builds build/nimrank, build/nim.so and build/libnimrank.a.
 # `make deps` installs missing Debian packages (as root) or prints the apt-get line.
-# `make test` runs every test; `make test-asan` the same under AddressSanitizer+UBSan.
+# `make test` runs every test; `make test-asan` the same under AddressSanitizer+UBSan;
+# `make test-valgrind` the C tests and a Lua spec run under valgrind. STRICT=1 adds -Werror.
 
 PREFIX   ?= /usr/local
 BUILD    ?= build
@@ -10,8 +11,10 @@ DEB_PKGS := pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev l
             libmicrohttpd-dev lua-yaml curl
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 OPT      ?= -O2 -g
+STRICT   ?=
+WERROR   := $(if $(filter 1,$(STRICT)),-Werror)
 CFLAGS   ?=
-CFLAGS   += -std=gnu11 $(OPT) $(WARN) $(EXTRA_CFLAGS) -fPIC -fvisibility=hidden \
+CFLAGS   += -std=gnu11 $(OPT) $(WARN) $(WERROR) $(EXTRA_CFLAGS) -fPIC -fvisibility=hidden \
             $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
             -DNIMRANK_LUA_DIR='"$(PREFIX)/share/nimrank/lua"'
 LDFLAGS  += $(EXTRA_LDFLAGS)
@@ -66,13 +69,13 @@ $(BUILD)/tests/test_%: tests/c/test_%.c $(BUILD)/libnimrank.a tests/c/ctest.h | 
 	    -lm -ldl $(LDFLAGS)
 
 test: all $(C_TESTS)
-	@sh tests/run.sh $(BUILD)
+	@NIMRANK_SANITIZE=$(NIMRANK_SANITIZE) sh tests/run.sh $(BUILD)
 
 # A separate build tree, so sanitizer objects never mix with the normal ones.
 test-asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	    EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
-	    EXTRA_LDFLAGS="-fsanitize=address,undefined" test
+	    EXTRA_LDFLAGS="-fsanitize=address,undefined" NIMRANK_SANITIZE=1 test
 
 test-valgrind: all $(C_TESTS)
 	@sh tests/valgrind.sh $(BUILD)

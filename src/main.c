@@ -12,6 +12,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include <curl/curl.h>
 #include <lua-cjson.h>
 
 #include "nimrank.h"
@@ -235,5 +236,6 @@ int main(int argc, char **argv) {
     int status = lua_pcall(L, 3, 0, 0);
     report(L, status);
     lua_close(L);
+    curl_global_cleanup();
     return status == LUA_OK ? exit_code : 1;
 }

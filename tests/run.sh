@@ -4,30 +4,7 @@
 BUILD=${1:-build}
 cd "$(dirname "$0")/.." || exit 1
 unset NVIDIA_NIM_API_KEY NVIDIA_NIM_API_BASE NVIDIA_NIM_RERANK_API_BASE NIMRANK_MODEL NIMRANK_LUA_PATH
-LOG=$(mktemp -d)
-FAKE_KEY="test-key-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
-export FAKE_KEY
-
-start_fake() { # name, extra args...
-    name=$1; shift
-    "$BUILD/fakenim" "$@" >"$LOG/$name.port" 2>"$LOG/$name.err" &
-    echo $! >"$LOG/$name.pid"
-    i=0
-    while ! grep -q PORT "$LOG/$name.port" 2>/dev/null; do
-        i=$((i + 1)); [ $i -gt 100 ] && { echo "fake server $name did not start" >&2; cat "$LOG/$name.err" >&2; exit 1; }
-        sleep 0.05
-    done
-    echo "http://127.0.0.1:$(awk '/PORT/{print $2}' "$LOG/$name.port")"
-}
-cleanup() {
-    for p in "$LOG"/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
-    rm -rf "$LOG"
-}
-trap cleanup EXIT INT TERM
-
-FAKE_URL=$(start_fake keyed --api-key "$FAKE_KEY") || exit 1
-FAKE_OPEN_URL=$(start_fake open) || exit 1
-export FAKE_URL FAKE_OPEN_URL NIMRANK_BIN="$BUILD/nimrank"
+. tests/fakes.sh
 
 passed=0; failed=0
 tally() { # a log whose last "N passed, N failed" line counts; a runner that died counts 1 failure
@@ -56,7 +33,12 @@ for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] && run "$(basename "$t")" "$t"
 done
 run "lua specs (nimrank host)" "$BUILD/nimrank" tests/lua/run.lua tests/lua/*_spec.lua
-run "lua specs (stock lua5.4 + nim.so)" env LUA_CPATH="$BUILD/?.so;;" LUA_PATH="lua/?.lua;;" \
-    lua5.4 tests/lua/run.lua tests/lua/module/*_spec.lua
+# A sanitized nim.so inside the uninstrumented lua5.4 needs the runtimes preloaded.
+PRELOAD=
+if [ -n "$NIMRANK_SANITIZE" ]; then
+    PRELOAD="$(cc -print-file-name=libasan.so) $(cc -print-file-name=libubsan.so)"
+fi
+run "lua specs (stock lua5.4 + nim.so)" env LD_PRELOAD="$PRELOAD" LUA_CPATH="$BUILD/?.so;;" \
+    LUA_PATH="lua/?.lua;;" lua5.4 tests/lua/run.lua tests/lua/module/*_spec.lua
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

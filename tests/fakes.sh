@@ -1,0 +1,28 @@
+# fakes.sh: sourced by the test drivers. Starts the two fake NIM servers on loopback (one that
+# demands a key, like the hosted API, and an open one, like a self-hosted container) and
+# exports FAKE_URL, FAKE_OPEN_URL, FAKE_KEY. They are stopped when the driver exits.
+LOG=$(mktemp -d)
+FAKE_KEY="test-key-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+export FAKE_KEY
+
+start_fake() { # name, extra args...
+    name=$1; shift
+    "$BUILD/fakenim" "$@" >"$LOG/$name.port" 2>"$LOG/$name.err" &
+    echo $! >"$LOG/$name.pid"
+    i=0
+    while ! grep -q PORT "$LOG/$name.port" 2>/dev/null; do
+        i=$((i + 1)); [ $i -gt 100 ] && { echo "fake server $name did not start" >&2; cat "$LOG/$name.err" >&2; exit 1; }
+        sleep 0.05
+    done
+    echo "http://127.0.0.1:$(awk '/PORT/{print $2}' "$LOG/$name.port")"
+}
+cleanup() {
+    for p in "$LOG"/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
+    rm -rf "$LOG"
+}
+trap cleanup EXIT INT TERM
+
+FAKE_URL=$(start_fake keyed --api-key "$FAKE_KEY") || exit 1
+FAKE_OPEN_URL=$(start_fake open) || exit 1
+export FAKE_URL FAKE_OPEN_URL NIMRANK_BIN="$BUILD/nimrank"
+

@@ -1,0 +1,26 @@
+#!/bin/sh
+# Runs the C unit tests and one Lua spec run under valgrind's leak checker.
+# Ends with "N passed, N failed"; a leak or memory error fails that run.
+BUILD=${1:-build}
+cd "$(dirname "$0")/.." || exit 1
+unset NVIDIA_NIM_API_KEY NVIDIA_NIM_API_BASE NVIDIA_NIM_RERANK_API_BASE NIMRANK_MODEL
+. tests/fakes.sh
+export NIMRANK_BIN="$BUILD/nimrank"
+VG="valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect
+    --show-leak-kinds=definite,indirect --error-exitcode=99"
+passed=0; failed=0
+check() { # name, command...
+    name=$1; shift
+    if $VG "$@" >"$LOG/vg.out" 2>&1; then
+        passed=$((passed + 1)); echo "ok   valgrind $name"
+    else
+        failed=$((failed + 1)); echo "FAIL valgrind $name"; tail -n 40 "$LOG/vg.out"
+    fi
+}
+for t in "$BUILD"/tests/test_*; do
+    [ -x "$t" ] && check "$(basename "$t")" "$t"
+done
+check "lua specs (request, response)" "$BUILD/nimrank" tests/lua/run.lua \
+    tests/lua/request_spec.lua tests/lua/response_spec.lua
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
