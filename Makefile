@@ -19,10 +19,11 @@ CFLAGS   += -std=gnu11 $(OPT) $(WARN) $(WERROR) $(EXTRA_CFLAGS) -fPIC -fvisibili
             -DNIMRANK_LUA_DIR='"$(PREFIX)/share/nimrank/lua"'
 LDFLAGS  += $(EXTRA_LDFLAGS)
 # Programs link lua-cjson statically; nim.so links the shared library (the static archive is
-# not position-independent). Neither links liblua: the host provides Lua to nim.so.
+# not position-independent). nim.so never links liblua: the host provides Lua.
 CJSON_A  := -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic
 CJSON_SO := -llua5.4-cjson
-CURL_LIBS:= $(shell pkg-config --libs libcurl 2>/dev/null)
+# libcurl is loaded with dlopen on the first network call (src/curl_lazy.h): nothing links it.
+CURL_LIBS:= -ldl -lpthread
 LUA_LIBS := $(shell pkg-config --libs lua5.4 2>/dev/null)
 
 LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))

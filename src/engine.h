@@ -4,7 +4,7 @@
 #define NIM_ENGINE_H
 
 #include <stddef.h>
-#include <curl/curl.h>
+#include "curl_lazy.h"
 
 typedef struct nim_engine nim_engine;
 typedef struct nim_transfer nim_transfer;

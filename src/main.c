@@ -12,7 +12,6 @@
 #include <lua.h>
 #include <lualib.h>
 
-#include <curl/curl.h>
 #include <lua-cjson.h>
 
 #include "nimrank.h"
@@ -218,12 +217,7 @@ static int pmain(lua_State *L) {
 
 int main(int argc, char **argv) {
     int exit_code = 0;
-    if (argv[0] && argv[0][0]) progname = "nimrank";
     signal(SIGPIPE, SIG_IGN); /* a closed stdout or socket is an error, not a death */
-    if (nimrank_global_init() != 0) {
-        fprintf(stderr, "%s: cannot initialise libcurl\n", progname);
-        return 1;
-    }
     lua_State *L = luaL_newstate();
     if (!L) {
         fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);
@@ -236,6 +230,6 @@ int main(int argc, char **argv) {
     int status = lua_pcall(L, 3, 0, 0);
     report(L, status);
     lua_close(L);
-    curl_global_cleanup();
+    nimrank_global_cleanup();
     return status == LUA_OK ? exit_code : 1;
 }

@@ -5,12 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
-#include <curl/curl.h>
 #include <lauxlib.h>
 #include <lua-cjson.h>
 #include <lua.h>
 
+#include "curl_lazy.h"
 #include "engine.h"
 #include "nimrank.h"
 #include "resolve.h"
@@ -36,15 +37,26 @@ typedef struct {
     char *body;
 } nim_call;
 
-int nimrank_global_init(void) {
-    static int done;
-    if (done) return 0;
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return -1;
-    done = 1;
-    return 0;
+int nimrank_global_init(void) { return nim_curl_load(NULL, 0); }
+
+void nimrank_global_cleanup(void) {
+    if (nim_curl_loaded()) curl_global_cleanup();
 }
 
 static nim_ctx *ctx_of(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(UV_CTX)); }
+
+/* The engine (and libcurl's global state: TLS library set-up costs milliseconds) is created
+ * on the first network call, so scripts that never reach the network start fast. NULL with
+ * err filled on failure. */
+static nim_engine *engine_of(lua_State *L, char *err, size_t errlen) {
+    nim_ctx *c = ctx_of(L);
+    if (!c->engine) {
+        if (nim_curl_load(err, errlen) != 0) return NULL;
+        c->engine = nim_engine_new();
+        if (!c->engine) snprintf(err, errlen, "cannot create the curl engine");
+    }
+    return c->engine;
+}
 
 static int ctx_gc(lua_State *L) {
     nim_ctx *c = lua_touserdata(L, 1);
@@ -56,7 +68,7 @@ static int ctx_gc(lua_State *L) {
 static int call_gc(lua_State *L) {
     nim_call *c = luaL_checkudata(L, 1, CALL_MT);
     nim_transfer_free(c->t);
-    curl_slist_free_all(c->headers);
+    if (c->headers) curl_slist_free_all(c->headers); /* non-NULL only once curl is loaded */
     free(c->body);
     c->t = NULL;
     c->headers = NULL;
@@ -225,6 +237,12 @@ static int catalog_lookup(lua_State *L, const char *clean, nim_catalog_entry *en
     *max_passages = DEFAULT_MAX_PASSAGES;
     memset(entry, 0, sizeof *entry);
     int t = lua_getfield(L, lua_upvalueindex(UV_CATALOG), clean);
+    if (t == LUA_TNIL && strchr(clean, '.')) {
+        /* Catalog keys use the URL spelling (underscores); ranking models are written with dots. */
+        lua_pop(L, 1);
+        luaL_gsub(L, clean, ".", "_");
+        t = lua_gettable(L, lua_upvalueindex(UV_CATALOG));
+    }
     if (t == LUA_TNIL) {
         lua_settop(L, top);
         return 0;
@@ -481,20 +499,25 @@ static int nim_rerank(lua_State *L) {
         return push_failure(L, NIM_ERR_AUTH, 0, 0, model, NULL);
     }
 
-    /* Passages and body; every document is checked before anything is sent. */
+    /* Texts and body; every document is checked before anything is sent. */
     int encode = lua_upvalueindex(UV_ENCODE);
-    nim_wire_passages(L, documents, encode, family);
-    int passages = lua_gettop(L);
+    lua_Integer send_top_k = 0;
+    if (family == NIM_FAMILY_RETRIEVAL && top_n > 0) send_top_k = top_n < ndocs ? top_n : ndocs;
+    nim_wire_request(L, documents, encode, family, route.body_model, query, send_top_k,
+                     truncate);
+    int body = lua_gettop(L);
+    int texts = body - 1;
     if (ndocs == 0) { /* nothing to rank: no network call */
         push_empty_result(L);
         annotate_meta(L, &route, dropped, -1);
         return 1;
     }
-    lua_Integer send_top_k = 0;
-    if (family == NIM_FAMILY_RETRIEVAL && top_n > 0) send_top_k = top_n < ndocs ? top_n : ndocs;
-    nim_wire_body(L, encode, route.body_model, query, passages, send_top_k, truncate);
-    int body = lua_gettop(L);
 
+    nim_engine *engine = engine_of(L, err, sizeof err);
+    if (!engine) {
+        lua_pushstring(L, err);
+        return push_failure(L, NIM_ERR_CONNECTION, 0, 0, model, api_key);
+    }
     nim_call *call = lua_newuserdatauv(L, sizeof *call, 0);
     memset(call, 0, sizeof *call);
     luaL_setmetatable(L, CALL_MT);
@@ -516,14 +539,13 @@ static int nim_rerank(lua_State *L) {
     post.ca_bundle = ca_bundle;
     call->headers = NULL; /* the engine owns them from here */
     call->body = NULL;
-    nim_ctx *ctx = ctx_of(L);
-    call->t = nim_engine_start(ctx->engine, &post, err, sizeof err);
+    call->t = nim_engine_start(engine, &post, err, sizeof err);
     if (!call->t) {
         lua_pushstring(L, err);
         return push_failure(L, NIM_ERR_CONNECTION, 0, 0, model, api_key);
     }
     while (!nim_transfer_done(call->t))
-        if (nim_engine_step(ctx->engine, 1000) < 0) break;
+        if (nim_engine_step(engine, 1000) < 0) break;
 
     nim_transfer *t = call->t;
     long status = nim_transfer_status(t);
@@ -561,7 +583,7 @@ static int nim_rerank(lua_State *L) {
     int decode = lua_upvalueindex(UV_DECODE);
     if (status >= 200 && status < 300 && status != 202) {
         nim_parse_opts o = {family, top_n, return_documents, ndocs};
-        if (nim_wire_parse(L, resp_idx, decode, passages, lua_upvalueindex(UV_ARRAY_MT), &o)) {
+        if (nim_wire_parse(L, resp_idx, decode, texts, lua_upvalueindex(UV_ARRAY_MT), &o)) {
             annotate_meta(L, &route, dropped, seconds);
             return 1;
         }
@@ -647,6 +669,14 @@ static int nim_resolve_l(lua_State *L) {
     return 1;
 }
 
+/* nim.now() -> seconds on a monotonic clock (for timing and frame loops). */
+static int nim_now(lua_State *L) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
 /* nim.array([t]) -> t marked as a JSON array (so an empty one encodes as []). */
 static int nim_array(lua_State *L) {
     if (lua_isnoneornil(L, 1)) lua_newtable(L);
@@ -691,12 +721,11 @@ static const luaL_Reg nim_funcs[] = {
     {"rerank", nim_rerank},
     {"resolve", nim_resolve_l},
     {"array", nim_array},
+    {"now", nim_now},
     {NULL, NULL},
 };
 
 int luaopen_nim(lua_State *L) {
-    if (nimrank_global_init() != 0) return luaL_error(L, "nim: curl_global_init failed");
-
     if (luaL_newmetatable(L, ERROR_MT)) {
         lua_pushcfunction(L, error_tostring);
         lua_setfield(L, -2, "__tostring");
@@ -720,8 +749,6 @@ int luaopen_nim(lua_State *L) {
     lua_pushcfunction(L, ctx_gc);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
-    ctx->engine = nim_engine_new();
-    if (!ctx->engine) return luaL_error(L, "nim: cannot create the curl engine");
 
     luaopen_cjson(L); /* our own cjson instance: the user's cjson settings do not reach it */
     lua_getfield(L, -1, "encode");

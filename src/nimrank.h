@@ -19,12 +19,15 @@
 extern "C" {
 #endif
 
-/* Opens the `nim` module: pushes its table. libcurl's global state must have been set up
- * (nimrank_global_init) before threads start; luaopen_nim does it lazily when it was not. */
+/* Opens the `nim` module: pushes its table. libcurl's global state is set up on the first
+ * network call; a threaded host should call nimrank_global_init() first, before threads. */
 NIMRANK_API int luaopen_nim(lua_State *L);
 
-/* curl_global_init, once per process. Call it early in a threaded host. 0 on success. */
+/* Loads libcurl and runs curl_global_init, once per process. Optional: the first network call
+ * does it; a threaded host calls it before starting threads. 0 on success. */
 NIMRANK_API int nimrank_global_init(void);
+/* curl_global_cleanup, if libcurl was loaded. At exit, after every lua_State is closed. */
+NIMRANK_API void nimrank_global_cleanup(void);
 
 #ifdef __cplusplus
 }

@@ -25,15 +25,16 @@ const char *nim_err_type_name(nim_err_type t);
 /* HTTP status (>= 300, or 202) -> error type and whether a retry may help. */
 nim_err_type nim_err_from_status(long status, int *retryable);
 
-/* Turns documents (a sequence at docs_idx) into a passages table, pushed on the stack.
- * encode_idx holds cjson.encode (for table documents without text). Raises, naming
- * documents[i], on a document of the wrong type. */
-void nim_wire_passages(lua_State *L, int docs_idx, int encode_idx, nim_family family);
+/* Checks every document and pushes two values: texts (texts[i] = the text sent for document
+ * i, or false for an image-only passage) and the request body string, keys in the documented
+ * order. encode_idx holds cjson.encode (for table documents without text). top_k <= 0 and
+ * truncate NULL mean "not sent". Raises, naming documents[i], on a document of the wrong type. */
+void nim_wire_request(lua_State *L, int docs_idx, int encode_idx, nim_family family,
+                      const char *body_model, int query_idx, lua_Integer top_k,
+                      const char *truncate);
 
-/* Pushes the request body string. passages_idx: the table from nim_wire_passages.
- * top_k <= 0 means not sent; truncate NULL means not sent. */
-void nim_wire_body(lua_State *L, int encode_idx, const char *body_model, int query_idx,
-                   int passages_idx, lua_Integer top_k, const char *truncate);
+/* Appends s as a JSON string literal. */
+void nim_wire_json_string(luaL_Buffer *b, const char *s, size_t n);
 
 typedef struct {
     nim_family family;
@@ -44,8 +45,9 @@ typedef struct {
 
 /* Decodes a 2xx body (string at body_idx) into the result table. On success pushes the result
  * and returns 1. On a body that is not JSON or has the wrong shape, pushes a message string
- * and returns 0. decode_idx holds cjson.decode, array_mt_idx the array marker metatable. */
-int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int passages_idx,
+ * and returns 0. decode_idx holds cjson.decode, texts_idx the table from nim_wire_request,
+ * array_mt_idx the array marker metatable. */
+int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int texts_idx,
                    int array_mt_idx, const nim_parse_opts *o);
 
 /* Pushes a short human message taken from an error body (JSON detail/message/error or text).

@@ -152,3 +152,19 @@ test("env_base_url_used_by_cli", function()
     :format(q(h.key), q(h.url .. "/v1"), BIN, h.RETRIEVAL))
   eq(code, 0, "NVIDIA_NIM_API_BASE with /v1: " .. out)
 end)
+
+test("libcurl_is_loaded_only_by_the_first_network_call", function()
+  local code = [[
+    local function curl_mapped()
+      for line in io.lines("/proc/self/maps") do
+        if line:find("libcurl", 1, true) then return true end
+      end
+      return false
+    end
+    io.write(tostring(curl_mapped()), " ")
+    nim.rerank{ model = "m", query = "q", documents = { "d" }, api_base = "http://127.0.0.1:1" }
+    io.write(tostring(curl_mapped()))
+  ]]
+  local out = sh(BIN .. " -e " .. q(code))
+  eq(out, "false true", "libcurl mapped before / after the first call")
+end)

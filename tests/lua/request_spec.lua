@@ -270,3 +270,26 @@ test("resolve_exposes_route", function()
   raises(function() nim.resolve("") end, "model")
   eq(nim.native.resolve, nim.resolve, "native resolve")
 end)
+
+test("catalog_lookup_accepts_dotted_spelling", function()
+  nim.catalog["nvidia/llama-3_2-nv-rerankqa-1b-v2"].max_passages = 1
+  local res, err = nim.rerank(h.args({ model = h.RANKING }))
+  nim.catalog["nvidia/llama-3_2-nv-rerankqa-1b-v2"].max_passages = 512
+  eq(res, nil, "entry found through the dotted name")
+  spec.match(err.message, "limit of 1", "limit")
+end)
+
+test("json_escaping_round_trips_every_byte_value", function()
+  local docs = { "", 'q"uote', "back\\slash", "\0\1\31 ctl", "tab\tnl\ncr\r\b\f", "é ü 😀",
+    ("x"):rep(7) .. '"', ("y"):rep(8) .. "\\" .. ("z"):rep(9), "/slash", "\127del" }
+  for c = 0, 255 do
+    docs[#docs + 1] = ("abcdefgh"):rep(2) .. string.char(c) .. ("ijklmnop"):rep(2)
+  end
+  local query = 'quote " and \\ and \n in the query'
+  local res, err = nim.rerank(h.args({ documents = docs, query = query, model = h.RANKING,
+    api_base = h.open_url }))
+  ok(res, tostring(err))
+  local body = h.decode(h.last(h.open_url).body)
+  eq(body.query.text, query, "query")
+  for i, d in ipairs(docs) do eq(body.passages[i].text, d, "passage " .. i) end
+end)

@@ -1,0 +1,47 @@
+#!/bin/sh
+# Per-call cost of nim.rerank against the cost of posting the same pre-built body with plain
+# curl (one curl process, N requests on one connection), side by side, same local upstream.
+# Usage: sh bench/overhead.sh [CALLS]   (after `make`)
+set -e
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+N=${1:-200}
+TMP=$(mktemp -d)
+"$BUILD/fakenim" --max-passages 1000 >"$TMP/port" &
+FAKE=$!
+trap 'kill $FAKE 2>/dev/null; rm -rf "$TMP"' EXIT INT TERM
+while ! grep -q PORT "$TMP/port" 2>/dev/null; do sleep 0.05; done
+URL="http://127.0.0.1:$(awk '/PORT/{print $2}' "$TMP/port")"
+
+ROUNDS=${ROUNDS:-3}
+median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+
+printf "%-6s %6s %13s %13s %12s %12s %10s %10s\n" docs calls "nim wall ms" "curl wall ms" \
+    "nim cpu ms" "curl cpu ms" "wall ovh" "cpu ovh"
+for DOCS in 100 1000; do
+    : >"$TMP/nw"; : >"$TMP/nc"; : >"$TMP/cw"; : >"$TMP/cc"
+    urls=""
+    i=0
+    while [ $i -lt "$N" ]; do urls="$urls $URL/v1/ranking"; i=$((i + 1)); done
+    r=0
+    while [ $r -lt "$ROUNDS" ]; do # alternate the two, so drift in the upstream hits both
+        line=$("$BUILD/nimrank" bench/overhead.lua "$URL" "$N" "$DOCS" "$TMP/body.json")
+        echo "$line" | cut -d' ' -f3 >>"$TMP/nw"
+        echo "$line" | cut -d' ' -f4 >>"$TMP/nc"
+        curl -s -o /dev/null --data-binary @"$TMP/body.json" -H "Content-Type: application/json" \
+            "$URL/v1/ranking" # warm-up
+        start=$(date +%s%N)
+        /usr/bin/env time -f "%U %S" -o "$TMP/time" curl -s --data-binary @"$TMP/body.json" \
+            -H "Content-Type: application/json" -H "Accept: application/json" $urls >/dev/null
+        end=$(date +%s%N)
+        awk -v a="$start" -v b="$end" -v n="$N" 'BEGIN{printf "%.3f\n", (b-a)/1e6/n}' >>"$TMP/cw"
+        awk -v n="$N" '{printf "%.3f\n", ($1+$2)*1000/n}' "$TMP/time" >>"$TMP/cc"
+        r=$((r + 1))
+    done
+    nw=$(median <"$TMP/nw"); nc=$(median <"$TMP/nc"); cw=$(median <"$TMP/cw"); cc=$(median <"$TMP/cc")
+    printf "%-6s %6s %13s %13s %12s %12s %10s %10s\n" "$DOCS" "$N" "$nw" "$cw" "$nc" "$cc" \
+        "$(awk -v a="$nw" -v b="$cw" 'BEGIN{printf "%+.1f%%", (a-b)/b*100}')" \
+        "$(awk -v a="$nc" -v b="$cc" -v w="$cw" 'BEGIN{printf "%+.1f%%", (a-b)/w*100}')"
+done
+echo "medians of $ROUNDS alternating rounds; wall ovh = (nim wall - curl wall) / curl wall;"
+echo "cpu ovh = (nim client CPU - curl client CPU) / curl wall: nimrank's own work per exchange"
