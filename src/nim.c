@@ -12,6 +12,7 @@
 #include <lua.h>
 
 #include "curl_lazy.h"
+#include "bm25.h"
 #include "engine.h"
 #include "nimrank.h"
 #include "resolve.h"
@@ -193,7 +194,7 @@ static const char *const transport_options[] = {
     "api_key",   "api_base",   "timeout",     "connect_timeout",    "headers",
     "drop_params", "num_retries", "max_retries", "ca_bundle",        "max_response_bytes",
     "request_timeout", "metadata", "fallbacks", "user",             "custom_llm_provider",
-    NULL};
+    "bm25", NULL};
 
 static int in_list(const char *const *list, const char *s) {
     for (; *list; list++)
@@ -403,76 +404,182 @@ static void annotate_meta(lua_State *L, const nim_route *r, int dropped, double 
     lua_pop(L, 1);
 }
 
-/* nim.rerank{...} -> result | nil, err */
-static int nim_rerank(lua_State *L) {
+/* The checked arguments of one nim.rerank call. Strings point into the args table (slot 1),
+ * which stays on the stack for the whole call. */
+typedef struct {
+    const char *model;
+    int query;     /* stack slot of the query string */
+    int documents; /* stack slot of the documents table */
+    lua_Integer ndocs;
+    int dropped; /* stack slot of the sorted dropped-parameter names */
+    int headers; /* stack slot of the headers table, or 0 */
+    lua_Integer top_n;
+    const char *truncate;
+    int return_documents;
+    double timeout, connect_timeout;
+    const char *ca_bundle;
+    lua_Integer max_response;
+    const char *api_base;
+    const char *api_key;
+} rerank_args;
+
+/* Checks everything common to every provider. Raises on misuse, naming the field. Leaves
+ * slots 1 (args), 2 (dropped), 3 (query), 4 (documents), 5 (headers or nil). */
+static void check_args(lua_State *L, rerank_args *a) {
+    memset(a, 0, sizeof *a);
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     const int args = 1;
 
-    /* 2: unsupported parameters, sorted */
-    unknown_params(L, args);
-    const int dropped = 2;
-    if (lua_rawlen(L, dropped) > 0 &&
+    unknown_params(L, args); /* slot 2 */
+    a->dropped = 2;
+    if (lua_rawlen(L, a->dropped) > 0 &&
         !opt_bool(L, args, "drop_params", settings_bool(L, "drop_params"))) {
         luaL_Buffer b;
         luaL_buffinit(L, &b);
-        for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, dropped); i++) {
+        for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, a->dropped); i++) {
             if (i > 1) luaL_addstring(&b, ", ");
-            lua_rawgeti(L, dropped, i);
+            lua_rawgeti(L, a->dropped, i);
             luaL_addvalue(&b);
         }
         luaL_pushresult(&b);
-        return luaL_error(L,
-                          "nim.rerank: unsupported parameters for nvidia_nim: %s "
-                          "(pass drop_params = true to drop them)",
-                          lua_tostring(L, -1));
+        luaL_error(L,
+                   "nim.rerank: unsupported parameters: %s (pass drop_params = true to drop "
+                   "them)",
+                   lua_tostring(L, -1));
     }
 
-    const char *model = opt_string(L, args, "model");
-    if (!model) return field_error(L, "model", "required (e.g. \"nvidia_nim/nvidia/...\")");
+    a->model = opt_string(L, args, "model");
+    if (!a->model) field_error(L, "model", "required (e.g. \"nvidia_nim/nvidia/...\")");
 
-    /* 3: query */
     if (lua_getfield(L, args, "query") != LUA_TSTRING) type_error(L, "query", "string", -1);
-    const int query = 3;
-    if (lua_rawlen(L, query) == 0) field_error(L, "query", "must not be empty");
+    a->query = 3;
+    if (lua_rawlen(L, a->query) == 0) field_error(L, "query", "must not be empty");
 
-    /* 4: documents */
     if (lua_getfield(L, args, "documents") != LUA_TTABLE)
         type_error(L, "documents", "a list of strings or tables", -1);
-    const int documents = 4;
-    lua_Integer ndocs = (lua_Integer)lua_rawlen(L, documents);
+    a->documents = 4;
+    a->ndocs = (lua_Integer)lua_rawlen(L, a->documents);
 
-    lua_Integer top_n = opt_count(L, args, "top_n");
+    a->top_n = opt_count(L, args, "top_n");
     lua_Integer top_k = opt_count(L, args, "top_k");
-    if (top_n && top_k && top_n != top_k)
+    if (a->top_n && top_k && a->top_n != top_k)
         luaL_error(L, "nim.rerank: top_n and top_k: both given with different values (%I, %I)",
-                   top_n, top_k);
-    if (!top_n) top_n = top_k;
+                   a->top_n, top_k);
+    if (!a->top_n) a->top_n = top_k;
 
-    const char *truncate = opt_string(L, args, "truncate");
-    if (truncate && strcmp(truncate, "NONE") != 0 && strcmp(truncate, "END") != 0)
-        luaL_error(L, "nim.rerank: truncate: must be \"NONE\" or \"END\" (got \"%s\")", truncate);
-    int return_documents = opt_bool(L, args, "return_documents", 1);
-    double timeout = opt_seconds(L, args, "timeout",
-                                 settings_number(L, "timeout", DEFAULT_TIMEOUT_S));
-    double connect_timeout = opt_seconds(
-        L, args, "connect_timeout", settings_number(L, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_S));
-    const char *ca_bundle = opt_string(L, args, "ca_bundle");
-    if (!ca_bundle) ca_bundle = settings_string(L, "ca_bundle");
-    lua_Integer max_response = opt_count(L, args, "max_response_bytes");
-    const char *api_base = opt_string(L, args, "api_base");
-    const char *api_key = opt_string(L, args, "api_key");
-    if (!api_key || !*api_key) api_key = getenv("NVIDIA_NIM_API_KEY");
-    if (api_key && !*api_key) api_key = NULL;
-    if (api_key && !header_value_ok(api_key, strlen(api_key)))
+    a->truncate = opt_string(L, args, "truncate");
+    if (a->truncate && strcmp(a->truncate, "NONE") != 0 && strcmp(a->truncate, "END") != 0)
+        luaL_error(L, "nim.rerank: truncate: must be \"NONE\" or \"END\" (got \"%s\")",
+                   a->truncate);
+    a->return_documents = opt_bool(L, args, "return_documents", 1);
+    a->timeout =
+        opt_seconds(L, args, "timeout", settings_number(L, "timeout", DEFAULT_TIMEOUT_S));
+    a->connect_timeout =
+        opt_seconds(L, args, "connect_timeout",
+                    settings_number(L, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_S));
+    a->ca_bundle = opt_string(L, args, "ca_bundle");
+    if (!a->ca_bundle) a->ca_bundle = settings_string(L, "ca_bundle");
+    a->max_response = opt_count(L, args, "max_response_bytes");
+    a->api_base = opt_string(L, args, "api_base");
+    a->api_key = opt_string(L, args, "api_key");
+    if (!a->api_key || !*a->api_key) a->api_key = getenv("NVIDIA_NIM_API_KEY");
+    if (a->api_key && !*a->api_key) a->api_key = NULL;
+    if (a->api_key && !header_value_ok(a->api_key, strlen(a->api_key)))
         field_error(L, "api_key", "contains control characters");
 
-    /* 5: headers (or a placeholder) */
-    int ht = lua_getfield(L, args, "headers");
+    int ht = lua_getfield(L, args, "headers"); /* slot 5 */
     if (ht != LUA_TNIL && ht != LUA_TTABLE) type_error(L, "headers", "table", -1);
-    const int headers = ht == LUA_TTABLE ? 5 : 0;
+    a->headers = ht == LUA_TTABLE ? 5 : 0;
+}
 
-    /* Route. The catalog entry (6) stays on the stack while its strings are in use. */
+/* ---- provider local/bm25 ---------------------------------------------------------------- */
+
+static double bm25_number(lua_State *L, int opts, const char *field, double dflt) {
+    if (!opts) return dflt;
+    int t = lua_getfield(L, opts, field);
+    double v = dflt;
+    if (t == LUA_TNUMBER) v = lua_tonumber(L, -1);
+    else if (t != LUA_TNIL)
+        luaL_error(L, "nim.rerank: bm25.%s: expected number, got %s", field, luaL_typename(L, -1));
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Ranks with the embedded BM25 scorer: no key, no network, no document limit. */
+static int rerank_local(lua_State *L, const rerank_args *a) {
+    int opts = 0;
+    int t = lua_getfield(L, 1, "bm25");
+    if (t == LUA_TTABLE) opts = lua_gettop(L);
+    else if (t != LUA_TNIL) type_error(L, "bm25", "table", -1);
+    nim_bm25_params p = NIM_BM25_DEFAULTS;
+    p.k1 = bm25_number(L, opts, "k1", p.k1);
+    p.b = bm25_number(L, opts, "b", p.b);
+    if (opts) {
+        int st = lua_getfield(L, opts, "stopwords");
+        if (st == LUA_TBOOLEAN) p.stopwords = lua_toboolean(L, -1);
+        else if (st != LUA_TNIL) type_error(L, "bm25.stopwords", "boolean", -1);
+        lua_pop(L, 1);
+    }
+    if (!(p.k1 >= 0 && p.k1 < 1e6)) field_error(L, "bm25.k1", "must be a number >= 0");
+    if (!(p.b >= 0 && p.b <= 1)) field_error(L, "bm25.b", "must be between 0 and 1");
+
+    /* image-only passages have no text here: the ranking family's rule gives them none */
+    nim_wire_texts(L, a->documents, lua_upvalueindex(UV_ENCODE), NIM_FAMILY_RANKING);
+    int texts = lua_gettop(L);
+    size_t n = (size_t)a->ndocs;
+    /* Scratch memory owned by the GC, so a raise frees it. */
+    const char **docs = lua_newuserdatauv(L, (n ? n : 1) * sizeof *docs, 0);
+    size_t *lens = lua_newuserdatauv(L, (n ? n : 1) * sizeof *lens, 0);
+    nim_bm25_hit *hits = lua_newuserdatauv(L, (n ? n : 1) * sizeof *hits, 0);
+    nim_ranking *rk = lua_newuserdatauv(L, (n ? n : 1) * sizeof *rk, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, texts, (lua_Integer)i + 1);
+        docs[i] = lua_tolstring(L, -1, &lens[i]); /* anchored by texts; NULL for false */
+        if (!docs[i]) lens[i] = 0;
+        lua_pop(L, 1);
+    }
+    size_t qlen, tokens = 0;
+    const char *q = lua_tolstring(L, a->query, &qlen);
+    double t0 = 0;
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        t0 = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    }
+    if (nim_bm25_rank(q, qlen, docs, lens, n, &p, hits, &tokens) != 0)
+        return luaL_error(L, "nim.rerank: local/bm25: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        rk[i].index = (lua_Integer)hits[i].index;
+        rk[i].score = hits[i].score;
+    }
+    nim_parse_opts o = {NIM_FAMILY_RANKING, a->top_n, a->return_documents, a->ndocs};
+    nim_wire_results(L, rk, a->ndocs, (lua_Integer)tokens, texts, lua_upvalueindex(UV_ARRAY_MT),
+                     &o);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_getfield(L, -1, "meta");
+    lua_pushliteral(L, "local");
+    lua_setfield(L, -2, "provider");
+    lua_pushliteral(L, "local/bm25");
+    lua_setfield(L, -2, "model");
+    lua_pushnumber(L, ((double)ts.tv_sec + (double)ts.tv_nsec / 1e9 - t0) * 1000.0);
+    lua_setfield(L, -2, "latency_ms");
+    if (lua_rawlen(L, a->dropped) > 0) {
+        lua_pushvalue(L, a->dropped);
+        lua_pushvalue(L, lua_upvalueindex(UV_ARRAY_MT));
+        lua_setmetatable(L, -2);
+        lua_setfield(L, -2, "dropped_params");
+    }
+    lua_pop(L, 1);
+    return 1;
+}
+
+/* ---- provider nvidia_nim ---------------------------------------------------------------- */
+
+static int rerank_nim(lua_State *L, const rerank_args *a) {
+    const char *model = a->model, *api_key = a->api_key;
+    /* Route. The catalog entry (slot 6) stays on the stack while its strings are in use. */
     nim_family family;
     const char *clean;
     char err[512];
@@ -481,37 +588,40 @@ static int nim_rerank(lua_State *L) {
     nim_catalog_entry entry;
     lua_Integer max_passages;
     int has_entry = catalog_lookup(L, clean, &entry, &max_passages);
+    if (!has_entry) lua_pushnil(L);
+    const int entry_idx = 6;
     nim_route route;
-    if (nim_resolve(model, api_base, has_entry ? &entry : NULL, NULL, NULL, &route, err,
+    if (nim_resolve(model, a->api_base, has_entry ? &entry : NULL, NULL, NULL, &route, err,
                     sizeof err) != 0)
         return luaL_error(L, "nim.rerank: %s", err);
 
-    if (ndocs > max_passages) {
+    if (a->ndocs > max_passages) {
         lua_pushfstring(L,
                         "documents: %I documents exceed the limit of %I passages per request "
                         "for %s; split them into batches of at most %I",
-                        ndocs, max_passages, route.model, max_passages);
+                        a->ndocs, max_passages, route.model, max_passages);
         return push_failure(L, NIM_ERR_BAD_REQUEST, 0, 0, model, api_key);
     }
     if (!api_key && route.hosted) {
-        lua_pushfstring(L, "no API key for the hosted NVIDIA API: pass api_key or set "
+        lua_pushliteral(L, "no API key for the hosted NVIDIA API: pass api_key or set "
                            "NVIDIA_NIM_API_KEY");
         return push_failure(L, NIM_ERR_AUTH, 0, 0, model, NULL);
     }
 
     /* Texts and body; every document is checked before anything is sent. */
-    int encode = lua_upvalueindex(UV_ENCODE);
-    lua_Integer send_top_k = 0;
-    if (family == NIM_FAMILY_RETRIEVAL && top_n > 0) send_top_k = top_n < ndocs ? top_n : ndocs;
-    nim_wire_request(L, documents, encode, family, route.body_model, query, send_top_k,
-                     truncate);
-    int body = lua_gettop(L);
-    int texts = body - 1;
-    if (ndocs == 0) { /* nothing to rank: no network call */
+    nim_wire_texts(L, a->documents, lua_upvalueindex(UV_ENCODE), family);
+    int texts = lua_gettop(L);
+    if (a->ndocs == 0) { /* nothing to rank: no network call */
         push_empty_result(L);
-        annotate_meta(L, &route, dropped, -1);
+        annotate_meta(L, &route, a->dropped, -1);
         return 1;
     }
+    lua_Integer top_k = 0;
+    if (family == NIM_FAMILY_RETRIEVAL && a->top_n > 0)
+        top_k = a->top_n < a->ndocs ? a->top_n : a->ndocs;
+    nim_wire_body(L, a->documents, texts, family, route.body_model, a->query, top_k,
+                  a->truncate);
+    int body = lua_gettop(L);
 
     nim_engine *engine = engine_of(L, err, sizeof err);
     if (!engine) {
@@ -521,7 +631,7 @@ static int nim_rerank(lua_State *L) {
     nim_call *call = lua_newuserdatauv(L, sizeof *call, 0);
     memset(call, 0, sizeof *call);
     luaL_setmetatable(L, CALL_MT);
-    build_headers(L, call, headers, api_key);
+    build_headers(L, call, a->headers, api_key);
     size_t body_len;
     const char *body_s = lua_tolstring(L, body, &body_len);
     call->body = malloc(body_len + 1);
@@ -533,10 +643,10 @@ static int nim_rerank(lua_State *L) {
     post.headers = call->headers;
     post.body = call->body;
     post.body_len = body_len;
-    post.timeout_ms = (long)(timeout * 1000.0);
-    post.connect_timeout_ms = (long)(connect_timeout * 1000.0);
-    post.max_response = (size_t)max_response;
-    post.ca_bundle = ca_bundle;
+    post.timeout_ms = (long)(a->timeout * 1000.0);
+    post.connect_timeout_ms = (long)(a->connect_timeout * 1000.0);
+    post.max_response = (size_t)a->max_response;
+    post.ca_bundle = a->ca_bundle;
     call->headers = NULL; /* the engine owns them from here */
     call->body = NULL;
     call->t = nim_engine_start(engine, &post, err, sizeof err);
@@ -552,11 +662,12 @@ static int nim_rerank(lua_State *L) {
     switch (nim_transfer_done(t) ? nim_transfer_result(t) : NIM_XFER_OTHER) {
     case NIM_XFER_OK: break;
     case NIM_XFER_TIMEOUT:
-        lua_pushfstring(L, "no response within %f s (%s)", timeout, nim_transfer_error(t));
+        lua_pushfstring(L, "no response within %f s (%s)", a->timeout, nim_transfer_error(t));
         return push_failure(L, NIM_ERR_TIMEOUT, 0, 1, model, api_key);
     case NIM_XFER_TOO_LARGE:
         lua_pushfstring(L, "response larger than %I bytes",
-                        (lua_Integer)(max_response ? max_response : NIM_ENGINE_MAX_RESPONSE));
+                        (lua_Integer)(a->max_response ? a->max_response
+                                                      : NIM_ENGINE_MAX_RESPONSE));
         return push_failure(L, NIM_ERR_BAD_RESPONSE, status, 0, model, api_key);
     case NIM_XFER_CONNECTION:
         lua_pushfstring(L, "%s: %s", route.url, nim_transfer_error(t));
@@ -582,9 +693,9 @@ static int nim_rerank(lua_State *L) {
 
     int decode = lua_upvalueindex(UV_DECODE);
     if (status >= 200 && status < 300 && status != 202) {
-        nim_parse_opts o = {family, top_n, return_documents, ndocs};
+        nim_parse_opts o = {family, a->top_n, a->return_documents, a->ndocs};
         if (nim_wire_parse(L, resp_idx, decode, texts, lua_upvalueindex(UV_ARRAY_MT), &o)) {
-            annotate_meta(L, &route, dropped, seconds);
+            annotate_meta(L, &route, a->dropped, seconds);
             return 1;
         }
         lua_pushfstring(L, "malformed response from %s: %s; body: ", route.url,
@@ -602,7 +713,7 @@ static int nim_rerank(lua_State *L) {
                         lua_tostring(L, -1));
         lua_remove(L, -2);
         if (has_entry) {
-            lua_getfield(L, 6, "replacement");
+            lua_getfield(L, entry_idx, "replacement");
             if (lua_type(L, -1) == LUA_TSTRING) {
                 lua_pushfstring(L, "; use %s instead", lua_tostring(L, -1));
                 lua_remove(L, -2);
@@ -625,6 +736,19 @@ static int nim_rerank(lua_State *L) {
         lua_setfield(L, -2, "retry_after");
     }
     return 2;
+}
+
+/* nim.rerank{...} -> result | nil, err. Dispatches on the model's provider prefix. */
+static int nim_rerank(lua_State *L) {
+    rerank_args a;
+    check_args(L, &a);
+    if (strncmp(a.model, "local/", 6) == 0) {
+        if (strcmp(a.model, "local/bm25") != 0)
+            return luaL_error(L, "nim.rerank: model: unknown local model '%s' (known: local/bm25)",
+                              a.model);
+        return rerank_local(L, &a);
+    }
+    return rerank_nim(L, &a);
 }
 
 /* nim.resolve(model [, {api_base = ...}]) -> route table. Raises on a malformed model. */

@@ -127,14 +127,10 @@ static void push_json_text(lua_State *L, int encode_idx, int doc, lua_Integer i)
     }
 }
 
-void nim_wire_request(lua_State *L, int docs_idx, int encode_idx, nim_family family,
-                      const char *body_model, int query_idx, lua_Integer top_k,
-                      const char *truncate) {
+void nim_wire_texts(lua_State *L, int docs_idx, int encode_idx, nim_family family) {
     lua_Integer n = (lua_Integer)lua_rawlen(L, docs_idx);
-    /* texts[i] = the text sent for document i, or false (image only). */
     lua_createtable(L, (int)n, 0);
     int texts = lua_gettop(L);
-    /* Every document is checked first, so a bad one raises before the buffer exists. */
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, docs_idx, i);
         int has_image;
@@ -145,7 +141,12 @@ void nim_wire_request(lua_State *L, int docs_idx, int encode_idx, nim_family fam
         lua_rawseti(L, texts, i);
         lua_pop(L, 1);
     }
+}
 
+void nim_wire_body(lua_State *L, int docs_idx, int texts, nim_family family,
+                   const char *body_model, int query_idx, lua_Integer top_k,
+                   const char *truncate) {
+    lua_Integer n = (lua_Integer)lua_rawlen(L, texts);
     luaL_Buffer b;
     size_t qlen;
     const char *q = lua_tolstring(L, query_idx, &qlen);
@@ -208,13 +209,8 @@ static int decode(lua_State *L, int body_idx, int decode_idx) {
     return 1;
 }
 
-typedef struct {
-    lua_Integer index;
-    double score;
-} ranking;
-
 static int by_score_desc(const void *a, const void *b) {
-    const ranking *x = a, *y = b;
+    const nim_ranking *x = a, *y = b;
     if (x->score > y->score) return -1;
     if (x->score < y->score) return 1;
     return (x->index > y->index) - (x->index < y->index);
@@ -224,6 +220,44 @@ static int fail(lua_State *L, int top, const char *fmt, lua_Integer i) {
     lua_settop(L, top);
     lua_pushfstring(L, fmt, i);
     return 0;
+}
+
+void nim_wire_results(lua_State *L, const nim_ranking *rk, lua_Integer n, lua_Integer tokens,
+                      int texts_idx, int array_mt_idx, const nim_parse_opts *o) {
+    lua_Integer keep = (o->top_n > 0 && o->top_n < n) ? o->top_n : n;
+    char uuid[37];
+    nim_uuid4(uuid);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, uuid);
+    lua_setfield(L, -2, "id");
+    lua_createtable(L, (int)keep, 0);
+    lua_pushvalue(L, array_mt_idx);
+    lua_setmetatable(L, -2);
+    for (lua_Integer i = 0; i < keep; i++) {
+        lua_createtable(L, 0, 3);
+        lua_pushinteger(L, rk[i].index);
+        lua_setfield(L, -2, "index");
+        lua_pushnumber(L, rk[i].score);
+        lua_setfield(L, -2, "relevance_score");
+        if (o->return_documents) {
+            if (lua_rawgeti(L, texts_idx, rk[i].index + 1) == LUA_TSTRING) {
+                lua_createtable(L, 0, 1);
+                lua_insert(L, -2);
+                lua_setfield(L, -2, "text");
+                lua_setfield(L, -2, "document");
+            } else {
+                lua_pop(L, 1);
+            }
+        }
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "results");
+    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 1);
+    lua_pushinteger(L, tokens);
+    lua_setfield(L, -2, "total_tokens");
+    lua_setfield(L, -2, "billed_units");
+    lua_setfield(L, -2, "meta");
 }
 
 int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int texts_idx,
@@ -242,7 +276,7 @@ int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int texts_idx,
         return fail(L, top, "'rankings' has more entries than passages were sent", 0);
 
     /* Collected in C first: nothing here raises while this memory is held... */
-    ranking *rk = NULL;
+    nim_ranking *rk = NULL;
     if (n > 0) {
         rk = lua_newuserdatauv(L, (size_t)n * sizeof *rk, 0); /* ...and the GC owns it */
     }
@@ -269,43 +303,6 @@ int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int texts_idx,
         lua_pop(L, 3);
     }
     if (o->family == NIM_FAMILY_RANKING && n > 1) qsort(rk, (size_t)n, sizeof *rk, by_score_desc);
-    lua_Integer keep = (o->top_n > 0 && o->top_n < n) ? o->top_n : n;
-
-    /* id, results, meta */
-    lua_createtable(L, 0, 3);
-    int res = lua_gettop(L);
-    if (lua_getfield(L, doc, "id") == LUA_TSTRING && lua_rawlen(L, -1) > 0) {
-        lua_setfield(L, res, "id");
-    } else {
-        char uuid[37];
-        lua_pop(L, 1);
-        nim_uuid4(uuid);
-        lua_pushstring(L, uuid);
-        lua_setfield(L, res, "id");
-    }
-    lua_createtable(L, (int)keep, 0);
-    lua_pushvalue(L, array_mt_idx);
-    lua_setmetatable(L, -2);
-    for (lua_Integer i = 0; i < keep; i++) {
-        lua_createtable(L, 0, 3);
-        lua_pushinteger(L, rk[i].index);
-        lua_setfield(L, -2, "index");
-        lua_pushnumber(L, rk[i].score);
-        lua_setfield(L, -2, "relevance_score");
-        if (o->return_documents) {
-            if (lua_rawgeti(L, texts_idx, rk[i].index + 1) == LUA_TSTRING) {
-                lua_createtable(L, 0, 1);
-                lua_insert(L, -2);
-                lua_setfield(L, -2, "text");
-                lua_setfield(L, -2, "document");
-            } else {
-                lua_pop(L, 1);
-            }
-        }
-        lua_rawseti(L, -2, i + 1);
-    }
-    lua_setfield(L, res, "results");
-
     lua_Integer tokens = 0;
     if (lua_getfield(L, doc, "usage") == LUA_TTABLE) {
         lua_getfield(L, -1, "total_tokens");
@@ -317,13 +314,11 @@ int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int texts_idx,
     }
     lua_pop(L, 1);
     if (tokens <= 0) tokens = n;
-    lua_createtable(L, 0, 4);
-    lua_createtable(L, 0, 1);
-    lua_pushinteger(L, tokens);
-    lua_setfield(L, -2, "total_tokens");
-    lua_setfield(L, -2, "billed_units");
-    lua_setfield(L, res, "meta");
-
+    nim_wire_results(L, rk, n, tokens, texts_idx, array_mt_idx, o);
+    if (lua_getfield(L, doc, "id") == LUA_TSTRING && lua_rawlen(L, -1) > 0)
+        lua_setfield(L, -2, "id"); /* the provider's id replaces the fresh one */
+    else
+        lua_pop(L, 1);
     lua_copy(L, -1, top + 1);
     lua_settop(L, top + 1);
     return 1;

@@ -25,13 +25,16 @@ const char *nim_err_type_name(nim_err_type t);
 /* HTTP status (>= 300, or 202) -> error type and whether a retry may help. */
 nim_err_type nim_err_from_status(long status, int *retryable);
 
-/* Checks every document and pushes two values: texts (texts[i] = the text sent for document
- * i, or false for an image-only passage) and the request body string, keys in the documented
- * order. encode_idx holds cjson.encode (for table documents without text). top_k <= 0 and
- * truncate NULL mean "not sent". Raises, naming documents[i], on a document of the wrong type. */
-void nim_wire_request(lua_State *L, int docs_idx, int encode_idx, nim_family family,
-                      const char *body_model, int query_idx, lua_Integer top_k,
-                      const char *truncate);
+/* Checks every document and pushes texts: texts[i] = the text of document i, or false for
+ * an image-only passage (ranking family). encode_idx holds cjson.encode (for table documents
+ * without text). Raises, naming documents[i], on a document of the wrong type. */
+void nim_wire_texts(lua_State *L, int docs_idx, int encode_idx, nim_family family);
+
+/* Pushes the request body string, keys in the documented order. top_k <= 0 and truncate NULL
+ * mean "not sent". Does not raise except on memory errors. */
+void nim_wire_body(lua_State *L, int docs_idx, int texts_idx, nim_family family,
+                   const char *body_model, int query_idx, lua_Integer top_k,
+                   const char *truncate);
 
 /* Appends s as a JSON string literal. */
 void nim_wire_json_string(luaL_Buffer *b, const char *s, size_t n);
@@ -47,6 +50,16 @@ typedef struct {
  * and returns 1. On a body that is not JSON or has the wrong shape, pushes a message string
  * and returns 0. decode_idx holds cjson.decode, texts_idx the table from nim_wire_request,
  * array_mt_idx the array marker metatable. */
+typedef struct {
+    lua_Integer index;
+    double score;
+} nim_ranking;
+
+/* Pushes {id = fresh UUID, results = rk[0..top_n) with documents from texts,
+ * meta = {billed_units = {total_tokens = tokens}}}. rk is in final order. */
+void nim_wire_results(lua_State *L, const nim_ranking *rk, lua_Integer n, lua_Integer tokens,
+                      int texts_idx, int array_mt_idx, const nim_parse_opts *o);
+
 int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int texts_idx,
                    int array_mt_idx, const nim_parse_opts *o);
 

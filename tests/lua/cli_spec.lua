@@ -168,3 +168,31 @@ test("libcurl_is_loaded_only_by_the_first_network_call", function()
   local out = sh(BIN .. " -e " .. q(code))
   eq(out, "false true", "libcurl mapped before / after the first call")
 end)
+
+test("rerank_without_model_or_key_uses_local_bm25_and_says_so_once", function()
+  local f = tmpfile(table.concat(h.DOCS, "\n"))
+  local out, code = sh(("%s rerank -q %s --docs %s 2>%s.err"):format(BIN, q(h.QUERY), f, f))
+  local errf = io.open(f .. ".err"):read("a")
+  os.remove(f); os.remove(f .. ".err")
+  eq(code, 0, "exit")
+  eq(h.decode(out).results[1].index, 2, "H100 first")
+  eq(h.decode(out).meta.model, "local/bm25", "embedded default")
+  local _, count = errf:gsub("local/bm25", "")
+  eq(count, 1, "said once on stderr")
+end)
+
+test("rerank_with_key_and_no_model_uses_nim_default", function()
+  local out = sh(("NVIDIA_NIM_API_KEY=%s %s rerank --api-base %s -q q d"):format(q(h.key), BIN, q(h.url)))
+  eq(h.decode(out).meta.model, "nvidia/llama-nemotron-rerank-1b-v2", "NIM default model")
+end)
+
+test("offline_rerank_never_loads_libcurl", function()
+  local code = [[
+    nim.rerank{ model = "local/bm25", query = "q", documents = { "d" } }
+    for line in io.lines("/proc/self/maps") do
+      if line:find("libcurl", 1, true) then io.write("loaded") return end
+    end
+    io.write("not loaded")
+  ]]
+  eq(sh(BIN .. " -e " .. q(code)), "not loaded", "libcurl")
+end)
