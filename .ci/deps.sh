@@ -1,6 +1,10 @@
 #!/bin/sh
 # Installs the Debian packages named as arguments when any is missing: with apt-get when run
 # as root, otherwise prints the exact command and fails.
+if ! command -v dpkg-query >/dev/null 2>&1; then
+    echo "nimrank: not a Debian system; make sure the equivalents of these are installed: $*" >&2
+    exit 0
+fi
 missing=""
 for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -28,6 +28,7 @@ Options:
       --api-base URL    base URL or full endpoint URL of the NIM service
       --docs FILE       read documents from FILE ('-' = stdin)
       --no-documents    leave the document text out of the results
+      --pretty          indented JSON with sorted keys
       --timeout SECONDS total time allowed for the request (default 60)
   -H, --header 'K: V'   extra HTTP header (repeatable)
   -h, --help            show this help
@@ -93,6 +94,7 @@ local function parse_rerank_args(args)
     elseif a == "--api-base" then o.api_base = value(a)
     elseif a == "--docs" then o.docs_file = value(a)
     elseif a == "--no-documents" then o.return_documents = false
+    elseif a == "--pretty" then o.pretty = true
     elseif a == "--timeout" then
       local v = value(a)
       o.timeout = tonumber(v)
@@ -158,7 +160,7 @@ function M.rerank(args)
     io.stderr:write("nimrank rerank: ", tostring(err), "\n")
     return EXIT_FAILURE
   end
-  io.stdout:write(json.encode(res), "\n")
+  io.stdout:write(o.pretty and json.pretty(res) or json.encode(res), "\n")
   return EXIT_OK
 end
 

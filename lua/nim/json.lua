@@ -33,11 +33,62 @@ local function prepare(v, depth)
   return v, false
 end
 
+-- cjson writes "/" as "\/". Valid JSON, but noisy in model names and URLs: in a run of
+-- backslashes before "/", an odd count means the last one escapes the slash.
+local function unescape_slashes(s)
+  if not s:find("\\/", 1, true) then return s end
+  return (s:gsub("(\\+)/", function(run)
+    if #run % 2 == 1 then return run:sub(2) .. "/" end
+  end))
+end
+
 function M.encode(v)
   local prepared, changed = prepare(v, 0)
   local s = cjson.encode(prepared)
   if changed then s = s:gsub(QUOTED_SENTINEL, "[]", nil) end
-  return s
+  return unescape_slashes(s)
+end
+
+-- Indented JSON with keys in sorted order, for people and for stable snapshots. Scalars and
+-- strings are still written by cjson.
+function M.pretty(v, indent)
+  indent = indent or "  "
+  local out = {}
+  local function put(x, depth)
+    if type(x) ~= "table" then
+      out[#out + 1] = M.encode(x)
+      return
+    end
+    local pad, inner = indent:rep(depth), indent:rep(depth + 1)
+    local n = #x
+    local is_list = getmetatable(x) == array_mt or (n > 0 and next(x, n > 0 and n or nil) == nil)
+    if is_list then
+      if n == 0 then out[#out + 1] = "[]" return end
+      out[#out + 1] = "[\n"
+      for i = 1, n do
+        out[#out + 1] = inner
+        put(x[i], depth + 1)
+        out[#out + 1] = i < n and ",\n" or "\n"
+      end
+      out[#out + 1] = pad .. "]"
+      return
+    end
+    local keys = {}
+    for k in pairs(x) do keys[#keys + 1] = tostring(k) end
+    if #keys == 0 then out[#out + 1] = "{}" return end
+    table.sort(keys)
+    out[#out + 1] = "{\n"
+    for i, k in ipairs(keys) do
+      local val = x[k]
+      if val == nil then val = x[tonumber(k)] end
+      out[#out + 1] = inner .. M.encode(k) .. ": "
+      put(val, depth + 1)
+      out[#out + 1] = i < #keys and ",\n" or "\n"
+    end
+    out[#out + 1] = pad .. "}"
+  end
+  put(v, 0)
+  return table.concat(out)
 end
 
 M.decode = cjson.decode

@@ -1,0 +1,49 @@
+-- Every example runs as the README shows, against the fake NIM servers.
+local spec = require "spec"
+local h = require "helpers"
+local test, eq, match = spec.test, spec.eq, spec.match
+local q, sh = h.q, h.sh
+local BIN = h.nimrank
+
+local function hosted_env()
+  return ("NVIDIA_NIM_API_KEY=%s NVIDIA_NIM_RERANK_API_BASE=%s "):format(q(h.key), q(h.url))
+end
+
+test("example_h100", function()
+  local out, code = sh(hosted_env() .. BIN .. " examples/h100.lua")
+  eq(code, 0, "exit: " .. out)
+  match(out, "^1%. %[2%]", "H100 document first")
+end)
+
+test("example_h100_with_end_of_life_model_explains", function()
+  local out, code = sh(hosted_env() .. BIN
+    .. " examples/h100.lua nvidia_nim/nvidia/llama-3_2-nv-rerankqa-1b-v2 2>&1")
+  eq(code, 1, "exit")
+  match(out, "end of life", "410 explained")
+end)
+
+test("example_ranking", function()
+  local out, code = sh(hosted_env() .. BIN .. " examples/ranking.lua")
+  eq(code, 0, "exit: " .. out)
+  eq(#h.decode(out).results, 3, "three results")
+end)
+
+test("example_self_hosted", function()
+  local out, code = sh(BIN .. " examples/self_hosted.lua " .. q(h.open_url))
+  eq(code, 0, "exit: " .. out)
+  match(out, "route:%s+http://127%.0%.0%.1:%d+/v1/ranking", "route printed")
+  match(out, "%[0%]", "the oil document is among the results")
+end)
+
+test("example_offline", function()
+  local out, code = sh(BIN .. " examples/offline.lua")
+  eq(code, 0, "exit")
+  match(out, "^1%. [%d.]+  Accelerated servers with H100", "H100 first")
+end)
+
+test("main_job_command", function()
+  local out, code = sh(BIN .. " rerank --query 'What is the GPU memory bandwidth of H100 SXM?' "
+    .. "--docs examples/docs.txt --top-n 3 2>/dev/null")
+  eq(code, 0, "exit")
+  eq(h.decode(out).results[1].index, 2, "H100 first")
+end)
