@@ -2,6 +2,8 @@
 # `make deps` installs missing Debian packages (as root) or prints the apt-get line.
 # `make test` runs every test; `make test-asan` the same under AddressSanitizer+UBSan;
 # `make test-valgrind` the C tests and a Lua spec run under valgrind. STRICT=1 adds -Werror.
+# `make install PREFIX=...`: bin/nimrank, lib/libnimrank.a, include/nimrank.h,
+# lib/lua/5.4/nim.so and share/lua/5.4/nim/*.lua (Lua's standard module paths).
 
 PREFIX   ?= /usr/local
 BUILD    ?= build
@@ -16,7 +18,7 @@ WERROR   := $(if $(filter 1,$(STRICT)),-Werror)
 CFLAGS   ?=
 CFLAGS   += -std=gnu11 $(OPT) $(WARN) $(WERROR) $(EXTRA_CFLAGS) -fPIC -fvisibility=hidden \
             $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
-            -DNIMRANK_LUA_DIR='"$(PREFIX)/share/nimrank/lua"'
+            -DNIMRANK_LUA_DIR='"$(PREFIX)/share/lua/5.4"'
 LDFLAGS  += $(EXTRA_LDFLAGS)
 # Programs link lua-cjson statically; nim.so links the shared library (the static archive is
 # not position-independent). nim.so never links liblua: the host provides Lua.
@@ -97,17 +99,17 @@ bench: all
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
-	    $(DESTDIR)$(PREFIX)/lib/lua/5.4 $(DESTDIR)$(PREFIX)/share/nimrank/lua/nim
+	    $(DESTDIR)$(PREFIX)/lib/lua/5.4 $(DESTDIR)$(PREFIX)/share/lua/5.4/nim
 	install -m 755 $(BUILD)/nimrank $(DESTDIR)$(PREFIX)/bin/nimrank
 	install -m 644 $(BUILD)/libnimrank.a $(DESTDIR)$(PREFIX)/lib/libnimrank.a
 	install -m 644 src/nimrank.h $(DESTDIR)$(PREFIX)/include/nimrank.h
 	install -m 755 $(BUILD)/nim.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/nim.so
-	install -m 644 lua/nim/*.lua $(DESTDIR)$(PREFIX)/share/nimrank/lua/nim/
+	install -m 644 lua/nim/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/nim/
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/nimrank $(DESTDIR)$(PREFIX)/lib/libnimrank.a \
 	    $(DESTDIR)$(PREFIX)/include/nimrank.h $(DESTDIR)$(PREFIX)/lib/lua/5.4/nim.so
-	rm -rf $(DESTDIR)$(PREFIX)/share/nimrank
+	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/nim
 
 clean:
 	rm -rf build build-asan

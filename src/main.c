@@ -17,7 +17,7 @@
 #include "nimrank.h"
 
 #ifndef NIMRANK_LUA_DIR
-#define NIMRANK_LUA_DIR "/usr/local/share/nimrank/lua"
+#define NIMRANK_LUA_DIR "/usr/local/share/lua/5.4"
 #endif
 
 static const char *progname = "nimrank";
@@ -80,7 +80,7 @@ static int is_dir(const char *p) {
 }
 
 /* The Lua layer: $NIMRANK_LUA_PATH, else lua/ beside the binary or one level up (build/),
- * else the install prefix. */
+ * else ../share/lua/5.4 from the binary (installed, relocatable), else the build's prefix. */
 #define DIR_MAX (PATH_MAX + 16)
 
 static void find_lua_dir(char *out, size_t cap) {
@@ -104,6 +104,11 @@ static void find_lua_dir(char *out, size_t cap) {
         snprintf(cand, sizeof cand, "%s/../lua/nim", exe);
         if (is_dir(cand)) {
             snprintf(out, cap, "%s/../lua", exe);
+            return;
+        }
+        snprintf(cand, sizeof cand, "%s/../share/lua/5.4/nim", exe); /* an installed tree */
+        if (is_dir(cand)) {
+            snprintf(out, cap, "%s/../share/lua/5.4", exe);
             return;
         }
     }
