@@ -6,6 +6,13 @@ cd "$(dirname "$0")/.." || exit 1
 unset NVIDIA_NIM_API_KEY NVIDIA_NIM_API_BASE NVIDIA_NIM_RERANK_API_BASE NIMRANK_MODEL NIMRANK_LUA_PATH
 . tests/fakes.sh
 
+# A sanitized nim.so inside the uninstrumented lua5.4 needs the runtimes preloaded.
+PRELOAD=
+if [ -n "$NIMRANK_SANITIZE" ]; then
+    PRELOAD="$(cc -print-file-name=libasan.so) $(cc -print-file-name=libubsan.so)"
+fi
+export NIMRANK_PRELOAD="$PRELOAD"
+
 passed=0; failed=0
 tally() { # a log whose last "N passed, N failed" line counts; a runner that died counts 1 failure
     line=$(grep -E '[0-9]+ passed, [0-9]+ failed' "$1" | tail -n 1)
@@ -33,11 +40,6 @@ for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] && run "$(basename "$t")" "$t"
 done
 run "lua specs (nimrank host)" "$BUILD/nimrank" tests/lua/run.lua tests/lua/*_spec.lua
-# A sanitized nim.so inside the uninstrumented lua5.4 needs the runtimes preloaded.
-PRELOAD=
-if [ -n "$NIMRANK_SANITIZE" ]; then
-    PRELOAD="$(cc -print-file-name=libasan.so) $(cc -print-file-name=libubsan.so)"
-fi
 run "lua specs (stock lua5.4 + nim.so)" env LD_PRELOAD="$PRELOAD" LUA_CPATH="$BUILD/?.so;;" \
     LUA_PATH="lua/?.lua;;" lua5.4 tests/lua/run.lua tests/lua/module/*_spec.lua
 echo "$passed passed, $failed failed"

@@ -206,8 +206,10 @@ test("installed_tree_is_relocatable_and_serves_stock_lua", function()
   eq(code, 0, "make install")
   local out = sh(("%s/b/bin/nimrank rerank -q gpu cats gpu 2>/dev/null"):format(dir))
   eq(h.decode(out).results[1].index, 1, "installed binary finds its Lua layer after a move")
-  out = sh(("cd / && LUA_CPATH='%s/b/lib/lua/5.4/?.so;;' LUA_PATH='%s/b/share/lua/5.4/?.lua;;' "
-    .. "lua5.4 -e 'print(require(\"nim.json\").encode(require(\"nim\").array{}))'"):format(dir, dir))
+  out = sh(("cd / && LD_PRELOAD=%s LUA_CPATH='%s/b/lib/lua/5.4/?.so;;' "
+    .. "LUA_PATH='%s/b/share/lua/5.4/?.lua;;' "
+    .. "lua5.4 -e 'print(require(\"nim.json\").encode(require(\"nim\").array{}))'")
+    :format(q(os.getenv("NIMRANK_PRELOAD") or ""), dir, dir))
   sh("rm -rf " .. q(dir))
   eq(out, "[]\n", "stock lua5.4 uses the installed module and Lua layer")
 end)
