@@ -1,12 +1,9 @@
 /* main.c: the `nimrank` host program. Creates the Lua state, opens `nim`, finds the Lua layer
  * and dispatches a subcommand. All set-up runs inside one protected call (as lua.c's pmain). */
-#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -15,10 +12,6 @@
 #include <lua-cjson.h>
 
 #include "nimrank.h"
-
-#ifndef NIMRANK_LUA_DIR
-#define NIMRANK_LUA_DIR "/usr/local/share/lua/5.4"
-#endif
 
 static const char *progname = "nimrank";
 
@@ -72,60 +65,6 @@ static int report(lua_State *L, int status) {
         lua_pop(L, 1);
     }
     return status;
-}
-
-static int is_dir(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-/* The Lua layer: $NIMRANK_LUA_PATH, else lua/ beside the binary or one level up (build/),
- * else ../share/lua/5.4 from the binary (installed, relocatable), else the build's prefix. */
-#define DIR_MAX (PATH_MAX + 16)
-
-static void find_lua_dir(char *out, size_t cap) {
-    const char *env = getenv("NIMRANK_LUA_PATH");
-    if (env && *env) {
-        snprintf(out, cap, "%s", env);
-        return;
-    }
-    char exe[PATH_MAX - 16];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) *slash = '\0';
-        char cand[PATH_MAX + 16];
-        snprintf(cand, sizeof cand, "%s/lua/nim", exe);
-        if (is_dir(cand)) {
-            snprintf(out, cap, "%s/lua", exe);
-            return;
-        }
-        snprintf(cand, sizeof cand, "%s/../lua/nim", exe);
-        if (is_dir(cand)) {
-            snprintf(out, cap, "%s/../lua", exe);
-            return;
-        }
-        snprintf(cand, sizeof cand, "%s/../share/lua/5.4/nim", exe); /* an installed tree */
-        if (is_dir(cand)) {
-            snprintf(out, cap, "%s/../share/lua/5.4", exe);
-            return;
-        }
-    }
-    snprintf(out, cap, "%s", NIMRANK_LUA_DIR);
-}
-
-static void set_package_path(lua_State *L) {
-    char dir[DIR_MAX];
-    find_lua_dir(dir, sizeof dir);
-    lua_getglobal(L, "package");
-    lua_getfield(L, -1, "path");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
-    lua_setfield(L, -3, "path");
-    lua_pop(L, 1);
-    lua_pushstring(L, dir);
-    lua_setfield(L, -2, "nimrank_lua_dir");
-    lua_pop(L, 1);
 }
 
 /* arg table as lua.c builds it: script at 0, its arguments from 1, the program before. */
@@ -184,9 +123,8 @@ static int pmain(lua_State *L) {
     lua_pushcfunction(L, luaopen_cjson);
     lua_setfield(L, -2, "cjson");
     lua_pop(L, 1);
-    luaL_requiref(L, "nim", luaopen_nim, 1); /* also the global `nim` */
+    luaL_requiref(L, "nim", luaopen_nim, 1); /* also the global `nim`; loads the Lua layer */
     lua_pop(L, 1);
-    set_package_path(L);
 
     if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
         fputs(usage, argc < 2 ? stderr : stdout);

@@ -1,6 +1,10 @@
+#define _GNU_SOURCE /* dladdr */
 /* nim.c: the `nim` Lua module. Argument checking, Lua tables <-> C, the blocking call.
  * Misuse raises naming the field; failures of the world return nil, err (DESIGN.md). */
 #include <ctype.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +24,10 @@
 
 /* Upvalues shared by every function of the module: no per-process globals for state data. */
 enum { UV_CTX = 1, UV_ENCODE, UV_DECODE, UV_CATALOG, UV_SETTINGS, UV_ARRAY_MT, UV_COUNT = 6 };
+
+#ifndef NIMRANK_LUA_DIR
+#define NIMRANK_LUA_DIR "/usr/local/share/lua/5.4"
+#endif
 
 #define ERROR_MT "nim.Error"
 #define CALL_MT "nim.Call"
@@ -801,6 +809,16 @@ static int nim_now(lua_State *L) {
     return 1;
 }
 
+/* nim.sleep(seconds): blocks this thread (the router's default wait between retries). */
+static int nim_sleep(lua_State *L) {
+    double s = luaL_checknumber(L, 1);
+    luaL_argcheck(L, s >= 0 && s < 1e7, 1, "seconds must be between 0 and 1e7");
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+    return 0;
+}
+
 /* nim.array([t]) -> t marked as a JSON array (so an empty one encodes as []). */
 static int nim_array(lua_State *L) {
     if (lua_isnoneornil(L, 1)) lua_newtable(L);
@@ -841,11 +859,75 @@ static void push_catalog(lua_State *L) {
     }
 }
 
+/* Adds dir/?.lua and dir/?/init.lua in front of package.path. */
+static void prepend_path(lua_State *L, const char *dir) {
+    lua_getglobal(L, "package");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, luaL_optstring(L, -1, ""));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+}
+
+/* Is nim/layer.lua on package.path? */
+static int layer_on_path(lua_State *L) {
+    int top = lua_gettop(L);
+    int found = 0;
+    lua_getglobal(L, "package");
+    if (lua_istable(L, -1) && lua_getfield(L, -1, "searchpath") == LUA_TFUNCTION) {
+        lua_pushliteral(L, "nim.layer");
+        lua_getfield(L, -3, "path");
+        if (lua_type(L, -1) == LUA_TSTRING && lua_pcall(L, 2, 1, 0) == LUA_OK)
+            found = lua_type(L, -1) == LUA_TSTRING;
+    }
+    lua_settop(L, top);
+    return found;
+}
+
+/* Finds the Lua layer (the files of lua/nim): $NIMRANK_LUA_PATH; else where package.path already
+ * finds it; else beside the binary or nim.so that holds this code (a build tree: ../lua; an
+ * install: ../share/lua/5.4 or ../../../share/lua/5.4); else the build's install prefix.
+ * Loads it if found: it wraps nim.rerank with the router. Without it, nim is the native
+ * binding alone. The layer's own errors propagate: a broken script must be loud. */
+static void load_layer(lua_State *L, int mod) {
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushvalue(L, mod); /* so the layer's require "nim" returns this table */
+    lua_setfield(L, -2, "nim");
+    lua_pop(L, 1);
+    const char *env = getenv("NIMRANK_LUA_PATH");
+    if (env && *env) prepend_path(L, env);
+    if (!layer_on_path(L)) {
+        Dl_info info;
+        char dir[4096];
+        static const char *const rel[] = {"/../lua", "/../share/lua/5.4",
+                                          "/../../../share/lua/5.4", "/lua"};
+        if (dladdr((void *)luaopen_nim, &info) && info.dli_fname) {
+            char real[4096];
+            const char *f = realpath(info.dli_fname, real) ? real : info.dli_fname;
+            const char *slash = strrchr(f, '/');
+            int n = slash ? (int)(slash - f) : 1;
+            for (size_t i = 0; i < sizeof rel / sizeof rel[0] && !layer_on_path(L); i++) {
+                snprintf(dir, sizeof dir, "%.*s%s", n, slash ? f : ".", rel[i]);
+                prepend_path(L, dir);
+            }
+        }
+        if (!layer_on_path(L)) prepend_path(L, NIMRANK_LUA_DIR);
+    }
+    if (!layer_on_path(L)) return;
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "nim.layer");
+    lua_call(L, 1, 0);
+}
+
 static const luaL_Reg nim_funcs[] = {
     {"rerank", nim_rerank},
     {"resolve", nim_resolve_l},
     {"array", nim_array},
     {"now", nim_now},
+    {"sleep", nim_sleep},
     {NULL, NULL},
 };
 
@@ -914,9 +996,12 @@ int luaopen_nim(lua_State *L) {
     lua_setfield(L, -2, "resolve");
     lua_setfield(L, mod, "native");
 
+    luaL_getmetatable(L, ERROR_MT);
+    lua_setfield(L, mod, "error_mt");
     lua_pushliteral(L, NIMRANK_VERSION);
     lua_setfield(L, mod, "version");
     lua_pushliteral(L, "nvidia_nim");
     lua_setfield(L, mod, "default_provider");
+    load_layer(L, mod);
     return 1;
 }

@@ -1,0 +1,272 @@
+-- nim.config: LiteLLM's config.yaml (or the same structure as a Lua table or .lua file),
+-- validated and normalised. load(path_or_table) -> config, warnings. Invalid values raise an
+-- error naming the key path (model_list[2].litellm_params.model: expected string, got number);
+-- unknown keys become warnings. Values written os.environ/NAME are read from the environment;
+-- a missing variable is an error naming it, and no value is ever printed.
+local M = {}
+
+-- Keys understood in each section. Values: a checker, or true for "accepted, not used".
+local function is(t)
+  return function(v, path)
+    local ok
+    if t == "integer" then ok = math.type(v) == "integer"
+    elseif t == "list" then ok = type(v) == "table" and (next(v) == nil or v[1] ~= nil)
+    elseif t == "map" then ok = type(v) == "table" and (next(v) == nil or v[1] == nil)
+    else ok = type(v) == t end
+    if not ok then
+      local got = type(v)
+      if got == "number" then got = math.type(v) end
+      error(("%s: expected %s, got %s"):format(path, t, got), 0)
+    end
+    return v
+  end
+end
+
+local function number_at_least(min, strict)
+  return function(v, path)
+    is("number")(v, path)
+    if v ~= v or (strict and v <= min) or (not strict and v < min) then
+      error(("%s: must be %s %s"):format(path, strict and ">" or ">=", min), 0)
+    end
+    return v
+  end
+end
+
+local function integer_at_least(min)
+  return function(v, path)
+    if math.type(v) == "float" and v == math.floor(v) then v = math.tointeger(v) end
+    is("integer")(v, path)
+    if v < min then error(("%s: must be an integer >= %d"):format(path, min), 0) end
+    return v
+  end
+end
+
+local function one_of(...)
+  local allowed = { ... }
+  return function(v, path)
+    for _, a in ipairs(allowed) do if v == a then return v end end
+    error(("%s: must be one of %s (got %s)"):format(path, table.concat(allowed, ", "),
+      tostring(v)), 0)
+  end
+end
+
+local function list_of(check)
+  return function(v, path)
+    is("list")(v, path)
+    local out = {}
+    for i, x in ipairs(v) do out[i] = check(x, ("%s[%d]"):format(path, i)) end
+    return out
+  end
+end
+
+local string_list = list_of(is("string"))
+
+-- fallbacks: [{group: [fallback, ...]}, ...] (LiteLLM's shape) -> {group = {...}}
+local function fallback_map(v, path)
+  is("list")(v, path)
+  local out = {}
+  for i, entry in ipairs(v) do
+    local p = ("%s[%d]"):format(path, i)
+    is("map")(entry, p)
+    for group, targets in pairs(entry) do
+      out[is("string")(group, p .. " key")] = string_list(targets, p .. "." .. group)
+    end
+  end
+  return out
+end
+
+-- model_group_alias: {alias: group} or {alias: {model: group, hidden: bool}}
+local function alias_map(v, path)
+  is("map")(v, path)
+  local out = {}
+  for alias, target in pairs(v) do
+    local p = path .. "." .. tostring(alias)
+    if type(target) == "table" then
+      out[alias] = is("string")(target.model, p .. ".model")
+    else
+      out[alias] = is("string")(target, p)
+    end
+  end
+  return out
+end
+
+local LITELLM_PARAMS = {
+  model = is("string"), api_key = is("string"), api_base = is("string"),
+  timeout = number_at_least(0, true), stream_timeout = true,
+  rpm = number_at_least(0), tpm = number_at_least(0), weight = number_at_least(0, true),
+  order = integer_at_least(1), max_retries = integer_at_least(0),
+  num_retries = integer_at_least(0),
+  -- passed to the call as defaults under the request's own values
+  truncate = one_of("NONE", "END"), drop_params = is("boolean"), headers = is("map"),
+  connect_timeout = number_at_least(0, true), ca_bundle = is("string"),
+  max_response_bytes = integer_at_least(1), return_documents = is("boolean"), bm25 = is("map"),
+  top_n = integer_at_least(1),
+}
+local CALL_DEFAULTS = { "truncate", "drop_params", "headers", "connect_timeout", "ca_bundle",
+  "max_response_bytes", "return_documents", "bm25", "top_n", "api_key", "api_base", "timeout" }
+M.CALL_DEFAULTS = CALL_DEFAULTS
+
+local ROUTER_SETTINGS = {
+  routing_strategy = is("string"), model_group_alias = alias_map,
+  num_retries = integer_at_least(0), timeout = number_at_least(0, true),
+  fallbacks = fallback_map, default_fallbacks = string_list,
+  allowed_fails = integer_at_least(0), cooldown_time = number_at_least(0),
+  retry_after = number_at_least(0), max_fallbacks = integer_at_least(0),
+  max_retry_wait = number_at_least(0),
+}
+local LITELLM_SETTINGS = {
+  drop_params = is("boolean"), num_retries = integer_at_least(0),
+  request_timeout = number_at_least(0, true), fallbacks = fallback_map,
+  default_fallbacks = string_list, set_verbose = true, json_logs = true,
+}
+local GENERAL_SETTINGS = { master_key = is("string") }
+local NIMRANK_SETTINGS = {
+  filters = is("map"), catalog = is("map"), scripts = string_list,
+}
+local TOP = { "model_list", "router_settings", "litellm_settings", "general_settings",
+  "nimrank_settings", "environment_variables" }
+
+local function known_top(k)
+  for _, t in ipairs(TOP) do if k == t then return true end end
+  return false
+end
+
+-- Replaces os.environ/NAME strings and lyaml's null, depth first. Errors name the path.
+local function resolve_values(v, path, null)
+  if v == null then return nil end
+  if type(v) == "string" then
+    local name = v:match("^os%.environ/(.+)$")
+    if not name then return v end
+    local value = os.getenv(name)
+    if value == nil or value == "" then
+      error(("%s: environment variable %s is not set"):format(path, name), 0)
+    end
+    return value
+  end
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in pairs(v) do
+    local p = type(k) == "number" and ("%s[%d]"):format(path, k) or
+      (path == "" and tostring(k) or path .. "." .. tostring(k))
+    out[k] = resolve_values(x, p, null)
+  end
+  return out
+end
+
+local function check_section(t, schema, path, warnings)
+  if t == nil then return {} end
+  is("map")(t, path)
+  local out = {}
+  for k, v in pairs(t) do
+    local check = schema[k]
+    if check == nil then
+      warnings[#warnings + 1] = ("%s.%s: unknown key, ignored"):format(path, tostring(k))
+    elseif check == true then
+      out[k] = v
+    else
+      out[k] = check(v, path .. "." .. k)
+    end
+  end
+  return out
+end
+
+local function check_model_list(list, warnings)
+  if list == nil then return {} end
+  is("list")(list, "model_list")
+  local out = {}
+  for i, entry in ipairs(list) do
+    local p = ("model_list[%d]"):format(i)
+    is("map")(entry, p)
+    local d = {}
+    for k in pairs(entry) do
+      if k ~= "model_name" and k ~= "litellm_params" and k ~= "model_info" then
+        warnings[#warnings + 1] = ("%s.%s: unknown key, ignored"):format(p, tostring(k))
+      end
+    end
+    d.model_name = is("string")(entry.model_name, p .. ".model_name")
+    if entry.litellm_params == nil then error(p .. ".litellm_params: required", 0) end
+    d.params = check_section(entry.litellm_params, LITELLM_PARAMS, p .. ".litellm_params",
+      warnings)
+    if d.params.model == nil then error(p .. ".litellm_params.model: required", 0) end
+    d.info = {}
+    if entry.model_info ~= nil then
+      is("map")(entry.model_info, p .. ".model_info")
+      for k, v in pairs(entry.model_info) do d.info[k] = v end -- free-form, as in LiteLLM
+      if d.info.id ~= nil and type(d.info.id) ~= "string" then
+        d.info.id = tostring(is("number")(d.info.id, p .. ".model_info.id"))
+      end
+    end
+    d.id = d.info.id or ("%s#%d"):format(d.model_name, i)
+    out[i] = d
+  end
+  return out
+end
+
+-- Parses YAML with lyaml (Debian's lua-yaml): never a hand-written parser.
+local function read_yaml(path, text)
+  local ok, lyaml = pcall(require, "lyaml")
+  if not ok then
+    error("config: reading YAML needs lyaml (apt-get install lua-yaml)", 0)
+  end
+  local parsed_ok, doc = pcall(lyaml.load, text)
+  if not parsed_ok then
+    error(("%s: not valid YAML: %s"):format(path, tostring(doc)), 0)
+  end
+  return doc, lyaml.null
+end
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then error(("config: cannot open %s"):format(err), 0) end
+  local text = f:read("a")
+  f:close()
+  if path:match("%.lua$") then
+    local chunk, cerr = load(text, "@" .. path, "t", setmetatable({}, { __index = _G }))
+    if not chunk then error(("config: %s"):format(cerr), 0) end
+    local t = chunk()
+    if type(t) ~= "table" then error(("config: %s must return a table"):format(path), 0) end
+    return t
+  end
+  return read_yaml(path, text)
+end
+
+-- load(path_or_table) -> config, warnings
+function M.load(source)
+  local raw, null
+  if type(source) == "string" then
+    raw, null = read_file(source)
+  elseif type(source) == "table" then
+    raw = source
+  else
+    error(("config: expected a file name or a table, got %s"):format(type(source)), 0)
+  end
+  if raw == nil or raw == null then raw = {} end
+  is("map")(raw, "config")
+  raw = resolve_values(raw, "", null)
+  local warnings = {}
+  for k in pairs(raw) do
+    if not known_top(k) then
+      warnings[#warnings + 1] = ("%s: unknown key, ignored"):format(tostring(k))
+    end
+  end
+  if raw.environment_variables ~= nil then
+    warnings[#warnings + 1] = "environment_variables: not supported, ignored (set them in the "
+      .. "environment)"
+  end
+  local cfg = {
+    deployments = check_model_list(raw.model_list, warnings),
+    router = check_section(raw.router_settings, ROUTER_SETTINGS, "router_settings", warnings),
+    litellm = check_section(raw.litellm_settings, LITELLM_SETTINGS, "litellm_settings", warnings),
+    general = check_section(raw.general_settings, GENERAL_SETTINGS, "general_settings", warnings),
+    nimrank = check_section(raw.nimrank_settings, NIMRANK_SETTINGS, "nimrank_settings", warnings),
+  }
+  local strategy = cfg.router.routing_strategy
+  if strategy and strategy ~= "simple-shuffle" then
+    warnings[#warnings + 1] = ("router_settings.routing_strategy: %q is not supported; "
+      .. "using simple-shuffle (weighted random)"):format(strategy)
+  end
+  table.sort(warnings)
+  return cfg, warnings
+end
+
+return M

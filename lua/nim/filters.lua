@@ -1,0 +1,127 @@
+-- nim.filters: post-filters on results, applied after any provider's answer. A pipeline is a
+-- list whose entries are a name ("dedupe"), a one-key table ({min_score = 0.5}), or a
+-- function (results, ctx) -> results. Users add named filters with register(name, fn).
+local nim = require "nim"
+
+local M = {}
+
+local function list(t) return nim.array(t) end
+
+local builtin = {}
+
+-- Keeps the first n results (they are in rank order).
+function builtin.top_n(results, _, n)
+  if math.type(n) ~= "integer" or n < 1 then
+    error("filters: top_n: expected an integer >= 1", 0)
+  end
+  local out = {}
+  for i = 1, math.min(n, #results) do out[i] = results[i] end
+  return list(out)
+end
+
+-- Drops results whose score (relevance_score, or probability when normalised) is below min.
+function builtin.min_score(results, _, min)
+  if type(min) ~= "number" then error("filters: min_score: expected a number", 0) end
+  local out = {}
+  for _, r in ipairs(results) do
+    local s = r.probability or r.relevance_score
+    if s >= min then out[#out + 1] = r end
+  end
+  return list(out)
+end
+
+-- normalize = "sigmoid" adds probability = 1 / (1 + e^-score) and keeps relevance_score raw,
+-- so Cohere-style clients and thresholds on logits keep working.
+function builtin.normalize(results, _, how)
+  if how ~= "sigmoid" then error('filters: normalize: only "sigmoid" is supported', 0) end
+  for _, r in ipairs(results) do
+    r.probability = 1 / (1 + math.exp(-r.relevance_score))
+  end
+  return results
+end
+
+-- Identical document text keeps only its best-ranked result. Needs documents in the results.
+function builtin.dedupe(results, _, enabled)
+  if enabled == false then return results end
+  local seen, out = {}, {}
+  for _, r in ipairs(results) do
+    local text = r.document and r.document.text
+    if text == nil or not seen[text] then
+      if text ~= nil then seen[text] = true end
+      out[#out + 1] = r
+    end
+  end
+  return list(out)
+end
+
+-- return_documents = false drops document from every result.
+function builtin.return_documents(results, _, keep)
+  if keep == false then
+    for _, r in ipairs(results) do r.document = nil end
+  end
+  return results
+end
+
+local registry = setmetatable({}, { __index = builtin })
+
+function M.register(name, fn)
+  if type(name) ~= "string" or type(fn) ~= "function" then
+    error("filters.register(name, fn): expected a string and a function", 2)
+  end
+  registry[name] = fn
+end
+
+function M.names()
+  local out = {}
+  for k in pairs(builtin) do out[#out + 1] = k end
+  for k in pairs(registry) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
+
+-- Checks a pipeline before any call, so a typo fails early and names the entry.
+function M.check(pipeline, where)
+  where = where or "filters"
+  if pipeline == nil then return end
+  if type(pipeline) ~= "table" then error(("%s: expected a list"):format(where), 0) end
+  for i, f in ipairs(pipeline) do
+    local p = ("%s[%d]"):format(where, i)
+    if type(f) == "string" then
+      if not registry[f] then error(("%s: unknown filter %q"):format(p, f), 0) end
+    elseif type(f) == "table" then
+      local name, n = nil, 0
+      for k in pairs(f) do name, n = k, n + 1 end
+      if n ~= 1 or type(name) ~= "string" then
+        error(("%s: expected a one-key table such as {min_score = 0.5}"):format(p), 0)
+      end
+      if not registry[name] then error(("%s: unknown filter %q"):format(p, name), 0) end
+    elseif type(f) ~= "function" then
+      error(("%s: expected a name, a one-key table or a function"):format(p), 0)
+    end
+  end
+end
+
+-- Runs the pipeline over res.results; ctx is passed to every filter ({model, query, ...}).
+function M.apply(res, pipeline, ctx)
+  if not pipeline or #pipeline == 0 then return res end
+  local results = res.results
+  for i, f in ipairs(pipeline) do
+    local fn, arg
+    if type(f) == "function" then fn = f
+    elseif type(f) == "string" then fn, arg = registry[f], true
+    else
+      local name, value = next(f)
+      fn, arg = registry[name], value
+    end
+    local out = fn(results, ctx, arg)
+    if type(out) ~= "table" then
+      error(("filters[%d]: a filter must return the results list"):format(i), 0)
+    end
+    results = out
+  end
+  if getmetatable(results) == nil then nim.array(results) end
+  res.results = results
+  return res
+end
+
+return M

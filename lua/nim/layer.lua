@@ -1,0 +1,49 @@
+-- nim.layer: loaded by luaopen_nim at start-up (host program, require "nim", C embedders).
+-- Puts the router pipeline in front of the native binding: after this, nim.rerank routes,
+-- retries, falls back and filters; nim.native.rerank stays the raw call.
+--
+-- Extending without editing these files: set NIMRANK_INIT to a Lua file (run here, with the
+-- nim table as its argument), or list scripts under nimrank_settings.scripts in a config.
+local nim = require "nim"
+local config = require "nim.config"
+local router = require "nim.router"
+local filters = require "nim.filters"
+local catalog = require "nim.catalog"
+
+nim.filters = filters
+nim.catalog_api = catalog
+nim.router = router.new(nil)
+nim.config = nil
+
+-- Looks nim.router up at call time, so load_config (or a user) can swap the router.
+function nim.rerank(args)
+  return nim.router:rerank(args)
+end
+
+local function run_script(path)
+  local chunk, err = loadfile(path)
+  if not chunk then error(("nim: script %s: %s"):format(path, err), 0) end
+  chunk(nim)
+end
+
+-- nim.load_config(path_or_table [, router_opts]) -> config, warnings
+-- Replaces the router; applies litellm_settings (drop_params, request_timeout) to
+-- nim.settings; adds nimrank_settings.catalog entries; runs nimrank_settings.scripts.
+function nim.load_config(source, opts)
+  local cfg, warnings = config.load(source)
+  for name, entry in pairs(cfg.nimrank.catalog or {}) do
+    local ok, err = pcall(catalog.add, name, entry)
+    if not ok then error(("nimrank_settings.catalog.%s"):format(tostring(err):gsub("^catalog", "")), 0) end
+  end
+  local r = router.new(cfg, opts)
+  if cfg.litellm.drop_params ~= nil then nim.settings.drop_params = cfg.litellm.drop_params end
+  if cfg.litellm.request_timeout then nim.settings.timeout = cfg.litellm.request_timeout end
+  nim.router, nim.config = r, cfg
+  for _, path in ipairs(cfg.nimrank.scripts or {}) do run_script(path) end
+  return cfg, warnings
+end
+
+local init = os.getenv("NIMRANK_INIT")
+if init and init ~= "" then run_script(init) end
+
+return nim

@@ -1,0 +1,261 @@
+-- nim.router: model groups (config model_name), aliases, deployment choice, retries with
+-- backoff, cooldowns and fallbacks, in front of the native call. Policy only: every network
+-- call goes through opts.call (nim.native.rerank by default). Clock, sleep and random source
+-- are injectable so tests run deterministically on a fake clock.
+--
+-- Semantics (shared/spec/LITELLM_COMPAT.md section 4):
+-- * A group's deployments are chosen by weighted random (weight, else rpm, else tpm, else 1)
+--   among those not cooling down; when some have `order`, the lowest order available wins.
+-- * A retryable failure is retried num_retries times (default 2) with exponential backoff and
+--   jitter, never sooner than Retry-After or router_settings.retry_after; a wait longer than
+--   max_retry_wait (default 60 s) is not waited for: the fallbacks run instead.
+-- * A deployment cools down (cooldown_time, default 5 s) at once after a 429, 401, 404 or 408,
+--   or after more than allowed_fails (default 3) failures within a minute.
+-- * When a model's own attempts fail, its fallbacks run in order (per request, else the
+--   group's, else the default list), at most max_fallbacks (5). Fallbacks do not chain.
+-- * Every attempt is recorded in res.meta.attempts (or err.attempts); keys never are.
+local nim = require "nim"
+local filters = require "nim.filters"
+local catalog = require "nim.catalog"
+local config = require "nim.config"
+
+local M = {}
+local Router = {}
+Router.__index = Router
+
+local ROUTER_KEYS = { filters = true, fallbacks = true, num_retries = true, max_retries = true,
+  metadata = true }
+local DEPLOYMENT_WINS = { model = true, api_key = true, api_base = true }
+local FAIL_WINDOW = 60
+
+local function default_random() return math.random() end
+
+-- new(cfg, opts): cfg from nim.config.load (or nil for "no config").
+-- opts: clock() -> seconds, sleep(seconds), random() -> [0, 1), call(args) -> res | nil, err
+function M.new(cfg, opts)
+  cfg = cfg or config.load({})
+  opts = opts or {}
+  local r = setmetatable({}, Router)
+  r.clock = opts.clock or nim.now
+  r.sleep = opts.sleep or nim.sleep
+  r.random = opts.random or default_random
+  r.call = opts.call or nim.native.rerank
+  local rs, ls = cfg.router, cfg.litellm
+  r.num_retries = rs.num_retries or ls.num_retries or 2
+  r.timeout = rs.timeout or ls.request_timeout
+  r.allowed_fails = rs.allowed_fails or 3
+  r.cooldown_time = rs.cooldown_time or 5
+  r.retry_floor = rs.retry_after or 0
+  r.max_retry_wait = rs.max_retry_wait or 60
+  r.max_fallbacks = math.min(rs.max_fallbacks or 5, 5)
+  r.aliases = rs.model_group_alias or {}
+  r.fallbacks = {}
+  for g, l in pairs(ls.fallbacks or {}) do r.fallbacks[g] = l end
+  for g, l in pairs(rs.fallbacks or {}) do r.fallbacks[g] = l end -- router_settings win
+  r.default_fallbacks = rs.default_fallbacks or ls.default_fallbacks or {}
+  r.group_filters = {}
+  for g, pipeline in pairs(cfg.nimrank.filters or {}) do
+    filters.check(pipeline, ("nimrank_settings.filters.%s"):format(g))
+    r.group_filters[g] = pipeline
+  end
+  r.groups = {}
+  r.state = {} -- deployment id -> { cooldown_until, fails = {times} }
+  for _, d in ipairs(cfg.deployments) do
+    local g = r.groups[d.model_name]
+    if not g then
+      g = { name = d.model_name, deployments = {} }
+      r.groups[d.model_name] = g
+    end
+    g.deployments[#g.deployments + 1] = d
+    r.state[d.id] = { cooldown_until = -math.huge, fails = {} }
+  end
+  return r
+end
+
+function Router:group_names()
+  local out = {}
+  for name in pairs(self.groups) do out[#out + 1] = name end
+  for alias in pairs(self.aliases) do out[#out + 1] = alias end
+  table.sort(out)
+  return out
+end
+
+-- The group a model name refers to (through model_group_alias), or nil for a provider model.
+function Router:group(name)
+  return self.groups[name] or self.groups[self.aliases[name] or false]
+end
+
+-- Picks a deployment of group g: returns it, or nil and the seconds until one is ready.
+function Router:pick(g)
+  local now = self.clock()
+  local ready, best_order, soonest = {}, math.huge, math.huge
+  for _, d in ipairs(g.deployments) do
+    local until_ = self.state[d.id].cooldown_until
+    if until_ <= now then
+      local order = d.params.order or math.huge
+      if order < best_order then best_order, ready = order, {} end
+      if order == best_order then ready[#ready + 1] = d end
+    elseif until_ < soonest then
+      soonest = until_
+    end
+  end
+  if #ready == 0 then return nil, soonest - now end
+  local total = 0
+  for _, d in ipairs(ready) do
+    total = total + (d.params.weight or d.params.rpm or d.params.tpm or 1)
+  end
+  local x = self.random() * total
+  for _, d in ipairs(ready) do
+    x = x - (d.params.weight or d.params.rpm or d.params.tpm or 1)
+    if x < 0 then return d end
+  end
+  return ready[#ready]
+end
+
+-- Records a failure; cools the deployment down when the rules say so.
+function Router:fail(d, err)
+  local st, now = self.state[d.id], self.clock()
+  local s = err.status
+  if s == 429 or s == 401 or s == 404 or s == 408 then
+    st.cooldown_until = now + self.cooldown_time
+    return
+  end
+  local kept = {}
+  for _, t in ipairs(st.fails) do if now - t < FAIL_WINDOW then kept[#kept + 1] = t end end
+  kept[#kept + 1] = now
+  st.fails = kept
+  if #kept > self.allowed_fails then
+    st.cooldown_until = now + self.cooldown_time
+    st.fails = {}
+  end
+end
+
+-- Seconds to wait before retry number n (1-based) after err.
+function Router:backoff(n, err)
+  local wait = math.min(8, 0.5 * 2 ^ (n - 1)) * (1 + 0.25 * self.random())
+  return math.max(wait, err.retry_after or 0, self.retry_floor)
+end
+
+local function new_error(fields)
+  return setmetatable(fields, nim.error_mt)
+end
+
+local function call_args(args, d, timeout)
+  local a = {}
+  for k, v in pairs(args) do
+    if not ROUTER_KEYS[k] then a[k] = v end
+  end
+  if d then
+    for _, k in ipairs(config.CALL_DEFAULTS) do
+      local v = d.params[k]
+      if v ~= nil and (DEPLOYMENT_WINS[k] or a[k] == nil) then a[k] = v end
+    end
+    a.model = d.params.model
+    if a.timeout == nil then a.timeout = d.params.timeout end
+  end
+  if a.timeout == nil then a.timeout = timeout end
+  return a
+end
+
+-- One attempt's record: what was tried, how long it waited first, how it ended. No keys.
+local function record(attempts, group, d, model, wait, err, latency_ms)
+  attempts[#attempts + 1] = {
+    model_group = group, deployment = d and d.id or nil, model = model, wait = wait,
+    status = err and err.status or 200, error = err and err.type or nil,
+    message = err and err.message or nil, latency_ms = latency_ms,
+  }
+end
+
+-- Tries one model name (a group, or a provider model string) with its retries.
+-- Returns res, deployment, group on success; nil, err on failure.
+function Router:try(name, args, attempts, num_retries)
+  local g = self:group(name)
+  local group_name = g and g.name or nil
+  local wait, err = 0, nil
+  for n = 0, num_retries do
+    if n > 0 then
+      if wait > self.max_retry_wait then break end
+      self.sleep(wait)
+    end
+    local d, ready_in = nil, nil
+    if g then d, ready_in = self:pick(g) end
+    if g and not d then
+      local last = attempts[#attempts]
+      err = new_error({
+        status = 429, type = "rate_limit", retryable = true, provider = "router",
+        model = name, retry_after = ready_in,
+        message = ("no deployments available for %q: all %d are cooling down (next ready in "
+          .. "%.1f s)%s"):format(g.name, #g.deployments, ready_in,
+          last and last.error and (", last error: " .. last.error) or ""),
+      })
+      record(attempts, group_name, nil, name, wait, err, 0)
+      wait = ready_in
+    else
+      local model = d and d.params.model or name
+      local a = call_args(args, d, self.timeout)
+      a.model = model
+      local t0 = self.clock()
+      local res, e = self.call(a)
+      record(attempts, group_name, d, model, wait, e, (self.clock() - t0) * 1000)
+      if res then return res, d, g end
+      err = e
+      if d then self:fail(d, err) end
+      if not err.retryable then break end
+      wait = self:backoff(n + 1, err)
+    end
+  end
+  return nil, err
+end
+
+-- rerank(args) -> res | nil, err: the routed pipeline behind nim.rerank.
+function Router:rerank(args)
+  if type(args) ~= "table" then
+    error(("nim.rerank: bad argument #1 (table expected, got %s)"):format(type(args)), 2)
+  end
+  local name = args.model
+  if type(name) ~= "string" then return self.call(args) end -- the binding names the problem
+  filters.check(args.filters, "nim.rerank: filters")
+  if args.fallbacks ~= nil and type(args.fallbacks) ~= "table" then
+    error("nim.rerank: fallbacks: expected a list of model names", 2)
+  end
+  local g = self:group(name)
+  local plain = not g and args.filters == nil and args.fallbacks == nil
+    and args.num_retries == nil and args.max_retries == nil and #self.default_fallbacks == 0
+  if plain then return self.call(call_args(args, nil, self.timeout)) end
+
+  local num_retries = args.num_retries or args.max_retries or (g and self.num_retries or 0)
+  local attempts = nim.array{}
+  local res, d_or_err, answered = self:try(name, args, attempts, num_retries)
+  local fallback
+  if not res then
+    local chain = args.fallbacks or self.fallbacks[g and g.name or name] or self.default_fallbacks
+    for i = 1, math.min(#chain, self.max_fallbacks) do
+      res, d_or_err, answered = self:try(chain[i], args, attempts, num_retries)
+      if res then
+        fallback = chain[i]
+        break
+      end
+    end
+  end
+  if not res then
+    local err = d_or_err
+    err.attempts = attempts
+    return nil, err
+  end
+  local d = d_or_err
+  local meta = res.meta
+  meta.attempts = attempts
+  meta.model_group = answered and answered.name or nil
+  meta.deployment = d and d.id or nil
+  meta.fallback = fallback
+  local note = catalog.deprecation(attempts[#attempts].model)
+  if note then meta.warnings = nim.array{ note } end
+  local ctx = { model = name, query = args.query, group = meta.model_group, router = self }
+  if answered and self.group_filters[answered.name] then
+    filters.apply(res, self.group_filters[answered.name], ctx)
+  end
+  filters.apply(res, args.filters, ctx)
+  return res
+end
+
+return M
