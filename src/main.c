@@ -26,6 +26,8 @@ static const char usage[] =
     "                   (nimrank rerank --help for its options)\n"
     "\n"
     "Options:\n"
+    "  --config FILE    load a LiteLLM-style config.yaml (or .lua) first; works with every\n"
+    "                   command, before or after it\n"
     "  -e CODE          run CODE (a Lua chunk)\n"
     "  -h, --help       show this help\n"
     "  -v, --version    print the version\n"
@@ -34,7 +36,9 @@ static const char usage[] =
     "  NVIDIA_NIM_API_KEY          key for the hosted NVIDIA API\n"
     "  NVIDIA_NIM_RERANK_API_BASE  base URL for reranking (wins over NVIDIA_NIM_API_BASE)\n"
     "  NVIDIA_NIM_API_BASE         base URL (ignored when it names integrate.api.nvidia.com)\n"
+    "  NIMRANK_CONFIG              config file loaded when --config is not given\n"
     "  NIMRANK_LUA_PATH            directory holding the Lua layer (nim/*.lua)\n"
+    "  NIMRANK_INIT                a Lua file run at start-up (your filters, catalog entries)\n"
     "  NIMRANK_CA_BUNDLE           CA certificate bundle for TLS verification\n";
 
 /* The message handler of every chunk: the error plus a traceback. */
@@ -112,6 +116,64 @@ static int run_command(lua_State *L, char **argv, int argc, int *exit_code) {
 
 static int is_command(const char *s) { return strcmp(s, "rerank") == 0; }
 
+/* nim.load_config(path): warnings go to stderr; an invalid config is an error (exit 2). */
+static int load_config(lua_State *L, const char *path) {
+    lua_getglobal(L, "nim");
+    lua_getfield(L, -1, "load_config");
+    lua_remove(L, -2);
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        fprintf(stderr, "%s: --config needs the Lua layer (lua/nim), which was not found\n",
+                progname);
+        return 0;
+    }
+    lua_pushstring(L, path);
+    if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+        fprintf(stderr, "%s: config %s: %s\n", progname, path, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return 0;
+    }
+    for (lua_Integer i = 1; lua_istable(L, -1) && lua_rawgeti(L, -1, i) == LUA_TSTRING; i++) {
+        fprintf(stderr, "%s: config %s: warning: %s\n", progname, path, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_settop(L, 0);
+    return 1;
+}
+
+/* Takes every "--config FILE" (or --config=FILE) out of argv, before the script itself;
+ * returns the last FILE, or NULL. A script's own arguments are left alone. */
+static const char *take_config(int *argc, char **argv, int *missing_value) {
+    const char *path = NULL;
+    int out = 1;
+    int i = 1;
+    for (; i < *argc; i++) {
+        if (strcmp(argv[i], "--config") == 0) {
+            if (i + 1 >= *argc) {
+                *missing_value = 1;
+                break;
+            }
+            path = argv[++i];
+            continue;
+        }
+        if (strncmp(argv[i], "--config=", 9) == 0) {
+            path = argv[i] + 9;
+            continue;
+        }
+        argv[out++] = argv[i];
+        /* after a script name or -e CODE, the rest belongs to the script */
+        if (strcmp(argv[i], "-e") == 0 && i + 1 < *argc) argv[out++] = argv[++i];
+        else if (argv[i][0] != '-' && !is_command(argv[i])) {
+            i++;
+            break;
+        }
+    }
+    for (; i < *argc; i++) argv[out++] = argv[i];
+    argv[out] = NULL;
+    *argc = out;
+    return path;
+}
+
 static int pmain(lua_State *L) {
     int argc = (int)lua_tointeger(L, 1);
     char **argv = lua_touserdata(L, 2);
@@ -125,6 +187,19 @@ static int pmain(lua_State *L) {
     lua_pop(L, 1);
     luaL_requiref(L, "nim", luaopen_nim, 1); /* also the global `nim`; loads the Lua layer */
     lua_pop(L, 1);
+
+    int missing = 0;
+    const char *config = take_config(&argc, argv, &missing);
+    if (missing) {
+        fprintf(stderr, "%s: --config needs a file name\n", progname);
+        *exit_code = 2;
+        return 0;
+    }
+    if (!config) config = getenv("NIMRANK_CONFIG");
+    if (config && *config && !load_config(L, config)) {
+        *exit_code = 2;
+        return 0;
+    }
 
     if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
         fputs(usage, argc < 2 ? stderr : stdout);

@@ -18,6 +18,7 @@ Documents come from the arguments, or with --docs from a file ('-' for stdin): o
 per line, or JSON lines ({"text": ...}). Blank lines are skipped.
 
 Options:
+      --config FILE     LiteLLM-style config.yaml: then --model may name a model_name group
   -m, --model M         model, e.g. nvidia_nim/nvidia/llama-nemotron-rerank-1b-v2 or
                         nvidia_nim/ranking/<model>. Default: $NIMRANK_MODEL, else
                         ]] .. M.DEFAULT_NIM_MODEL .. [[ when NVIDIA_NIM_API_KEY

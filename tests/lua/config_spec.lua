@@ -1,0 +1,147 @@
+-- nim.config: LiteLLM's config.yaml, os.environ/ values, errors that name the key path.
+local spec = require "spec"
+local h = require "helpers"
+local nim = require "nim"
+local config = require "nim.config"
+local test, eq, ok, raises = spec.test, spec.eq, spec.ok, spec.raises
+
+local function yaml_file(text)
+  local name = os.tmpname() .. ".yaml"
+  local f = assert(io.open(name, "wb"))
+  f:write(text)
+  f:close()
+  return name
+end
+
+local SEED = [[
+model_list:
+  - model_name: nvidia-rerank
+    litellm_params:
+      model: nvidia_nim/nvidia/llama-3_2-nv-rerankqa-1b-v2
+      api_key: os.environ/FAKE_KEY
+  - model_name: nvidia-ranking
+    litellm_params:
+      model: nvidia_nim/ranking/nvidia/llama-3.2-nv-rerankqa-1b-v2
+      api_key: os.environ/FAKE_KEY
+]]
+
+test("seed_litellm_config_loads_unchanged", function()
+  local path = yaml_file(SEED)
+  local cfg, warnings = config.load(path)
+  os.remove(path)
+  eq(#cfg.deployments, 2, "deployments")
+  eq(cfg.deployments[1].model_name, "nvidia-rerank", "model_name")
+  eq(cfg.deployments[1].params.api_key, h.key, "os.environ/ resolved")
+  eq(#warnings, 0, "no warnings")
+end)
+
+test("missing_environment_variable_names_it_without_values", function()
+  local err = raises(function()
+    config.load({ model_list = { { model_name = "x", litellm_params = {
+      model = "m", api_key = "os.environ/NIMRANK_SURELY_UNSET_1234" } } } })
+  end, "model_list[1].litellm_params.api_key", "NIMRANK_SURELY_UNSET_1234", "not set")
+  spec.no_match(err, h.key, "no secret")
+end)
+
+test("bad_values_name_the_key_path", function()
+  local function bad(cfg, ...) raises(function() config.load(cfg) end, ...) end
+  local function dep(params, extra)
+    local d = { model_name = "g", litellm_params = params }
+    for k, v in pairs(extra or {}) do d[k] = v end
+    return { model_list = { d } }
+  end
+  bad(dep({ model = 5 }), "model_list[1].litellm_params.model: expected string, got integer")
+  bad(dep({}), "model_list[1].litellm_params.model: required")
+  bad({ model_list = { { litellm_params = { model = "m" } } } }, "model_list[1].model_name")
+  bad({ model_list = { { model_name = "g" } } }, "model_list[1].litellm_params: required")
+  bad(dep({ model = "m", weight = 0 }), "model_list[1].litellm_params.weight: must be > 0")
+  bad(dep({ model = "m", order = 0 }), "litellm_params.order: must be an integer >= 1")
+  bad(dep({ model = "m", timeout = "x" }), "litellm_params.timeout: expected number")
+  bad(dep({ model = "m", truncate = "MIDDLE" }), "litellm_params.truncate: must be one of NONE, END")
+  bad({ model_list = "x" }, "model_list: expected list")
+  bad({ router_settings = { num_retries = -1 } }, "router_settings.num_retries: must be an integer >= 0")
+  bad({ router_settings = { num_retries = 1.5 } }, "router_settings.num_retries: expected integer")
+  bad({ router_settings = { cooldown_time = "soon" } }, "router_settings.cooldown_time: expected number")
+  bad({ router_settings = { fallbacks = { "x" } } }, "router_settings.fallbacks[1]: expected map")
+  bad({ router_settings = { fallbacks = { { g = "x" } } } }, "router_settings.fallbacks[1].g: expected list")
+  bad({ litellm_settings = { drop_params = "yes" } }, "litellm_settings.drop_params: expected boolean")
+  bad({ general_settings = { master_key = 42 } }, "general_settings.master_key: expected string")
+  bad({ model_list = { { model_name = "g", litellm_params = { model = "m" }, model_info = { id = {} } } } },
+    "model_list[1].model_info.id")
+end)
+
+test("unknown_keys_are_warnings", function()
+  local cfg, warnings = config.load({ foo = 1, router_settings = { bar = 2, routing_strategy = "least-busy" },
+    model_list = { { model_name = "g", litellm_params = { model = "m", zap = 1 }, extra = true } } })
+  ok(cfg, "loaded")
+  local all = table.concat(warnings, "\n")
+  spec.match(all, "foo: unknown key", "top level")
+  spec.match(all, "router_settings.bar: unknown key", "section")
+  spec.match(all, "model_list%[1%]%.litellm_params%.zap", "params")
+  spec.match(all, "model_list%[1%]%.extra", "entry")
+  spec.match(all, "least%-busy", "unsupported strategy named")
+end)
+
+test("yaml_syntax_error_is_reported", function()
+  local path = yaml_file("model_list: [unclosed\n")
+  raises(function() config.load(path) end, path, "not valid YAML")
+  os.remove(path)
+  raises(function() config.load("/nonexistent/config.yaml") end, "cannot open")
+end)
+
+test("lua_config_file_and_table", function()
+  local name = os.tmpname() .. ".lua"
+  local f = assert(io.open(name, "wb"))
+  f:write('return { model_list = { { model_name = "g", litellm_params = { model = "local/bm25" } } } }')
+  f:close()
+  local cfg = config.load(name)
+  os.remove(name)
+  eq(cfg.deployments[1].params.model, "local/bm25", "lua file")
+  eq(config.load({}).deployments[1], nil, "empty table")
+end)
+
+test("fallbacks_and_aliases_normalised", function()
+  local cfg = config.load({
+    router_settings = { fallbacks = { { a = { "b", "c" } } }, model_group_alias = { x = "a", y = { model = "b" } },
+      default_fallbacks = { "local/bm25" } },
+    litellm_settings = { fallbacks = { { z = { "a" } } } },
+  })
+  eq(table.concat(cfg.router.fallbacks.a, ","), "b,c", "router fallbacks")
+  eq(cfg.router.model_group_alias.y, "b", "alias table form")
+  eq(cfg.litellm.fallbacks.z[1], "a", "litellm fallbacks")
+end)
+
+test("load_config_applies_litellm_settings_and_catalog", function()
+  local before = nim.settings.drop_params
+  nim.load_config({ litellm_settings = { drop_params = true, request_timeout = 12 },
+    nimrank_settings = { catalog = { ["acme/r"] = { body_model = "acme-r", max_passages = 3 } } } })
+  eq(nim.settings.drop_params, true, "drop_params")
+  eq(nim.settings.timeout, 12, "request_timeout")
+  eq(nim.catalog["acme/r"].body_model, "acme-r", "catalog entry added")
+  raises(function()
+    nim.load_config({ nimrank_settings = { catalog = { ["acme/bad"] = { max_passages = "x" } } } })
+  end, "acme/bad", "max_passages")
+  nim.settings.drop_params, nim.settings.timeout = before, 60
+  nim.catalog["acme/r"] = nil
+  nim.load_config({})
+end)
+
+test("cli_config_option_routes_group_names", function()
+  local path = yaml_file([[
+model_list:
+  - model_name: offline
+    litellm_params: { model: local/bm25 }
+]])
+  local out, code = h.sh(h.nimrank .. " --config " .. path .. " rerank -m offline -q gpu cats gpu")
+  local out2, code2 = h.sh(h.nimrank .. " rerank --config " .. path .. " -m offline -q gpu cats gpu")
+  local out3, code3 = h.sh("NIMRANK_CONFIG=" .. path .. " " .. h.nimrank .. " -e 'print(nim.config.deployments[1].model_name)'")
+  os.remove(path)
+  eq(code, 0, "exit " .. out)
+  eq(h.decode(out).meta.model_group, "offline", "group used")
+  eq(code2, 0, "after the command " .. out2)
+  eq(code3, 0, "NIMRANK_CONFIG")
+  eq(out3, "offline\n", "NIMRANK_CONFIG loaded")
+  local err, c4 = h.sh(h.nimrank .. " --config /nonexistent.yaml -e 'print(1)' 2>&1")
+  eq(c4, 2, "bad config is a usage error")
+  spec.match(err, "cannot open", "says why")
+end)

@@ -1,0 +1,276 @@
+-- nim.router: aliases, load balancing, retries, Retry-After, cooldowns, fallbacks. A fake
+-- clock: sleeping only advances it, so nothing here really waits.
+local spec = require "spec"
+local h = require "helpers"
+local nim = require "nim"
+local router = require "nim.router"
+local config = require "nim.config"
+local json = require "nim.json"
+local test, eq, ok = spec.test, spec.eq, spec.ok
+
+local function fake_time()
+  local t = { now = 1000, slept = {} }
+  t.clock = function() return t.now end
+  t.sleep = function(s) t.slept[#t.slept + 1] = s; t.now = t.now + s end
+  return t
+end
+
+-- A seeded generator (Park-Miller), so "random" choices are the same on every run.
+local function seeded(seed)
+  local x = seed
+  return function()
+    x = (x * 16807) % 2147483647
+    return x / 2147483647
+  end
+end
+
+local function dep(name, model, params, id)
+  local p = { model = model, api_base = h.url, api_key = h.key }
+  for k, v in pairs(params or {}) do p[k] = v end
+  return { model_name = name, litellm_params = p, model_info = id and { id = id } or nil }
+end
+
+local function make(cfg, opts)
+  local t = fake_time()
+  opts = opts or {}
+  opts.clock, opts.sleep = t.clock, t.sleep
+  opts.random = opts.random or seeded(42)
+  return router.new(config.load(cfg), opts), t
+end
+
+local QUERY = h.QUERY
+local function unique(directives) -- fault directives count per query text: keep tests apart
+  return ("%s u%d %s"):format(directives, math.random(1, 1e9), QUERY)
+end
+
+test("alias_resolution", function()
+  local r = make({ model_list = { dep("nvidia-rerank", h.RETRIEVAL) },
+    router_settings = { model_group_alias = { ["my-alias"] = "nvidia-rerank" } } })
+  local res = assert(r:rerank({ model = "my-alias", query = QUERY, documents = h.DOCS }))
+  eq(res.meta.model_group, "nvidia-rerank", "group")
+  eq(res.results[1].index, 2, "answered")
+end)
+
+test("weighted_random_distribution", function()
+  local seen = {}
+  local r = make({ model_list = {
+    dep("g", "local/bm25", { weight = 1 }, "light"),
+    dep("g", "local/bm25", { weight = 3 }, "heavy"),
+  } }, { random = seeded(7) })
+  local n = 2000
+  for _ = 1, n do
+    local res = assert(r:rerank({ model = "g", query = "q", documents = { "q" } }))
+    seen[res.meta.deployment] = (seen[res.meta.deployment] or 0) + 1
+  end
+  local share = seen.heavy / n
+  print(("     weight 3:1 -> heavy share %.3f over %d calls"):format(share, n))
+  spec.near(share, 0.75, 0.03, "heavy deployment share")
+end)
+
+test("rpm_used_as_weight_when_no_weight", function()
+  local seen = { a = 0, b = 0 }
+  local r = make({ model_list = { dep("g", "local/bm25", { rpm = 10 }, "a"),
+    dep("g", "local/bm25", { rpm = 90 }, "b") } }, { random = seeded(3) })
+  for _ = 1, 1000 do
+    local res = r:rerank({ model = "g", query = "q", documents = { "q" } })
+    seen[res.meta.deployment] = seen[res.meta.deployment] + 1
+  end
+  spec.near(seen.b / 1000, 0.9, 0.03, "rpm share")
+end)
+
+test("lower_order_first", function()
+  local r = make({ model_list = { dep("g", "local/bm25", { order = 2 }, "second"),
+    dep("g", "local/bm25", { order = 1 }, "first") } })
+  for _ = 1, 20 do
+    eq(r:rerank({ model = "g", query = "q", documents = { "q" } }).meta.deployment, "first", "order 1")
+  end
+end)
+
+test("retry_then_success_on_503", function()
+  local r, t = make({ model_list = { dep("g", h.RETRIEVAL) } })
+  local res, err = r:rerank({ model = "g", query = unique("!status=503 !times=1"), documents = h.DOCS })
+  ok(res, tostring(err))
+  eq(#res.meta.attempts, 2, "two attempts")
+  eq(res.meta.attempts[1].status, 503, "first failed")
+  eq(res.meta.attempts[1].error, "provider", "type recorded")
+  eq(res.meta.attempts[2].status, 200, "second succeeded")
+  eq(#t.slept, 1, "one backoff")
+  ok(t.slept[1] >= 0.5 and t.slept[1] <= 0.625, "backoff 0.5 s plus jitter")
+  eq(res.meta.attempts[2].wait, t.slept[1], "wait recorded")
+end)
+
+test("backoff_grows_exponentially_then_gives_up", function()
+  local r, t = make({ model_list = { dep("g", h.RETRIEVAL) }, router_settings = { num_retries = 3,
+    allowed_fails = 100 } })
+  local res, err = r:rerank({ model = "g", query = unique("!status=500"), documents = h.DOCS })
+  eq(res, nil, "gave up")
+  eq(err.type, "provider", "last error")
+  eq(#err.attempts, 4, "1 + 3 retries")
+  ok(t.slept[2] >= 1 and t.slept[3] >= 2, "exponential")
+end)
+
+test("retry_after_honoured", function()
+  local r, t = make({ model_list = { dep("g", h.RETRIEVAL) } })
+  local res, err = r:rerank({ model = "g", query = unique("!status=429 !retry-after=7 !times=1"),
+    documents = h.DOCS })
+  ok(res, tostring(err))
+  ok(t.slept[1] >= 7, "waited at least Retry-After: " .. tostring(t.slept[1]))
+end)
+
+test("retry_after_longer_than_max_wait_goes_to_fallback", function()
+  local r, t = make({ model_list = { dep("g", h.RETRIEVAL), dep("offline", "local/bm25") },
+    router_settings = { fallbacks = { { g = { "offline" } } }, max_retry_wait = 10 } })
+  local res = assert(r:rerank({ model = "g", query = unique("!status=429 !retry-after=3600"),
+    documents = h.DOCS }))
+  eq(res.meta.fallback, "offline", "fell back instead of waiting an hour")
+  eq(#t.slept, 0, "did not wait")
+end)
+
+test("non_retryable_errors_are_not_retried", function()
+  local r, t = make({ model_list = { dep("g", h.RETRIEVAL, { api_key = "wrong" }) } })
+  local res, err = r:rerank({ model = "g", query = QUERY, documents = h.DOCS })
+  eq(res, nil, "failed")
+  eq(err.type, "auth", "auth")
+  eq(#err.attempts, 1, "no retry")
+  eq(#t.slept, 0, "no wait")
+end)
+
+test("cooldown_skips_failing_deployment_and_it_returns", function()
+  local r, t = make({ model_list = {
+    dep("g", "nvidia_nim/nvidia/no-such-model", nil, "broken"),
+    dep("g", h.RETRIEVAL, nil, "healthy"),
+  } }, { random = function() return 0 end }) -- always the first ready deployment
+  local res, err = r:rerank({ model = "g", query = QUERY, documents = h.DOCS })
+  eq(res, nil, "404 is not retried")
+  eq(err.type, "not_found", "type")
+  eq(err.attempts[1].deployment, "broken", "first choice")
+  res = assert(r:rerank({ model = "g", query = QUERY, documents = h.DOCS }))
+  eq(res.meta.deployment, "healthy", "broken one cooling down")
+  t.now = t.now + 5.01
+  res, err = r:rerank({ model = "g", query = QUERY, documents = h.DOCS })
+  eq(err and err.attempts[1].deployment, "broken", "back after the cooldown")
+end)
+
+test("allowed_fails_within_a_minute_then_cooldown", function()
+  local r, t = make({ model_list = { dep("g", h.RETRIEVAL, nil, "d") },
+    router_settings = { allowed_fails = 2, num_retries = 0 } })
+  local q = unique("!status=500")
+  for i = 1, 3 do
+    local _, err = r:rerank({ model = "g", query = q, documents = h.DOCS })
+    eq(err.type, "provider", "failure " .. i)
+  end
+  local _, err = r:rerank({ model = "g", query = q, documents = h.DOCS })
+  eq(err.type, "rate_limit", "3rd failure > allowed_fails 2: cooling down")
+  t.now = t.now + 6
+  _, err = r:rerank({ model = "g", query = q, documents = h.DOCS })
+  eq(err.type, "provider", "tried again after the cooldown")
+end)
+
+test("old_failures_leave_the_window", function()
+  local r, t = make({ model_list = { dep("g", h.RETRIEVAL, nil, "d") },
+    router_settings = { allowed_fails = 1, num_retries = 0 } })
+  local q = unique("!status=500")
+  r:rerank({ model = "g", query = q, documents = h.DOCS })
+  t.now = t.now + 61
+  local _, err = r:rerank({ model = "g", query = q, documents = h.DOCS })
+  eq(err.type, "provider", "one failure in the last minute: not cooling")
+end)
+
+test("fallback_to_another_group_after_retries", function()
+  local r = make({ model_list = { dep("primary", h.RETRIEVAL), dep("offline", "local/bm25") },
+    router_settings = { fallbacks = { { primary = { "offline" } } } } })
+  local res = assert(r:rerank({ model = "primary", query = unique("!status=503"), documents = h.DOCS }))
+  eq(res.meta.fallback, "offline", "fallback used")
+  eq(res.meta.model_group, "offline", "answered by")
+  eq(#res.meta.attempts, 4, "3 primary attempts + 1 fallback")
+  eq(res.meta.provider, "local", "offline answer")
+end)
+
+test("per_request_and_default_fallbacks", function()
+  local r = make({ model_list = { dep("primary", h.RETRIEVAL, { api_key = "bad" }),
+    dep("b", "local/bm25"), dep("c", "local/bm25") },
+    router_settings = { default_fallbacks = { "c" } } })
+  eq(r:rerank({ model = "primary", query = QUERY, documents = h.DOCS, fallbacks = { "b" } })
+    .meta.fallback, "b", "per request")
+  eq(r:rerank({ model = "primary", query = QUERY, documents = h.DOCS }).meta.fallback, "c", "default")
+  eq(r:rerank({ model = "nvidia_nim/nvidia/no-such", query = QUERY, documents = h.DOCS,
+    api_key = h.key, api_base = h.url, fallbacks = { "local/bm25" } }).meta.fallback, "local/bm25",
+    "a provider model string falls back too")
+end)
+
+test("at_most_five_fallbacks_in_order", function()
+  local list, chain = {}, {}
+  for i = 1, 7 do
+    list[i] = dep("f" .. i, h.RETRIEVAL, { api_key = "bad" })
+    chain[i] = "f" .. i
+  end
+  list[8] = dep("primary", h.RETRIEVAL, { api_key = "bad" })
+  local r = make({ model_list = list, router_settings = { fallbacks = { { primary = chain } } } })
+  local _, err = r:rerank({ model = "primary", query = QUERY, documents = h.DOCS })
+  eq(#err.attempts, 6, "primary + 5 fallbacks")
+  for i = 1, 5 do eq(err.attempts[i + 1].model_group, "f" .. i, "order") end
+end)
+
+test("all_deployments_down_is_a_rate_limit_error", function()
+  local r = make({ model_list = { dep("g", h.RETRIEVAL, { api_key = "bad1" }),
+    dep("g", h.RETRIEVAL, { api_key = "bad2" }) } })
+  r:rerank({ model = "g", query = QUERY, documents = h.DOCS })
+  r:rerank({ model = "g", query = QUERY, documents = h.DOCS })
+  local res, err = r:rerank({ model = "g", query = QUERY, documents = h.DOCS, num_retries = 0 })
+  eq(res, nil, "no result")
+  eq(err.type, "rate_limit", "type")
+  eq(err.status, 429, "status")
+  spec.match(err.message, "no deployments available", "message")
+  spec.match(tostring(err), "rate_limit", "readable")
+  ok(err.retry_after > 0 and err.retry_after <= 5, "says when one is ready")
+end)
+
+test("waits_for_a_cooldown_when_retries_remain", function()
+  local r, t = make({ model_list = { dep("g", h.RETRIEVAL, nil, "d") } })
+  local res = assert(r:rerank({ model = "g", query = unique("!status=429 !times=1"), documents = h.DOCS }))
+  eq(res.meta.attempts[2].error, "rate_limit", "cooling: no deployment")
+  ok(t.now - 1000 >= 5, "waited out the cooldown")
+end)
+
+test("per_deployment_params_and_call_defaults", function()
+  local r = make({ model_list = { dep("g", h.RANKING, { api_base = h.open_url, api_key = nil,
+    truncate = "END", timeout = 3 }) } })
+  assert(r:rerank({ model = "g", query = QUERY, documents = h.DOCS }))
+  local body = h.decode(h.last(h.open_url).body)
+  eq(body.truncate, "END", "deployment default sent")
+  assert(r:rerank({ model = "g", query = QUERY, documents = h.DOCS, truncate = "NONE" }))
+  eq(h.decode(h.last(h.open_url).body).truncate, "NONE", "request wins over deployment default")
+end)
+
+test("metadata_never_holds_keys", function()
+  local r = make({ model_list = { dep("g", h.RETRIEVAL), dep("x", h.RETRIEVAL, { api_key = "sekrit-123" }) },
+    router_settings = { fallbacks = { { x = { "g" } } } } })
+  local res = assert(r:rerank({ model = "x", query = QUERY, documents = h.DOCS }))
+  local s = json.encode(res)
+  spec.no_match(s, h.key, "no key")
+  spec.no_match(s, "sekrit-123", "no failed key")
+end)
+
+test("deprecated_model_warning_in_meta", function()
+  local r = make({ model_list = { dep("old", "nvidia_nim/ranking/nvidia/llama-3.2-nv-rerankqa-1b-v2") } })
+  local res = assert(r:rerank({ model = "old", query = QUERY, documents = h.DOCS }))
+  spec.match(res.meta.warnings[1], "deprecated.*llama%-nemotron%-rerank%-1b%-v2", "warning")
+end)
+
+test("plain_call_without_config_is_the_native_call", function()
+  local res = assert(nim.rerank(h.args()))
+  eq(res.meta.attempts, nil, "no router metadata")
+  local n = assert(nim.native.rerank(h.args()))
+  eq(res.results[1].index, n.results[1].index, "same answer")
+  local _, err = nim.rerank(h.args({ query = "!status=503 " .. QUERY }))
+  eq(err.type, "provider", "errors pass through untouched")
+  eq(err.attempts, nil, "no attempts recorded")
+end)
+
+test("global_router_from_load_config", function()
+  nim.load_config({ model_list = { dep("cfg-group", h.RETRIEVAL) } })
+  local res = assert(nim.rerank({ model = "cfg-group", query = QUERY, documents = h.DOCS }))
+  nim.load_config({})
+  eq(res.meta.model_group, "cfg-group", "nim.rerank routes through the loaded config")
+  eq(#nim.router:group_names(), 0, "reset")
+end)
