@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua-cjson.h>
@@ -30,7 +31,8 @@ enum { UV_CTX = 1, UV_ENCODE, UV_DECODE, UV_CATALOG, UV_SETTINGS, UV_ARRAY_MT, U
 #endif
 
 #define ERROR_MT "nim.Error"
-#define CALL_MT "nim.Call"
+#define REQ_MT "nim.Transfer"
+#define MANAGED_KEY "nim.managed"
 #define DEFAULT_MAX_PASSAGES 512
 #define DEFAULT_TIMEOUT_S 60.0
 #define DEFAULT_CONNECT_TIMEOUT_S 10.0
@@ -39,12 +41,21 @@ typedef struct {
     nim_engine *engine;
 } nim_ctx;
 
-/* Everything malloc'ed for one call lives here, so a raise never leaks: __gc frees it. */
+/* One NIM request in flight: the `nim.Transfer` userdata. Everything malloc'ed for it hangs
+ * here, so a raise never leaks: __gc (and __close, cancel) frees it. Its user value is a table
+ * with what finishing needs: texts, dropped, model, key (for redaction only), url,
+ * route_model, body_model, replacement; and, once finished, res or err. */
+enum { REQ_PENDING, REQ_FINISHED, REQ_CANCELLED };
 typedef struct {
     nim_transfer *t;
     struct curl_slist *headers;
     char *body;
-} nim_call;
+    int state;
+    nim_family family;
+    lua_Integer top_n, ndocs, max_response;
+    int return_documents;
+    double timeout;
+} nim_req;
 
 int nimrank_global_init(void) { return nim_curl_load(NULL, 0); }
 
@@ -74,14 +85,20 @@ static int ctx_gc(lua_State *L) {
     return 0;
 }
 
-static int call_gc(lua_State *L) {
-    nim_call *c = luaL_checkudata(L, 1, CALL_MT);
-    nim_transfer_free(c->t);
-    if (c->headers) curl_slist_free_all(c->headers); /* non-NULL only once curl is loaded */
-    free(c->body);
-    c->t = NULL;
-    c->headers = NULL;
-    c->body = NULL;
+static void req_release(nim_req *r) {
+    nim_transfer_free(r->t);
+    if (r->headers) curl_slist_free_all(r->headers); /* non-NULL only once curl is loaded */
+    free(r->body);
+    r->t = NULL;
+    r->headers = NULL;
+    r->body = NULL;
+}
+
+/* __gc and __close: a pending transfer is cancelled (removed from the engine) and freed. */
+static int req_gc(lua_State *L) {
+    nim_req *r = luaL_checkudata(L, 1, REQ_MT);
+    if (r->state == REQ_PENDING) r->state = REQ_CANCELLED;
+    req_release(r);
     return 0;
 }
 
@@ -114,12 +131,11 @@ static void redact_top(lua_State *L, const char *key) {
     lua_remove(L, -2);
 }
 
-/* Pushes nil and an error table; the message is on top of the stack (consumed). */
-static int push_failure(lua_State *L, nim_err_type type, long status, int retryable,
-                        const char *model, const char *key) {
+/* Replaces the message on top of the stack with an error table (the message redacted). */
+static void push_error(lua_State *L, nim_err_type type, long status, int retryable,
+                       const char *model, const char *key) {
     redact_top(L, key);
     int msg = lua_gettop(L);
-    lua_pushnil(L);
     lua_createtable(L, 0, 8);
     lua_pushinteger(L, status);
     lua_setfield(L, -2, "status");
@@ -135,7 +151,6 @@ static int push_failure(lua_State *L, nim_err_type type, long status, int retrya
     lua_setfield(L, -2, "model");
     luaL_setmetatable(L, ERROR_MT);
     lua_remove(L, msg);
-    return 2;
 }
 
 /* ---- argument checking ----------------------------------------------------------------- */
@@ -202,7 +217,7 @@ static const char *const transport_options[] = {
     "api_key",   "api_base",   "timeout",     "connect_timeout",    "headers",
     "drop_params", "num_retries", "max_retries", "ca_bundle",        "max_response_bytes",
     "request_timeout", "metadata", "fallbacks", "user",             "custom_llm_provider",
-    "bm25", NULL};
+    "bm25", "batch_size", "concurrency", "on_progress", "filters", NULL};
 
 static int in_list(const char *const *list, const char *s) {
     for (; *list; list++)
@@ -292,7 +307,7 @@ static int header_value_ok(const char *s, size_t n) {
     return 1;
 }
 
-static void add_header(lua_State *L, nim_call *call) {
+static void add_header(lua_State *L, nim_req *call) {
     struct curl_slist *h = curl_slist_append(call->headers, lua_tostring(L, -1));
     if (!h) luaL_error(L, "nim.rerank: out of memory");
     call->headers = h;
@@ -313,7 +328,7 @@ static int caller_has_header(lua_State *L, int headers, const char *name) {
     return 0;
 }
 
-static void build_headers(lua_State *L, nim_call *call, int headers, const char *key) {
+static void build_headers(lua_State *L, nim_req *call, int headers, const char *key) {
     if (headers) {
         lua_pushnil(L);
         while (lua_next(L, headers)) {
@@ -391,13 +406,14 @@ static void push_empty_result(lua_State *L) {
 }
 
 /* Adds provider, family, model and dropped_params to res.meta (res on top of the stack). */
-static void annotate_meta(lua_State *L, const nim_route *r, int dropped, double seconds) {
+static void annotate_meta(lua_State *L, const char *family, const char *body_model, int dropped,
+                          double seconds) {
     lua_getfield(L, -1, "meta");
     lua_pushliteral(L, "nvidia_nim");
     lua_setfield(L, -2, "provider");
-    lua_pushstring(L, nim_family_name(r->family));
+    lua_pushstring(L, family);
     lua_setfield(L, -2, "family");
-    lua_pushstring(L, r->body_model);
+    lua_pushstring(L, body_model);
     lua_setfield(L, -2, "model");
     if (seconds >= 0) {
         lua_pushnumber(L, seconds * 1000.0);
@@ -585,44 +601,98 @@ static int rerank_local(lua_State *L, const rerank_args *a) {
 
 /* ---- provider nvidia_nim ---------------------------------------------------------------- */
 
-static int rerank_nim(lua_State *L, const rerank_args *a) {
+static void set_string(lua_State *L, int t, const char *k, const char *v) {
+    lua_pushstring(L, v);
+    lua_setfield(L, t, k);
+}
+
+/* A finished request: stores value (on top, popped) as res or err in the user value. */
+static void req_settle(lua_State *L, int req_idx, const char *field) {
+    nim_req *r = lua_touserdata(L, req_idx);
+    lua_getiuservalue(L, req_idx, 1);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, field);
+    lua_pop(L, 1);
+    r->state = REQ_FINISHED;
+    req_release(r);
+}
+
+/* Checks the arguments, resolves the route and starts the POST. Pushes a nim.Transfer that
+ * is pending, or already finished (no documents; too many; no key; engine failure). Raises
+ * on misuse. Never blocks. */
+static void start_nim(lua_State *L, const rerank_args *a) {
     const char *model = a->model, *api_key = a->api_key;
-    /* Route. The catalog entry (slot 6) stays on the stack while its strings are in use. */
     nim_family family;
     const char *clean;
     char err[512];
     if (nim_model_parse(model, &family, &clean, err, sizeof err) != 0)
-        return luaL_error(L, "nim.rerank: %s", err);
+        luaL_error(L, "nim.rerank: %s", err);
     nim_catalog_entry entry;
     lua_Integer max_passages;
+    int top = lua_gettop(L);
     int has_entry = catalog_lookup(L, clean, &entry, &max_passages);
+    int entry_idx = top + 1;
     if (!has_entry) lua_pushnil(L);
-    const int entry_idx = 6;
     nim_route route;
     if (nim_resolve(model, a->api_base, has_entry ? &entry : NULL, NULL, NULL, &route, err,
                     sizeof err) != 0)
-        return luaL_error(L, "nim.rerank: %s", err);
+        luaL_error(L, "nim.rerank: %s", err);
+
+    nim_req *r = lua_newuserdatauv(L, sizeof *r, 1);
+    memset(r, 0, sizeof *r);
+    luaL_setmetatable(L, REQ_MT);
+    int req = lua_gettop(L);
+    r->state = REQ_PENDING;
+    r->family = family;
+    r->top_n = a->top_n;
+    r->ndocs = a->ndocs;
+    r->return_documents = a->return_documents;
+    r->timeout = a->timeout;
+    r->max_response = a->max_response;
+    lua_createtable(L, 0, 10);
+    int uv = lua_gettop(L);
+    set_string(L, uv, "model", model);
+    set_string(L, uv, "url", route.url);
+    set_string(L, uv, "route_model", route.model);
+    set_string(L, uv, "body_model", route.body_model);
+    set_string(L, uv, "family", nim_family_name(family));
+    if (api_key) set_string(L, uv, "key", api_key);
+    lua_pushvalue(L, a->dropped);
+    lua_setfield(L, uv, "dropped");
+    if (has_entry && lua_getfield(L, entry_idx, "replacement") == LUA_TSTRING)
+        lua_setfield(L, uv, "replacement");
+    else if (has_entry)
+        lua_pop(L, 1);
+    lua_pushvalue(L, uv);
+    lua_setiuservalue(L, req, 1);
 
     if (a->ndocs > max_passages) {
         lua_pushfstring(L,
                         "documents: %I documents exceed the limit of %I passages per request "
-                        "for %s; split them into batches of at most %I",
+                        "for %s; split them into batches of at most %I (nim.rerank does)",
                         a->ndocs, max_passages, route.model, max_passages);
-        return push_failure(L, NIM_ERR_BAD_REQUEST, 0, 0, model, api_key);
+        push_error(L, NIM_ERR_BAD_REQUEST, 0, 0, model, api_key);
+        req_settle(L, req, "err");
+        goto done;
     }
     if (!api_key && route.hosted) {
         lua_pushliteral(L, "no API key for the hosted NVIDIA API: pass api_key or set "
                            "NVIDIA_NIM_API_KEY");
-        return push_failure(L, NIM_ERR_AUTH, 0, 0, model, NULL);
+        push_error(L, NIM_ERR_AUTH, 0, 0, model, NULL);
+        req_settle(L, req, "err");
+        goto done;
     }
 
     /* Texts and body; every document is checked before anything is sent. */
     nim_wire_texts(L, a->documents, lua_upvalueindex(UV_ENCODE), family);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, uv, "texts");
     int texts = lua_gettop(L);
     if (a->ndocs == 0) { /* nothing to rank: no network call */
         push_empty_result(L);
-        annotate_meta(L, &route, a->dropped, -1);
-        return 1;
+        annotate_meta(L, nim_family_name(family), route.body_model, a->dropped, -1);
+        req_settle(L, req, "res");
+        goto done;
     }
     lua_Integer top_k = 0;
     if (family == NIM_FAMILY_RETRIEVAL && a->top_n > 0)
@@ -634,56 +704,86 @@ static int rerank_nim(lua_State *L, const rerank_args *a) {
     nim_engine *engine = engine_of(L, err, sizeof err);
     if (!engine) {
         lua_pushstring(L, err);
-        return push_failure(L, NIM_ERR_CONNECTION, 0, 0, model, api_key);
+        push_error(L, NIM_ERR_CONNECTION, 0, 0, model, api_key);
+        req_settle(L, req, "err");
+        goto done;
     }
-    nim_call *call = lua_newuserdatauv(L, sizeof *call, 0);
-    memset(call, 0, sizeof *call);
-    luaL_setmetatable(L, CALL_MT);
-    build_headers(L, call, a->headers, api_key);
+    build_headers(L, r, a->headers, api_key);
     size_t body_len;
     const char *body_s = lua_tolstring(L, body, &body_len);
-    call->body = malloc(body_len + 1);
-    if (!call->body) return luaL_error(L, "nim.rerank: out of memory");
-    memcpy(call->body, body_s, body_len + 1);
+    r->body = malloc(body_len + 1);
+    if (!r->body) luaL_error(L, "nim.rerank: out of memory");
+    memcpy(r->body, body_s, body_len + 1);
 
     nim_post post = {0};
     post.url = route.url;
-    post.headers = call->headers;
-    post.body = call->body;
+    post.headers = r->headers;
+    post.body = r->body;
     post.body_len = body_len;
     post.timeout_ms = (long)(a->timeout * 1000.0);
     post.connect_timeout_ms = (long)(a->connect_timeout * 1000.0);
     post.max_response = (size_t)a->max_response;
     post.ca_bundle = a->ca_bundle;
-    call->headers = NULL; /* the engine owns them from here */
-    call->body = NULL;
-    call->t = nim_engine_start(engine, &post, err, sizeof err);
-    if (!call->t) {
+    r->headers = NULL; /* the engine owns them from here */
+    r->body = NULL;
+    r->t = nim_engine_start(engine, &post, err, sizeof err);
+    if (!r->t) {
         lua_pushstring(L, err);
-        return push_failure(L, NIM_ERR_CONNECTION, 0, 0, model, api_key);
+        push_error(L, NIM_ERR_CONNECTION, 0, 0, model, api_key);
+        req_settle(L, req, "err");
     }
-    while (!nim_transfer_done(call->t))
-        if (nim_engine_step(engine, 1000) < 0) break;
+done:
+    lua_settop(L, req);
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+}
 
-    nim_transfer *t = call->t;
+/* Turns a completed transfer into res or err (stored in the user value). */
+static void finish_nim(lua_State *L, int req) {
+    nim_req *r = lua_touserdata(L, req);
+    nim_transfer *t = r->t;
+    int top = lua_gettop(L);
+    lua_getiuservalue(L, req, 1);
+    int uv = lua_gettop(L);
+    lua_getfield(L, uv, "model");
+    lua_getfield(L, uv, "key");
+    lua_getfield(L, uv, "url");
+    const char *model = lua_tostring(L, uv + 1), *key = lua_tostring(L, uv + 2),
+               *url = lua_tostring(L, uv + 3);
     long status = nim_transfer_status(t);
-    switch (nim_transfer_done(t) ? nim_transfer_result(t) : NIM_XFER_OTHER) {
-    case NIM_XFER_OK: break;
-    case NIM_XFER_TIMEOUT:
-        lua_pushfstring(L, "no response within %f s (%s)", a->timeout, nim_transfer_error(t));
-        return push_failure(L, NIM_ERR_TIMEOUT, 0, 1, model, api_key);
-    case NIM_XFER_TOO_LARGE:
-        lua_pushfstring(L, "response larger than %I bytes",
-                        (lua_Integer)(a->max_response ? a->max_response
-                                                      : NIM_ENGINE_MAX_RESPONSE));
-        return push_failure(L, NIM_ERR_BAD_RESPONSE, status, 0, model, api_key);
-    case NIM_XFER_CONNECTION:
-        lua_pushfstring(L, "%s: %s", route.url, nim_transfer_error(t));
-        return push_failure(L, NIM_ERR_CONNECTION, 0, 1, model, api_key);
-    default:
-        lua_pushfstring(L, "%s: %s", route.url,
-                        nim_transfer_done(t) ? nim_transfer_error(t) : "engine failure");
-        return push_failure(L, NIM_ERR_CONNECTION, 0, 0, model, api_key);
+    nim_xfer_result xr = nim_transfer_result(t);
+    if (xr != NIM_XFER_OK) {
+        nim_err_type type = NIM_ERR_CONNECTION;
+        int retryable = 1;
+        long st = 0;
+        switch (xr) {
+        case NIM_XFER_TIMEOUT:
+            type = NIM_ERR_TIMEOUT;
+            lua_pushfstring(L, "no response within %f s (%s)", r->timeout, nim_transfer_error(t));
+            break;
+        case NIM_XFER_TOO_LARGE:
+            type = NIM_ERR_BAD_RESPONSE;
+            retryable = 0;
+            st = status;
+            lua_pushfstring(L, "response larger than %I bytes",
+                            (lua_Integer)(r->max_response ? r->max_response
+                                                          : NIM_ENGINE_MAX_RESPONSE));
+            break;
+        case NIM_XFER_CANCELLED:
+            retryable = 0;
+            lua_pushliteral(L, "cancelled");
+            break;
+        case NIM_XFER_CONNECTION:
+            lua_pushfstring(L, "%s: %s", url, nim_transfer_error(t));
+            break;
+        default:
+            retryable = 0;
+            lua_pushfstring(L, "%s: %s", url, nim_transfer_error(t));
+        }
+        push_error(L, type, st, retryable, model, key);
+        req_settle(L, req, "err");
+        lua_settop(L, top);
+        return;
     }
 
     /* Take what we need from the transfer, then release it before any further Lua work. */
@@ -696,57 +796,129 @@ static int rerank_nim(lua_State *L, const rerank_args *a) {
     const char *reqid = nim_transfer_header(t, "NVCF-REQID");
     lua_pushstring(L, reqid ? reqid : "");
     int reqid_idx = lua_gettop(L);
-    nim_transfer_free(call->t);
-    call->t = NULL;
+    req_release(r);
 
     int decode = lua_upvalueindex(UV_DECODE);
     if (status >= 200 && status < 300 && status != 202) {
-        nim_parse_opts o = {family, a->top_n, a->return_documents, a->ndocs};
+        lua_getfield(L, uv, "texts");
+        int texts = lua_gettop(L);
+        nim_parse_opts o = {r->family, r->top_n, r->return_documents, r->ndocs};
         if (nim_wire_parse(L, resp_idx, decode, texts, lua_upvalueindex(UV_ARRAY_MT), &o)) {
-            annotate_meta(L, &route, a->dropped, seconds);
-            return 1;
+            lua_getfield(L, uv, "family");
+            lua_getfield(L, uv, "body_model");
+            lua_getfield(L, uv, "dropped");
+            lua_pushvalue(L, -4);
+            annotate_meta(L, lua_tostring(L, -4), lua_tostring(L, -3), lua_gettop(L) - 1,
+                          seconds);
+            req_settle(L, req, "res");
+            lua_settop(L, top);
+            return;
         }
-        lua_pushfstring(L, "malformed response from %s: %s; body: ", route.url,
-                        lua_tostring(L, -1));
+        lua_pushfstring(L, "malformed response from %s: %s; body: ", url, lua_tostring(L, -1));
         nim_wire_error_message(L, resp_idx, 0); /* raw text: the first part of the body */
         lua_concat(L, 2);
-        return push_failure(L, NIM_ERR_BAD_RESPONSE, status, 0, model, api_key);
+        push_error(L, NIM_ERR_BAD_RESPONSE, status, 0, model, key);
+        req_settle(L, req, "err");
+        lua_settop(L, top);
+        return;
     }
 
     int retryable;
     nim_err_type type = nim_err_from_status(status, &retryable);
     nim_wire_error_message(L, resp_idx, decode);
     if (status == 410) {
-        lua_pushfstring(L, "model %s has reached end of life (410 Gone): %s", route.model,
-                        lua_tostring(L, -1));
-        lua_remove(L, -2);
-        if (has_entry) {
-            lua_getfield(L, entry_idx, "replacement");
-            if (lua_type(L, -1) == LUA_TSTRING) {
-                lua_pushfstring(L, "; use %s instead", lua_tostring(L, -1));
-                lua_remove(L, -2);
-                lua_concat(L, 2);
-            } else {
-                lua_pop(L, 1);
-            }
+        lua_getfield(L, uv, "route_model");
+        lua_pushfstring(L, "model %s has reached end of life (410 Gone): %s",
+                        lua_tostring(L, -1), lua_tostring(L, -2));
+        lua_replace(L, -3);
+        lua_pop(L, 1);
+        if (lua_getfield(L, uv, "replacement") == LUA_TSTRING) {
+            lua_pushfstring(L, "; use %s instead", lua_tostring(L, -1));
+            lua_remove(L, -2);
+            lua_concat(L, 2);
+        } else {
+            lua_pop(L, 1);
         }
     } else if (status == 202) {
         lua_pushfstring(L, "result not ready (202 Accepted, NVCF-REQID '%s'); try again",
                         lua_tostring(L, reqid_idx));
         lua_remove(L, -2);
     } else if (lua_rawlen(L, -1) == 0) {
-        lua_pushfstring(L, "HTTP %I from %s", (lua_Integer)status, route.url);
+        lua_pushfstring(L, "HTTP %I from %s", (lua_Integer)status, url);
         lua_remove(L, -2);
     }
-    push_failure(L, type, status, retryable, model, api_key);
+    push_error(L, type, status, retryable, model, key);
     if (retry_after >= 0) {
         lua_pushnumber(L, retry_after);
         lua_setfield(L, -2, "retry_after");
     }
+    req_settle(L, req, "err");
+    lua_settop(L, top);
+}
+
+/* Settles the request at idx if its transfer has completed. Returns 1 when finished. */
+static int req_poll(lua_State *L, int idx) {
+    nim_req *r = lua_touserdata(L, idx);
+    if (r->state == REQ_PENDING && r->t && nim_transfer_done(r->t)) finish_nim(L, idx);
+    return r->state != REQ_PENDING;
+}
+
+/* Pushes the outcome of a settled request: res, or nil and err. Returns the count. */
+static int req_push_result(lua_State *L, int idx) {
+    nim_req *r = lua_touserdata(L, idx);
+    if (r->state == REQ_CANCELLED) { /* nil, {type = "cancelled", ...} */
+        lua_getiuservalue(L, idx, 1);
+        lua_getfield(L, -1, "model"); /* anchored by the user value */
+        lua_pushnil(L);
+        lua_pushliteral(L, "the request was cancelled");
+        push_error(L, NIM_ERR_CONNECTION, 0, 0, lua_tostring(L, -3), NULL);
+        lua_pushliteral(L, "cancelled");
+        lua_setfield(L, -2, "type");
+        lua_remove(L, -3);
+        lua_remove(L, -3);
+        return 2;
+    }
+    lua_getiuservalue(L, idx, 1);
+    if (lua_getfield(L, -1, "res") != LUA_TNIL) {
+        lua_remove(L, -2);
+        return 1;
+    }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_getfield(L, -2, "err");
+    lua_remove(L, -3);
     return 2;
 }
 
-/* nim.rerank{...} -> result | nil, err. Dispatches on the model's provider prefix. */
+/* Drives the engine until the request at idx settles (the blocking path). */
+static void req_block(lua_State *L, int idx) {
+    char err[256];
+    nim_engine *engine = engine_of(L, err, sizeof err);
+    while (!req_poll(L, idx)) {
+        if (!engine || nim_engine_step(engine, 1000) < 0) break;
+    }
+}
+
+/* Is the running coroutine one that nim's scheduler resumes (nim.spawn, nim.run)? */
+static int in_managed_coroutine(lua_State *L) {
+    if (!lua_isyieldable(L)) return 0;
+    lua_getfield(L, LUA_REGISTRYINDEX, MANAGED_KEY);
+    lua_pushthread(L);
+    int managed = lua_rawget(L, -2) != LUA_TNIL;
+    lua_pop(L, 2);
+    return managed;
+}
+
+static int rerank_resume(lua_State *L, int status, lua_KContext ctx) {
+    (void)status;
+    int idx = (int)ctx;
+    req_block(L, idx); /* normally settled already: the scheduler resumes us when it is */
+    return req_push_result(L, idx);
+}
+
+/* nim.rerank{...} -> result | nil, err. Dispatches on the model's provider prefix. Inside a
+ * coroutine that nim's scheduler manages, a network call yields the nim.Transfer and resumes
+ * when it settles; anywhere else (or where yielding is impossible) it blocks. */
 static int nim_rerank(lua_State *L) {
     rerank_args a;
     check_args(L, &a);
@@ -756,7 +928,124 @@ static int nim_rerank(lua_State *L) {
                               a.model);
         return rerank_local(L, &a);
     }
-    return rerank_nim(L, &a);
+    start_nim(L, &a);
+    int idx = lua_gettop(L);
+    nim_req *r = lua_touserdata(L, idx);
+    if (r->state == REQ_PENDING && in_managed_coroutine(L)) {
+        lua_pushvalue(L, idx);
+        return lua_yieldk(L, 1, (lua_KContext)idx, rerank_resume);
+    }
+    req_block(L, idx);
+    return req_push_result(L, idx);
+}
+
+/* nim.native.start{...} -> nim.Transfer: starts the call and returns at once. local/bm25
+ * answers immediately (the transfer is already settled). Raises on misuse. */
+static int nim_start(lua_State *L) {
+    rerank_args a;
+    check_args(L, &a);
+    if (strncmp(a.model, "local/", 6) == 0) {
+        int n = nim_rerank(L); /* synchronous and fast: wrap its outcome */
+        nim_req *r = lua_newuserdatauv(L, sizeof *r, 1);
+        memset(r, 0, sizeof *r);
+        luaL_setmetatable(L, REQ_MT);
+        r->state = REQ_FINISHED;
+        lua_createtable(L, 0, 2);
+        lua_pushvalue(L, -2 - n);
+        lua_setfield(L, -2, n == 1 ? "res" : "err");
+        if (n == 2) {
+            lua_pushvalue(L, -2 - n + 1);
+            lua_setfield(L, -2, "err");
+        }
+        lua_setiuservalue(L, -2, 1);
+        return 1;
+    }
+    start_nim(L, &a);
+    return 1;
+}
+
+static nim_req *check_req(lua_State *L) { return luaL_checkudata(L, 1, REQ_MT); }
+
+/* t:done() -> boolean (settles it if its transfer completed; never drives the engine) */
+static int req_done(lua_State *L) {
+    check_req(L);
+    lua_pushboolean(L, req_poll(L, 1));
+    return 1;
+}
+
+/* t:result() -> res | nil, err, or nothing while pending */
+static int req_result(lua_State *L) {
+    check_req(L);
+    if (!req_poll(L, 1)) return 0;
+    return req_push_result(L, 1);
+}
+
+/* t:wait([seconds]) -> res | nil, err; or nothing when the time runs out first */
+static int req_wait(lua_State *L) {
+    check_req(L);
+    double limit = luaL_optnumber(L, 2, -1);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double end = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + limit;
+    char err[256];
+    nim_engine *engine = engine_of(L, err, sizeof err);
+    while (!req_poll(L, 1)) {
+        int wait_ms = 1000;
+        if (limit >= 0) {
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            double left = end - ((double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+            if (left <= 0) return 0;
+            wait_ms = left * 1000 < 1000 ? (int)(left * 1000) + 1 : 1000;
+        }
+        if (!engine || nim_engine_step(engine, wait_ms) < 0) break;
+    }
+    return req_push_result(L, 1);
+}
+
+/* t:cancel(): a pending transfer is removed from the engine; result() then says cancelled. */
+static int req_cancel(lua_State *L) {
+    nim_req *r = check_req(L);
+    if (r->state == REQ_PENDING) {
+        r->state = REQ_CANCELLED;
+        req_release(r);
+    }
+    return 0;
+}
+
+static int req_tostring(lua_State *L) {
+    nim_req *r = check_req(L);
+    static const char *const names[] = {"pending", "finished", "cancelled"};
+    lua_pushfstring(L, "nim.Transfer (%s)", names[r->state]);
+    return 1;
+}
+
+/* nim.native.step([seconds]) -> running: moves every transfer, waiting at most `seconds`
+ * (default 0: never blocks) for network activity. */
+static int nim_step(lua_State *L) {
+    double s = luaL_optnumber(L, 1, 0);
+    luaL_argcheck(L, s >= 0, 1, "seconds must be >= 0");
+    char err[256];
+    nim_ctx *c = ctx_of(L);
+    if (!c->engine) {
+        lua_pushinteger(L, 0);
+        return 1;
+    }
+    nim_engine *engine = engine_of(L, err, sizeof err);
+    int running = nim_engine_step(engine, (int)(s * 1000));
+    lua_pushinteger(L, running < 0 ? 0 : running);
+    return 1;
+}
+
+/* nim.native.manage(co [, on]): marks a coroutine as resumed by nim's scheduler, so
+ * nim.rerank inside it yields instead of blocking. */
+static int nim_manage(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTHREAD);
+    lua_getfield(L, LUA_REGISTRYINDEX, MANAGED_KEY);
+    lua_pushvalue(L, 1);
+    if (lua_isnoneornil(L, 2) || lua_toboolean(L, 2)) lua_pushboolean(L, 1);
+    else lua_pushnil(L);
+    lua_rawset(L, -3);
+    return 0;
 }
 
 /* nim.resolve(model [, {api_base = ...}]) -> route table. Raises on a malformed model. */
@@ -922,12 +1211,52 @@ static void load_layer(lua_State *L, int mod) {
     lua_call(L, 1, 0);
 }
 
+/* nim.native.handle(task) -> a nim.Request userdata whose user value is task. The methods,
+ * __gc and __close come from the Lua scheduler (lua/nim/async.lua), which fills
+ * nim.native.request_mt: a userdata, so `type(req)` is what users expect of a handle. */
+static int nim_handle(lua_State *L) {
+    luaL_checkany(L, 1);
+    lua_newuserdatauv(L, 1, 1);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1);
+    luaL_setmetatable(L, "nim.Request");
+    return 1;
+}
+
+/* nim.native.task_of(handle) -> the task table of a nim.Request */
+static int nim_task_of(lua_State *L) {
+    luaL_checkudata(L, 1, "nim.Request");
+    lua_getiuservalue(L, 1, 1);
+    return 1;
+}
+
+/* nim.isatty(fd) -> boolean (0 stdin, 1 stdout, 2 stderr) */
+static int nim_isatty(lua_State *L) {
+    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+static const luaL_Reg req_methods[] = {
+    {"done", req_done}, {"result", req_result}, {"wait", req_wait}, {"cancel", req_cancel},
+    {NULL, NULL},
+};
+
+static const luaL_Reg nim_native_funcs[] = {
+    {"start", nim_start},
+    {"step", nim_step},
+    {"manage", nim_manage},
+    {"handle", nim_handle},
+    {"task_of", nim_task_of},
+    {NULL, NULL},
+};
+
 static const luaL_Reg nim_funcs[] = {
     {"rerank", nim_rerank},
     {"resolve", nim_resolve_l},
     {"array", nim_array},
     {"now", nim_now},
     {"sleep", nim_sleep},
+    {"isatty", nim_isatty},
     {NULL, NULL},
 };
 
@@ -937,13 +1266,28 @@ int luaopen_nim(lua_State *L) {
         lua_setfield(L, -2, "__tostring");
     }
     lua_pop(L, 1);
-    if (luaL_newmetatable(L, CALL_MT)) {
-        lua_pushcfunction(L, call_gc);
+    if (luaL_newmetatable(L, REQ_MT)) {
+        lua_pushcfunction(L, req_gc);
         lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, call_gc);
+        lua_pushcfunction(L, req_gc);
         lua_setfield(L, -2, "__close");
+        lua_pushcfunction(L, req_tostring);
+        lua_setfield(L, -2, "__tostring");
     }
     lua_pop(L, 1);
+    luaL_newmetatable(L, "nim.Request"); /* filled by lua/nim/async.lua */
+    lua_pop(L, 1);
+    if (lua_getfield(L, LUA_REGISTRYINDEX, MANAGED_KEY) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L); /* weak keys: a finished coroutine is not kept alive by the mark */
+        lua_createtable(L, 0, 1);
+        lua_pushliteral(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_setfield(L, LUA_REGISTRYINDEX, MANAGED_KEY);
+    } else {
+        lua_pop(L, 1);
+    }
 
     lua_newtable(L); /* the module */
     int mod = lua_gettop(L);
@@ -986,15 +1330,30 @@ int luaopen_nim(lua_State *L) {
     lua_pushvalue(L, -1);
     lua_setfield(L, mod, "array_mt");
 
+    /* nim.native: the raw binding, reachable after the Lua layer wraps nim.rerank. Its
+     * functions share the module's upvalues. */
+    lua_createtable(L, 0, 6);
+    for (int i = 1; i <= UV_COUNT; i++) lua_pushvalue(L, mod + i);
+    luaL_setfuncs(L, nim_native_funcs, UV_COUNT);
+    luaL_getmetatable(L, "nim.Request");
+    lua_setfield(L, -2, "request_mt");
+    luaL_getmetatable(L, REQ_MT);
+    lua_setfield(L, -2, "transfer_mt");
+    lua_setfield(L, mod, "native");
+    /* nim.Transfer methods: they finish transfers, so they need the same upvalues. */
+    luaL_getmetatable(L, REQ_MT);
+    lua_newtable(L);
+    for (int i = 1; i <= UV_COUNT; i++) lua_pushvalue(L, mod + i);
+    luaL_setfuncs(L, req_methods, UV_COUNT);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
     luaL_setfuncs(L, nim_funcs, UV_COUNT);
-
-    /* nim.native: the raw binding, reachable after the Lua layer wraps nim.rerank. */
-    lua_createtable(L, 0, 2);
+    lua_getfield(L, mod, "native");
     lua_getfield(L, mod, "rerank");
     lua_setfield(L, -2, "rerank");
     lua_getfield(L, mod, "resolve");
     lua_setfield(L, -2, "resolve");
-    lua_setfield(L, mod, "native");
+    lua_pop(L, 1);
 
     luaL_getmetatable(L, ERROR_MT);
     lua_setfield(L, mod, "error_mt");

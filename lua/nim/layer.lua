@@ -9,8 +9,15 @@ local config = require "nim.config"
 local router = require "nim.router"
 local filters = require "nim.filters"
 local catalog = require "nim.catalog"
+local async = require "nim.async"
 
 nim.filters = filters
+nim.sleep = async.sleep -- yields inside nim's tasks, blocks elsewhere
+nim.poll = async.poll
+nim.spawn = async.spawn
+nim.run = async.run
+nim.rerank_async = async.rerank_async
+nim.rerank_many = async.rerank_many
 nim.catalog_api = catalog
 nim.router = router.new(nil)
 nim.config = nil

@@ -4,6 +4,7 @@
 -- are injectable so tests run deterministically on a fake clock.
 --
 -- Semantics (shared/spec/LITELLM_COMPAT.md section 4):
+-- * Calls with more documents than a request takes are split by nim.batch (auto-batching).
 -- * A group's deployments are chosen by weighted random (weight, else rpm, else tpm, else 1)
 --   among those not cooling down; when some have `order`, the lowest order available wins.
 -- * A retryable failure is retried num_retries times (default 2) with exponential backoff and
@@ -18,6 +19,7 @@ local nim = require "nim"
 local filters = require "nim.filters"
 local catalog = require "nim.catalog"
 local config = require "nim.config"
+local batch = require "nim.batch"
 
 local M = {}
 local Router = {}
@@ -37,9 +39,9 @@ function M.new(cfg, opts)
   opts = opts or {}
   local r = setmetatable({}, Router)
   r.clock = opts.clock or nim.now
-  r.sleep = opts.sleep or nim.sleep
+  r.sleep = opts.sleep or function(s) return nim.sleep(s) end -- looked up now: async swaps it
   r.random = opts.random or default_random
-  r.call = opts.call or nim.native.rerank
+  r.call = opts.call or batch.call -- the native call, split into batches when too large
   local rs, ls = cfg.router, cfg.litellm
   r.num_retries = rs.num_retries or ls.num_retries or 2
   r.timeout = rs.timeout or ls.request_timeout

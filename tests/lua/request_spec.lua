@@ -224,15 +224,19 @@ test("document_limit_512_enforced_before_sending", function()
   ok(res, "512 documents of 1 KB: " .. tostring(err))
   eq(#res.results, 5, "results")
   docs[513] = "one too many"
-  res, err = nim.rerank(h.args({ documents = docs }))
-  eq(res, nil, "513 refused")
+  res, err = nim.native.rerank(h.args({ documents = docs }))
+  eq(res, nil, "the native call refuses 513 before sending")
   eq(err.type, "bad_request", "type")
   spec.match(err.message, "512", "names the limit")
+  res, err = nim.rerank(h.args({ documents = docs, top_n = 3 }))
+  ok(res, "nim.rerank splits 513 into batches: " .. tostring(err))
+  eq(res.meta.batches, 2, "two batches")
+  eq(#res.results, 3, "top_n after the merge")
 end)
 
 test("catalog_max_passages_is_extendable", function()
   nim.catalog["nvidia/llama-nemotron-rerank-1b-v2"].max_passages = 2
-  local res, err = nim.rerank(h.args())
+  local res, err = nim.native.rerank(h.args())
   nim.catalog["nvidia/llama-nemotron-rerank-1b-v2"].max_passages = 512
   eq(res, nil, "refused")
   spec.match(err.message, "limit of 2", "catalog limit used")
@@ -273,7 +277,7 @@ end)
 
 test("catalog_lookup_accepts_dotted_spelling", function()
   nim.catalog["nvidia/llama-3_2-nv-rerankqa-1b-v2"].max_passages = 1
-  local res, err = nim.rerank(h.args({ model = h.RANKING }))
+  local res, err = nim.native.rerank(h.args({ model = h.RANKING }))
   nim.catalog["nvidia/llama-3_2-nv-rerankqa-1b-v2"].max_passages = 512
   eq(res, nil, "entry found through the dotted name")
   spec.match(err.message, "limit of 1", "limit")

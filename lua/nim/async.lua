@@ -1,0 +1,322 @@
+-- nim.async: the scheduler behind non-blocking reranking. One per lua_State.
+--
+-- A task is a coroutine nim manages (nim.native.manage): inside it, nim.rerank yields its
+-- nim.Transfer instead of blocking, nim.sleep yields a timer, and joins yield their tasks; the
+-- scheduler resumes it when that is done. Everything else in Lua stays ordinary: a coroutine of
+-- the user's own is never yielded through, and where yielding is impossible calls block.
+--
+--   nim.rerank_async(args [, callback]) -> nim.Request   (req:poll(), req:wait(), req:cancel())
+--   nim.poll()            advance everything once, never blocking; runs callbacks
+--   nim.spawn(fn, ...)    a task; nim.run([timeout]) runs tasks until all are done
+--   nim.rerank_many{ {query=, documents=}, ..., concurrency = 8 } -> results, errors
+local nim = require "nim"
+local native = nim.native
+
+local M = {}
+
+local TRANSFER_MT = native.transfer_mt
+local JOIN, YIELD_SLEEP = {}, {}
+local native_sleep = nim.sleep
+
+local live = {}                            -- task -> true, until it ends
+local ready = {}                           -- tasks to resume, in order
+local task_of = setmetatable({}, { __mode = "k" }) -- coroutine -> task
+
+local function now() return nim.now() end
+
+local function current_task()
+  local co, main = coroutine.running()
+  if main or not coroutine.isyieldable() then return nil end
+  return task_of[co]
+end
+M.current_task = current_task
+
+local function cancelled_error(model)
+  return setmetatable({ status = 0, type = "cancelled", message = "the request was cancelled",
+    retryable = false, provider = "nvidia_nim", model = model }, nim.error_mt)
+end
+
+local function finish(task, ok, a, b)
+  live[task] = nil
+  task.done = true
+  if ok then task.res, task.err = a, b else task.raised = a end
+  for _, parent in ipairs(task.joiners or {}) do
+    parent.pending_children = parent.pending_children - 1
+    if parent.pending_children == 0 then ready[#ready + 1] = parent end
+  end
+  task.joiners = nil
+  if task.callback and ok then
+    local cb = task.callback
+    task.callback, task.handle = nil, nil
+    cb(a, b)
+  elseif task.callback then
+    task.callback, task.handle = nil, nil
+    error(a, 0) -- a raised error in a callback request surfaces from nim.poll
+  end
+end
+
+-- Resumes a task and files it by what it yields next.
+local function resume(task, ...)
+  task.waiting, task.wake_at = nil, nil
+  local ok, a, b = coroutine.resume(task.co, ...)
+  if coroutine.status(task.co) == "dead" then return finish(task, ok, a, b) end
+  if getmetatable(a) == TRANSFER_MT then
+    task.waiting = a
+  elseif a == YIELD_SLEEP then
+    task.wake_at = b
+  elseif a == JOIN then
+    local pending = 0
+    for _, child in ipairs(b) do
+      if not child.done then
+        pending = pending + 1
+        child.joiners = child.joiners or {}
+        child.joiners[#child.joiners + 1] = task
+      end
+    end
+    task.pending_children = pending
+    if pending == 0 then ready[#ready + 1] = task end
+  elseif a == nil then
+    ready[#ready + 1] = task -- a plain coroutine.yield(): run again on the next round
+  else
+    coroutine.close(task.co)
+    finish(task, false, "nim task yielded an unexpected value: " .. tostring(a))
+  end
+end
+
+local function new_task(fn, ...)
+  local args = table.pack(...)
+  local co = coroutine.create(function() return fn(table.unpack(args, 1, args.n)) end)
+  native.manage(co)
+  local task = { co = co }
+  task_of[co] = task
+  live[task] = true
+  return task
+end
+
+-- One round: moves the network, wakes what is due, resumes what is ready (once each).
+-- Returns the number of live tasks.
+local function round(wait)
+  if next(live) == nil then return 0 end
+  native.step(wait or 0)
+  local t = now()
+  for task in pairs(live) do
+    if task.waiting and task.waiting:done() then
+      ready[#ready + 1] = task
+      task.waiting = false
+    elseif task.wake_at and task.wake_at <= t then
+      ready[#ready + 1] = task
+      task.wake_at = false
+    end
+  end
+  local batch = ready
+  ready = {}
+  for _, task in ipairs(batch) do
+    if live[task] then resume(task) end
+  end
+  local n = 0
+  for _ in pairs(live) do n = n + 1 end
+  return n
+end
+
+-- How long the scheduler may block: until the next timer, at most max.
+local function next_wait(max)
+  if #ready > 0 then return 0 end
+  local t, wait = now(), max
+  for task in pairs(live) do
+    if task.wake_at then wait = math.min(wait, math.max(0, task.wake_at - t)) end
+  end
+  return wait
+end
+
+local function any_transfer_pending()
+  for task in pairs(live) do if task.waiting then return true end end
+  return false
+end
+
+-- Runs rounds until done() or the deadline; blocks in the engine (or a sleep) between them.
+local function drive(done, deadline)
+  while not done() do
+    local left = deadline and (deadline - now()) or math.huge
+    if left <= 0 then return false end
+    if next(live) == nil then return done() end
+    local wait = next_wait(math.min(left, 0.25))
+    if wait > 0 and not any_transfer_pending() then
+      native_sleep(wait)
+      wait = 0
+    end
+    round(wait)
+  end
+  return true
+end
+
+-- Waits for tasks: yields to the scheduler inside a task, else drives it.
+local function join(tasks, timeout)
+  local all_done = function()
+    for _, t in ipairs(tasks) do if not t.done then return false end end
+    return true
+  end
+  if all_done() then return true end
+  if current_task() and timeout == nil then
+    coroutine.yield(JOIN, tasks)
+    return true
+  end
+  return drive(all_done, timeout and now() + timeout or nil)
+end
+M.join = join
+
+-- ---- public API ------------------------------------------------------------------------
+
+-- nim.sleep(seconds): inside a task it yields to the scheduler; elsewhere it blocks.
+function M.sleep(s)
+  if type(s) ~= "number" or s < 0 then error("nim.sleep: seconds must be a number >= 0", 2) end
+  if current_task() then
+    coroutine.yield(YIELD_SLEEP, now() + s)
+  else
+    native_sleep(s)
+  end
+end
+
+function M.poll()
+  local n = round(0)
+  if #ready > 0 then n = round(0) end -- tasks woken by the first round's completions
+  return n
+end
+
+function M.spawn(fn, ...)
+  if type(fn) ~= "function" then error("nim.spawn: expected a function", 2) end
+  local task = new_task(fn, ...)
+  ready[#ready + 1] = task
+  return native.handle(task)
+end
+
+-- nim.run([timeout]) -> true when every task finished, false if the time ran out.
+function M.run(timeout)
+  return drive(function() return next(live) == nil end, timeout and now() + timeout or nil)
+end
+
+local REQUEST = native.request_mt
+REQUEST.__index = {}
+REQUEST.__name = "nim.Request"
+
+local function outcome(task)
+  if task.raised then error(task.raised, 0) end
+  return task.res, task.err
+end
+
+-- req:poll() -> true, res | true, nil, err when done; false while pending. Never blocks.
+function REQUEST.__index.poll(req)
+  local task = native.task_of(req)
+  if not task.done then M.poll() end
+  if not task.done then return false end
+  return true, outcome(task)
+end
+
+-- req:wait([seconds]) -> res | nil, err; false when the time runs out first.
+function REQUEST.__index.wait(req, timeout)
+  local task = native.task_of(req)
+  if not join({ task }, timeout) then return false end
+  return outcome(task)
+end
+
+-- req:cancel(): stops the request (its transfer leaves the engine); no callback runs.
+function REQUEST.__index.cancel(req)
+  local task = native.task_of(req)
+  if task.done then return end
+  if task.waiting then task.waiting:cancel() end
+  coroutine.close(task.co)
+  task.callback, task.handle = nil, nil
+  finish(task, true, nil, cancelled_error(task.model))
+end
+
+function REQUEST.__index.done(req)
+  return native.task_of(req).done == true
+end
+
+REQUEST.__close = REQUEST.__index.cancel
+REQUEST.__gc = REQUEST.__index.cancel
+function REQUEST.__tostring(req)
+  local task = native.task_of(req)
+  local state = not task.done and "pending"
+    or (task.err and task.err.type == "cancelled" and "cancelled") or "done"
+  return ("nim.Request (%s)"):format(state)
+end
+
+-- nim.rerank_async(args [, callback]) -> nim.Request. The request starts now; misuse raises
+-- now. With a callback, callback(res, err) runs from nim.poll()/nim.run() when it finishes,
+-- and the request stays alive without a reference to the handle.
+function M.rerank_async(args, callback)
+  if type(args) ~= "table" then
+    error(("nim.rerank_async: bad argument #1 (table expected, got %s)"):format(type(args)), 2)
+  end
+  if callback ~= nil and type(callback) ~= "function" then
+    error("nim.rerank_async: bad argument #2 (function expected)", 2)
+  end
+  local task = new_task(nim.rerank, args)
+  task.model = args.model
+  local handle = native.handle(task)
+  if callback then task.callback, task.handle = callback, handle end
+  resume(task) -- runs until the transfer is started (or the answer is known)
+  if task.raised then error(task.raised, 2) end
+  return handle
+end
+
+-- Misuse inside a batch item becomes that item's error instead of losing the rest.
+local function item_error(msg)
+  return setmetatable({ status = 0, type = "bad_request", retryable = false,
+    message = tostring(msg):gsub("^nim%.rerank: ", ""), provider = "nimrank" }, nim.error_mt)
+end
+
+local MANY_KEYS = { concurrency = true, on_progress = true }
+
+-- nim.rerank_many{ item, ..., concurrency = 8, on_progress = fn, <shared args> }
+-- -> results, errors: results[i] is item i's result or false, errors[i] its error or nil.
+-- Items are tables of arguments merged over the shared ones. Order is the input order.
+function M.rerank_many(spec)
+  if type(spec) ~= "table" then
+    error(("nim.rerank_many: bad argument #1 (table expected, got %s)"):format(type(spec)), 2)
+  end
+  local concurrency = spec.concurrency or 8
+  if math.type(concurrency) ~= "integer" or concurrency < 1 then
+    error("nim.rerank_many: concurrency: must be an integer >= 1", 2)
+  end
+  local progress = spec.on_progress
+  if progress ~= nil and type(progress) ~= "function" then
+    error("nim.rerank_many: on_progress: expected a function", 2)
+  end
+  local shared = {}
+  for k, v in pairs(spec) do
+    if type(k) ~= "number" and not MANY_KEYS[k] then shared[k] = v end
+  end
+  local n = #spec
+  for i = 1, n do
+    if type(spec[i]) ~= "table" then
+      error(("nim.rerank_many: [%d]: expected a table of arguments"):format(i), 2)
+    end
+  end
+  local results, errors = { n = n }, { n = n }
+  local next_i, done = 0, 0
+  local function worker()
+    while next_i < n do
+      next_i = next_i + 1
+      local i = next_i
+      local args = {}
+      for k, v in pairs(shared) do args[k] = v end
+      for k, v in pairs(spec[i]) do args[k] = v end
+      local ok, res, err = pcall(nim.rerank, args)
+      if not ok then res, err = nil, item_error(res) end
+      results[i], errors[i] = res or false, err
+      done = done + 1
+      if progress then progress(done, n) end
+    end
+  end
+  local workers = {}
+  for w = 1, math.min(concurrency, n) do
+    workers[w] = new_task(worker)
+    ready[#ready + 1] = workers[w]
+  end
+  join(workers)
+  for _, w in ipairs(workers) do if w.raised then error(w.raised, 0) end end
+  return results, errors
+end
+
+return M
