@@ -24,5 +24,6 @@ trap cleanup EXIT INT TERM
 
 FAKE_URL=$(start_fake keyed --api-key "$FAKE_KEY") || exit 1
 FAKE_OPEN_URL=$(start_fake open) || exit 1
-export FAKE_URL FAKE_OPEN_URL NIMRANK_BIN="$BUILD/nimrank"
+FAKE_BIG_URL=$(start_fake big --max-passages 20000) || exit 1 # the oracle for batching
+export FAKE_URL FAKE_OPEN_URL FAKE_BIG_URL NIMRANK_BIN="$BUILD/nimrank"
 

@@ -1,0 +1,242 @@
+-- Non-blocking and parallel reranking: handles, coroutines, fan-out, auto-batching.
+-- Timings are printed; the bounds asserted are generous (a slow machine must still pass).
+local spec = require "spec"
+local h = require "helpers"
+local nim = require "nim"
+local json = require "nim.json"
+local test, eq, ok, raises = spec.test, spec.eq, spec.ok, spec.raises
+
+local M = h.RANKING
+local function args(query, over)
+  local a = { model = M, query = query, documents = h.DOCS, api_base = h.open_url }
+  for k, v in pairs(over or {}) do a[k] = v end
+  return a
+end
+local function uniq(s) return ("%s u%d"):format(s, math.random(1, 1e9)) end
+
+test("frame_loop_polls_without_blocking", function()
+  local req = nim.rerank_async(args(uniq("!delay=300 gpu memory")))
+  local frames, worst, t0 = 0, 0, nim.now()
+  local res
+  while nim.now() - t0 < 10 do
+    local f0 = nim.now()
+    local done, r, err = req:poll()
+    worst = math.max(worst, nim.now() - f0)
+    if done then res = r; ok(r, tostring(err)); break end
+    frames = frames + 1
+    nim.sleep(0.01) -- "render" a frame
+  end
+  print(("     %d frames rendered while waiting; slowest poll %.2f ms"):format(frames, worst * 1000))
+  ok(res, "finished")
+  ok(frames > 0, "frames were rendered while the request ran")
+  ok(worst < 0.05, "no poll blocked the frame loop")
+end)
+
+test("rerank_many_50_requests_of_200ms_concurrency_50", function()
+  local spec_ = { model = M, api_base = h.open_url, concurrency = 50 }
+  for i = 1, 50 do
+    spec_[i] = { query = uniq("!delay=200 doc"), documents = { "doc-" .. i } }
+  end
+  local t0 = nim.now()
+  local results, errors = nim.rerank_many(spec_)
+  local took = nim.now() - t0
+  print(("     50 x 200 ms with concurrency 50: %.3f s (serial would be 10 s)"):format(took))
+  ok(took < 5, "parallel")
+  for i = 1, 50 do
+    eq(errors[i], nil, "no error " .. i)
+    eq(results[i].results[1].document.text, "doc-" .. i, "input order")
+  end
+end)
+
+test("rerank_many_concurrency_is_a_cap", function()
+  local spec_ = { model = M, api_base = h.open_url, concurrency = 2 }
+  for i = 1, 6 do spec_[i] = { query = uniq("!delay=150 x"), documents = { "d" } } end
+  local t0 = nim.now()
+  nim.rerank_many(spec_)
+  ok(nim.now() - t0 >= 0.44, "6 x 150 ms at 2 at a time takes 3 rounds")
+end)
+
+test("rerank_many_failures_stay_with_their_item", function()
+  local results, errors = nim.rerank_many{
+    model = M, api_base = h.open_url,
+    { query = "gpu" },
+    { query = uniq("!status=500 gpu") },
+    { query = "gpu", top_n = 0 },
+    { query = "gpu", documents = { "only" } },
+    documents = h.DOCS,
+  }
+  ok(results[1], "first fine")
+  eq(results[2], false, "second failed")
+  eq(errors[2].type, "provider", "its error")
+  eq(errors[3].type, "bad_request", "misuse is that item's error")
+  spec.match(errors[3].message, "top_n", "names the field")
+  eq(results[4].results[1].document.text, "only", "item overrides shared documents")
+  raises(function() nim.rerank_many{ concurrency = 0 } end, "concurrency")
+  raises(function() nim.rerank_many{ "x" } end, "[1]")
+end)
+
+test("spawned_tasks_run_concurrently", function()
+  local done = 0
+  local t0 = nim.now()
+  for i = 1, 20 do
+    nim.spawn(function()
+      assert(nim.rerank(args(uniq("!delay=200 q" .. i))))
+      done = done + 1
+    end)
+  end
+  ok(nim.run(10), "all finished")
+  local took = nim.now() - t0
+  print(("     20 tasks x 200 ms: %.3f s"):format(took))
+  eq(done, 20, "all ran")
+  ok(took < 2, "overlapped")
+end)
+
+test("retry_backoff_inside_a_task_does_not_block_others", function()
+  local order = {}
+  nim.spawn(function()
+    assert(nim.rerank(args(uniq("!status=503 !times=1 slow"), { num_retries = 1 })))
+    order[#order + 1] = "retried"
+  end)
+  nim.spawn(function()
+    assert(nim.rerank(args("fast")))
+    order[#order + 1] = "fast"
+  end)
+  ok(nim.run(10), "finished")
+  eq(table.concat(order, ","), "fast,retried", "the fast one did not wait for the backoff")
+end)
+
+test("sleep_yields_inside_tasks", function()
+  local t0 = nim.now()
+  for _ = 1, 5 do nim.spawn(function() nim.sleep(0.2) end) end
+  nim.run(5)
+  ok(nim.now() - t0 < 0.8, "five 0.2 s sleeps overlapped")
+end)
+
+test("outside_a_task_calls_block_and_user_coroutines_are_not_yielded_through", function()
+  local res = coroutine.wrap(function() return nim.rerank(args("gpu")) end)()
+  eq(type(res), "table", "a user coroutine gets the result, not a yielded transfer")
+  eq(res.results[1].index, 2, "result")
+end)
+
+test("non_yieldable_context_falls_back_to_blocking", function()
+  local got
+  nim.spawn(function()
+    -- a gsub callback is a C-call boundary: yielding there is impossible
+    ("x"):gsub("x", function() got = nim.rerank(args("gpu")) end)
+  end)
+  ok(nim.run(10), "finished without 'attempt to yield across a C-call boundary'")
+  eq(got.results[1].index, 2, "blocked and answered")
+end)
+
+test("callback_form_runs_from_poll", function()
+  local called
+  nim.rerank_async(args(uniq("!delay=50 gpu")), function(res, err) called = { res, err } end)
+  collectgarbage() -- the handle was dropped: the callback keeps the request alive
+  local t0 = nim.now()
+  while not called and nim.now() - t0 < 10 do
+    nim.poll()
+    nim.sleep(0.005)
+  end
+  ok(called and called[1], "callback ran with the result")
+end)
+
+test("wait_with_timeout_then_without", function()
+  local req = nim.rerank_async(args(uniq("!delay=400 gpu")))
+  eq(req:wait(0.05), false, "time ran out first")
+  local res = req:wait()
+  eq(res.results[1].index, 2, "then the result")
+  eq(tostring(req), "nim.Request (done)", "tostring")
+end)
+
+test("cancel_stops_the_request", function()
+  local req = nim.rerank_async(args(uniq("!delay=2000 gpu")))
+  local t0 = nim.now()
+  req:cancel()
+  local res, err = req:wait()
+  eq(res, nil, "no result")
+  eq(err.type, "cancelled", "cancelled")
+  eq(tostring(req), "nim.Request (cancelled)", "tostring")
+  ok(nim.now() - t0 < 1, "did not wait for the server")
+  req:cancel() -- idempotent
+end)
+
+test("close_and_gc_cancel_pending_requests", function()
+  local kept
+  do
+    local req <close> = nim.rerank_async(args(uniq("!delay=2000 gpu")))
+    kept = req
+  end
+  eq(tostring(kept), "nim.Request (cancelled)", "__close cancelled it")
+  for _ = 1, 20 do nim.rerank_async(args(uniq("!delay=2000 gpu"))) end
+  collectgarbage()
+  collectgarbage()
+  eq(nim.poll(), 0, "collected handles cancelled their tasks")
+end)
+
+test("async_misuse_raises_at_once_and_local_is_immediate", function()
+  raises(function() nim.rerank_async(args("q", { top_n = 0 })) end, "top_n")
+  raises(function() nim.rerank_async("x") end, "table expected")
+  local req = nim.rerank_async({ model = "local/bm25", query = "gpu", documents = h.DOCS })
+  local done, res = req:poll()
+  ok(done and res.results[1], "local/bm25 answers at once")
+end)
+
+local function big_docs(n)
+  local words = { "gpu", "memory", "bandwidth", "cat", "dog", "tensor", "core", "fish" }
+  local seed, docs = 7, {}
+  for i = 1, n do
+    local t = {}
+    for j = 1, 12 do
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      t[j] = words[seed % #words + 1]
+    end
+    docs[i] = table.concat(t, " ") .. " #" .. i
+  end
+  return docs
+end
+
+test("auto_batching_10000_documents_matches_a_single_call", function()
+  local docs = big_docs(10000)
+  local seen, last = 0, 0
+  local t0 = nim.now()
+  local res, err = nim.rerank({ model = M, query = "gpu memory bandwidth", documents = docs,
+    api_base = h.open_url, top_n = 20, concurrency = 4,
+    on_progress = function(done, total)
+      ok(done >= last and total == 10000, "progress grows")
+      last, seen = done, seen + 1
+    end })
+  local took = nim.now() - t0
+  ok(res, tostring(err))
+  print(("     10,000 documents in %d batches: %.3f s"):format(res.meta.batches, took))
+  eq(res.meta.batches, 20, "512 per batch")
+  eq(last, 10000, "progress reached the total")
+  eq(seen, 20, "one progress call per batch")
+  -- the oracle: one request with every document, to a fake that accepts them all
+  nim.catalog["nvidia/llama-3_2-nv-rerankqa-1b-v2"].max_passages = 20000
+  local one = nim.native.rerank({ model = M, query = "gpu memory bandwidth", documents = docs,
+    api_base = os.getenv("FAKE_BIG_URL"), top_n = 20 })
+  nim.catalog["nvidia/llama-3_2-nv-rerankqa-1b-v2"].max_passages = 512
+  for i = 1, 20 do
+    eq(res.results[i].index, one.results[i].index, "rank " .. i)
+    eq(res.results[i].relevance_score, one.results[i].relevance_score, "score " .. i)
+    eq(res.results[i].document.text, docs[one.results[i].index + 1], "document mapped back")
+  end
+  ok(res.meta.billed_units.total_tokens > 0, "tokens summed")
+  spec.match(json.encode(res), '"results":%[', "results stay a list")
+end)
+
+test("batch_options_and_failures", function()
+  local docs = big_docs(30)
+  local res = assert(nim.rerank({ model = h.RETRIEVAL, query = "gpu", documents = docs,
+    api_base = h.url, api_key = h.key, batch_size = 7, top_n = 5 }))
+  eq(res.meta.batches, 5, "batch_size 7 over 30 documents")
+  eq(#res.results, 5, "top_n")
+  raises(function() nim.rerank({ model = M, query = "q", documents = docs, batch_size = 0 }) end,
+    "batch_size")
+  raises(function() nim.rerank({ model = M, query = "q", documents = docs, batch_size = 600 }) end,
+    "batch_size", "512")
+  local _, err = nim.rerank({ model = M, query = "q", documents = docs, api_base = "http://127.0.0.1:1",
+    batch_size = 10 })
+  eq(err.type, "connection", "a failed batch fails the call")
+  eq(err.batches, 3, "and says how many there were")
+end)
