@@ -34,14 +34,21 @@ HDRS     := $(wildcard src/*.h)
 
 C_TESTS  := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 
-.PHONY: all build deps check-deps run test test-asan test-valgrind install uninstall clean bench
+.PHONY: all build examples deps check-deps run test test-asan test-valgrind install uninstall clean bench
 
 # Dependencies first, then a fresh make: pkg-config's answers are read when make starts, so
 # on a machine that just got its packages they must be read again.
 all: check-deps
 	@$(MAKE) --no-print-directory build
 
-build: $(BUILD)/nimrank $(BUILD)/nim.so $(BUILD)/libnimrank.a $(BUILD)/fakenim $(C_TESTS)
+build: $(BUILD)/nimrank $(BUILD)/nim.so $(BUILD)/libnimrank.a $(BUILD)/fakenim $(C_TESTS) \
+       $(BUILD)/frameloop
+
+# The compiled embedding example (examples/frameloop.c): a C host with its own poll loop.
+examples: all
+$(BUILD)/frameloop: examples/frameloop.c $(BUILD)/libnimrank.a src/nimrank.h
+	$(CC) $(CFLAGS) -Isrc -o $@ examples/frameloop.c $(BUILD)/libnimrank.a $(CJSON_A) \
+	    $(CURL_LIBS) $(LUA_LIBS) -lm -ldl $(LDFLAGS) -Wl,-E
 
 # The main job: an offline rerank with the embedded default (no key, no network).
 run: all

@@ -28,6 +28,7 @@
     X(CURLMcode, multi_socket_action, (CURLM *, curl_socket_t, int, int *))                  \
     X(CURLMcode, multi_assign, (CURLM *, curl_socket_t, void *))                             \
     X(CURLMcode, multi_timeout, (CURLM *, long *))                                           \
+    X(CURLMcode, multi_fdset, (CURLM *, fd_set *, fd_set *, fd_set *, int *))                \
     X(CURLMsg *, multi_info_read, (CURLM *, int *))                                          \
     X(const char *, multi_strerror, (CURLMcode))                                             \
     X(struct curl_slist *, slist_append, (struct curl_slist *, const char *))                \
@@ -70,6 +71,7 @@ int nim_curl_loaded(void);
 #define curl_multi_socket_action nim_curl.multi_socket_action
 #define curl_multi_assign nim_curl.multi_assign
 #define curl_multi_timeout nim_curl.multi_timeout
+#define curl_multi_fdset nim_curl.multi_fdset
 #define curl_multi_info_read nim_curl.multi_info_read
 #define curl_multi_strerror nim_curl.multi_strerror
 #define curl_slist_append nim_curl.slist_append

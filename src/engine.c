@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/select.h>
 #include <time.h>
 
 #define POOL_MAX 16
@@ -32,6 +33,9 @@ struct nim_transfer {
 
 struct nim_engine {
     CURLM *multi;
+    nim_watch_fn watch;
+    nim_timer_fn timer;
+    void *watch_ud;
     CURL *pool[POOL_MAX];
     int npool;
     int running;
@@ -270,6 +274,10 @@ static void complete_finished(nim_engine *e) {
 
 int nim_engine_step(nim_engine *e, int timeout_ms) {
     int still;
+    if (e->watch && timeout_ms == 0) { /* the host's loop moves the sockets */
+        complete_finished(e);
+        return e->running;
+    }
     if (curl_multi_perform(e->multi, &still) != CURLM_OK) return -1;
     complete_finished(e);
     if (e->running > 0 && timeout_ms != 0) {
@@ -308,4 +316,66 @@ void nim_transfer_free(nim_transfer *t) {
     free(t->body);
     free(t->resp);
     free(t);
+}
+
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *ud, void *socketp) {
+    (void)easy;
+    (void)socketp;
+    nim_engine *e = ud;
+    int events = 0;
+    if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) events |= NIM_WATCH_IN;
+    if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) events |= NIM_WATCH_OUT;
+    e->watch(e->watch_ud, (int)fd, events); /* CURL_POLL_REMOVE: events 0 */
+    return 0;
+}
+
+static int on_timer(CURLM *multi, long timeout_ms, void *ud) {
+    (void)multi;
+    nim_engine *e = ud;
+    e->timer(e->watch_ud, timeout_ms);
+    return 0;
+}
+
+void nim_engine_set_watchers(nim_engine *e, nim_watch_fn watch, nim_timer_fn timer, void *ud) {
+    e->watch = watch;
+    e->timer = timer;
+    e->watch_ud = ud;
+    curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, watch ? on_socket : NULL);
+    curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
+    curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, timer ? on_timer : NULL);
+    curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
+}
+
+int nim_engine_socket_action(nim_engine *e, int fd, int events) {
+    int running, mask = 0;
+    if (events & NIM_WATCH_IN) mask |= CURL_CSELECT_IN;
+    if (events & NIM_WATCH_OUT) mask |= CURL_CSELECT_OUT;
+    if (curl_multi_socket_action(e->multi, fd < 0 ? CURL_SOCKET_TIMEOUT : (curl_socket_t)fd,
+                                 mask, &running) != CURLM_OK)
+        return -1;
+    complete_finished(e);
+    return e->running;
+}
+
+long nim_engine_timeout(nim_engine *e) {
+    long ms = -1;
+    if (e->running == 0) return -1;
+    if (curl_multi_timeout(e->multi, &ms) != CURLM_OK) return 0;
+    return ms;
+}
+
+int nim_engine_fds(nim_engine *e, int *fds, int *events, int max) {
+    fd_set r, w, x;
+    int maxfd = -1, n = 0;
+    FD_ZERO(&r);
+    FD_ZERO(&w);
+    FD_ZERO(&x);
+    if (curl_multi_fdset(e->multi, &r, &w, &x, &maxfd) != CURLM_OK) return 0;
+    for (int fd = 0; fd <= maxfd && n < max; fd++) {
+        int ev = (FD_ISSET(fd, &r) ? NIM_WATCH_IN : 0) | (FD_ISSET(fd, &w) ? NIM_WATCH_OUT : 0);
+        if (!ev) continue;
+        fds[n] = fd;
+        events[n++] = ev;
+    }
+    return n;
 }

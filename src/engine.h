@@ -47,6 +47,22 @@ nim_transfer *nim_engine_start(nim_engine *e, nim_post *p, char *err, size_t err
 int nim_engine_step(nim_engine *e, int timeout_ms);
 int nim_engine_running(const nim_engine *e);
 
+/* ---- driving the engine from someone else's event loop ---------------------------------
+ * Socket style (curl's CURLMOPT_SOCKETFUNCTION/TIMERFUNCTION): the engine says which sockets
+ * to watch (events: NIM_WATCH_IN|OUT, or 0 to stop watching) and when to call back (ms; -1 =
+ * no timer); the host calls nim_engine_socket_action on readiness (fd -1 when the timer fires).
+ * Simple style: nim_engine_timeout and nim_engine_fds say what to wait for; then
+ * nim_engine_step(e, 0). With external driving on, nim_engine_step(e, 0) only collects
+ * completions; blocking waits (timeout_ms != 0) still drive the engine themselves. */
+enum { NIM_WATCH_IN = 1, NIM_WATCH_OUT = 2 };
+typedef void (*nim_watch_fn)(void *ud, int fd, int events);
+typedef void (*nim_timer_fn)(void *ud, long timeout_ms);
+void nim_engine_set_watchers(nim_engine *e, nim_watch_fn watch, nim_timer_fn timer, void *ud);
+int nim_engine_socket_action(nim_engine *e, int fd, int events);
+long nim_engine_timeout(nim_engine *e);
+/* Fills fds (fd, events as NIM_WATCH_*) with up to max sockets; returns how many. */
+int nim_engine_fds(nim_engine *e, int *fds, int *events, int max);
+
 int nim_transfer_done(const nim_transfer *t);
 nim_xfer_result nim_transfer_result(const nim_transfer *t);
 long nim_transfer_status(const nim_transfer *t);

@@ -1236,6 +1236,97 @@ static int nim_isatty(lua_State *L) {
     return 1;
 }
 
+/* ---- the C API for a host's own event loop (nimrank.h) ----------------------------------- */
+
+#define CTX_KEY "nim.ctx"
+
+/* The engine of L's nim module, created on demand; NULL (message pushed) on failure. */
+static nim_engine *host_engine(lua_State *L) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, CTX_KEY) != LUA_TUSERDATA) {
+        lua_pop(L, 1);
+        lua_pushliteral(L, "nimrank: the nim module is not open in this lua_State");
+        return NULL;
+    }
+    nim_ctx *c = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (!c->engine) {
+        char err[256];
+        if (nim_curl_load(err, sizeof err) != 0) {
+            lua_pushstring(L, err);
+            return NULL;
+        }
+        c->engine = nim_engine_new();
+        if (!c->engine) {
+            lua_pushliteral(L, "nimrank: cannot create the curl engine");
+            return NULL;
+        }
+    }
+    return c->engine;
+}
+
+/* Calls nim.<name>() protected; returns its integer result, or -1 with the error pushed. */
+static int call_nim(lua_State *L, const char *name, lua_Integer *out) {
+    int top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE); /* always a table */
+    if (lua_getfield(L, -1, "nim") != LUA_TTABLE || lua_getfield(L, -1, name) != LUA_TFUNCTION) {
+        lua_settop(L, top);
+        *out = -1; /* no Lua layer: nothing to run */
+        return 0;
+    }
+    lua_remove(L, -2);
+    lua_remove(L, -2);
+    if (lua_pcall(L, 0, 1, 0) != LUA_OK) return -1;
+    *out = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : -1;
+    if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) /* seconds (next_timeout) */
+        *out = (lua_Integer)(lua_tonumber(L, -1) * 1000.0);
+    lua_pop(L, 1);
+    return 0;
+}
+
+NIMRANK_API int nimrank_set_loop(lua_State *L, nimrank_watch_fn watch, nimrank_timer_fn timer,
+                                 void *ud) {
+    nim_engine *e = host_engine(L);
+    if (!e) return -1;
+    nim_engine_set_watchers(e, (nim_watch_fn)watch, (nim_timer_fn)timer, ud);
+    return 0;
+}
+
+NIMRANK_API int nimrank_poll(lua_State *L) {
+    lua_Integer n;
+    if (call_nim(L, "poll", &n) != 0) return -1;
+    return (int)n;
+}
+
+NIMRANK_API int nimrank_socket_action(lua_State *L, int fd, int events) {
+    nim_engine *e = host_engine(L);
+    if (!e) return -1;
+    if (nim_engine_socket_action(e, fd, events) < 0) {
+        lua_pushliteral(L, "nimrank: curl_multi_socket_action failed");
+        return -1;
+    }
+    return nimrank_poll(L);
+}
+
+NIMRANK_API long nimrank_timeout(lua_State *L) {
+    nim_engine *e = host_engine(L);
+    if (!e) return -1;
+    long net = nim_engine_timeout(e);
+    lua_Integer lua_ms = -1;
+    if (call_nim(L, "next_timeout", &lua_ms) != 0) {
+        lua_pop(L, 1);
+        lua_ms = -1;
+    }
+    if (net < 0) return (long)lua_ms;
+    if (lua_ms < 0) return net;
+    return net < lua_ms ? net : (long)lua_ms;
+}
+
+NIMRANK_API int nimrank_fds(lua_State *L, int *fds, int *events, int max) {
+    nim_engine *e = host_engine(L);
+    if (!e) return -1;
+    return nim_engine_fds(e, fds, events, max);
+}
+
 static const luaL_Reg req_methods[] = {
     {"done", req_done}, {"result", req_result}, {"wait", req_wait}, {"cancel", req_cancel},
     {NULL, NULL},
@@ -1299,6 +1390,8 @@ int luaopen_nim(lua_State *L) {
     lua_pushcfunction(L, ctx_gc);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, CTX_KEY); /* for the C API, which has only L */
 
     luaopen_cjson(L); /* our own cjson instance: the user's cjson settings do not reach it */
     lua_getfield(L, -1, "encode");

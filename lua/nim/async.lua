@@ -176,6 +176,20 @@ function M.sleep(s)
   end
 end
 
+-- Seconds until the scheduler has something to do without the network (a task ready or a
+-- nim.sleep due); nil when only the network (or nothing) is awaited. For nimrank_timeout().
+function M.next_timeout()
+  if #ready > 0 then return 0.0 end
+  local t, wait = now(), nil
+  for task in pairs(live) do
+    if task.wake_at then
+      local w = math.max(0, task.wake_at - t)
+      wait = wait and math.min(wait, w) or w
+    end
+  end
+  return wait and wait + 0.0 or nil
+end
+
 function M.poll()
   local n = round(0)
   if #ready > 0 then n = round(0) end -- tasks woken by the first round's completions

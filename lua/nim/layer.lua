@@ -14,6 +14,7 @@ local async = require "nim.async"
 nim.filters = filters
 nim.sleep = async.sleep -- yields inside nim's tasks, blocks elsewhere
 nim.poll = async.poll
+nim.next_timeout = async.next_timeout
 nim.spawn = async.spawn
 nim.run = async.run
 nim.rerank_async = async.rerank_async

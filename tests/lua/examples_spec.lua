@@ -1,7 +1,7 @@
 -- Every example runs as the README shows, against the fake NIM servers.
 local spec = require "spec"
 local h = require "helpers"
-local test, eq, match = spec.test, spec.eq, spec.match
+local test, eq, ok, match = spec.test, spec.eq, spec.ok, spec.match
 local q, sh = h.q, h.sh
 local BIN = h.nimrank
 
@@ -67,4 +67,19 @@ test("example_config_yaml", function()
   local err, c2 = sh(BIN .. " --config examples/config.yaml -e '' 2>&1")
   eq(c2, 2, "without the key the config does not load")
   match(err, "NVIDIA_NIM_API_KEY", "names the variable")
+end)
+
+test("example_frameloop_c_host_renders_frames_while_reranking", function()
+  local build = BIN:match("^(.*)/nimrank$")
+  for _, mode in ipairs({ "", "--callbacks " }) do
+    local out, code = sh(("%s/frameloop %s%s %s"):format(build, mode, q(h.open_url),
+      q("!delay=300 what slows down a game frame?")))
+    eq(code, 0, "exit: " .. out)
+    match(out, "^%[%d%] %-?[%d.]+ ", "the answer arrived")
+    local frames, late = out:match("frames rendered while reranking: (%d+), latest frame ([%d.]+) ms")
+    print(("     frameloop %s: %s frames during a 300 ms request, latest %s ms late")
+      :format(mode == "" and "simple" or "callbacks", frames, late))
+    ok(tonumber(frames) >= 5, "frames kept coming while waiting")
+    ok(tonumber(late) < 50, "no frame was held up by the network")
+  end
 end)
