@@ -103,6 +103,7 @@ test-valgrind: all
 bench: all
 	@sh bench/overhead.sh
 	@sh bench/bm25.sh
+	@sh bench/fanout.sh
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \

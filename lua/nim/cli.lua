@@ -30,6 +30,10 @@ Options:
       --docs FILE       read documents from FILE ('-' = stdin)
       --no-documents    leave the document text out of the results
       --pretty          indented JSON with sorted keys
+      --batch-size N    documents per request when a job is split (default: the model's limit)
+      --concurrency N   requests in flight at once for a split job (default 4)
+      --progress        a progress bar on stderr (default: when stderr is a terminal and
+                        the job needs more than one request); --no-progress turns it off
       --timeout SECONDS total time allowed for the request (default 60)
   -H, --header 'K: V'   extra HTTP header (repeatable)
   -h, --help            show this help
@@ -38,6 +42,27 @@ Options:
 The API key is read from NVIDIA_NIM_API_KEY (never from the command line, where other users
 could see it). Exit status: 0 success, 1 provider or network failure, 2 usage error.
 ]]
+
+-- A one-line progress bar on stderr; finish() clears it (on a terminal) or ends the line.
+local function progress_bar(tty)
+  local last = -1
+  local bar = {}
+  function bar.update(done, total)
+    local pct = total > 0 and math.floor(done * 100 / total) or 100
+    if pct == last then return end
+    last = pct
+    local width = 30
+    local filled = math.floor(width * pct / 100)
+    io.stderr:write(("\r[%s%s] %3d%% %d/%d documents"):format(("#"):rep(filled),
+      ("."):rep(width - filled), pct, done, total))
+    io.stderr:flush()
+  end
+  function bar.finish()
+    if last < 0 then return end
+    io.stderr:write(tty and "\r\27[K" or "\n")
+  end
+  return bar
+end
 
 local function usage_error(cmd, msg)
   io.stderr:write(("nimrank %s: %s\n(see 'nimrank %s --help')\n"):format(cmd, msg, cmd))
@@ -96,6 +121,13 @@ local function parse_rerank_args(args)
     elseif a == "--docs" then o.docs_file = value(a)
     elseif a == "--no-documents" then o.return_documents = false
     elseif a == "--pretty" then o.pretty = true
+    elseif a == "--progress" then o.progress = true
+    elseif a == "--no-progress" then o.progress = false
+    elseif a == "--batch-size" or a == "--concurrency" then
+      local v = value(a)
+      local n = math.tointeger(tonumber(v))
+      if not n or n < 1 then error({ usage = a .. ": expected an integer >= 1, got " .. v }) end
+      o[a == "--batch-size" and "batch_size" or "concurrency"] = n
     elseif a == "--timeout" then
       local v = value(a)
       o.timeout = tonumber(v)
@@ -149,11 +181,17 @@ function M.rerank(args)
     model, note = M.default_model()
     if note then io.stderr:write("nimrank rerank: ", note, "\n") end
   end
+  local tty = nim.isatty(2)
+  local show = o.progress
+  if show == nil then show = tty and #o.docs > (o.batch_size or 512) end
+  local bar = show and progress_bar(tty) or nil
   local call_ok, res, err = pcall(nim.rerank, {
     model = model, query = o.query, documents = o.docs, top_n = o.top_n,
     truncate = o.truncate, api_base = o.api_base, return_documents = o.return_documents,
-    timeout = o.timeout, headers = o.headers,
+    timeout = o.timeout, headers = o.headers, batch_size = o.batch_size,
+    concurrency = o.concurrency, on_progress = bar and bar.update or nil,
   })
+  if bar then bar.finish() end
   if not call_ok then
     return usage_error("rerank", (tostring(res):gsub("^nim%.rerank: ", "")))
   end
