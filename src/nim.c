@@ -405,15 +405,18 @@ static void push_empty_result(lua_State *L) {
     lua_setfield(L, -2, "meta");
 }
 
-/* Adds provider, family, model and dropped_params to res.meta (res on top of the stack). */
-static void annotate_meta(lua_State *L, const char *family, const char *body_model, int dropped,
-                          double seconds) {
+/* Adds provider, family (NULL: none), model, latency and dropped_params to res.meta (res on
+ * top of the stack). seconds < 0: no latency. */
+static void annotate_meta(lua_State *L, const char *provider, const char *family,
+                          const char *model, int dropped, double seconds) {
     lua_getfield(L, -1, "meta");
-    lua_pushliteral(L, "nvidia_nim");
+    lua_pushstring(L, provider);
     lua_setfield(L, -2, "provider");
-    lua_pushstring(L, family);
-    lua_setfield(L, -2, "family");
-    lua_pushstring(L, body_model);
+    if (family) {
+        lua_pushstring(L, family);
+        lua_setfield(L, -2, "family");
+    }
+    lua_pushstring(L, model);
     lua_setfield(L, -2, "model");
     if (seconds >= 0) {
         lua_pushnumber(L, seconds * 1000.0);
@@ -426,6 +429,12 @@ static void annotate_meta(lua_State *L, const char *family, const char *body_mod
         lua_setfield(L, -2, "dropped_params");
     }
     lua_pop(L, 1);
+}
+
+static double mono_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* The checked arguments of one nim.rerank call. Strings point into the args table (slot 1),
@@ -565,12 +574,7 @@ static int rerank_local(lua_State *L, const rerank_args *a) {
     }
     size_t qlen, tokens = 0;
     const char *q = lua_tolstring(L, a->query, &qlen);
-    double t0 = 0;
-    {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        t0 = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-    }
+    double t0 = mono_now();
     if (nim_bm25_rank(q, qlen, docs, lens, n, &p, hits, &tokens) != 0)
         return luaL_error(L, "nim.rerank: local/bm25: out of memory");
     for (size_t i = 0; i < n; i++) {
@@ -580,22 +584,7 @@ static int rerank_local(lua_State *L, const rerank_args *a) {
     nim_parse_opts o = {NIM_FAMILY_RANKING, a->top_n, a->return_documents, a->ndocs};
     nim_wire_results(L, rk, a->ndocs, (lua_Integer)tokens, texts, lua_upvalueindex(UV_ARRAY_MT),
                      &o);
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    lua_getfield(L, -1, "meta");
-    lua_pushliteral(L, "local");
-    lua_setfield(L, -2, "provider");
-    lua_pushliteral(L, "local/bm25");
-    lua_setfield(L, -2, "model");
-    lua_pushnumber(L, ((double)ts.tv_sec + (double)ts.tv_nsec / 1e9 - t0) * 1000.0);
-    lua_setfield(L, -2, "latency_ms");
-    if (lua_rawlen(L, a->dropped) > 0) {
-        lua_pushvalue(L, a->dropped);
-        lua_pushvalue(L, lua_upvalueindex(UV_ARRAY_MT));
-        lua_setmetatable(L, -2);
-        lua_setfield(L, -2, "dropped_params");
-    }
-    lua_pop(L, 1);
+    annotate_meta(L, "local", NULL, "local/bm25", a->dropped, mono_now() - t0);
     return 1;
 }
 
@@ -690,7 +679,8 @@ static void start_nim(lua_State *L, const rerank_args *a) {
     int texts = lua_gettop(L);
     if (a->ndocs == 0) { /* nothing to rank: no network call */
         push_empty_result(L);
-        annotate_meta(L, nim_family_name(family), route.body_model, a->dropped, -1);
+        annotate_meta(L, "nvidia_nim", nim_family_name(family), route.body_model, a->dropped,
+                      -1);
         req_settle(L, req, "res");
         goto done;
     }
@@ -808,8 +798,8 @@ static void finish_nim(lua_State *L, int req) {
             lua_getfield(L, uv, "body_model");
             lua_getfield(L, uv, "dropped");
             lua_pushvalue(L, -4);
-            annotate_meta(L, lua_tostring(L, -4), lua_tostring(L, -3), lua_gettop(L) - 1,
-                          seconds);
+            annotate_meta(L, "nvidia_nim", lua_tostring(L, -4), lua_tostring(L, -3),
+                          lua_gettop(L) - 1, seconds);
             req_settle(L, req, "res");
             lua_settop(L, top);
             return;
@@ -984,16 +974,13 @@ static int req_result(lua_State *L) {
 static int req_wait(lua_State *L) {
     check_req(L);
     double limit = luaL_optnumber(L, 2, -1);
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double end = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + limit;
+    double end = mono_now() + limit;
     char err[256];
     nim_engine *engine = engine_of(L, err, sizeof err);
     while (!req_poll(L, 1)) {
         int wait_ms = 1000;
         if (limit >= 0) {
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            double left = end - ((double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+            double left = end - mono_now();
             if (left <= 0) return 0;
             wait_ms = left * 1000 < 1000 ? (int)(left * 1000) + 1 : 1000;
         }
@@ -1092,9 +1079,7 @@ static int nim_resolve_l(lua_State *L) {
 
 /* nim.now() -> seconds on a monotonic clock (for timing and frame loops). */
 static int nim_now(lua_State *L) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    lua_pushnumber(L, mono_now());
     return 1;
 }
 
