@@ -23,6 +23,7 @@
 
 static lua_State *L;
 static pthread_mutex_t lua_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned long connections_opened; /* under lua_lock */
 
 typedef struct {
     char *buf;
@@ -175,6 +176,24 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
 }
 
+/* Counts TCP connections, so tests can see whether a client reuses them. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    (void)cls;
+    (void)c;
+    (void)socket_context;
+    if (code != MHD_CONNECTION_NOTIFY_STARTED) return;
+    pthread_mutex_lock(&lua_lock);
+    connections_opened++;
+    pthread_mutex_unlock(&lua_lock);
+}
+
+/* FAKE.connections() -> connections accepted so far (called with lua_lock held) */
+static int lua_connections(lua_State *S) {
+    lua_pushinteger(S, (lua_Integer)connections_opened);
+    return 1;
+}
+
 static int lua_now_ms(lua_State *S) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -219,6 +238,8 @@ int main(int argc, char **argv) {
     lua_setfield(L, -2, "max_passages");
     lua_pushcfunction(L, lua_now_ms);
     lua_setfield(L, -2, "now_ms");
+    lua_pushcfunction(L, lua_connections);
+    lua_setfield(L, -2, "connections");
     lua_setglobal(L, "FAKE");
     if (luaL_dofile(L, script) != LUA_OK) {
         fprintf(stderr, "fakenim: %s\n", lua_tostring(L, -1));
@@ -233,7 +254,8 @@ int main(int argc, char **argv) {
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
         (uint16_t)port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, &addr,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)60, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_END);
     if (!d) {
         fprintf(stderr, "fakenim: cannot listen on 127.0.0.1:%d\n", port);

@@ -14,7 +14,8 @@
 --   !usage=N         usage.total_tokens = N          !echo-auth      400 echoing Authorization
 --   !202             202 with an NVCF-REQID header
 --   !reverse         rankings in reverse order      !ties           every logit equal
--- GET /_fake/last returns the last POST seen (headers and raw body) for assertions.
+-- GET /_fake/last returns the last POST seen (headers and raw body) for assertions;
+-- GET /_fake/stats returns {connections = TCP connections accepted so far}.
 local cjson = require "cjson"
 
 local API_KEY = FAKE.api_key
@@ -248,6 +249,8 @@ local function route(req)
       return json(200, { object = "list", data = data })
     elseif path == "/_fake/last" then
       return json(200, last_request or {})
+    elseif path == "/_fake/stats" then
+      return json(200, { connections = FAKE.connections() })
     end
     return text(404, "404 page not found")
   end

@@ -220,7 +220,10 @@ test("tostring_is_readable", function()
 end)
 
 test("connections_are_reused_across_calls", function()
-  -- the fake counts nothing about sockets; libcurl's reuse shows as no reconnect delay, so
-  -- this test checks the observable contract: many calls in a row all succeed.
+  local function opened() return h.decode(h.sh("curl -s " .. h.q(h.url .. "/_fake/stats"))).connections end
+  assert(call()) -- the connection this state will keep
+  local before = opened()
   for _ = 1, 50 do ok(call(), "call") end
+  local after = opened()
+  eq(after - before, 1, "50 calls opened no connection of their own (1 is the stats request)")
 end)
