@@ -34,7 +34,8 @@ HDRS     := $(wildcard src/*.h)
 
 C_TESTS  := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 
-.PHONY: all build examples deps check-deps run test test-asan test-valgrind install uninstall clean bench
+.PHONY: all build examples deps check-deps run test test-asan test-valgrind install uninstall \
+        clean bench fmt-check
 
 # Dependencies first, then a fresh make: pkg-config's answers are read when make starts, so
 # on a machine that just got its packages they must be read again.
@@ -118,6 +119,16 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/nimrank $(DESTDIR)$(PREFIX)/lib/libnimrank.a \
 	    $(DESTDIR)$(PREFIX)/include/nimrank.h $(DESTDIR)$(PREFIX)/lib/lua/5.4/nim.so
 	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/nim
+
+# One style (STYLE.md): clang-format for C; no tabs and at most 100 columns for Lua and shell.
+FMT_C   := $(wildcard src/*.c src/*.h tests/c/*.c tests/c/*.h tests/fake/*.c examples/*.c bench/*.c)
+FMT_TXT := $(wildcard lua/nim/*.lua tests/lua/*.lua tests/lua/module/*.lua tests/fake/*.lua \
+           bench/*.lua examples/*.lua tests/*.sh bench/*.sh .ci/run .ci/deps.sh)
+fmt-check:
+	@clang-format --dry-run --Werror $(FMT_C)
+	@awk 'length > 100 { print FILENAME ":" FNR ": longer than 100 columns"; bad = 1 } \
+	     /\t/ { print FILENAME ":" FNR ": tab"; bad = 1 } END { exit bad }' $(FMT_TXT)
+	@echo "fmt-check: ok"
 
 clean:
 	rm -rf build build-asan

@@ -33,5 +33,6 @@ for r = 1, runs do
 end
 table.sort(times)
 local med = times[(runs + 1) // 2]
-print(("local/bm25: %d docs, %.1f MB of text: median %.2f ms per rerank, %.0f MB/s (best %.0f MB/s)")
+print(("local/bm25: %d docs, %.1f MB of text: median %.2f ms per rerank, %.0f MB/s "
+  .. "(best %.0f MB/s)")
   :format(ndocs, bytes / 1e6, med * 1000, bytes / 1e6 / med, bytes / 1e6 / times[1]))

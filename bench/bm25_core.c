@@ -20,10 +20,10 @@ static int cmp(const void *a, const void *b) {
 int main(int argc, char **argv) {
     size_t n = argc > 1 ? (size_t)atol(argv[1]) : 10000;
     int runs = argc > 2 ? atoi(argv[2]) : 20;
-    static const char *vocab[] = {"gpu",   "memory", "bandwidth", "tensor", "core",   "cache",
-                                  "latency", "Kernel", "warp",    "thread", "block",  "grid",
-                                  "register", "shared", "global", "stream", "event",  "graph",
-                                  "launch", "copy",   "host",      "device", "pinned", "page"};
+    static const char *vocab[] = {"gpu",      "memory", "bandwidth", "tensor", "core",   "cache",
+                                  "latency",  "Kernel", "warp",      "thread", "block",  "grid",
+                                  "register", "shared", "global",    "stream", "event",  "graph",
+                                  "launch",   "copy",   "host",      "device", "pinned", "page"};
     size_t nv = sizeof vocab / sizeof vocab[0];
     char *text = malloc(n * 1024);
     const char **docs = malloc(n * sizeof *docs);
@@ -41,7 +41,8 @@ int main(int argc, char **argv) {
             len += wl;
             d[len++] = (seed >> 8) % 5 ? ' ' : ',';
         }
-        while (len < 1024) d[len++] = ' ';
+        while (len < 1024)
+            d[len++] = ' ';
         docs[i] = d;
         lens[i] = 1024;
     }

@@ -14,8 +14,9 @@ FAKE=$!
 trap 'kill $FAKE 2>/dev/null; rm -rf "$TMP"' EXIT INT TERM
 while ! grep -q PORT "$TMP/port" 2>/dev/null; do sleep 0.05; done
 URL="http://127.0.0.1:$(awk '/PORT/{print $2}' "$TMP/port")"
-printf '{"model":"nvidia/llama-3.2-nv-rerankqa-1b-v2","query":{"text":"!delay=%s gpu memory"},"passages":[{"text":"gpu memory bandwidth"},{"text":"cats"},{"text":"tensor cores"}]}' \
-    "$DELAY" >"$TMP/body.json"
+PASSAGES='[{"text":"gpu memory bandwidth"},{"text":"cats"},{"text":"tensor cores"}]'
+printf '{"model":"%s","query":{"text":"!delay=%s gpu memory"},"passages":%s}' \
+    "nvidia/llama-3.2-nv-rerankqa-1b-v2" "$DELAY" "$PASSAGES" >"$TMP/body.json"
 urls=""
 i=0
 while [ $i -lt "$N" ]; do urls="$urls $URL/v1/ranking"; i=$((i + 1)); done

@@ -38,7 +38,8 @@ for DOCS in 100 1000; do
         awk -v n="$N" '{printf "%.3f\n", ($1+$2)*1000/n}' "$TMP/time" >>"$TMP/cc"
         r=$((r + 1))
     done
-    nw=$(median <"$TMP/nw"); nc=$(median <"$TMP/nc"); cw=$(median <"$TMP/cw"); cc=$(median <"$TMP/cc")
+    nw=$(median <"$TMP/nw"); nc=$(median <"$TMP/nc")
+    cw=$(median <"$TMP/cw"); cc=$(median <"$TMP/cc")
     printf "%-6s %6s %13s %13s %12s %12s %10s %10s\n" "$DOCS" "$N" "$nw" "$cw" "$nc" "$cc" \
         "$(awk -v a="$nw" -v b="$cw" 'BEGIN{printf "%+.1f%%", (a-b)/b*100}')" \
         "$(awk -v a="$nc" -v b="$cc" -v w="$cw" 'BEGIN{printf "%+.1f%%", (a-b)/w*100}')"

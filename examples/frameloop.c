@@ -85,7 +85,8 @@ static int lua_bool(lua_State *L, const char *global) {
 int main(int argc, char **argv) {
     int callbacks = argc > 1 && strcmp(argv[1], "--callbacks") == 0;
     const char *base = argc > 1 + callbacks ? argv[1 + callbacks] : "http://localhost:8000";
-    const char *query = argc > 2 + callbacks ? argv[2 + callbacks] : "what slows down a game frame?";
+    const char *query =
+        argc > 2 + callbacks ? argv[2 + callbacks] : "what slows down a game frame?";
     lua_State *L = luaL_newstate();
     luaL_openlibs(L);
     luaL_requiref(L, "nim", luaopen_nim, 1); /* also loads the Lua layer (rerank_async) */
@@ -116,8 +117,9 @@ int main(int argc, char **argv) {
             if (n == 0 && timer_ms >= 0) rc = nimrank_socket_action(L, -1, 0);
             for (int i = 0; i < nwatched && n > 0 && rc >= 0; i++) {
                 if (!watched[i].revents) continue;
-                int ev = ((watched[i].revents & (POLLIN | POLLHUP | POLLERR)) ? NIMRANK_WATCH_IN : 0) |
-                         ((watched[i].revents & POLLOUT) ? NIMRANK_WATCH_OUT : 0);
+                int ev =
+                    ((watched[i].revents & (POLLIN | POLLHUP | POLLERR)) ? NIMRANK_WATCH_IN : 0) |
+                    ((watched[i].revents & POLLOUT) ? NIMRANK_WATCH_OUT : 0);
                 rc = nimrank_socket_action(L, watched[i].fd, ev);
             }
         } else {

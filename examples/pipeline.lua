@@ -25,7 +25,8 @@ end)
 
 nim.load_config{
   model_list = {
-    { model_name = "primary", litellm_params = { model = "nvidia_nim/nvidia/llama-nemotron-rerank-1b-v2" } },
+    { model_name = "primary",
+      litellm_params = { model = "nvidia_nim/nvidia/llama-nemotron-rerank-1b-v2" } },
     { model_name = "offline", litellm_params = { model = "local/bm25" } },
   },
   router_settings = { fallbacks = { { primary = { "offline" } } }, num_retries = 1 },

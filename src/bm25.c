@@ -30,9 +30,11 @@ size_t nim_bm25_tokenize(const char *s, size_t n, nim_token_fn fn, void *ud) {
     const unsigned char *p = (const unsigned char *)s, *end = p + n;
     size_t count = 0;
     while (p < end) {
-        while (p < end && !word_byte[*p]) p++;
+        while (p < end && !word_byte[*p])
+            p++;
         const unsigned char *start = p;
-        while (p < end && word_byte[*p]) p++;
+        while (p < end && word_byte[*p])
+            p++;
         if (p > start) {
             count++;
             if (fn) fn((const char *)start, (size_t)(p - start), ud);
@@ -42,12 +44,12 @@ size_t nim_bm25_tokenize(const char *s, size_t n, nim_token_fn fn, void *ud) {
 }
 
 static const char *const stopword_list[] = {
-    "a",    "an",   "and",  "are", "as",    "at",   "be",    "but",  "by",   "for", "from",
-    "has",  "have", "he",   "her", "his",   "how",  "i",     "if",   "in",   "into", "is",
-    "it",   "its",  "me",   "my",  "no",    "not",  "of",    "on",   "or",   "our", "she",
-    "so",   "than", "that", "the", "their", "them", "then", "there", "these", "they",
-    "this", "to",   "was",  "we",  "were",  "what", "when",  "where", "which", "who",
-    "why",  "will", "with", "you", "your",  NULL};
+    "a",     "an",    "and",  "are",  "as",   "at",   "be",  "but",   "by",   "for",
+    "from",  "has",   "have", "he",   "her",  "his",  "how", "i",     "if",   "in",
+    "into",  "is",    "it",   "its",  "me",   "my",   "no",  "not",   "of",   "on",
+    "or",    "our",   "she",  "so",   "than", "that", "the", "their", "them", "then",
+    "there", "these", "they", "this", "to",   "was",  "we",  "were",  "what", "when",
+    "where", "which", "who",  "why",  "will", "with", "you", "your",  NULL};
 
 static int ieq(const char *a, const char *b, size_t n) {
     for (size_t i = 0; i < n; i++)
@@ -62,7 +64,8 @@ static uint64_t stop_slots[STOP_SLOTS];
 
 static uint64_t pack_key(const unsigned char *s, size_t len) {
     uint64_t k = (uint64_t)len << 56;
-    for (size_t i = 0; i < len; i++) k |= (uint64_t)fold[s[i]] << (8 * i);
+    for (size_t i = 0; i < len; i++)
+        k |= (uint64_t)fold[s[i]] << (8 * i);
     return k;
 }
 
@@ -80,7 +83,8 @@ static void init_stopwords(void) {
         stop_pair[b0 & 31][b1 & 31] |= (uint8_t)(1u << len);
         uint64_t k = pack_key((const unsigned char *)*w, len);
         size_t i = stop_slot(k);
-        while (stop_slots[i]) i = (i + 1) % STOP_SLOTS;
+        while (stop_slots[i])
+            i = (i + 1) % STOP_SLOTS;
         stop_slots[i] = k;
     }
 }
@@ -169,7 +173,8 @@ static void collect_query_term(const char *tok, size_t len, void *ud) {
 static int build_query(query_set *q) {
     size_t n = q->nterms;
     q->nslots = 16;
-    while (q->nslots < n * 2) q->nslots *= 2;
+    while (q->nslots < n * 2)
+        q->nslots *= 2;
     q->slots = malloc(q->nslots * sizeof *q->slots);
     if (!q->slots) return -1;
     memset(q->slots, 0xff, q->nslots * sizeof *q->slots);
@@ -180,7 +185,8 @@ static int build_query(query_set *q) {
         if (kept && qs_find(q, e.tok, e.len, e.hash) >= 0) continue;
         q->terms[kept] = e;
         size_t mask = q->nslots - 1, j = (size_t)e.hash & mask;
-        while (q->slots[j] >= 0) j = (j + 1) & mask;
+        while (q->slots[j] >= 0)
+            j = (j + 1) & mask;
         q->slots[j] = (int32_t)kept;
         q->filter[(e.hash % FILTER_BITS) / 64] |= 1ull << (e.hash % 64);
         q->lengths |= 1ull << (e.len < 63 ? e.len : 63);
@@ -197,8 +203,8 @@ typedef struct {
 
 typedef struct {
     query_set *q; /* terms are updated (df, postings) as documents are scanned */
-    size_t doc; /* current document + 1 */
-    size_t len; /* tokens counted in the current document */
+    size_t doc;   /* current document + 1 */
+    size_t len;   /* tokens counted in the current document */
     posting *post;
     size_t npost, cap;
     int oom;
@@ -211,9 +217,11 @@ static size_t scan_document(doc_scan *d, const unsigned char *p, size_t n) {
     const unsigned char *end = p + n;
     size_t seen = 0;
     while (p < end) {
-        while (p < end && !word_byte[*p]) p++;
+        while (p < end && !word_byte[*p])
+            p++;
         const unsigned char *tok = p;
-        while (p < end && word_byte[*p]) p++;
+        while (p < end && word_byte[*p])
+            p++;
         size_t len = (size_t)(p - tok);
         if (!len) break;
         seen++;

@@ -16,7 +16,8 @@ typedef struct {
     int stopwords; /* drop a small English stop-word list from query and documents */
 } nim_bm25_params;
 
-#define NIM_BM25_DEFAULTS {1.2, 0.75, 1}
+#define NIM_BM25_DEFAULTS                                                                          \
+    { 1.2, 0.75, 1 }
 
 typedef struct {
     size_t index; /* 0-based position among the documents */

@@ -23,11 +23,11 @@ static void load(void) {
         return;
     }
     /* dlsym returns void *; POSIX guarantees it converts to a function pointer. */
-#define NIM_CURL_SYM(ret, name, args)                                                        \
-    *(void **)(&nim_curl.name) = dlsym(lib, "curl_" #name);                                  \
-    if (!nim_curl.name) {                                                                    \
-        snprintf(load_error, sizeof load_error, "libcurl has no curl_%s: too old", #name);  \
-        return;                                                                              \
+#define NIM_CURL_SYM(ret, name, args)                                                              \
+    *(void **)(&nim_curl.name) = dlsym(lib, "curl_" #name);                                        \
+    if (!nim_curl.name) {                                                                          \
+        snprintf(load_error, sizeof load_error, "libcurl has no curl_%s: too old", #name);         \
+        return;                                                                                    \
     }
     NIM_CURL_FUNCS(NIM_CURL_SYM)
 #undef NIM_CURL_SYM

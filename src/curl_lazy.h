@@ -8,33 +8,35 @@
 #define CURL_DISABLE_TYPECHECK 1 /* the type-checking macros would bypass the table */
 #include <curl/curl.h>
 
-#define NIM_CURL_FUNCS(X)                                                                    \
-    X(CURLcode, global_init, (long))                                                         \
-    X(void, global_cleanup, (void))                                                          \
-    X(CURL *, easy_init, (void))                                                             \
-    X(void, easy_cleanup, (CURL *))                                                          \
-    X(void, easy_reset, (CURL *))                                                            \
-    X(CURLcode, easy_setopt, (CURL *, CURLoption, ...))                                      \
-    X(CURLcode, easy_getinfo, (CURL *, CURLINFO, ...))                                       \
-    X(const char *, easy_strerror, (CURLcode))                                               \
-    X(CURLM *, multi_init, (void))                                                           \
-    X(CURLMcode, multi_cleanup, (CURLM *))                                                   \
-    X(CURLMcode, multi_setopt, (CURLM *, CURLMoption, ...))                                  \
-    X(CURLMcode, multi_add_handle, (CURLM *, CURL *))                                        \
-    X(CURLMcode, multi_remove_handle, (CURLM *, CURL *))                                     \
-    X(CURLMcode, multi_perform, (CURLM *, int *))                                            \
-    X(CURLMcode, multi_poll, (CURLM *, struct curl_waitfd[], unsigned int, int, int *))      \
-    X(CURLMcode, multi_wakeup, (CURLM *))                                                    \
-    X(CURLMcode, multi_socket_action, (CURLM *, curl_socket_t, int, int *))                  \
-    X(CURLMcode, multi_assign, (CURLM *, curl_socket_t, void *))                             \
-    X(CURLMcode, multi_timeout, (CURLM *, long *))                                           \
-    X(CURLMcode, multi_fdset, (CURLM *, fd_set *, fd_set *, fd_set *, int *))                \
-    X(CURLMsg *, multi_info_read, (CURLM *, int *))                                          \
-    X(const char *, multi_strerror, (CURLMcode))                                             \
-    X(struct curl_slist *, slist_append, (struct curl_slist *, const char *))                \
-    X(void, slist_free_all, (struct curl_slist *))                                           \
-    X(time_t, getdate, (const char *, const time_t *))                                       \
+/* clang-format off: hand-aligned */
+#define NIM_CURL_FUNCS(X)                                                                          \
+    X(CURLcode, global_init, (long))                                                               \
+    X(void, global_cleanup, (void))                                                                \
+    X(CURL *, easy_init, (void))                                                                   \
+    X(void, easy_cleanup, (CURL *))                                                                \
+    X(void, easy_reset, (CURL *))                                                                  \
+    X(CURLcode, easy_setopt, (CURL *, CURLoption, ...))                                            \
+    X(CURLcode, easy_getinfo, (CURL *, CURLINFO, ...))                                             \
+    X(const char *, easy_strerror, (CURLcode))                                                     \
+    X(CURLM *, multi_init, (void))                                                                 \
+    X(CURLMcode, multi_cleanup, (CURLM *))                                                         \
+    X(CURLMcode, multi_setopt, (CURLM *, CURLMoption, ...))                                        \
+    X(CURLMcode, multi_add_handle, (CURLM *, CURL *))                                              \
+    X(CURLMcode, multi_remove_handle, (CURLM *, CURL *))                                           \
+    X(CURLMcode, multi_perform, (CURLM *, int *))                                                  \
+    X(CURLMcode, multi_poll, (CURLM *, struct curl_waitfd[], unsigned int, int, int *))            \
+    X(CURLMcode, multi_wakeup, (CURLM *))                                                          \
+    X(CURLMcode, multi_socket_action, (CURLM *, curl_socket_t, int, int *))                        \
+    X(CURLMcode, multi_assign, (CURLM *, curl_socket_t, void *))                                   \
+    X(CURLMcode, multi_timeout, (CURLM *, long *))                                                 \
+    X(CURLMcode, multi_fdset, (CURLM *, fd_set *, fd_set *, fd_set *, int *))                      \
+    X(CURLMsg *, multi_info_read, (CURLM *, int *))                                                \
+    X(const char *, multi_strerror, (CURLMcode))                                                   \
+    X(struct curl_slist *, slist_append, (struct curl_slist *, const char *))                      \
+    X(void, slist_free_all, (struct curl_slist *))                                                 \
+    X(time_t, getdate, (const char *, const time_t *))                                             \
     X(curl_version_info_data *, version_info, (CURLversion))
+/* clang-format on */
 
 typedef struct {
 #define NIM_CURL_FIELD(ret, name, args) ret(*name) args;

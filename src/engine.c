@@ -72,8 +72,10 @@ static void detach(nim_transfer *t) {
         release_easy(e, t->easy);
         t->easy = NULL;
     }
-    if (t->prev) t->prev->next = t->next;
-    else e->attached = t->next;
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        e->attached = t->next;
     if (t->next) t->next->prev = t->prev;
     t->next = t->prev = NULL;
     t->engine = NULL;
@@ -89,7 +91,8 @@ void nim_engine_free(nim_engine *e) {
         }
         detach(t);
     }
-    for (int i = 0; i < e->npool; i++) curl_easy_cleanup(e->pool[i]);
+    for (int i = 0; i < e->npool; i++)
+        curl_easy_cleanup(e->pool[i]);
     curl_multi_cleanup(e->multi);
     free(e);
 }
@@ -103,7 +106,8 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *ud) {
     }
     if (t->resp_len + n + 1 > t->resp_cap) {
         size_t cap = t->resp_cap ? t->resp_cap : 16384;
-        while (cap < t->resp_len + n + 1) cap *= 2;
+        while (cap < t->resp_len + n + 1)
+            cap *= 2;
         char *p = realloc(t->resp, cap);
         if (!p) return 0;
         t->resp = p;
@@ -120,8 +124,10 @@ static int header_value(const char *line, size_t n, const char *name, char *out,
     size_t k = strlen(name);
     if (n <= k || strncasecmp(line, name, k) != 0 || line[k] != ':') return 0;
     const char *v = line + k + 1, *end = line + n;
-    while (v < end && (*v == ' ' || *v == '\t')) v++;
-    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ')) end--;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
+        end--;
     size_t len = (size_t)(end - v);
     if (len >= cap) len = cap - 1;
     memcpy(out, v, len);
@@ -350,8 +356,8 @@ int nim_engine_socket_action(nim_engine *e, int fd, int events) {
     int running, mask = 0;
     if (events & NIM_WATCH_IN) mask |= CURL_CSELECT_IN;
     if (events & NIM_WATCH_OUT) mask |= CURL_CSELECT_OUT;
-    if (curl_multi_socket_action(e->multi, fd < 0 ? CURL_SOCKET_TIMEOUT : (curl_socket_t)fd,
-                                 mask, &running) != CURLM_OK)
+    if (curl_multi_socket_action(e->multi, fd < 0 ? CURL_SOCKET_TIMEOUT : (curl_socket_t)fd, mask,
+                                 &running) != CURLM_OK)
         return -1;
     complete_finished(e);
     return e->running;

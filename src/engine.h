@@ -67,7 +67,7 @@ int nim_transfer_done(const nim_transfer *t);
 nim_xfer_result nim_transfer_result(const nim_transfer *t);
 long nim_transfer_status(const nim_transfer *t);
 const char *nim_transfer_body(const nim_transfer *t, size_t *len);
-const char *nim_transfer_error(const nim_transfer *t); /* libcurl's words, no secrets */
+const char *nim_transfer_error(const nim_transfer *t);  /* libcurl's words, no secrets */
 double nim_transfer_retry_after(const nim_transfer *t); /* seconds, or -1 if absent */
 const char *nim_transfer_header(const nim_transfer *t, const char *name); /* NVCF-REQID */
 double nim_transfer_seconds(const nim_transfer *t);

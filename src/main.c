@@ -88,7 +88,8 @@ static int run_script(lua_State *L, char **argv, int argc, int script) {
     if (status != LUA_OK) return status;
     int n = argc - script - 1;
     luaL_checkstack(L, n, "too many arguments to script");
-    for (int i = script + 1; i < argc; i++) lua_pushstring(L, argv[i]);
+    for (int i = script + 1; i < argc; i++)
+        lua_pushstring(L, argv[i]);
     return docall(L, n, 0);
 }
 
@@ -162,13 +163,15 @@ static const char *take_config(int *argc, char **argv, int *missing_value) {
         }
         argv[out++] = argv[i];
         /* after a script name or -e CODE, the rest belongs to the script */
-        if (strcmp(argv[i], "-e") == 0 && i + 1 < *argc) argv[out++] = argv[++i];
+        if (strcmp(argv[i], "-e") == 0 && i + 1 < *argc)
+            argv[out++] = argv[++i];
         else if (argv[i][0] != '-' && !is_command(argv[i])) {
             i++;
             break;
         }
     }
-    for (; i < *argc; i++) argv[out++] = argv[i];
+    for (; i < *argc; i++)
+        argv[out++] = argv[i];
     argv[out] = NULL;
     *argc = out;
     return path;

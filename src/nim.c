@@ -167,8 +167,10 @@ static int type_error(lua_State *L, const char *field, const char *expected, int
 static const char *opt_string(lua_State *L, int args, const char *field) {
     int t = lua_getfield(L, args, field);
     const char *s = NULL;
-    if (t == LUA_TSTRING) s = lua_tostring(L, -1);
-    else if (t != LUA_TNIL) type_error(L, field, "string", -1);
+    if (t == LUA_TSTRING)
+        s = lua_tostring(L, -1);
+    else if (t != LUA_TNIL)
+        type_error(L, field, "string", -1);
     lua_pop(L, 1); /* still referenced by args, so s stays valid */
     return s;
 }
@@ -203,21 +205,39 @@ static double opt_seconds(lua_State *L, int args, const char *field, double dflt
 static int opt_bool(lua_State *L, int args, const char *field, int dflt) {
     int t = lua_getfield(L, args, field);
     int v = dflt;
-    if (t == LUA_TBOOLEAN) v = lua_toboolean(L, -1);
-    else if (t != LUA_TNIL) type_error(L, field, "boolean", -1);
+    if (t == LUA_TBOOLEAN)
+        v = lua_toboolean(L, -1);
+    else if (t != LUA_TNIL)
+        type_error(L, field, "boolean", -1);
     lua_pop(L, 1);
     return v;
 }
 
 /* Request parameters the native call understands. */
-static const char *const known_params[] = {"model", "query", "documents", "top_n", "top_k",
-                                           "truncate", "return_documents", NULL};
+static const char *const known_params[] = {"model", "query",    "documents",        "top_n",
+                                           "top_k", "truncate", "return_documents", NULL};
 /* Transport and policy options: never "unsupported", even when this layer ignores them. */
-static const char *const transport_options[] = {
-    "api_key",   "api_base",   "timeout",     "connect_timeout",    "headers",
-    "drop_params", "num_retries", "max_retries", "ca_bundle",        "max_response_bytes",
-    "request_timeout", "metadata", "fallbacks", "user",             "custom_llm_provider",
-    "bm25", "batch_size", "concurrency", "on_progress", "filters", NULL};
+static const char *const transport_options[] = {"api_key",
+                                                "api_base",
+                                                "timeout",
+                                                "connect_timeout",
+                                                "headers",
+                                                "drop_params",
+                                                "num_retries",
+                                                "max_retries",
+                                                "ca_bundle",
+                                                "max_response_bytes",
+                                                "request_timeout",
+                                                "metadata",
+                                                "fallbacks",
+                                                "user",
+                                                "custom_llm_provider",
+                                                "bm25",
+                                                "batch_size",
+                                                "concurrency",
+                                                "on_progress",
+                                                "filters",
+                                                NULL};
 
 static int in_list(const char *const *list, const char *s) {
     for (; *list; list++)
@@ -407,8 +427,8 @@ static void push_empty_result(lua_State *L) {
 
 /* Adds provider, family (NULL: none), model, latency and dropped_params to res.meta (res on
  * top of the stack). seconds < 0: no latency. */
-static void annotate_meta(lua_State *L, const char *provider, const char *family,
-                          const char *model, int dropped, double seconds) {
+static void annotate_meta(lua_State *L, const char *provider, const char *family, const char *model,
+                          int dropped, double seconds) {
     lua_getfield(L, -1, "meta");
     lua_pushstring(L, provider);
     lua_setfield(L, -2, "provider");
@@ -506,8 +526,7 @@ static void check_args(lua_State *L, rerank_args *a) {
         luaL_error(L, "nim.rerank: truncate: must be \"NONE\" or \"END\" (got \"%s\")",
                    a->truncate);
     a->return_documents = opt_bool(L, args, "return_documents", 1);
-    a->timeout =
-        opt_seconds(L, args, "timeout", settings_number(L, "timeout", DEFAULT_TIMEOUT_S));
+    a->timeout = opt_seconds(L, args, "timeout", settings_number(L, "timeout", DEFAULT_TIMEOUT_S));
     a->connect_timeout =
         opt_seconds(L, args, "connect_timeout",
                     settings_number(L, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_S));
@@ -532,7 +551,8 @@ static double bm25_number(lua_State *L, int opts, const char *field, double dflt
     if (!opts) return dflt;
     int t = lua_getfield(L, opts, field);
     double v = dflt;
-    if (t == LUA_TNUMBER) v = lua_tonumber(L, -1);
+    if (t == LUA_TNUMBER)
+        v = lua_tonumber(L, -1);
     else if (t != LUA_TNIL)
         luaL_error(L, "nim.rerank: bm25.%s: expected number, got %s", field, luaL_typename(L, -1));
     lua_pop(L, 1);
@@ -543,15 +563,19 @@ static double bm25_number(lua_State *L, int opts, const char *field, double dflt
 static int rerank_local(lua_State *L, const rerank_args *a) {
     int opts = 0;
     int t = lua_getfield(L, 1, "bm25");
-    if (t == LUA_TTABLE) opts = lua_gettop(L);
-    else if (t != LUA_TNIL) type_error(L, "bm25", "table", -1);
+    if (t == LUA_TTABLE)
+        opts = lua_gettop(L);
+    else if (t != LUA_TNIL)
+        type_error(L, "bm25", "table", -1);
     nim_bm25_params p = NIM_BM25_DEFAULTS;
     p.k1 = bm25_number(L, opts, "k1", p.k1);
     p.b = bm25_number(L, opts, "b", p.b);
     if (opts) {
         int st = lua_getfield(L, opts, "stopwords");
-        if (st == LUA_TBOOLEAN) p.stopwords = lua_toboolean(L, -1);
-        else if (st != LUA_TNIL) type_error(L, "bm25.stopwords", "boolean", -1);
+        if (st == LUA_TBOOLEAN)
+            p.stopwords = lua_toboolean(L, -1);
+        else if (st != LUA_TNIL)
+            type_error(L, "bm25.stopwords", "boolean", -1);
         lua_pop(L, 1);
     }
     if (!(p.k1 >= 0 && p.k1 < 1e6)) field_error(L, "bm25.k1", "must be a number >= 0");
@@ -679,16 +703,14 @@ static void start_nim(lua_State *L, const rerank_args *a) {
     int texts = lua_gettop(L);
     if (a->ndocs == 0) { /* nothing to rank: no network call */
         push_empty_result(L);
-        annotate_meta(L, "nvidia_nim", nim_family_name(family), route.body_model, a->dropped,
-                      -1);
+        annotate_meta(L, "nvidia_nim", nim_family_name(family), route.body_model, a->dropped, -1);
         req_settle(L, req, "res");
         goto done;
     }
     lua_Integer top_k = 0;
     if (family == NIM_FAMILY_RETRIEVAL && a->top_n > 0)
         top_k = a->top_n < a->ndocs ? a->top_n : a->ndocs;
-    nim_wire_body(L, a->documents, texts, family, route.body_model, a->query, top_k,
-                  a->truncate);
+    nim_wire_body(L, a->documents, texts, family, route.body_model, a->query, top_k, a->truncate);
     int body = lua_gettop(L);
 
     nim_engine *engine = engine_of(L, err, sizeof err);
@@ -755,20 +777,16 @@ static void finish_nim(lua_State *L, int req) {
             type = NIM_ERR_BAD_RESPONSE;
             retryable = 0;
             st = status;
-            lua_pushfstring(L, "response larger than %I bytes",
-                            (lua_Integer)(r->max_response ? r->max_response
-                                                          : NIM_ENGINE_MAX_RESPONSE));
+            lua_pushfstring(
+                L, "response larger than %I bytes",
+                (lua_Integer)(r->max_response ? r->max_response : NIM_ENGINE_MAX_RESPONSE));
             break;
         case NIM_XFER_CANCELLED:
             retryable = 0;
             lua_pushliteral(L, "cancelled");
             break;
-        case NIM_XFER_CONNECTION:
-            lua_pushfstring(L, "%s: %s", url, nim_transfer_error(t));
-            break;
-        default:
-            retryable = 0;
-            lua_pushfstring(L, "%s: %s", url, nim_transfer_error(t));
+        case NIM_XFER_CONNECTION: lua_pushfstring(L, "%s: %s", url, nim_transfer_error(t)); break;
+        default: retryable = 0; lua_pushfstring(L, "%s: %s", url, nim_transfer_error(t));
         }
         push_error(L, type, st, retryable, model, key);
         req_settle(L, req, "err");
@@ -818,8 +836,8 @@ static void finish_nim(lua_State *L, int req) {
     nim_wire_error_message(L, resp_idx, decode);
     if (status == 410) {
         lua_getfield(L, uv, "route_model");
-        lua_pushfstring(L, "model %s has reached end of life (410 Gone): %s",
-                        lua_tostring(L, -1), lua_tostring(L, -2));
+        lua_pushfstring(L, "model %s has reached end of life (410 Gone): %s", lua_tostring(L, -1),
+                        lua_tostring(L, -2));
         lua_replace(L, -3);
         lua_pop(L, 1);
         if (lua_getfield(L, uv, "replacement") == LUA_TSTRING) {
@@ -1029,8 +1047,10 @@ static int nim_manage(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTHREAD);
     lua_getfield(L, LUA_REGISTRYINDEX, MANAGED_KEY);
     lua_pushvalue(L, 1);
-    if (lua_isnoneornil(L, 2) || lua_toboolean(L, 2)) lua_pushboolean(L, 1);
-    else lua_pushnil(L);
+    if (lua_isnoneornil(L, 2) || lua_toboolean(L, 2))
+        lua_pushboolean(L, 1);
+    else
+        lua_pushnil(L);
     lua_rawset(L, -3);
     return 0;
 }
@@ -1041,8 +1061,10 @@ static int nim_resolve_l(lua_State *L) {
     const char *api_base = NULL;
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
-        if (lua_getfield(L, 2, "api_base") == LUA_TSTRING) api_base = lua_tostring(L, -1);
-        else if (!lua_isnil(L, -1)) type_error(L, "api_base", "string", -1);
+        if (lua_getfield(L, 2, "api_base") == LUA_TSTRING)
+            api_base = lua_tostring(L, -1);
+        else if (!lua_isnil(L, -1))
+            type_error(L, "api_base", "string", -1);
     }
     lua_settop(L, 2);
     nim_family family;
@@ -1054,8 +1076,8 @@ static int nim_resolve_l(lua_State *L) {
     lua_Integer max_passages;
     int has_entry = catalog_lookup(L, clean, &entry, &max_passages);
     nim_route r;
-    if (nim_resolve(model, api_base, has_entry ? &entry : NULL, NULL, NULL, &r, err,
-                    sizeof err) != 0)
+    if (nim_resolve(model, api_base, has_entry ? &entry : NULL, NULL, NULL, &r, err, sizeof err) !=
+        0)
         return luaL_error(L, "nim.resolve: %s", err);
     lua_createtable(L, 0, 8);
     lua_pushstring(L, nim_family_name(r.family));
@@ -1095,8 +1117,10 @@ static int nim_sleep(lua_State *L) {
 
 /* nim.array([t]) -> t marked as a JSON array (so an empty one encodes as []). */
 static int nim_array(lua_State *L) {
-    if (lua_isnoneornil(L, 1)) lua_newtable(L);
-    else luaL_checktype(L, 1, LUA_TTABLE);
+    if (lua_isnoneornil(L, 1))
+        lua_newtable(L);
+    else
+        luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     lua_pushvalue(L, lua_upvalueindex(UV_ARRAY_MT));
     lua_setmetatable(L, 1);
@@ -1176,8 +1200,8 @@ static void load_layer(lua_State *L, int mod) {
     if (!layer_on_path(L)) {
         Dl_info info;
         char dir[4096];
-        static const char *const rel[] = {"/../lua", "/../share/lua/5.4",
-                                          "/../../../share/lua/5.4", "/lua"};
+        static const char *const rel[] = {"/../lua", "/../share/lua/5.4", "/../../../share/lua/5.4",
+                                          "/lua"};
         if (dladdr((void *)luaopen_nim, &info) && info.dli_fname) {
             char real[4096];
             const char *f = realpath(info.dli_fname, real) ? real : info.dli_fname;
@@ -1313,27 +1337,18 @@ NIMRANK_API int nimrank_fds(lua_State *L, int *fds, int *events, int max) {
 }
 
 static const luaL_Reg req_methods[] = {
-    {"done", req_done}, {"result", req_result}, {"wait", req_wait}, {"cancel", req_cancel},
-    {NULL, NULL},
+    {"done", req_done},     {"result", req_result}, {"wait", req_wait},
+    {"cancel", req_cancel}, {NULL, NULL},
 };
 
 static const luaL_Reg nim_native_funcs[] = {
-    {"start", nim_start},
-    {"step", nim_step},
-    {"manage", nim_manage},
-    {"handle", nim_handle},
-    {"task_of", nim_task_of},
-    {NULL, NULL},
+    {"start", nim_start},   {"step", nim_step},       {"manage", nim_manage},
+    {"handle", nim_handle}, {"task_of", nim_task_of}, {NULL, NULL},
 };
 
 static const luaL_Reg nim_funcs[] = {
-    {"rerank", nim_rerank},
-    {"resolve", nim_resolve_l},
-    {"array", nim_array},
-    {"now", nim_now},
-    {"sleep", nim_sleep},
-    {"isatty", nim_isatty},
-    {NULL, NULL},
+    {"rerank", nim_rerank}, {"resolve", nim_resolve_l}, {"array", nim_array}, {"now", nim_now},
+    {"sleep", nim_sleep},   {"isatty", nim_isatty},     {NULL, NULL},
 };
 
 int luaopen_nim(lua_State *L) {
@@ -1411,7 +1426,8 @@ int luaopen_nim(lua_State *L) {
     /* nim.native: the raw binding, reachable after the Lua layer wraps nim.rerank. Its
      * functions share the module's upvalues. */
     lua_createtable(L, 0, 6);
-    for (int i = 1; i <= UV_COUNT; i++) lua_pushvalue(L, mod + i);
+    for (int i = 1; i <= UV_COUNT; i++)
+        lua_pushvalue(L, mod + i);
     luaL_setfuncs(L, nim_native_funcs, UV_COUNT);
     luaL_getmetatable(L, "nim.Request");
     lua_setfield(L, -2, "request_mt");
@@ -1421,7 +1437,8 @@ int luaopen_nim(lua_State *L) {
     /* nim.Transfer methods: they finish transfers, so they need the same upvalues. */
     luaL_getmetatable(L, REQ_MT);
     lua_newtable(L);
-    for (int i = 1; i <= UV_COUNT; i++) lua_pushvalue(L, mod + i);
+    for (int i = 1; i <= UV_COUNT; i++)
+        lua_pushvalue(L, mod + i);
     luaL_setfuncs(L, req_methods, UV_COUNT);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);

@@ -7,12 +7,23 @@
 
 const nim_catalog_builtin nim_catalog_builtins[] = {
     {"nvidia/rerank-qa-mistral-4b",
-     {"/v1/retrieval/nvidia/reranking", "nv-rerank-qa-mistral-4b:1"}, 512, 512, NULL, NULL},
+     {"/v1/retrieval/nvidia/reranking", "nv-rerank-qa-mistral-4b:1"},
+     512,
+     512,
+     NULL,
+     NULL},
     {"nv-rerank-qa-mistral-4b:1",
-     {"/v1/retrieval/nvidia/reranking", "nv-rerank-qa-mistral-4b:1"}, 512, 512, NULL, NULL},
+     {"/v1/retrieval/nvidia/reranking", "nv-rerank-qa-mistral-4b:1"},
+     512,
+     512,
+     NULL,
+     NULL},
     {"nvidia/nv-rerankqa-mistral-4b-v3", {NULL, NULL}, 512, 512, NULL, NULL},
     {"nvidia/llama-3_2-nv-rerankqa-1b-v1", {NULL, NULL}, 512, 8192, NULL, NULL},
-    {"nvidia/llama-3_2-nv-rerankqa-1b-v2", {NULL, NULL}, 512, 8192,
+    {"nvidia/llama-3_2-nv-rerankqa-1b-v2",
+     {NULL, NULL},
+     512,
+     8192,
      "the hosted endpoint answers 410 Gone since 2026-05-18",
      "nvidia/llama-nemotron-rerank-1b-v2"},
     {"nvidia/llama-nemotron-rerank-1b-v2", {NULL, NULL}, 512, 8192, NULL, NULL},
@@ -28,9 +39,7 @@ static void seterr(char *err, size_t errlen, const char *fmt, const char *a) {
     if (err && errlen) snprintf(err, errlen, fmt, a);
 }
 
-static int starts_with(const char *s, const char *p) {
-    return strncmp(s, p, strlen(p)) == 0;
-}
+static int starts_with(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
 
 static int ends_with(const char *s, size_t n, const char *suffix) {
     size_t k = strlen(suffix);
@@ -39,8 +48,8 @@ static int ends_with(const char *s, size_t n, const char *suffix) {
 
 /* Characters a model name may hold: anything else would change the URL's meaning. */
 static int model_char_ok(unsigned char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_' || c == '.' || c == ':' || c == '/' || c == '@' || c == '+';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.' || c == ':' || c == '/' || c == '@' || c == '+';
 }
 
 int nim_model_parse(const char *model, nim_family *family, const char **clean, char *err,
@@ -71,8 +80,7 @@ int nim_model_parse(const char *model, nim_family *family, const char **clean, c
     }
     for (const char *p = m; *p; p++) {
         if (!model_char_ok((unsigned char)*p)) {
-            seterr(err, errlen,
-                   "model: '%s' has a character outside [A-Za-z0-9._:/@+-]", model);
+            seterr(err, errlen, "model: '%s' has a character outside [A-Za-z0-9._:/@+-]", model);
             return -1;
         }
     }
@@ -89,7 +97,8 @@ static const char *env_get(nim_getenv_fn fn, void *ud, const char *name) {
 /* Copy base into buf without trailing slashes. */
 static int copy_base(char *buf, size_t cap, const char *base, size_t *len) {
     size_t n = strlen(base);
-    while (n > 0 && base[n - 1] == '/') n--;
+    while (n > 0 && base[n - 1] == '/')
+        n--;
     if (n + 1 > cap) return -1;
     memcpy(buf, base, n);
     buf[n] = '\0';
@@ -108,8 +117,7 @@ static int url_is_hosted(const char *url) {
         n -= (size_t)(at + 1 - h);
         h = at + 1;
     }
-    return (n == 10 && strncmp(h, "nvidia.com", 10) == 0) ||
-           ends_with(h, n, ".nvidia.com");
+    return (n == 10 && strncmp(h, "nvidia.com", 10) == 0) || ends_with(h, n, ".nvidia.com");
 }
 
 int nim_resolve(const char *model, const char *api_base, const nim_catalog_entry *entry,
@@ -151,8 +159,7 @@ int nim_resolve(const char *model, const char *api_base, const nim_catalog_entry
     if (!starts_with(base, "http://") && !starts_with(base, "https://")) {
         if (err && errlen)
             snprintf(err, errlen, "%s: must start with http:// or https://",
-                     strcmp(out->base_source, "api_base") == 0 ? "api_base"
-                                                                : out->base_source);
+                     strcmp(out->base_source, "api_base") == 0 ? "api_base" : out->base_source);
         return -1;
     }
 
@@ -173,7 +180,8 @@ int nim_resolve(const char *model, const char *api_base, const nim_catalog_entry
         if (ends_with(b, n, "/v1")) b[n -= 3] = '\0';
         if (entry && entry->endpoint_path) {
             const char *p = entry->endpoint_path;
-            while (*p == '/') p++;
+            while (*p == '/')
+                p++;
             if (!*p) {
                 seterr(err, errlen, "catalog['%s'].endpoint_path: empty", clean);
                 return -1;

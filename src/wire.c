@@ -122,8 +122,7 @@ static void push_json_text(lua_State *L, int encode_idx, int doc, lua_Integer i)
     lua_pushvalue(L, doc);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
         const char *m = lua_tostring(L, -1);
-        luaL_error(L, "nim.rerank: documents[%I]: cannot be encoded as text (%s)", i,
-                   m ? m : "?");
+        luaL_error(L, "nim.rerank: documents[%I]: cannot be encoded as text (%s)", i, m ? m : "?");
     }
 }
 
@@ -135,17 +134,18 @@ void nim_wire_texts(lua_State *L, int docs_idx, int encode_idx, nim_family famil
         lua_rawgeti(L, docs_idx, i);
         int has_image;
         if (!push_text(L, lua_gettop(L), i, &has_image, family)) {
-            if (has_image) lua_pushboolean(L, 0);
-            else push_json_text(L, encode_idx, lua_gettop(L), i);
+            if (has_image)
+                lua_pushboolean(L, 0);
+            else
+                push_json_text(L, encode_idx, lua_gettop(L), i);
         }
         lua_rawseti(L, texts, i);
         lua_pop(L, 1);
     }
 }
 
-void nim_wire_body(lua_State *L, int docs_idx, int texts, nim_family family,
-                   const char *body_model, int query_idx, lua_Integer top_k,
-                   const char *truncate) {
+void nim_wire_body(lua_State *L, int docs_idx, int texts, nim_family family, const char *body_model,
+                   int query_idx, lua_Integer top_k, const char *truncate) {
     lua_Integer n = (lua_Integer)lua_rawlen(L, texts);
     luaL_Buffer b;
     size_t qlen;
@@ -260,8 +260,8 @@ void nim_wire_results(lua_State *L, const nim_ranking *rk, lua_Integer n, lua_In
     lua_setfield(L, -2, "meta");
 }
 
-int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int texts_idx,
-                   int array_mt_idx, const nim_parse_opts *o) {
+int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int texts_idx, int array_mt_idx,
+                   const nim_parse_opts *o) {
     int top = lua_gettop(L);
     if (!decode(L, body_idx, decode_idx)) return fail(L, top, "body is not JSON", 0);
     int doc = lua_gettop(L);
@@ -269,8 +269,7 @@ int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int texts_idx,
 
     int rt = lua_getfield(L, doc, "rankings");
     int rankings_idx = lua_gettop(L);
-    if (rt != LUA_TNIL && rt != LUA_TTABLE)
-        return fail(L, top, "'rankings' is not a list", 0);
+    if (rt != LUA_TNIL && rt != LUA_TTABLE) return fail(L, top, "'rankings' is not a list", 0);
     lua_Integer n = rt == LUA_TTABLE ? (lua_Integer)lua_rawlen(L, rankings_idx) : 0;
     if (n > o->npassages)
         return fail(L, top, "'rankings' has more entries than passages were sent", 0);
@@ -354,10 +353,13 @@ void nim_wire_error_message(lua_State *L, int body_idx, int decode_idx) {
     }
     /* One line, at most 300 bytes, no control characters. */
     size_t i = 0, end = len;
-    while (i < end && (unsigned char)s[i] <= ' ') i++;
-    while (end > i && (unsigned char)s[end - 1] <= ' ') end--;
+    while (i < end && (unsigned char)s[i] <= ' ')
+        i++;
+    while (end > i && (unsigned char)s[end - 1] <= ' ')
+        end--;
     size_t stop = end - i > 300 ? i + 300 : end;
-    while (stop < end && stop > i && ((unsigned char)s[stop] & 0xC0) == 0x80) stop--;
+    while (stop < end && stop > i && ((unsigned char)s[stop] & 0xC0) == 0x80)
+        stop--;
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     for (; i < stop; i++) {
@@ -378,10 +380,11 @@ void nim_uuid4(char out[37]) {
         if (k <= 0) break;
         got += (size_t)k;
     }
-    for (; got < sizeof r; got++) r[got] = (unsigned char)rand(); /* no entropy: still unique-ish */
+    for (; got < sizeof r; got++)
+        r[got] = (unsigned char)rand(); /* no entropy: still unique-ish */
     r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
     r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
-             r[13], r[14], r[15]);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0],
+             r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
+             r[14], r[15]);
 }

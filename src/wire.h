@@ -33,8 +33,7 @@ void nim_wire_texts(lua_State *L, int docs_idx, int encode_idx, nim_family famil
 /* Pushes the request body string, keys in the documented order. top_k <= 0 and truncate NULL
  * mean "not sent". Does not raise except on memory errors. */
 void nim_wire_body(lua_State *L, int docs_idx, int texts_idx, nim_family family,
-                   const char *body_model, int query_idx, lua_Integer top_k,
-                   const char *truncate);
+                   const char *body_model, int query_idx, lua_Integer top_k, const char *truncate);
 
 /* Appends s as a JSON string literal. */
 void nim_wire_json_string(luaL_Buffer *b, const char *s, size_t n);
@@ -60,8 +59,8 @@ typedef struct {
 void nim_wire_results(lua_State *L, const nim_ranking *rk, lua_Integer n, lua_Integer tokens,
                       int texts_idx, int array_mt_idx, const nim_parse_opts *o);
 
-int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int texts_idx,
-                   int array_mt_idx, const nim_parse_opts *o);
+int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, int texts_idx, int array_mt_idx,
+                   const nim_parse_opts *o);
 
 /* Pushes a short human message taken from an error body (JSON detail/message/error or text).
  * decode_idx 0: the body's raw text only. */

@@ -11,7 +11,12 @@ start_fake() { # name, extra args...
     echo $! >"$LOG/$name.pid"
     i=0
     while ! grep -q PORT "$LOG/$name.port" 2>/dev/null; do
-        i=$((i + 1)); [ $i -gt 100 ] && { echo "fake server $name did not start" >&2; cat "$LOG/$name.err" >&2; exit 1; }
+        i=$((i + 1))
+        if [ $i -gt 100 ]; then
+            echo "fake server $name did not start" >&2
+            cat "$LOG/$name.err" >&2
+            exit 1
+        fi
         sleep 0.05
     done
     echo "http://127.0.0.1:$(awk '/PORT/{print $2}' "$LOG/$name.port")"

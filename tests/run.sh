@@ -3,7 +3,8 @@
 # Starts the fake NIM servers on loopback itself; ends with "N passed, N failed".
 BUILD=${1:-build}
 cd "$(dirname "$0")/.." || exit 1
-unset NVIDIA_NIM_API_KEY NVIDIA_NIM_API_BASE NVIDIA_NIM_RERANK_API_BASE NIMRANK_MODEL NIMRANK_LUA_PATH
+unset NVIDIA_NIM_API_KEY NVIDIA_NIM_API_BASE NVIDIA_NIM_RERANK_API_BASE NIMRANK_MODEL \
+    NIMRANK_LUA_PATH NIMRANK_CONFIG NIMRANK_INIT
 . tests/fakes.sh
 
 # A sanitized nim.so inside the uninstrumented lua5.4 needs the runtimes preloaded.

@@ -3,7 +3,8 @@
 # Ends with "N passed, N failed"; a leak or memory error fails that run.
 BUILD=${1:-build}
 cd "$(dirname "$0")/.." || exit 1
-unset NVIDIA_NIM_API_KEY NVIDIA_NIM_API_BASE NVIDIA_NIM_RERANK_API_BASE NIMRANK_MODEL
+unset NVIDIA_NIM_API_KEY NVIDIA_NIM_API_BASE NVIDIA_NIM_RERANK_API_BASE NIMRANK_MODEL \
+    NIMRANK_LUA_PATH NIMRANK_CONFIG NIMRANK_INIT
 . tests/fakes.sh
 export NIMRANK_BIN="$BUILD/nimrank"
 VG="valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect

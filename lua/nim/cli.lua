@@ -115,7 +115,9 @@ local function parse_rerank_args(args)
     elseif a == "-n" or a == "--top-n" then
       local v = value(a)
       o.top_n = math.tointeger(tonumber(v))
-      if not o.top_n or o.top_n < 1 then error({ usage = "--top-n: expected an integer >= 1, got " .. v }) end
+      if not o.top_n or o.top_n < 1 then
+        error({ usage = "--top-n: expected an integer >= 1, got " .. v })
+      end
     elseif a == "--truncate" then o.truncate = value(a)
     elseif a == "--api-base" then o.api_base = value(a)
     elseif a == "--docs" then o.docs_file = value(a)
@@ -131,7 +133,9 @@ local function parse_rerank_args(args)
     elseif a == "--timeout" then
       local v = value(a)
       o.timeout = tonumber(v)
-      if not o.timeout or o.timeout <= 0 then error({ usage = "--timeout: expected seconds > 0, got " .. v }) end
+      if not o.timeout or o.timeout <= 0 then
+        error({ usage = "--timeout: expected seconds > 0, got " .. v })
+      end
     elseif a == "-H" or a == "--header" then
       local v = value(a)
       local k, hv = v:match("^([^:]+):%s*(.*)$")
@@ -174,7 +178,8 @@ function M.rerank(args)
     local _, err = read_docs(o.docs_file, o.docs)
     if err then return usage_error("rerank", err) end
   end
-  if #o.docs == 0 then return usage_error("rerank", "no documents (give DOC arguments or --docs)") end
+  if #o.docs == 0 then return usage_error("rerank",
+    "no documents (give DOC arguments or --docs)") end
   local model = o.model
   if not model then
     local note

@@ -41,7 +41,8 @@ function nim.load_config(source, opts)
   local cfg, warnings = config.load(source)
   for name, entry in pairs(cfg.nimrank.catalog or {}) do
     local ok, err = pcall(catalog.add, name, entry)
-    if not ok then error(("nimrank_settings.catalog.%s"):format(tostring(err):gsub("^catalog", "")), 0) end
+    if not ok then error(("nimrank_settings.catalog.%s"):format(tostring(err):gsub("^catalog",
+      "")), 0) end
   end
   local r = router.new(cfg, opts)
   if cfg.litellm.drop_params ~= nil then nim.settings.drop_params = cfg.litellm.drop_params end

@@ -12,7 +12,8 @@ typedef struct {
 static void join(const char *tok, size_t len, void *ud) {
     joined *j = ud;
     if (j->n && j->n < sizeof j->out - 1) j->out[j->n++] = '|';
-    for (size_t i = 0; i < len && j->n < sizeof j->out - 1; i++) j->out[j->n++] = tok[i];
+    for (size_t i = 0; i < len && j->n < sizeof j->out - 1; i++)
+        j->out[j->n++] = tok[i];
     j->out[j->n] = '\0';
 }
 
@@ -83,7 +84,8 @@ static nim_bm25_params plain(void) {
 
 static void scores_match_hand_computed_values(void) {
     /* N = 3, avgdl = 4, k1 = 1.2, b = 0.75; idf(cat) = ln 1.6, idf(mat) = ln(8/3):
-     * D0 = ln1.6 * 2.2/(1 + 0.975) ; D1 = ln(8/3) * 2.2/(1 + 1.65) ; D2 = ln1.6 * 4.4/(2 + 0.975) */
+     * D0 = ln1.6 * 2.2/(1 + 0.975) ; D1 = ln(8/3) * 2.2/(1 + 1.65) ; D2 = ln1.6 * 4.4/(2 + 0.975)
+     */
     const char *docs[] = {"the cat sat", "the dog sat on the mat", "cat cat dog"};
     size_t lens[] = {11, 22, 11};
     nim_bm25_hit hits[3];
@@ -106,7 +108,8 @@ static void duplicate_query_terms_count_once(void) {
     nim_bm25_params p = plain();
     CHECK(nim_bm25_rank("cat mat", 7, docs, lens, 3, &p, a, NULL) == 0);
     CHECK(nim_bm25_rank("cat CAT mat cat", 15, docs, lens, 3, &p, b, NULL) == 0);
-    for (int i = 0; i < 3; i++) CHECK_NEAR(a[i].score, b[i].score, 1e-12);
+    for (int i = 0; i < 3; i++)
+        CHECK_NEAR(a[i].score, b[i].score, 1e-12);
 }
 
 static void ties_broken_by_index(void) {
@@ -129,7 +132,8 @@ static void empty_query_and_documents(void) {
     nim_bm25_params p = NIM_BM25_DEFAULTS;
     CHECK(nim_bm25_rank("", 0, docs, lens, 3, &p, hits, &tokens) == 0);
     CHECK(tokens == 1);
-    for (int i = 0; i < 3; i++) CHECK(hits[i].index == (size_t)i && hits[i].score == 0);
+    for (int i = 0; i < 3; i++)
+        CHECK(hits[i].index == (size_t)i && hits[i].score == 0);
     CHECK(nim_bm25_rank("something", 9, docs, lens, 3, &p, hits, NULL) == 0);
     CHECK(hits[0].index == 1 && hits[0].score > 0);
     CHECK(nim_bm25_rank("q", 1, docs, lens, 0, &p, hits, NULL) == 0); /* no documents */

@@ -41,7 +41,7 @@ typedef struct {
 } reply;
 
 static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                          const char *value) {
+                                      const char *value) {
     (void)kind;
     lua_State *S = cls;
     char lower[256];
@@ -107,8 +107,8 @@ static void run_handler(struct MHD_Connection *c, const char *method, const char
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *data, size_t *data_size, void **con_cls) {
+                                  const char *method, const char *version, const char *data,
+                                  size_t *data_size, void **con_cls) {
     (void)cls;
     (void)version;
     upload *u = *con_cls;
@@ -124,7 +124,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         } else {
             if (u->len + *data_size > u->cap) {
                 size_t cap = u->cap ? u->cap * 2 : 65536;
-                while (cap < u->len + *data_size) cap *= 2;
+                while (cap < u->len + *data_size)
+                    cap *= 2;
                 char *p = realloc(u->buf, cap);
                 if (!p) return MHD_NO;
                 u->buf = p;
@@ -215,11 +216,16 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--port") == 0 && v) port = atoi(argv[++i]);
-        else if (strcmp(a, "--api-key") == 0 && v) api_key = argv[++i];
-        else if (strcmp(a, "--max-passages") == 0 && v) max_passages = atoi(argv[++i]);
-        else if (strcmp(a, "--lifetime") == 0 && v) lifetime = atoi(argv[++i]);
-        else if (strcmp(a, "--script") == 0 && v) script = argv[++i];
+        if (strcmp(a, "--port") == 0 && v)
+            port = atoi(argv[++i]);
+        else if (strcmp(a, "--api-key") == 0 && v)
+            api_key = argv[++i];
+        else if (strcmp(a, "--max-passages") == 0 && v)
+            max_passages = atoi(argv[++i]);
+        else if (strcmp(a, "--lifetime") == 0 && v)
+            lifetime = atoi(argv[++i]);
+        else if (strcmp(a, "--script") == 0 && v)
+            script = argv[++i];
         else {
             usage();
             return 2;
@@ -255,8 +261,8 @@ int main(int argc, char **argv) {
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
         (uint16_t)port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, &addr,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_NOTIFY_CONNECTION,
-        on_connection, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)60, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_END);
+        on_connection, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_END);
     if (!d) {
         fprintf(stderr, "fakenim: cannot listen on 127.0.0.1:%d\n", port);
         return 1;

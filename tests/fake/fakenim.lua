@@ -40,7 +40,8 @@ local RANKING = {
   ["nvidia/nv-rerankqa-mistral-4b-v3"] = { max_tokens = 512 },
 }
 local RANKING_FIELDS = { model = true, query = true, passages = true, truncate = true }
-local RETRIEVAL_FIELDS = { model = true, query = true, passages = true, truncate = true, top_k = true }
+local RETRIEVAL_FIELDS = { model = true, query = true, passages = true, truncate = true,
+  top_k = true }
 
 local seen_counts = {}  -- query text -> requests seen (for !times)
 local last_request = nil

@@ -26,7 +26,8 @@ test("frame_loop_polls_without_blocking", function()
     frames = frames + 1
     nim.sleep(0.01) -- "render" a frame
   end
-  print(("     %d frames rendered while waiting; slowest poll %.2f ms"):format(frames, worst * 1000))
+  print(("     %d frames rendered while waiting; slowest poll %.2f ms"):format(frames,
+    worst * 1000))
   ok(res, "finished")
   ok(frames > 0, "frames were rendered while the request ran")
   ok(worst < 0.05, "no poll blocked the frame loop")
@@ -235,7 +236,8 @@ test("batch_options_and_failures", function()
     "batch_size")
   raises(function() nim.rerank({ model = M, query = "q", documents = docs, batch_size = 600 }) end,
     "batch_size", "512")
-  local _, err = nim.rerank({ model = M, query = "q", documents = docs, api_base = "http://127.0.0.1:1",
+  local _, err = nim.rerank({ model = M, query = "q", documents = docs,
+    api_base = "http://127.0.0.1:1",
     batch_size = 10 })
   eq(err.type, "connection", "a failed batch fails the call")
   eq(err.batches, 3, "and says how many there were")

@@ -120,7 +120,8 @@ test("rerank_usage_errors_exit_2", function()
 end)
 
 test("rerank_provider_error_exits_1_without_key_in_output", function()
-  local out, code = sh(("NVIDIA_NIM_API_KEY=wrong-secret-123 %s rerank --api-base %s -m %s -q q d 2>&1")
+  local out,
+    code = sh(("NVIDIA_NIM_API_KEY=wrong-secret-123 %s rerank --api-base %s -m %s -q q d 2>&1")
     :format(BIN, q(h.url), h.RETRIEVAL))
   eq(code, 1, "exit")
   match(out, "auth", "error type")
@@ -145,7 +146,8 @@ test("rerank_extra_header", function()
 end)
 
 test("env_base_url_used_by_cli", function()
-  local out, code = sh(("NVIDIA_NIM_API_KEY=%s NVIDIA_NIM_RERANK_API_BASE=%s %s rerank -m %s -q q d")
+  local out,
+    code = sh(("NVIDIA_NIM_API_KEY=%s NVIDIA_NIM_RERANK_API_BASE=%s %s rerank -m %s -q q d")
     :format(q(h.key), q(h.url), BIN, h.RETRIEVAL))
   eq(code, 0, "exit: " .. out)
   out, code = sh(("NVIDIA_NIM_API_KEY=%s NVIDIA_NIM_API_BASE=%s %s rerank -m %s -q q d")
@@ -182,7 +184,8 @@ test("rerank_without_model_or_key_uses_local_bm25_and_says_so_once", function()
 end)
 
 test("rerank_with_key_and_no_model_uses_nim_default", function()
-  local out = sh(("NVIDIA_NIM_API_KEY=%s %s rerank --api-base %s -q q d"):format(q(h.key), BIN, q(h.url)))
+  local out = sh(("NVIDIA_NIM_API_KEY=%s %s rerank --api-base %s -q q d"):format(q(h.key), BIN,
+    q(h.url)))
   eq(h.decode(out).meta.model, "nvidia/llama-nemotron-rerank-1b-v2", "NIM default model")
 end)
 

@@ -57,22 +57,30 @@ test("bad_values_name_the_key_path", function()
   bad(dep({ model = "m", weight = 0 }), "model_list[1].litellm_params.weight: must be > 0")
   bad(dep({ model = "m", order = 0 }), "litellm_params.order: must be an integer >= 1")
   bad(dep({ model = "m", timeout = "x" }), "litellm_params.timeout: expected number")
-  bad(dep({ model = "m", truncate = "MIDDLE" }), "litellm_params.truncate: must be one of NONE, END")
+  bad(dep({ model = "m", truncate = "MIDDLE" }),
+    "litellm_params.truncate: must be one of NONE, END")
   bad({ model_list = "x" }, "model_list: expected list")
-  bad({ router_settings = { num_retries = -1 } }, "router_settings.num_retries: must be an integer >= 0")
+  bad({ router_settings = { num_retries = -1 } },
+    "router_settings.num_retries: must be an integer >= 0")
   bad({ router_settings = { num_retries = 1.5 } }, "router_settings.num_retries: expected integer")
-  bad({ router_settings = { cooldown_time = "soon" } }, "router_settings.cooldown_time: expected number")
+  bad({ router_settings = { cooldown_time = "soon" } },
+    "router_settings.cooldown_time: expected number")
   bad({ router_settings = { fallbacks = { "x" } } }, "router_settings.fallbacks[1]: expected map")
-  bad({ router_settings = { fallbacks = { { g = "x" } } } }, "router_settings.fallbacks[1].g: expected list")
-  bad({ litellm_settings = { drop_params = "yes" } }, "litellm_settings.drop_params: expected boolean")
+  bad({ router_settings = { fallbacks = { { g = "x" } } } },
+    "router_settings.fallbacks[1].g: expected list")
+  bad({ litellm_settings = { drop_params = "yes" } },
+    "litellm_settings.drop_params: expected boolean")
   bad({ general_settings = { master_key = 42 } }, "general_settings.master_key: expected string")
-  bad({ model_list = { { model_name = "g", litellm_params = { model = "m" }, model_info = { id = {} } } } },
+  bad({ model_list = { { model_name = "g", litellm_params = { model = "m" },
+    model_info = { id = {} } } } },
     "model_list[1].model_info.id")
 end)
 
 test("unknown_keys_are_warnings", function()
-  local cfg, warnings = config.load({ foo = 1, router_settings = { bar = 2, routing_strategy = "least-busy" },
-    model_list = { { model_name = "g", litellm_params = { model = "m", zap = 1 }, extra = true } } })
+  local cfg, warnings = config.load({ foo = 1, router_settings = { bar = 2,
+    routing_strategy = "least-busy" },
+    model_list = { { model_name = "g", litellm_params = { model = "m", zap = 1 },
+      extra = true } } })
   ok(cfg, "loaded")
   local all = table.concat(warnings, "\n")
   spec.match(all, "foo: unknown key", "top level")
@@ -92,7 +100,8 @@ end)
 test("lua_config_file_and_table", function()
   local name = os.tmpname() .. ".lua"
   local f = assert(io.open(name, "wb"))
-  f:write('return { model_list = { { model_name = "g", litellm_params = { model = "local/bm25" } } } }')
+  f:write('return { model_list = { { model_name = "g", '
+    .. 'litellm_params = { model = "local/bm25" } } } }')
   f:close()
   local cfg = config.load(name)
   os.remove(name)
@@ -102,7 +111,8 @@ end)
 
 test("fallbacks_and_aliases_normalised", function()
   local cfg = config.load({
-    router_settings = { fallbacks = { { a = { "b", "c" } } }, model_group_alias = { x = "a", y = { model = "b" } },
+    router_settings = { fallbacks = { { a = { "b", "c" } } }, model_group_alias = { x = "a",
+      y = { model = "b" } },
       default_fallbacks = { "local/bm25" } },
     litellm_settings = { fallbacks = { { z = { "a" } } } },
   })
@@ -133,8 +143,10 @@ model_list:
     litellm_params: { model: local/bm25 }
 ]])
   local out, code = h.sh(h.nimrank .. " --config " .. path .. " rerank -m offline -q gpu cats gpu")
-  local out2, code2 = h.sh(h.nimrank .. " rerank --config " .. path .. " -m offline -q gpu cats gpu")
-  local out3, code3 = h.sh("NIMRANK_CONFIG=" .. path .. " " .. h.nimrank .. " -e 'print(nim.config.deployments[1].model_name)'")
+  local out2, code2 = h.sh(h.nimrank .. " rerank --config " .. path
+    .. " -m offline -q gpu cats gpu")
+  local out3, code3 = h.sh("NIMRANK_CONFIG=" .. path .. " " .. h.nimrank
+    .. " -e 'print(nim.config.deployments[1].model_name)'")
   os.remove(path)
   eq(code, 0, "exit " .. out)
   eq(h.decode(out).meta.model_group, "offline", "group used")

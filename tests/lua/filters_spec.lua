@@ -43,7 +43,8 @@ test("dedupe_keeps_the_best_of_identical_texts", function()
 end)
 
 test("return_documents_false_filter", function()
-  for _, r in ipairs(run({ { return_documents = false } }).results) do eq(r.document, nil, "no doc") end
+  for _, r in ipairs(run({ { return_documents = false } }).results) do eq(r.document, nil,
+    "no doc") end
 end)
 
 test("user_function_and_registered_filter", function()

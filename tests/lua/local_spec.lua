@@ -60,7 +60,8 @@ test("bad_parameters_name_the_field", function()
 end)
 
 test("documents_of_every_kind", function()
-  local res = bm25({ query = "alpha", documents = { "alpha", { text = "alpha beta" }, 7, { x = "alpha" },
+  local res = bm25({ query = "alpha", documents = { "alpha", { text = "alpha beta" }, 7,
+    { x = "alpha" },
     { image = "data:x" } } })
   eq(#res.results, 5, "all ranked")
   for _, r in ipairs(res.results) do

@@ -220,7 +220,8 @@ test("tostring_is_readable", function()
 end)
 
 test("connections_are_reused_across_calls", function()
-  local function opened() return h.decode(h.sh("curl -s " .. h.q(h.url .. "/_fake/stats"))).connections end
+  local function opened() return h.decode(h.sh("curl -s " .. h.q(h.url
+    .. "/_fake/stats"))).connections end
   assert(call()) -- the connection this state will keep
   local before = opened()
   for _ = 1, 50 do ok(call(), "call") end

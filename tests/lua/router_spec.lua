@@ -82,13 +82,15 @@ test("lower_order_first", function()
   local r = make({ model_list = { dep("g", "local/bm25", { order = 2 }, "second"),
     dep("g", "local/bm25", { order = 1 }, "first") } })
   for _ = 1, 20 do
-    eq(r:rerank({ model = "g", query = "q", documents = { "q" } }).meta.deployment, "first", "order 1")
+    eq(r:rerank({ model = "g", query = "q", documents = { "q" } }).meta.deployment, "first",
+      "order 1")
   end
 end)
 
 test("retry_then_success_on_503", function()
   local r, t = make({ model_list = { dep("g", h.RETRIEVAL) } })
-  local res, err = r:rerank({ model = "g", query = unique("!status=503 !times=1"), documents = h.DOCS })
+  local res, err = r:rerank({ model = "g", query = unique("!status=503 !times=1"),
+    documents = h.DOCS })
   ok(res, tostring(err))
   eq(#res.meta.attempts, 2, "two attempts")
   eq(res.meta.attempts[1].status, 503, "first failed")
@@ -179,7 +181,8 @@ end)
 test("fallback_to_another_group_after_retries", function()
   local r = make({ model_list = { dep("primary", h.RETRIEVAL), dep("offline", "local/bm25") },
     router_settings = { fallbacks = { { primary = { "offline" } } } } })
-  local res = assert(r:rerank({ model = "primary", query = unique("!status=503"), documents = h.DOCS }))
+  local res = assert(r:rerank({ model = "primary", query = unique("!status=503"),
+    documents = h.DOCS }))
   eq(res.meta.fallback, "offline", "fallback used")
   eq(res.meta.model_group, "offline", "answered by")
   eq(#res.meta.attempts, 4, "3 primary attempts + 1 fallback")
@@ -192,7 +195,8 @@ test("per_request_and_default_fallbacks", function()
     router_settings = { default_fallbacks = { "c" } } })
   eq(r:rerank({ model = "primary", query = QUERY, documents = h.DOCS, fallbacks = { "b" } })
     .meta.fallback, "b", "per request")
-  eq(r:rerank({ model = "primary", query = QUERY, documents = h.DOCS }).meta.fallback, "c", "default")
+  eq(r:rerank({ model = "primary", query = QUERY, documents = h.DOCS }).meta.fallback, "c",
+    "default")
   eq(r:rerank({ model = "nvidia_nim/nvidia/no-such", query = QUERY, documents = h.DOCS,
     api_key = h.key, api_base = h.url, fallbacks = { "local/bm25" } }).meta.fallback, "local/bm25",
     "a provider model string falls back too")
@@ -227,7 +231,8 @@ end)
 
 test("waits_for_a_cooldown_when_retries_remain", function()
   local r, t = make({ model_list = { dep("g", h.RETRIEVAL, nil, "d") } })
-  local res = assert(r:rerank({ model = "g", query = unique("!status=429 !times=1"), documents = h.DOCS }))
+  local res = assert(r:rerank({ model = "g", query = unique("!status=429 !times=1"),
+    documents = h.DOCS }))
   eq(res.meta.attempts[2].error, "rate_limit", "cooling: no deployment")
   ok(t.now - 1000 >= 5, "waited out the cooldown")
 end)
@@ -243,7 +248,8 @@ test("per_deployment_params_and_call_defaults", function()
 end)
 
 test("metadata_never_holds_keys", function()
-  local r = make({ model_list = { dep("g", h.RETRIEVAL), dep("x", h.RETRIEVAL, { api_key = "sekrit-123" }) },
+  local r = make({ model_list = { dep("g", h.RETRIEVAL), dep("x", h.RETRIEVAL,
+    { api_key = "sekrit-123" }) },
     router_settings = { fallbacks = { { x = { "g" } } } } })
   local res = assert(r:rerank({ model = "x", query = QUERY, documents = h.DOCS }))
   local s = json.encode(res)
@@ -252,7 +258,8 @@ test("metadata_never_holds_keys", function()
 end)
 
 test("deprecated_model_warning_in_meta", function()
-  local r = make({ model_list = { dep("old", "nvidia_nim/ranking/nvidia/llama-3.2-nv-rerankqa-1b-v2") } })
+  local r = make({ model_list = { dep("old",
+    "nvidia_nim/ranking/nvidia/llama-3.2-nv-rerankqa-1b-v2") } })
   local res = assert(r:rerank({ model = "old", query = QUERY, documents = h.DOCS }))
   spec.match(res.meta.warnings[1], "deprecated.*llama%-nemotron%-rerank%-1b%-v2", "warning")
 end)
