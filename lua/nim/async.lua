@@ -19,6 +19,7 @@ local JOIN, YIELD_SLEEP = {}, {}
 local native_sleep = nim.sleep
 
 local live = {}                            -- task -> true, until it ends
+local uncaught = {}                        -- errors of spawned tasks, raised by run/poll
 local ready = {}                           -- tasks to resume, in order
 local task_of = setmetatable({}, { __mode = "k" }) -- coroutine -> task
 
@@ -45,6 +46,9 @@ local function finish(task, ok, a, b)
     if parent.pending_children == 0 then ready[#ready + 1] = parent end
   end
   task.joiners = nil
+  if not ok and task.spawned and not task.joiners_seen then
+    uncaught[#uncaught + 1] = a
+  end
   if task.callback and ok then
     local cb = task.callback
     task.callback, task.handle = nil, nil
@@ -73,6 +77,7 @@ local function resume(task, ...)
         child.joiners[#child.joiners + 1] = task
       end
     end
+    for _, child in ipairs(b) do child.joiners_seen = true end
     task.pending_children = pending
     if pending == 0 then ready[#ready + 1] = task end
   elseif a == nil then
@@ -112,6 +117,11 @@ local function round(wait)
   ready = {}
   for _, task in ipairs(batch) do
     if live[task] then resume(task) end
+  end
+  if #uncaught > 0 then -- a spawned task raised and nobody waits for it: say so, loudly
+    local err = uncaught[1]
+    uncaught = {}
+    error(err, 0)
   end
   local n = 0
   for _ in pairs(live) do n = n + 1 end
@@ -198,7 +208,12 @@ end
 
 function M.spawn(fn, ...)
   if type(fn) ~= "function" then error("nim.spawn: expected a function", 2) end
-  local task = new_task(fn, ...)
+  local task = new_task(function(...)
+    local r = table.pack(xpcall(fn, debug.traceback, ...))
+    if not r[1] then error(r[2], 0) end
+    return table.unpack(r, 2, r.n)
+  end, ...)
+  task.spawned = true
   ready[#ready + 1] = task
   return native.handle(task)
 end
@@ -220,6 +235,7 @@ end
 -- req:poll() -> true, res | true, nil, err when done; false while pending. Never blocks.
 function REQUEST.__index.poll(req)
   local task = native.task_of(req)
+  task.joiners_seen = true
   if not task.done then M.poll() end
   if not task.done then return false end
   return true, outcome(task)
@@ -228,6 +244,7 @@ end
 -- req:wait([seconds]) -> res | nil, err; false when the time runs out first.
 function REQUEST.__index.wait(req, timeout)
   local task = native.task_of(req)
+  task.joiners_seen = true -- its error is raised here, not by the scheduler
   if not join({ task }, timeout) then return false end
   return outcome(task)
 end
@@ -247,7 +264,11 @@ function REQUEST.__index.done(req)
 end
 
 REQUEST.__close = REQUEST.__index.cancel
-REQUEST.__gc = REQUEST.__index.cancel
+-- A dropped rerank_async handle cancels its request (nobody can read the answer); a dropped
+-- nim.spawn handle does not: fire-and-forget is how tasks are meant to be used.
+function REQUEST.__gc(req)
+  if not native.task_of(req).spawned then REQUEST.__index.cancel(req) end
+end
 function REQUEST.__tostring(req)
   local task = native.task_of(req)
   local state = not task.done and "pending"

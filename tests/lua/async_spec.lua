@@ -106,6 +106,15 @@ test("retry_backoff_inside_a_task_does_not_block_others", function()
   eq(table.concat(order, ","), "fast,retried", "the fast one did not wait for the backoff")
 end)
 
+test("dropped_spawn_handles_keep_running_dropped_async_handles_cancel", function()
+  local done = 0
+  for _ = 1, 10 do nim.spawn(function() nim.sleep(0.05); done = done + 1 end) end
+  collectgarbage()
+  collectgarbage()
+  ok(nim.run(5), "finished")
+  eq(done, 10, "every spawned task ran although its handle was collected")
+end)
+
 test("sleep_yields_inside_tasks", function()
   local t0 = nim.now()
   for _ = 1, 5 do nim.spawn(function() nim.sleep(0.2) end) end
@@ -241,4 +250,15 @@ test("batch_options_and_failures", function()
     batch_size = 10 })
   eq(err.type, "connection", "a failed batch fails the call")
   eq(err.batches, 3, "and says how many there were")
+end)
+
+test("errors_in_spawned_tasks_surface_from_run_with_a_traceback", function()
+  nim.spawn(function() error("boom in a task") end)
+  local okr, err = pcall(nim.run, 5)
+  eq(okr, false, "run raised")
+  spec.match(err, "boom in a task", "the task's error")
+  spec.match(err, "stack traceback", "with the task's traceback")
+  eq(nim.poll(), 0, "nothing left behind")
+  local h2 = nim.spawn(function() error("waited for") end)
+  raises(function() h2:wait() end, "waited for")
 end)
