@@ -1,24 +1,29 @@
 #!/bin/sh
 # Per-call cost of nim.rerank against the cost of posting the same pre-built body with plain
 # curl (one curl process, N requests on one connection), side by side, same local upstream.
+# Two upstreams: the scoring fake NIM (realistic, but its Lua scoring of 1 MB varies by +-20%
+# and drowns small differences), and the same fake with --canned (reads the body, answers at
+# once with a prebuilt ranking of every document: the client's own cost, isolated).
 # Usage: sh bench/overhead.sh [CALLS]   (after `make`)
 set -e
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 N=${1:-200}
 TMP=$(mktemp -d)
-"$BUILD/fakenim" --max-passages 1000 >"$TMP/port" &
-FAKE=$!
-trap 'kill $FAKE 2>/dev/null; rm -rf "$TMP"' EXIT INT TERM
-while ! grep -q PORT "$TMP/port" 2>/dev/null; do sleep 0.05; done
-URL="http://127.0.0.1:$(awk '/PORT/{print $2}' "$TMP/port")"
-
+FAKES=""
+trap 'kill $FAKES 2>/dev/null; rm -rf "$TMP"' EXIT INT TERM
+start_fake() { # output file, args...
+    out=$1; shift
+    "$BUILD/fakenim" "$@" >"$out" &
+    FAKES="$FAKES $!"
+    while ! grep -q PORT "$out" 2>/dev/null; do sleep 0.05; done
+    echo "http://127.0.0.1:$(awk '/PORT/{print $2}' "$out")"
+}
 ROUNDS=${ROUNDS:-3}
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
-printf "%-6s %6s %13s %13s %12s %12s %10s %10s\n" docs calls "nim wall ms" "curl wall ms" \
-    "nim cpu ms" "curl cpu ms" "wall ovh" "cpu ovh"
-for DOCS in 100 1000; do
+measure() { # label, url, docs
+    LABEL=$1; URL=$2; DOCS=$3
     : >"$TMP/nw"; : >"$TMP/nc"; : >"$TMP/cw"; : >"$TMP/cc"
     urls=""
     i=0
@@ -40,9 +45,19 @@ for DOCS in 100 1000; do
     done
     nw=$(median <"$TMP/nw"); nc=$(median <"$TMP/nc")
     cw=$(median <"$TMP/cw"); cc=$(median <"$TMP/cc")
-    printf "%-6s %6s %13s %13s %12s %12s %10s %10s\n" "$DOCS" "$N" "$nw" "$cw" "$nc" "$cc" \
-        "$(awk -v a="$nw" -v b="$cw" 'BEGIN{printf "%+.1f%%", (a-b)/b*100}')" \
+    printf "%-9s %5s %6s %12s %12s %11s %11s %9s %9s\n" "$LABEL" "$DOCS" "$N" "$nw" "$cw" \
+        "$nc" "$cc" "$(awk -v a="$nw" -v b="$cw" 'BEGIN{printf "%+.1f%%", (a-b)/b*100}')" \
         "$(awk -v a="$nc" -v b="$cc" -v w="$cw" 'BEGIN{printf "%+.1f%%", (a-b)/w*100}')"
+}
+
+printf "%-9s %5s %6s %12s %12s %11s %11s %9s %9s\n" upstream docs calls "nim wall" "curl wall" \
+    "nim cpu" "curl cpu" "wall ovh" "cpu ovh"
+SCORING=$(start_fake "$TMP/p0" --max-passages 1000)
+for DOCS in 100 1000; do measure scoring "$SCORING" "$DOCS"; done
+for DOCS in 100 1000; do
+    CANNED=$(start_fake "$TMP/p$DOCS" --max-passages 1000 --canned "$DOCS")
+    measure canned "$CANNED" "$DOCS"
 done
-echo "medians of $ROUNDS alternating rounds; wall ovh = (nim wall - curl wall) / curl wall;"
+echo "times in ms per call; medians of $ROUNDS alternating rounds;"
+echo "wall ovh = (nim wall - curl wall) / curl wall;"
 echo "cpu ovh = (nim client CPU - curl client CPU) / curl wall: nimrank's own work per exchange"

@@ -49,7 +49,7 @@ enum { REQ_PENDING, REQ_FINISHED, REQ_CANCELLED };
 typedef struct {
     nim_transfer *t;
     struct curl_slist *headers;
-    char *body;
+    nim_buf body; /* written here, then handed to the engine without a copy */
     int state;
     nim_family family;
     lua_Integer top_n, ndocs, max_response;
@@ -88,10 +88,10 @@ static int ctx_gc(lua_State *L) {
 static void req_release(nim_req *r) {
     nim_transfer_free(r->t);
     if (r->headers) curl_slist_free_all(r->headers); /* non-NULL only once curl is loaded */
-    free(r->body);
+    free(r->body.p);
     r->t = NULL;
     r->headers = NULL;
-    r->body = NULL;
+    r->body.p = NULL;
 }
 
 /* __gc and __close: a pending transfer is cancelled (removed from the engine) and freed. */
@@ -710,8 +710,9 @@ static void start_nim(lua_State *L, const rerank_args *a) {
     lua_Integer top_k = 0;
     if (family == NIM_FAMILY_RETRIEVAL && a->top_n > 0)
         top_k = a->top_n < a->ndocs ? a->top_n : a->ndocs;
-    nim_wire_body(L, a->documents, texts, family, route.body_model, a->query, top_k, a->truncate);
-    int body = lua_gettop(L);
+    if (nim_wire_body(L, &r->body, a->documents, texts, family, route.body_model, a->query, top_k,
+                      a->truncate) != 0)
+        luaL_error(L, "nim.rerank: out of memory"); /* r->body is freed by __gc */
 
     nim_engine *engine = engine_of(L, err, sizeof err);
     if (!engine) {
@@ -721,23 +722,18 @@ static void start_nim(lua_State *L, const rerank_args *a) {
         goto done;
     }
     build_headers(L, r, a->headers, api_key);
-    size_t body_len;
-    const char *body_s = lua_tolstring(L, body, &body_len);
-    r->body = malloc(body_len + 1);
-    if (!r->body) luaL_error(L, "nim.rerank: out of memory");
-    memcpy(r->body, body_s, body_len + 1);
 
     nim_post post = {0};
     post.url = route.url;
     post.headers = r->headers;
-    post.body = r->body;
-    post.body_len = body_len;
+    post.body = r->body.p;
+    post.body_len = r->body.n;
     post.timeout_ms = (long)(a->timeout * 1000.0);
     post.connect_timeout_ms = (long)(a->connect_timeout * 1000.0);
     post.max_response = (size_t)a->max_response;
     post.ca_bundle = a->ca_bundle;
     r->headers = NULL; /* the engine owns them from here */
-    r->body = NULL;
+    r->body.p = NULL;
     r->t = nim_engine_start(engine, &post, err, sizeof err);
     if (!r->t) {
         lua_pushstring(L, err);

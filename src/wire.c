@@ -33,53 +33,80 @@ nim_err_type nim_err_from_status(long status, int *retryable) {
     return NIM_ERR_BAD_RESPONSE; /* 3xx and other statuses we do not follow */
 }
 
+int nim_buf_reserve(nim_buf *b, size_t extra) {
+    if (b->n + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->n + extra)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_add(nim_buf *b, const char *s, size_t n) {
+    if (nim_buf_reserve(b, n)) return -1;
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    return 0;
+}
+
+#define BUF_ADD_LIT(b, lit) buf_add((b), (lit), sizeof(lit) - 1)
+
 /* Appends s as a JSON string literal (RFC 8259). Hand-written on purpose: cjson.encode runs at
- * about 270 MB/s here, which alone cost more than the whole HTTP exchange of a 1 MB request;
- * this copies runs of safe bytes in bulk. Bytes >= 0x80 pass through, as cjson does. */
-static void add_json_string(luaL_Buffer *b, const char *s, size_t n) {
+ * about 270 MB/s here, which cost more than the whole HTTP exchange of a 1 MB request. Eight
+ * clean bytes (no control byte, '"' or '\\') are checked and stored in one step; bytes >= 0x80
+ * pass through, as cjson does. Capacity: (bytes left) + 10 is always reserved; an escape
+ * (up to 6 bytes for 1) reserves again. */
+int nim_buf_json_string(nim_buf *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
-    luaL_addchar(b, '"');
-    size_t run = 0;
-    for (size_t i = 0; i < n; i++) {
-        /* Skip 8 clean bytes at a time: no byte < 0x20, no '"', no '\\'. */
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    const uint64_t quotes = ones * '"', slashes = ones * '\\';
+    if (nim_buf_reserve(b, n + 10)) return -1;
+    char *d = b->p + b->n;
+    *d++ = '"';
+    size_t i = 0;
+    while (i < n) {
         while (i + 8 <= n) {
             uint64_t w;
             memcpy(&w, s + i, 8);
-            const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-            uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
+            uint64_t q = w ^ quotes, bs = w ^ slashes;
             /* (x - ones) & ~x & highs: some byte of x is zero; with w - 0x20s: one is < 0x20 */
-            uint64_t special = ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((bs - ones) & ~bs);
-            if (special & highs) break;
+            if ((((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((bs - ones) & ~bs)) & highs) break;
+            memcpy(d, &w, 8);
+            d += 8;
             i += 8;
         }
         if (i >= n) break;
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
-        luaL_addlstring(b, s + run, i - run);
-        run = i + 1;
-        char esc[7] = {'\\', 0, 0, 0, 0, 0, 0};
-        size_t len = 2;
-        switch (c) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
-        case '\b': esc[1] = 'b'; break;
-        case '\f': esc[1] = 'f'; break;
-        default:
-            memcpy(esc + 1, "u00", 3);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            len = 6;
+        unsigned char c = (unsigned char)s[i++];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *d++ = (char)c;
+            continue;
         }
-        luaL_addlstring(b, esc, len);
+        b->n = (size_t)(d - b->p);
+        if (nim_buf_reserve(b, (n - i) + 6 + 10)) return -1;
+        d = b->p + b->n;
+        *d++ = '\\';
+        switch (c) {
+        case '"': *d++ = '"'; break;
+        case '\\': *d++ = '\\'; break;
+        case '\n': *d++ = 'n'; break;
+        case '\r': *d++ = 'r'; break;
+        case '\t': *d++ = 't'; break;
+        case '\b': *d++ = 'b'; break;
+        case '\f': *d++ = 'f'; break;
+        default:
+            memcpy(d, "u00", 3);
+            d[3] = hex[c >> 4];
+            d[4] = hex[c & 15];
+            d += 5;
+        }
     }
-    luaL_addlstring(b, s + run, n - run);
-    luaL_addchar(b, '"');
+    *d++ = '"';
+    b->n = (size_t)(d - b->p);
+    return 0;
 }
-
-void nim_wire_json_string(luaL_Buffer *b, const char *s, size_t n) { add_json_string(b, s, n); }
 
 /* The text of document i (at doc) as a string pushed on the stack, or nothing pushed and 0
  * for a table with neither text nor (ranking) image. Raises naming documents[i]. */
@@ -144,23 +171,24 @@ void nim_wire_texts(lua_State *L, int docs_idx, int encode_idx, nim_family famil
     }
 }
 
-void nim_wire_body(lua_State *L, int docs_idx, int texts, nim_family family, const char *body_model,
-                   int query_idx, lua_Integer top_k, const char *truncate) {
+int nim_wire_body(lua_State *L, nim_buf *b, int docs_idx, int texts, nim_family family,
+                  const char *body_model, int query_idx, lua_Integer top_k, const char *truncate) {
     lua_Integer n = (lua_Integer)lua_rawlen(L, texts);
-    luaL_Buffer b;
-    size_t qlen;
+    size_t qlen, estimate = 256 + strlen(body_model);
     const char *q = lua_tolstring(L, query_idx, &qlen);
-    luaL_buffinit(L, &b);
-    luaL_addstring(&b, "{\"model\":");
-    add_json_string(&b, body_model, strlen(body_model));
-    luaL_addstring(&b, ",\"query\":{\"text\":");
-    add_json_string(&b, q, qlen);
-    luaL_addstring(&b, "},\"passages\":[");
+    /* One allocation in the common case: the texts' sizes plus the JSON around them. */
     for (lua_Integer i = 1; i <= n; i++) {
-        if (i > 1) luaL_addchar(&b, ',');
-        luaL_addchar(&b, '{');
-        /* The stack must be as the buffer left it at each buffer call: read a string, pop
-         * it (texts and documents keep it alive), then append. */
+        if (lua_rawgeti(L, texts, i) == LUA_TSTRING) estimate += lua_rawlen(L, -1);
+        lua_pop(L, 1);
+        estimate += 16;
+    }
+    if (nim_buf_reserve(b, estimate + qlen)) return -1;
+    if (BUF_ADD_LIT(b, "{\"model\":") || nim_buf_json_string(b, body_model, strlen(body_model)) ||
+        BUF_ADD_LIT(b, ",\"query\":{\"text\":") || nim_buf_json_string(b, q, qlen) ||
+        BUF_ADD_LIT(b, "},\"passages\":["))
+        return -1;
+    for (lua_Integer i = 1; i <= n; i++) {
+        /* Strings are read and popped at once: texts and documents keep them alive. */
         size_t tl = 0, il = 0;
         const char *t = NULL, *img = NULL;
         if (lua_rawgeti(L, texts, i) == LUA_TSTRING) t = lua_tolstring(L, -1, &tl);
@@ -172,29 +200,23 @@ void nim_wire_body(lua_State *L, int docs_idx, int texts, nim_family family, con
             }
             lua_pop(L, 1);
         }
-        if (t) {
-            luaL_addstring(&b, "\"text\":");
-            add_json_string(&b, t, tl);
-        }
-        if (img) {
-            if (t) luaL_addchar(&b, ',');
-            luaL_addstring(&b, "\"image\":");
-            add_json_string(&b, img, il);
-        }
-        luaL_addchar(&b, '}');
+        if ((i > 1 && BUF_ADD_LIT(b, ",")) || BUF_ADD_LIT(b, "{")) return -1;
+        if (t && (BUF_ADD_LIT(b, "\"text\":") || nim_buf_json_string(b, t, tl))) return -1;
+        if (img && ((t && BUF_ADD_LIT(b, ",")) || BUF_ADD_LIT(b, "\"image\":") ||
+                    nim_buf_json_string(b, img, il)))
+            return -1;
+        if (BUF_ADD_LIT(b, "}")) return -1;
     }
-    luaL_addchar(&b, ']');
+    if (BUF_ADD_LIT(b, "]")) return -1;
     if (top_k > 0) {
         char num[40];
-        snprintf(num, sizeof num, ",\"top_k\":%lld", (long long)top_k);
-        luaL_addstring(&b, num);
+        int k = snprintf(num, sizeof num, ",\"top_k\":%lld", (long long)top_k);
+        if (buf_add(b, num, (size_t)k)) return -1;
     }
-    if (truncate) {
-        luaL_addstring(&b, ",\"truncate\":");
-        add_json_string(&b, truncate, strlen(truncate));
-    }
-    luaL_addchar(&b, '}');
-    luaL_pushresult(&b);
+    if (truncate &&
+        (BUF_ADD_LIT(b, ",\"truncate\":") || nim_buf_json_string(b, truncate, strlen(truncate))))
+        return -1;
+    return BUF_ADD_LIT(b, "}");
 }
 
 /* Calls cjson.decode on the string at body_idx in protected mode; pushes the value or nil. */

@@ -30,13 +30,21 @@ nim_err_type nim_err_from_status(long status, int *retryable);
  * without text). Raises, naming documents[i], on a document of the wrong type. */
 void nim_wire_texts(lua_State *L, int docs_idx, int encode_idx, nim_family family);
 
-/* Pushes the request body string, keys in the documented order. top_k <= 0 and truncate NULL
- * mean "not sent". Does not raise except on memory errors. */
-void nim_wire_body(lua_State *L, int docs_idx, int texts_idx, nim_family family,
-                   const char *body_model, int query_idx, lua_Integer top_k, const char *truncate);
+/* A growable byte buffer in C memory. Whoever holds the struct owns p (free it). */
+typedef struct {
+    char *p;
+    size_t n, cap;
+} nim_buf;
 
-/* Appends s as a JSON string literal. */
-void nim_wire_json_string(luaL_Buffer *b, const char *s, size_t n);
+int nim_buf_reserve(nim_buf *b, size_t extra); /* 0, or -1 when out of memory */
+/* Appends s as a JSON string literal. 0, or -1 when out of memory. */
+int nim_buf_json_string(nim_buf *b, const char *s, size_t n);
+
+/* Writes the request body into b, keys in the documented order. top_k <= 0 and truncate
+ * NULL mean "not sent". Returns 0, or -1 when out of memory (b keeps what it has: its owner
+ * frees it). Reads only strings anchored in texts and documents; raises nothing itself. */
+int nim_wire_body(lua_State *L, nim_buf *b, int docs_idx, int texts_idx, nim_family family,
+                  const char *body_model, int query_idx, lua_Integer top_k, const char *truncate);
 
 typedef struct {
     nim_family family;

@@ -24,6 +24,8 @@
 static lua_State *L;
 static pthread_mutex_t lua_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long connections_opened; /* under lua_lock */
+static char *canned;                     /* --canned N: the one answer to every POST */
+static size_t canned_len;
 
 typedef struct {
     char *buf;
@@ -138,7 +140,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     reply r;
-    run_handler(c, method, url, u, &r);
+    if (canned && strcmp(method, "POST") == 0) { /* no parsing, no scoring: client cost only */
+        memset(&r, 0, sizeof r);
+        r.status = 200;
+        r.body = malloc(canned_len);
+        if (r.body) memcpy(r.body, canned, canned_len);
+        r.body_len = r.body ? canned_len : 0;
+        r.headers = strdup("Content-Type: application/json\n");
+    } else {
+        run_handler(c, method, url, u, &r);
+    }
     if (r.delay_ms > 0) {
         struct timespec ts = {r.delay_ms / 1000, (r.delay_ms % 1000) * 1000000L};
         while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
@@ -202,9 +213,24 @@ static int lua_now_ms(lua_State *S) {
     return 1;
 }
 
+/* A valid response with n rankings, logits descending. */
+static int build_canned(long n) {
+    size_t cap = 64 + (size_t)n * 48, len = 0;
+    canned = malloc(cap);
+    if (!canned) return -1;
+    len += (size_t)snprintf(canned, cap, "{\"rankings\":[");
+    for (long i = 0; i < n; i++)
+        len += (size_t)snprintf(canned + len, cap - len, "%s{\"index\":%ld,\"logit\":%.4f}",
+                                i ? "," : "", i, 10.0 - (double)i / 100.0);
+    len += (size_t)snprintf(canned + len, cap - len,
+                            "],\"usage\":{\"prompt_tokens\":%ld,\"total_tokens\":%ld}}", n, n);
+    canned_len = len;
+    return 0;
+}
+
 static void usage(void) {
     fputs("usage: fakenim [--port N] [--api-key KEY] [--max-passages N] [--lifetime SECONDS]\n"
-          "               [--script PATH]\n"
+          "               [--script PATH] [--canned N]\n"
           "Serves the NIM reranking API on 127.0.0.1 and prints 'PORT <n>' once listening.\n",
           stderr);
 }
@@ -226,7 +252,9 @@ int main(int argc, char **argv) {
             lifetime = atoi(argv[++i]);
         else if (strcmp(a, "--script") == 0 && v)
             script = argv[++i];
-        else {
+        else if (strcmp(a, "--canned") == 0 && v) {
+            if (build_canned(atol(argv[++i])) != 0) return 1;
+        } else {
             usage();
             return 2;
         }
@@ -281,5 +309,6 @@ int main(int argc, char **argv) {
     sigtimedwait(&set, NULL, &ts);
     MHD_stop_daemon(d);
     lua_close(L);
+    free(canned);
     return 0;
 }
