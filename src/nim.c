@@ -1338,8 +1338,8 @@ static const luaL_Reg req_methods[] = {
 };
 
 static const luaL_Reg nim_native_funcs[] = {
-    {"start", nim_start},   {"step", nim_step},       {"manage", nim_manage},
-    {"handle", nim_handle}, {"task_of", nim_task_of}, {NULL, NULL},
+    {"start", nim_start},     {"step", nim_step},   {"manage", nim_manage}, {"handle", nim_handle},
+    {"task_of", nim_task_of}, {"sleep", nim_sleep}, {NULL, NULL},
 };
 
 static const luaL_Reg nim_funcs[] = {

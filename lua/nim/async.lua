@@ -16,7 +16,7 @@ local M = {}
 
 local TRANSFER_MT = native.transfer_mt
 local JOIN, YIELD_SLEEP = {}, {}
-local native_sleep = nim.sleep
+local native_sleep = nim.native.sleep
 
 local live = {}                            -- task -> true, until it ends
 local uncaught = {}                        -- errors of spawned tasks, raised by run/poll

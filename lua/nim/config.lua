@@ -102,9 +102,6 @@ local LITELLM_PARAMS = {
   max_response_bytes = integer_at_least(1), return_documents = is("boolean"), bm25 = is("map"),
   top_n = integer_at_least(1),
 }
-local CALL_DEFAULTS = { "truncate", "drop_params", "headers", "connect_timeout", "ca_bundle",
-  "max_response_bytes", "return_documents", "bm25", "top_n", "api_key", "api_base", "timeout" }
-M.CALL_DEFAULTS = CALL_DEFAULTS
 
 local ROUTER_SETTINGS = {
   routing_strategy = is("string"), model_group_alias = alias_map,

@@ -5,20 +5,25 @@
 -- Extending without editing these files: set NIMRANK_INIT to a Lua file (run here, with the
 -- nim table as its argument), or list scripts under nimrank_settings.scripts in a config.
 local nim = require "nim"
-local config = require "nim.config"
 local router = require "nim.router"
 local filters = require "nim.filters"
 local catalog = require "nim.catalog"
-local async = require "nim.async"
 
 nim.filters = filters
-nim.sleep = async.sleep -- yields inside nim's tasks, blocks elsewhere
-nim.poll = async.poll
-nim.next_timeout = async.next_timeout
-nim.spawn = async.spawn
-nim.run = async.run
-nim.rerank_async = async.rerank_async
-nim.rerank_many = async.rerank_many
+-- The scheduler (lua/nim/async.lua) loads on the first use of any of these, so scripts that
+-- never go asynchronous do not compile it at start-up. nim.sleep yields inside nim's tasks
+-- and blocks elsewhere.
+for _, name in ipairs({ "sleep", "poll", "next_timeout", "spawn", "run", "rerank_async",
+  "rerank_many" }) do
+  nim[name] = function(...)
+    local async = require "nim.async"
+    for _, n in ipairs({ "sleep", "poll", "next_timeout", "spawn", "run", "rerank_async",
+      "rerank_many" }) do
+      nim[n] = async[n]
+    end
+    return async[name](...)
+  end
+end
 nim.catalog_api = catalog
 nim.router = router.new(nil)
 nim.config = nil
@@ -38,7 +43,7 @@ end
 -- Replaces the router; applies litellm_settings (drop_params, request_timeout) to
 -- nim.settings; adds nimrank_settings.catalog entries; runs nimrank_settings.scripts.
 function nim.load_config(source, opts)
-  local cfg, warnings = config.load(source)
+  local cfg, warnings = require("nim.config").load(source)
   for name, entry in pairs(cfg.nimrank.catalog or {}) do
     local ok, err = pcall(catalog.add, name, entry)
     if not ok then error(("nimrank_settings.catalog.%s"):format(tostring(err):gsub("^catalog",

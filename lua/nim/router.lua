@@ -18,8 +18,6 @@
 local nim = require "nim"
 local filters = require "nim.filters"
 local catalog = require "nim.catalog"
-local config = require "nim.config"
-local batch = require "nim.batch"
 
 local M = {}
 local Router = {}
@@ -28,6 +26,17 @@ Router.__index = Router
 local ROUTER_KEYS = { filters = true, fallbacks = true, num_retries = true, max_retries = true,
   metadata = true }
 local DEPLOYMENT_WINS = { model = true, api_key = true, api_base = true }
+-- Deployment litellm_params used as call defaults (the request's own values win, except
+-- DEPLOYMENT_WINS).
+local CALL_DEFAULTS = { "truncate", "drop_params", "headers", "connect_timeout", "ca_bundle",
+  "max_response_bytes", "return_documents", "bm25", "top_n", "api_key", "api_base", "timeout" }
+local NO_CONFIG = { deployments = {}, router = {}, litellm = {}, nimrank = {} }
+
+-- The provider call: the native call, split into batches when too large (nim.batch, loaded
+-- on first use so start-up stays fast).
+local function batched_call(a)
+  return require("nim.batch").call(a)
+end
 local FAIL_WINDOW = 60
 
 local function default_random() return math.random() end
@@ -35,13 +44,13 @@ local function default_random() return math.random() end
 -- new(cfg, opts): cfg from nim.config.load (or nil for "no config").
 -- opts: clock() -> seconds, sleep(seconds), random() -> [0, 1), call(args) -> res | nil, err
 function M.new(cfg, opts)
-  cfg = cfg or config.load({})
+  cfg = cfg or NO_CONFIG
   opts = opts or {}
   local r = setmetatable({}, Router)
   r.clock = opts.clock or nim.now
   r.sleep = opts.sleep or function(s) return nim.sleep(s) end -- looked up now: async swaps it
   r.random = opts.random or default_random
-  r.call = opts.call or batch.call -- the native call, split into batches when too large
+  r.call = opts.call or batched_call
   local rs, ls = cfg.router, cfg.litellm
   r.num_retries = rs.num_retries or ls.num_retries or 2
   r.timeout = rs.timeout or ls.request_timeout
@@ -148,7 +157,7 @@ local function call_args(args, d, timeout)
     if not ROUTER_KEYS[k] then a[k] = v end
   end
   if d then
-    for _, k in ipairs(config.CALL_DEFAULTS) do
+    for _, k in ipairs(CALL_DEFAULTS) do
       local v = d.params[k]
       if v ~= nil and (DEPLOYMENT_WINS[k] or a[k] == nil) then a[k] = v end
     end
