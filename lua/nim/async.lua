@@ -20,6 +20,7 @@ local native_sleep = nim.native.sleep
 
 local live = {}                            -- task -> true, until it ends
 local uncaught = {}                        -- errors of spawned tasks, raised by run/poll
+local due = {}                             -- callbacks to run: {fn, res, err} or {raise = e}
 local ready = {}                           -- tasks to resume, in order
 local task_of = setmetatable({}, { __mode = "k" }) -- coroutine -> task
 
@@ -49,13 +50,9 @@ local function finish(task, ok, a, b)
   if not ok and task.spawned and not task.joiners_seen then
     uncaught[#uncaught + 1] = a
   end
-  if task.callback and ok then
-    local cb = task.callback
+  if task.callback then -- never called from here: from poll/run, after the resumes
+    due[#due + 1] = ok and { task.callback, a, b } or { raise = a }
     task.callback, task.handle = nil, nil
-    cb(a, b)
-  elseif task.callback then
-    task.callback, task.handle = nil, nil
-    error(a, 0) -- a raised error in a callback request surfaces from nim.poll
   end
 end
 
@@ -79,6 +76,7 @@ local function resume(task, ...)
     end
     for _, child in ipairs(b) do child.joiners_seen = true end
     task.pending_children = pending
+    task.children = b
     if pending == 0 then ready[#ready + 1] = task end
   elseif a == nil then
     ready[#ready + 1] = task -- a plain coroutine.yield(): run again on the next round
@@ -98,10 +96,10 @@ local function new_task(fn, ...)
   return task
 end
 
--- One round: moves the network, wakes what is due, resumes what is ready (once each).
--- Returns the number of live tasks.
+-- One round: moves the network, wakes what is due, resumes what is ready (once each), then
+-- runs the callbacks of what finished. Returns the number of live tasks.
 local function round(wait)
-  if next(live) == nil then return 0 end
+  if next(live) == nil and #due == 0 then return 0 end
   native.step(wait or 0)
   local t = now()
   for task in pairs(live) do
@@ -117,6 +115,13 @@ local function round(wait)
   ready = {}
   for _, task in ipairs(batch) do
     if live[task] then resume(task) end
+  end
+  -- Callbacks run one by one after every resume: one that raises leaves the rest for the
+  -- next poll and strands no task.
+  while #due > 0 do
+    local d = table.remove(due, 1)
+    if d.raise ~= nil then error(d.raise, 0) end
+    d[1](d[2], d[3])
   end
   if #uncaught > 0 then -- a spawned task raised and nobody waits for it: say so, loudly
     local err = uncaught[1]
@@ -138,6 +143,10 @@ local function next_wait(max)
   return wait
 end
 
+local function any_due()
+  return #due > 0
+end
+
 local function any_transfer_pending()
   for task in pairs(live) do if task.waiting then return true end end
   return false
@@ -148,7 +157,7 @@ local function drive(done, deadline)
   while not done() do
     local left = deadline and (deadline - now()) or math.huge
     if left <= 0 then return false end
-    if next(live) == nil then return done() end
+    if next(live) == nil and not any_due() then return done() end
     local wait = next_wait(math.min(left, 0.25))
     if wait > 0 and not any_transfer_pending() then
       native_sleep(wait)
@@ -220,7 +229,8 @@ end
 
 -- nim.run([timeout]) -> true when every task finished, false if the time ran out.
 function M.run(timeout)
-  return drive(function() return next(live) == nil end, timeout and now() + timeout or nil)
+  return drive(function() return next(live) == nil and #due == 0 end,
+    timeout and now() + timeout or nil)
 end
 
 local REQUEST = native.request_mt
@@ -249,14 +259,20 @@ function REQUEST.__index.wait(req, timeout)
   return outcome(task)
 end
 
--- req:cancel(): stops the request (its transfer leaves the engine); no callback runs.
-function REQUEST.__index.cancel(req)
-  local task = native.task_of(req)
+-- Stops a task: its transfer leaves the engine, the tasks it joins (a batched call's
+-- batches) are stopped too, and its coroutine is closed. No callback runs.
+local function cancel_task(task)
   if task.done then return end
-  if task.waiting then task.waiting:cancel() end
-  coroutine.close(task.co)
   task.callback, task.handle = nil, nil
+  if task.waiting then task.waiting:cancel() end
+  for _, child in ipairs(task.children or {}) do cancel_task(child) end
+  coroutine.close(task.co)
   finish(task, true, nil, cancelled_error(task.model))
+end
+
+-- req:cancel(): stops the request (and any batches it runs); no callback runs.
+function REQUEST.__index.cancel(req)
+  cancel_task(native.task_of(req))
 end
 
 function REQUEST.__index.done(req)

@@ -262,3 +262,36 @@ test("errors_in_spawned_tasks_surface_from_run_with_a_traceback", function()
   local h2 = nim.spawn(function() error("waited for") end)
   raises(function() h2:wait() end, "waited for")
 end)
+
+test("callbacks_never_run_inside_rerank_async_and_a_raising_one_strands_nothing", function()
+  local order = {}
+  nim.rerank_async({ model = "local/bm25", query = "gpu", documents = h.DOCS },
+    function() order[#order + 1] = "callback" end)
+  order[#order + 1] = "returned"
+  nim.poll()
+  eq(table.concat(order, ","), "returned,callback", "deferred to poll even when immediate")
+  local ran = 0
+  nim.rerank_async({ model = "local/bm25", query = "gpu", documents = h.DOCS },
+    function() error("callback failed") end)
+  for _ = 1, 3 do
+    nim.rerank_async({ model = "local/bm25", query = "gpu", documents = h.DOCS },
+      function() ran = ran + 1 end)
+  end
+  raises(function() nim.poll() end, "callback failed")
+  nim.poll()
+  eq(ran, 3, "the other callbacks still ran")
+end)
+
+test("cancelling_a_batched_request_cancels_its_batches", function()
+  local docs = big_docs(2000)
+  local req = nim.rerank_async({ model = M, query = uniq("!delay=3000 gpu"), documents = docs,
+    api_base = h.open_url, concurrency = 4 })
+  nim.poll()
+  ok(nim.poll() > 1, "batches in flight")
+  local t0 = nim.now()
+  req:cancel()
+  eq(nim.poll(), 0, "no task left: every batch stopped")
+  local _, err = req:wait()
+  eq(err.type, "cancelled", "cancelled")
+  ok(nim.now() - t0 < 1, "did not wait for the server")
+end)
