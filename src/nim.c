@@ -894,12 +894,35 @@ static int req_push_result(lua_State *L, int idx) {
     return 2;
 }
 
+/* The engine itself failed (curl_multi_perform/poll): the request settles with an error, so
+ * a caller still gets nil, err rather than nothing. */
+static void req_fail(lua_State *L, int idx, const char *why) {
+    nim_req *r = lua_touserdata(L, idx);
+    lua_getiuservalue(L, idx, 1);
+    lua_getfield(L, -1, "model");
+    lua_getfield(L, -2, "key");
+    lua_pushfstring(L, "network engine failure: %s", why);
+    push_error(L, NIM_ERR_CONNECTION, 0, 1, lua_tostring(L, -3), lua_tostring(L, -2));
+    lua_replace(L, -4);
+    lua_pop(L, 2);
+    if (r->t) nim_transfer_free(r->t); /* leaves the engine */
+    r->t = NULL;
+    req_settle(L, idx, "err");
+}
+
 /* Drives the engine until the request at idx settles (the blocking path). */
 static void req_block(lua_State *L, int idx) {
     char err[256];
     nim_engine *engine = engine_of(L, err, sizeof err);
     while (!req_poll(L, idx)) {
-        if (!engine || nim_engine_step(engine, 1000) < 0) break;
+        if (!engine) {
+            req_fail(L, idx, err);
+            return;
+        }
+        if (nim_engine_step(engine, 1000) < 0) {
+            req_fail(L, idx, "curl multi error");
+            return;
+        }
     }
 }
 
@@ -998,7 +1021,14 @@ static int req_wait(lua_State *L) {
             if (left <= 0) return 0;
             wait_ms = left * 1000 < 1000 ? (int)(left * 1000) + 1 : 1000;
         }
-        if (!engine || nim_engine_step(engine, wait_ms) < 0) break;
+        if (!engine) {
+            req_fail(L, 1, err);
+            break;
+        }
+        if (nim_engine_step(engine, wait_ms) < 0) {
+            req_fail(L, 1, "curl multi error");
+            break;
+        }
     }
     return req_push_result(L, 1);
 }
