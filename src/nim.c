@@ -1216,6 +1216,8 @@ static int layer_on_path(lua_State *L) {
  * install: ../share/lua/5.4 or ../../../share/lua/5.4); else the build's install prefix.
  * Loads it if found: it wraps nim.rerank with the router. Without it, nim is the native
  * binding alone. The layer's own errors propagate: a broken script must be loud. */
+static const char layer_anchor = 0; /* an address inside this object (nim.so or the binary) */
+
 static void load_layer(lua_State *L, int mod) {
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_pushvalue(L, mod); /* so the layer's require "nim" returns this table */
@@ -1228,7 +1230,7 @@ static void load_layer(lua_State *L, int mod) {
         char dir[4096];
         static const char *const rel[] = {"/../lua", "/../share/lua/5.4", "/../../../share/lua/5.4",
                                           "/lua"};
-        if (dladdr((void *)luaopen_nim, &info) && info.dli_fname) {
+        if (dladdr(&layer_anchor, &info) && info.dli_fname) {
             char real[4096];
             const char *f = realpath(info.dli_fname, real) ? real : info.dli_fname;
             const char *slash = strrchr(f, '/');
