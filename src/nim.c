@@ -249,28 +249,39 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+static int is_unknown_param(const char *k) {
+    return !in_list(known_params, k) && !in_list(transport_options, k);
+}
+
 /* Collects unknown keys into a sorted list at the top of the stack (a table; empty if none).
- * Names only: values are never printed. */
+ * Names only: values are never printed. Raises on a key that is not a string. */
 static void unknown_params(lua_State *L, int args) {
-    const char *names[64];
-    int n = 0;
+    size_t n = 0;
     lua_pushnil(L);
     while (lua_next(L, args)) {
         lua_pop(L, 1);
         if (lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "nim.rerank: arguments: keys must be strings, got a %s key",
                        luaL_typename(L, -1));
+        if (is_unknown_param(lua_tostring(L, -1))) n++;
+    }
+    lua_createtable(L, (int)n, 0);
+    if (n == 0) return;
+    /* scratch owned by the GC; the names stay alive as keys of args */
+    const char **names = lua_newuserdatauv(L, n * sizeof *names, 0);
+    size_t i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, args)) {
+        lua_pop(L, 1);
         const char *k = lua_tostring(L, -1);
-        if (!in_list(known_params, k) && !in_list(transport_options, k) &&
-            n < (int)(sizeof names / sizeof names[0]))
-            names[n++] = k; /* alive: the key is held by args */
+        if (is_unknown_param(k)) names[i++] = k;
     }
-    qsort(names, (size_t)n, sizeof names[0], cmp_str);
-    lua_createtable(L, n, 0);
-    for (int i = 0; i < n; i++) {
+    qsort(names, n, sizeof names[0], cmp_str);
+    for (i = 0; i < n; i++) {
         lua_pushstring(L, names[i]);
-        lua_rawseti(L, -2, i + 1);
+        lua_rawseti(L, -3, (lua_Integer)i + 1);
     }
+    lua_pop(L, 1);
 }
 
 /* Looks the cleaned model up in nim.catalog; fills entry and limits. A malformed entry

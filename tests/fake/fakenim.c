@@ -48,7 +48,7 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const 
     lua_State *S = cls;
     char lower[256];
     size_t i;
-    for (i = 0; key[i] && i < sizeof lower - 1; i++)
+    for (i = 0; i < sizeof lower - 1 && key[i]; i++)
         lower[i] = (char)((key[i] >= 'A' && key[i] <= 'Z') ? key[i] + 32 : key[i]);
     lower[i] = '\0';
     lua_pushstring(S, value ? value : "");

@@ -132,6 +132,15 @@ test("drop_params_drops_and_reports", function()
   eq(table.concat(res.meta.dropped_params, ","), "max_tokens_per_doc,rank_fields", "reported")
 end)
 
+test("drop_params_reports_every_name_however_many", function()
+  local a = h.args({ drop_params = true })
+  for i = 1, 100 do a[("extra_%03d"):format(i)] = i end
+  local res = assert(nim.rerank(a))
+  eq(#res.meta.dropped_params, 100, "all 100 reported")
+  eq(res.meta.dropped_params[1], "extra_001", "sorted")
+  eq(res.meta.dropped_params[100], "extra_100", "sorted")
+end)
+
 test("global_drop_params_setting", function()
   nim.settings.drop_params = true
   local okc, res = pcall(nim.rerank, h.args({ rank_fields = { "x" } }))
