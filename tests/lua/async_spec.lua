@@ -15,10 +15,14 @@ end
 local function uniq(s) return ("%s u%d"):format(s, math.random(1, 1e9)) end
 
 test("frame_loop_polls_without_blocking", function()
-  local req = nim.rerank_async(args(uniq("!delay=300 gpu memory")))
+  -- The property: poll() never waits for the network. A poll can be slow on a slow machine
+  -- (under valgrind the first run of a code path takes ~100 ms), so the bound is half the
+  -- request's own duration: a poll that waited for the answer would take all of it.
+  local delay = 0.6
+  local req = nim.rerank_async(args(uniq(("!delay=%d gpu memory"):format(delay * 1000))))
   local frames, worst, t0 = 0, 0, nim.now()
   local res
-  while nim.now() - t0 < 10 do
+  while nim.now() - t0 < 30 do
     local f0 = nim.now()
     local done, r, err = req:poll()
     worst = math.max(worst, nim.now() - f0)
@@ -26,11 +30,11 @@ test("frame_loop_polls_without_blocking", function()
     frames = frames + 1
     nim.sleep(0.01) -- "render" a frame
   end
-  print(("     %d frames rendered while waiting; slowest poll %.2f ms"):format(frames,
-    worst * 1000))
+  print(("     %d frames rendered while waiting; slowest poll %.2f ms")
+    :format(frames, worst * 1000))
   ok(res, "finished")
   ok(frames > 0, "frames were rendered while the request ran")
-  ok(worst < 0.05, "no poll blocked the frame loop")
+  ok(worst < delay / 2, "no poll waited for the network")
 end)
 
 test("rerank_many_50_requests_of_200ms_concurrency_50", function()
@@ -117,9 +121,9 @@ end)
 
 test("sleep_yields_inside_tasks", function()
   local t0 = nim.now()
-  for _ = 1, 5 do nim.spawn(function() nim.sleep(0.2) end) end
-  nim.run(5)
-  ok(nim.now() - t0 < 0.8, "five 0.2 s sleeps overlapped")
+  for _ = 1, 10 do nim.spawn(function() nim.sleep(0.2) end) end
+  nim.run(10)
+  ok(nim.now() - t0 < 1.5, "ten 0.2 s sleeps overlapped (serially: 2 s)")
 end)
 
 test("outside_a_task_calls_block_and_user_coroutines_are_not_yielded_through", function()

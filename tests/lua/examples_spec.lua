@@ -81,6 +81,7 @@ test("example_frameloop_c_host_renders_frames_while_reranking", function()
     print(("     frameloop %s: %s frames during a 300 ms request, latest %s ms late")
       :format(mode == "" and "simple" or "callbacks", frames, late))
     ok(tonumber(frames) >= 5, "frames kept coming while waiting")
-    ok(tonumber(late) < 50, "no frame was held up by the network")
+    -- half the request's 300 ms: a frame held up by the network would be late by all of it
+    ok(tonumber(late) < 150, "no frame was held up by the network")
   end
 end)
