@@ -947,6 +947,14 @@ static int in_managed_coroutine(lua_State *L) {
     return managed;
 }
 
+/* Is model a local provider? Raises on an unknown local model. */
+static int is_local(lua_State *L, const char *model) {
+    if (strncmp(model, "local/", 6) != 0) return 0;
+    if (strcmp(model, "local/bm25") != 0)
+        luaL_error(L, "nim.rerank: model: unknown local model '%s' (known: local/bm25)", model);
+    return 1;
+}
+
 static int rerank_resume(lua_State *L, int status, lua_KContext ctx) {
     (void)status;
     int idx = (int)ctx;
@@ -960,12 +968,7 @@ static int rerank_resume(lua_State *L, int status, lua_KContext ctx) {
 static int nim_rerank(lua_State *L) {
     rerank_args a;
     check_args(L, &a);
-    if (strncmp(a.model, "local/", 6) == 0) {
-        if (strcmp(a.model, "local/bm25") != 0)
-            return luaL_error(L, "nim.rerank: model: unknown local model '%s' (known: local/bm25)",
-                              a.model);
-        return rerank_local(L, &a);
-    }
+    if (is_local(L, a.model)) return rerank_local(L, &a);
     start_nim(L, &a);
     int idx = lua_gettop(L);
     nim_req *r = lua_touserdata(L, idx);
@@ -982,19 +985,15 @@ static int nim_rerank(lua_State *L) {
 static int nim_start(lua_State *L) {
     rerank_args a;
     check_args(L, &a);
-    if (strncmp(a.model, "local/", 6) == 0) {
-        int n = nim_rerank(L); /* synchronous and fast: wrap its outcome */
+    if (is_local(L, a.model)) { /* synchronous and fast: a transfer that is already settled */
+        rerank_local(L, &a);
         nim_req *r = lua_newuserdatauv(L, sizeof *r, 1);
         memset(r, 0, sizeof *r);
         luaL_setmetatable(L, REQ_MT);
         r->state = REQ_FINISHED;
-        lua_createtable(L, 0, 2);
-        lua_pushvalue(L, -2 - n);
-        lua_setfield(L, -2, n == 1 ? "res" : "err");
-        if (n == 2) {
-            lua_pushvalue(L, -2 - n + 1);
-            lua_setfield(L, -2, "err");
-        }
+        lua_createtable(L, 0, 1);
+        lua_pushvalue(L, -3);
+        lua_setfield(L, -2, "res");
         lua_setiuservalue(L, -2, 1);
         return 1;
     }

@@ -299,3 +299,31 @@ test("cancelling_a_batched_request_cancels_its_batches", function()
   eq(err.type, "cancelled", "cancelled")
   ok(nim.now() - t0 < 1, "did not wait for the server")
 end)
+
+test("native_transfer_primitives", function()
+  local t = nim.native.start({ model = "local/bm25", query = "gpu", documents = h.DOCS })
+  eq(t:done(), true, "local answers at once")
+  eq(t:result().results[1].index, 2, "its result")
+  eq(tostring(t), "nim.Transfer (finished)", "tostring")
+  raises(function() nim.native.start({ model = "local/nope", query = "q", documents = {} }) end,
+    "unknown local model")
+  local p = nim.native.start(args(uniq("!delay=300 gpu")))
+  eq(p:done(), false, "pending")
+  eq(p:result(), nil, "no result while pending")
+  eq(p:wait(0.05), nil, "time ran out")
+  local res = p:wait()
+  eq(res.results[1].index, 2, "then the answer")
+  local c = nim.native.start(args(uniq("!delay=2000 gpu")))
+  c:cancel()
+  local r2, err = c:result()
+  eq(r2, nil, "cancelled: no result")
+  eq(err.type, "cancelled", "cancelled error")
+  local n = 0
+  local s = nim.native.start(args(uniq("!delay=100 gpu")))
+  while not s:done() do
+    nim.native.step(0.05)
+    n = n + 1
+  end
+  ok(n >= 1, "step drives the engine")
+  eq(s:result().results[1].index, 2, "settled by stepping")
+end)
