@@ -14,6 +14,7 @@ typedef void (*nim_done_fn)(nim_transfer *t, void *ud);
 
 typedef struct {
     const char *url;
+    int get;                    /* a GET (NVCF status polls) instead of a POST of body */
     struct curl_slist *headers; /* ownership passes to the transfer */
     char *body;                 /* malloc'ed; ownership passes to the transfer */
     size_t body_len;

@@ -39,7 +39,8 @@ static const char usage[] =
     "  NIMRANK_CONFIG              config file loaded when --config is not given\n"
     "  NIMRANK_LUA_PATH            directory holding the Lua layer (nim/*.lua)\n"
     "  NIMRANK_INIT                a Lua file run at start-up (your filters, catalog entries)\n"
-    "  NIMRANK_CA_BUNDLE           CA certificate bundle for TLS verification\n";
+    "  NIMRANK_CA_BUNDLE           CA certificate bundle for TLS verification\n"
+    "  NIMRANK_NVCF_STATUS_URL     where NVCF status polls go (202 answers)\n";
 
 /* The message handler of every chunk: the error plus a traceback. */
 static int msghandler(lua_State *L) {

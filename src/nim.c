@@ -55,6 +55,8 @@ typedef struct {
     lua_Integer top_n, ndocs, max_response;
     int return_documents;
     double timeout;
+    double deadline; /* monotonic: the call's timeout covers NVCF status polls too */
+    int polls;       /* NVCF status polls made so far */
 } nim_req;
 
 int nimrank_global_init(void) { return nim_curl_load(NULL, 0); }
@@ -237,6 +239,7 @@ static const char *const transport_options[] = {"api_key",
                                                 "concurrency",
                                                 "on_progress",
                                                 "filters",
+                                                "nvcf_status_url",
                                                 NULL};
 
 static int in_list(const char *const *list, const char *s) {
@@ -485,6 +488,7 @@ typedef struct {
     lua_Integer max_response;
     const char *api_base;
     const char *api_key;
+    const char *nvcf_status_url;
 } rerank_args;
 
 /* Checks everything common to every provider. Raises on misuse, naming the field. Leaves
@@ -545,6 +549,10 @@ static void check_args(lua_State *L, rerank_args *a) {
     if (!a->ca_bundle) a->ca_bundle = settings_string(L, "ca_bundle");
     a->max_response = opt_count(L, args, "max_response_bytes");
     a->api_base = opt_string(L, args, "api_base");
+    a->nvcf_status_url = opt_string(L, args, "nvcf_status_url");
+    if (!a->nvcf_status_url) a->nvcf_status_url = getenv("NIMRANK_NVCF_STATUS_URL");
+    if (!a->nvcf_status_url || !*a->nvcf_status_url)
+        a->nvcf_status_url = "https://api.nvcf.nvidia.com/v2/nvcf/pexec/status";
     a->api_key = opt_string(L, args, "api_key");
     if (!a->api_key || !*a->api_key) a->api_key = getenv("NVIDIA_NIM_API_KEY");
     if (a->api_key && !*a->api_key) a->api_key = NULL;
@@ -672,6 +680,7 @@ static void start_nim(lua_State *L, const rerank_args *a) {
     r->ndocs = a->ndocs;
     r->return_documents = a->return_documents;
     r->timeout = a->timeout;
+    r->deadline = mono_now() + a->timeout;
     r->max_response = a->max_response;
     lua_createtable(L, 0, 10);
     int uv = lua_gettop(L);
@@ -680,6 +689,7 @@ static void start_nim(lua_State *L, const rerank_args *a) {
     set_string(L, uv, "route_model", route.model);
     set_string(L, uv, "body_model", route.body_model);
     set_string(L, uv, "family", nim_family_name(family));
+    set_string(L, uv, "status_url", a->nvcf_status_url);
     if (api_key) set_string(L, uv, "key", api_key);
     lua_pushvalue(L, a->dropped);
     lua_setfield(L, uv, "dropped");
@@ -757,6 +767,54 @@ done:
     lua_settop(L, top + 1);
 }
 
+/* NVCF answered 202 (still running): GET {status_url}/{reqid} with the same key, asking the
+ * server to hold the poll until the result is ready (NVCF-POLL-SECONDS), within the call's
+ * own deadline. Returns 1 when the poll is under way (the request stays pending). */
+static int start_poll(lua_State *L, int req, int uv, const char *reqid, double left) {
+    nim_req *r = lua_touserdata(L, req);
+    char err[256];
+    nim_engine *engine = engine_of(L, err, sizeof err);
+    if (!engine) return 0;
+    int top = lua_gettop(L);
+    lua_getfield(L, uv, "status_url");
+    lua_getfield(L, uv, "key");
+    const char *base = lua_tostring(L, -2), *key = lua_tostring(L, -1);
+    size_t blen = strlen(base);
+    while (blen > 0 && base[blen - 1] == '/')
+        blen--;
+    luaL_Buffer b; /* url = base without its trailing '/' + '/' + reqid */
+    luaL_buffinit(L, &b);
+    luaL_addlstring(&b, base, blen);
+    luaL_addchar(&b, '/');
+    luaL_addstring(&b, reqid);
+    luaL_pushresult(&b);
+    const char *url = lua_tostring(L, -1);
+    long poll_s = left > 300 ? 300 : (long)left;
+    lua_pushliteral(L, "Accept: application/json");
+    add_header(L, r);
+    lua_pushfstring(L, "User-Agent: nimrank/%s (libcurl/%s)", NIMRANK_VERSION,
+                    curl_version_info(CURLVERSION_NOW)->version);
+    add_header(L, r);
+    lua_pushfstring(L, "NVCF-POLL-SECONDS: %d", (int)(poll_s > 0 ? poll_s : 1));
+    add_header(L, r);
+    if (key) {
+        lua_pushfstring(L, "Authorization: Bearer %s", key);
+        add_header(L, r);
+    }
+    nim_post post = {0};
+    post.url = url;
+    post.get = 1;
+    post.headers = r->headers;
+    post.timeout_ms = (long)(left * 1000.0) + 1;
+    post.max_response = (size_t)r->max_response;
+    r->headers = NULL;
+    r->t = nim_engine_start(engine, &post, err, sizeof err);
+    lua_settop(L, top);
+    if (!r->t) return 0;
+    r->polls++;
+    return 1;
+}
+
 /* Turns a completed transfer into res or err (stored in the user value). */
 static void finish_nim(lua_State *L, int req) {
     nim_req *r = lua_touserdata(L, req);
@@ -813,6 +871,22 @@ static void finish_nim(lua_State *L, int req) {
     int reqid_idx = lua_gettop(L);
     req_release(r);
 
+    if (status == 202 && lua_rawlen(L, reqid_idx) > 0) { /* NVCF: poll for the result */
+        double left = r->deadline - mono_now();
+        if (left > 0 && start_poll(L, req, uv, lua_tostring(L, reqid_idx), left)) {
+            lua_settop(L, top);
+            return;
+        }
+        if (left <= 0) {
+            lua_pushfstring(L, "no result within %f s: NVIDIA's queue still holds request '%s'",
+                            r->timeout, lua_tostring(L, reqid_idx));
+            push_error(L, NIM_ERR_TIMEOUT, 202, 1, model, key);
+            req_settle(L, req, "err");
+            lua_settop(L, top);
+            return;
+        }
+    }
+
     int decode = lua_upvalueindex(UV_DECODE);
     if (status >= 200 && status < 300 && status != 202) {
         lua_getfield(L, uv, "texts");
@@ -825,6 +899,12 @@ static void finish_nim(lua_State *L, int req) {
             lua_pushvalue(L, -4);
             annotate_meta(L, "nvidia_nim", lua_tostring(L, -4), lua_tostring(L, -3),
                           lua_gettop(L) - 1, seconds);
+            if (r->polls > 0) {
+                lua_getfield(L, -1, "meta");
+                lua_pushinteger(L, r->polls);
+                lua_setfield(L, -2, "nvcf_polls");
+                lua_pop(L, 1);
+            }
             req_settle(L, req, "res");
             lua_settop(L, top);
             return;

@@ -12,7 +12,9 @@
 --   !dupindex        200 with a repeated index       !huge=N         200 padded to N bytes
 --   !id=X            response carries id X           !nousage / !norankings   omit those
 --   !usage=N         usage.total_tokens = N          !echo-auth      400 echoing Authorization
---   !202             202 with an NVCF-REQID header
+--   !202=N           NVCF: 202 with an NVCF-REQID; GET /v2/nvcf/pexec/status/{id} then
+--                    answers 202 N times before the result   !202-noid  202 without an id
+--   !202-forever     every status poll answers 202
 --   !reverse         rankings in reverse order      !ties           every logit equal
 -- GET /_fake/last returns the last POST seen (headers and raw body) for assertions;
 -- GET /_fake/stats returns {connections = TCP connections accepted so far}.
@@ -44,6 +46,7 @@ local RETRIEVAL_FIELDS = { model = true, query = true, passages = true, truncate
   top_k = true }
 
 local seen_counts = {}  -- query text -> requests seen (for !times)
+local nvcf_jobs, nvcf_next = {}, 0 -- request id -> { polls_left, body }
 local last_request = nil
 
 local function json(status, value, extra)
@@ -159,9 +162,7 @@ local function injected(d, req)
   if d["echo-auth"] then
     return text(400, "bad request from " .. (req.headers["authorization"] or "nobody"))
   end
-  if d["202"] then
-    return { status = 202, body = "", headers = "NVCF-REQID: fake-req-1\n" }
-  end
+  if d["202-noid"] then return { status = 202, body = "", headers = "" } end
   if not status then return nil end
   local extra = d["retry-after"] and ("Retry-After: " .. d["retry-after"] .. "\n") or ""
   if d.empty then return { status = status, body = "", headers = extra } end
@@ -225,6 +226,13 @@ local function rerank(req, family, model_info, body)
     if d.norankings then out.rankings = nil end
     if d.id then out.id = d.id end
   end
+  if active and (d["202"] or d["202-forever"]) then -- queued: the answer waits for a poll
+    nvcf_next = nvcf_next + 1
+    local id = ("fake-req-%d"):format(nvcf_next)
+    nvcf_jobs[id] = { polls_left = d["202-forever"] and math.huge or (tonumber(d["202"]) or 0),
+                      body = cjson.encode(out) }
+    return with_delay({ status = 202, body = "", headers = "NVCF-REQID: " .. id .. "\n" })
+  end
   local r
   if active and d.nan then
     r = { status = 200, body = cjson.encode(out):gsub('"logit":[^,}]+', '"logit":NaN', 1),
@@ -250,6 +258,19 @@ local function route(req)
       return json(200, { object = "list", data = data })
     elseif path == "/_fake/last" then
       return json(200, last_request or {})
+    elseif path:match("^/v2/nvcf/pexec/status/") then
+      local denied = check_auth(req)
+      if denied then return denied end
+      local id = path:match("^/v2/nvcf/pexec/status/(.+)$")
+      local job = nvcf_jobs[id]
+      if not job then return json(404, { error = "unknown request id" }) end
+      if job.polls_left > 0 then
+        job.polls_left = job.polls_left - 1
+        -- a real status call holds up to NVCF-POLL-SECONDS; a short hold keeps tests fast
+        return { status = 202, body = "", headers = "NVCF-REQID: " .. id .. "\n", delay_ms = 20 }
+      end
+      nvcf_jobs[id] = nil
+      return { status = 200, body = job.body, headers = "Content-Type: application/json\n" }
     elseif path == "/_fake/stats" then
       return json(200, { connections = FAKE.connections() })
     end

@@ -185,10 +185,38 @@ test("error_bodies_text_and_empty", function()
   match(err.message, "HTTP 503", "empty body still says something")
 end)
 
-test("nvcf_202_is_a_retryable_provider_error", function()
-  local err = fails({ query = "!202 gpu" }, "provider", 202)
+test("nvcf_202_is_polled_until_the_result_arrives", function()
+  local status_url = h.url .. "/v2/nvcf/pexec/status"
+  local res, err = call({ query = "!202=2 " .. h.QUERY, nvcf_status_url = status_url })
+  ok(res, tostring(err))
+  eq(res.results[1].index, 2, "the queued job's answer")
+  eq(res.meta.nvcf_polls, 3, "two 202 polls, then the result")
+  local last = h.last() -- the POST; polls are GETs and carry the key too (or they would 401)
+  eq(last.headers["authorization"], "Bearer " .. h.key, "key sent")
+end)
+
+test("nvcf_202_without_request_id_is_a_retryable_provider_error", function()
+  local err = fails({ query = "!202-noid gpu" }, "provider", 202)
   eq(err.retryable, true, "retryable")
-  match(err.message, "fake%-req%-1", "request id")
+  match(err.message, "not ready", "says why")
+end)
+
+test("nvcf_polling_stops_at_the_calls_timeout", function()
+  local t0 = nim.now()
+  local err = fails({ query = "!202-forever gpu", timeout = 0.5,
+    nvcf_status_url = h.url .. "/v2/nvcf/pexec/status" }, "timeout")
+  ok(nim.now() - t0 < 5, "gave up at the deadline")
+  eq(err.retryable, true, "retryable")
+end)
+
+test("nvcf_status_url_from_the_environment", function()
+  local code = ("local r, e = nim.rerank{ model = %q, query = '!202=1 gpu', documents = { 'gpu' }, "
+    .. "api_base = %q, api_key = %q } print(r and r.meta.nvcf_polls or tostring(e))")
+    :format(h.RETRIEVAL, h.url, h.key)
+  local status_url = h.url .. "/v2/nvcf/pexec/status/"
+  local out = h.sh(("NIMRANK_NVCF_STATUS_URL=%s %s -e %s"):format(h.q(status_url), h.nimrank,
+    h.q(code)))
+  eq(out, "2\n", "polled through the URL from NIMRANK_NVCF_STATUS_URL (trailing / ok)")
 end)
 
 test("timeout", function()
