@@ -10,6 +10,10 @@
 -- * A retryable failure is retried num_retries times (default 2) with exponential backoff and
 --   jitter, never sooner than Retry-After or router_settings.retry_after; a wait longer than
 --   max_retry_wait (default 60 s) is not waited for: the fallbacks run instead.
+--   Retries spread over the group: each ready deployment is tried once before any is tried
+--   again, and a retry that goes to a deployment that has not failed yet does not wait.
+--   Errors that belong to one deployment (auth, not_found, bad_response) are not retried on
+--   it, but do move to a sibling that has not failed yet; bad_request ends the group's turn.
 -- * A deployment cools down (cooldown_time, default 5 s) at once after a 429, 401, 404 or 408,
 --   or after more than allowed_fails (default 3) failures within a minute.
 -- * When a model's own attempts fail, its fallbacks run in order (per request, else the
@@ -38,6 +42,9 @@ local function batched_call(a)
   return require("nim.batch").call(a)
 end
 local FAIL_WINDOW = 60
+-- Errors that belong to one deployment (its key, its base URL, its server), not to the
+-- request: not retryable in themselves, but a sibling deployment may well succeed.
+local SIBLING_ERRORS = { auth = true, not_found = true, bad_response = true }
 
 local function default_random() return math.random() end
 
@@ -97,15 +104,19 @@ function Router:group(name)
 end
 
 -- Picks a deployment of group g: returns it, or nil and the seconds until one is ready.
-function Router:pick(g)
+-- tried counts this call's failures per deployment: only the ready deployments tried least
+-- are candidates, so retries spread over the group instead of re-rolling the dice.
+function Router:pick(g, tried)
   local now = self.clock()
-  local ready, best_order, soonest = {}, math.huge, math.huge
+  local ready, best_order, fewest, soonest = {}, math.huge, math.huge, math.huge
   for _, d in ipairs(g.deployments) do
     local until_ = self.state[d.id].cooldown_until
     if until_ <= now then
-      local order = d.params.order or math.huge
-      if order < best_order then best_order, ready = order, {} end
-      if order == best_order then ready[#ready + 1] = d end
+      local order, n = d.params.order or math.huge, tried and tried[d] or 0
+      if n < fewest or (n == fewest and order < best_order) then
+        fewest, best_order, ready = n, order, {}
+      end
+      if n == fewest and order == best_order then ready[#ready + 1] = d end
     elseif until_ < soonest then
       soonest = until_
     end
@@ -121,6 +132,15 @@ function Router:pick(g)
     if x < 0 then return d end
   end
   return ready[#ready]
+end
+
+-- Is a deployment of g that has not failed during this call ready now?
+function Router:untried(g, tried)
+  local now = self.clock()
+  for _, d in ipairs(g.deployments) do
+    if not tried[d] and self.state[d.id].cooldown_until <= now then return true end
+  end
+  return false
 end
 
 -- Records a failure; cools the deployment down when the rules say so.
@@ -183,13 +203,17 @@ function Router:try(name, args, attempts, num_retries)
   local g = self:group(name)
   local group_name = g and g.name or nil
   local wait, err = 0, nil
+  local tried = {}
   for n = 0, num_retries do
+    local d, ready_in = nil, nil
+    if g then d, ready_in = self:pick(g, tried) end
+    -- Backoff spares a struggling server; a sibling that has not failed is tried at once.
+    if d and n > 0 and not tried[d] then wait = 0 end
     if n > 0 then
       if wait > self.max_retry_wait then break end
-      self.sleep(wait)
+      if wait > 0 then self.sleep(wait) end
+      if g and wait > 0 then d, ready_in = self:pick(g, tried) end -- the sleep changed who is ready
     end
-    local d, ready_in = nil, nil
-    if g then d, ready_in = self:pick(g) end
     if g and not d then
       local last = attempts[#attempts]
       err = new_error({
@@ -210,8 +234,13 @@ function Router:try(name, args, attempts, num_retries)
       record(attempts, group_name, d, model, wait, e, (self.clock() - t0) * 1000)
       if res then return res, d, g end
       err = e
-      if d then self:fail(d, err) end
-      if not err.retryable then break end
+      if d then
+        tried[d] = (tried[d] or 0) + 1
+        self:fail(d, err)
+      end
+      if not err.retryable and not (d and SIBLING_ERRORS[err.type] and self:untried(g, tried)) then
+        break
+      end
       wait = self:backoff(n + 1, err)
     end
   end

@@ -101,6 +101,35 @@ test("retry_then_success_on_503", function()
   eq(res.meta.attempts[2].wait, t.slept[1], "wait recorded")
 end)
 
+test("retry_moves_to_an_untried_deployment_without_waiting", function()
+  local r, t = make({ model_list = {
+    dep("g", h.RETRIEVAL, { api_base = "http://127.0.0.1:1" }, "down"), -- connection refused
+    dep("g", h.RETRIEVAL, nil, "up"),
+  } }, { random = function() return 0 end }) -- the first ready deployment, every time
+  local res, err = r:rerank({ model = "g", query = QUERY, documents = h.DOCS })
+  ok(res, tostring(err))
+  eq(res.meta.attempts[1].deployment, "down", "first choice")
+  eq(res.meta.attempts[1].error, "connection", "its error")
+  eq(res.meta.deployment, "up", "the retry went to the sibling")
+  eq(res.meta.attempts[2].wait, 0, "no backoff before a sibling")
+  eq(#t.slept, 0, "nothing slept")
+end)
+
+test("every_deployment_tried_once_before_backoff", function()
+  local r, t = make({
+    model_list = { dep("g", h.RETRIEVAL, nil, "a"), dep("g", h.RETRIEVAL, nil, "b") },
+    router_settings = { num_retries = 3, allowed_fails = 100 } },
+    { random = function() return 0 end })
+  local res, err = r:rerank({ model = "g", query = unique("!status=503"), documents = h.DOCS })
+  eq(res, nil, "gave up")
+  local seq = {}
+  for i, a in ipairs(err.attempts) do seq[i] = a.deployment end
+  eq(table.concat(seq, " "), "a b a b", "each once, then again")
+  eq(err.attempts[2].wait, 0, "sibling at once")
+  ok(err.attempts[3].wait >= 1, "then the backoff (retry 2): " .. err.attempts[3].wait)
+  eq(#t.slept, 2, "slept before the repeats only")
+end)
+
 test("backoff_grows_exponentially_then_gives_up", function()
   local r, t = make({ model_list = { dep("g", h.RETRIEVAL) }, router_settings = { num_retries = 3,
     allowed_fails = 100 } })
@@ -142,15 +171,33 @@ test("cooldown_skips_failing_deployment_and_it_returns", function()
     dep("g", "nvidia_nim/nvidia/no-such-model", nil, "broken"),
     dep("g", h.RETRIEVAL, nil, "healthy"),
   } }, { random = function() return 0 end }) -- always the first ready deployment
-  local res, err = r:rerank({ model = "g", query = QUERY, documents = h.DOCS })
-  eq(res, nil, "404 is not retried")
-  eq(err.type, "not_found", "type")
-  eq(err.attempts[1].deployment, "broken", "first choice")
+  local res = assert(r:rerank({ model = "g", query = QUERY, documents = h.DOCS }))
+  eq(res.meta.attempts[1].deployment, "broken", "first choice")
+  eq(res.meta.attempts[1].error, "not_found", "its 404")
+  eq(res.meta.deployment, "healthy", "a 404 moves to the sibling")
   res = assert(r:rerank({ model = "g", query = QUERY, documents = h.DOCS }))
-  eq(res.meta.deployment, "healthy", "broken one cooling down")
+  eq(#res.meta.attempts, 1, "broken one cooling down: not tried")
+  eq(res.meta.deployment, "healthy", "answered")
   t.now = t.now + 5.01
-  res, err = r:rerank({ model = "g", query = QUERY, documents = h.DOCS })
-  eq(err and err.attempts[1].deployment, "broken", "back after the cooldown")
+  res = assert(r:rerank({ model = "g", query = QUERY, documents = h.DOCS }))
+  eq(res.meta.attempts[1].deployment, "broken", "back after the cooldown")
+end)
+
+test("deployment_errors_move_to_a_sibling_request_errors_do_not", function()
+  local r = make({ model_list = {
+    dep("g", h.RETRIEVAL, { api_key = "wrong" }, "bad-key"),
+    dep("g", h.RETRIEVAL, nil, "good-key"),
+  } }, { random = function() return 0 end })
+  local res, err = r:rerank({ model = "g", query = QUERY, documents = h.DOCS })
+  ok(res, tostring(err))
+  eq(res.meta.attempts[1].error, "auth", "401 on the first")
+  eq(res.meta.deployment, "good-key", "then the sibling")
+  r = make({ model_list = { dep("g", h.RETRIEVAL, nil, "a"), dep("g", h.RETRIEVAL, nil, "b") } },
+    { random = function() return 0 end })
+  res, err = r:rerank({ model = "g", query = unique("!status=422"), documents = h.DOCS })
+  eq(res, nil, "a bad request is bad everywhere")
+  eq(err.type, "bad_request", "type")
+  eq(#err.attempts, 1, "not repeated on the sibling")
 end)
 
 test("allowed_fails_within_a_minute_then_cooldown", function()
