@@ -205,15 +205,14 @@ function Router:try(name, args, attempts, num_retries)
   local wait, err = 0, nil
   local tried = {}
   for n = 0, num_retries do
-    local d, ready_in = nil, nil
-    if g then d, ready_in = self:pick(g, tried) end
-    -- Backoff spares a struggling server; a sibling that has not failed is tried at once.
-    if d and n > 0 and not tried[d] then wait = 0 end
     if n > 0 then
+      -- Backoff spares a struggling server; a sibling that has not failed is tried at once.
+      if g and self:untried(g, tried) then wait = 0 end
       if wait > self.max_retry_wait then break end
       if wait > 0 then self.sleep(wait) end
-      if g and wait > 0 then d, ready_in = self:pick(g, tried) end -- the sleep changed who is ready
     end
+    local d, ready_in = nil, nil
+    if g then d, ready_in = self:pick(g, tried) end
     if g and not d then
       local last = attempts[#attempts]
       err = new_error({
