@@ -1,129 +1,174 @@
-# nimrank: `make` builds build/nimrank, build/nim.so and build/libnimrank.a.
-# `make deps` installs missing Debian packages (as root) or prints the apt-get line.
-# `make test` runs every test; `make test-asan` the same under AddressSanitizer+UBSan;
-# `make test-valgrind` the C tests and a Lua spec run under valgrind. STRICT=1 adds -Werror.
-# `make install PREFIX=...`: bin/nimrank, lib/libnimrank.a, include/nimrank.h,
-# lib/lua/5.4/nim.so and share/lua/5.4/nim/*.lua (Lua's standard module paths).
+# nimrank. `make help` lists the targets.
+#
+# Your CFLAGS and LDFLAGS (optimisation, debugging, sanitizers) are added to the project's own
+# flags, never in place of them: `make CFLAGS=-O0` keeps -fPIC, visibility and include paths.
 
 PREFIX   ?= /usr/local
 BUILD    ?= build
 CC       ?= cc
-PKGS     := lua5.4 libcurl lua5.4-cjson
-DEB_PKGS := pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev lua-cjson \
-            libmicrohttpd-dev lua-yaml curl
-WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
-OPT      ?= -O2 -g
+CFLAGS   ?= -O2 -g
+LDFLAGS  ?=
 STRICT   ?=
-WERROR   := $(if $(filter 1,$(STRICT)),-Werror)
-CFLAGS   ?=
-CFLAGS   += -std=gnu11 $(OPT) $(WARN) $(WERROR) $(EXTRA_CFLAGS) -fPIC -fvisibility=hidden \
-            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
-            -DNIMRANK_LUA_DIR='"$(PREFIX)/share/lua/5.4"'
-LDFLAGS  += $(EXTRA_LDFLAGS)
+DESTDIR  ?=
+
+LUA_DIR  := $(PREFIX)/share/lua/5.4
+PKGS     := lua5.4 lua5.4-cjson
+DEB_PKGS := pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev lua-cjson \
+            libmicrohttpd-dev lua-yaml curl luarocks
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+            $(if $(filter 1,$(STRICT)),-Werror)
+NIM_CFLAGS := -std=gnu11 $(WARN) -fPIC -fvisibility=hidden -MMD -MP \
+              $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+ALL_CFLAGS  = $(CFLAGS) $(NIM_CFLAGS)
 # Programs link lua-cjson statically; nim.so links the shared library (the static archive is
-# not position-independent). nim.so never links liblua: the host provides Lua.
+# not position-independent). nim.so never links liblua: the host provides Lua. libcurl is
+# loaded with dlopen on the first network call (src/curl_lazy.h): nothing links it.
 CJSON_A  := -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic
 CJSON_SO := -llua5.4-cjson
-# libcurl is loaded with dlopen on the first network call (src/curl_lazy.h): nothing links it.
-CURL_LIBS:= -ldl -lpthread
+SYS_LIBS := -ldl -lpthread -lm
 LUA_LIBS := $(shell pkg-config --libs lua5.4 2>/dev/null)
 
 LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))
-LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
-HDRS     := $(wildcard src/*.h)
-
+LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/lua_dir.o
 C_TESTS  := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
+PROGRAMS := $(BUILD)/nimrank $(BUILD)/nim.so $(BUILD)/libnimrank.a $(BUILD)/fakenim \
+            $(BUILD)/frameloop $(C_TESTS)
 
-.PHONY: all build examples deps check-deps run test test-asan test-valgrind install uninstall \
-        clean bench fmt-check
+.PHONY: all build examples deps check-deps run test test-asan test-valgrind test-tsan install \
+        uninstall clean bench fmt-check help rock rock-install FORCE
 
 # Dependencies first, then a fresh make: pkg-config's answers are read when make starts, so
 # on a machine that just got its packages they must be read again.
 all: check-deps
 	@$(MAKE) --no-print-directory build
 
-build: $(BUILD)/nimrank $(BUILD)/nim.so $(BUILD)/libnimrank.a $(BUILD)/fakenim $(C_TESTS) \
-       $(BUILD)/frameloop
+help:
+	@echo "make             build everything into $(BUILD)/ (installs missing Debian packages as root)"
+	@echo "make run         the main job: an offline rerank of examples/docs.txt (no key, no network)"
+	@echo "make test        every test; ends with 'N passed, N failed'"
+	@echo "make test-asan   the suite under AddressSanitizer+UBSan (build-asan/)"
+	@echo "make test-valgrind  C tests, Lua specs and the C example under valgrind"
+	@echo "make test-tsan   two lua_States on two threads under ThreadSanitizer (build-tsan/)"
+	@echo "make bench       the benchmarks in bench/ (numbers are reported, never asserted)"
+	@echo "make install     PREFIX=$(PREFIX): bin/nimrank, lib/libnimrank.a, lib/pkgconfig/nimrank.pc,"
+	@echo "                 include/nimrank.h, lib/lua/5.4/nim.so, share/lua/5.4/nim/*.lua"
+	@echo "make uninstall   remove what install put under PREFIX"
+	@echo "make deps        install the Debian packages (or print the apt-get line)"
+	@echo "make fmt-check   the style check CI runs"
+	@echo "make clean       remove build trees"
+	@echo "Variables: PREFIX, DESTDIR, BUILD, CC, CFLAGS, LDFLAGS, STRICT=1 (warnings are errors)"
 
-# The compiled embedding example (examples/frameloop.c): a C host with its own poll loop.
+build: $(PROGRAMS)
 examples: all
-$(BUILD)/frameloop: examples/frameloop.c $(BUILD)/libnimrank.a src/nimrank.h
-	$(CC) $(CFLAGS) -Isrc -o $@ examples/frameloop.c $(BUILD)/libnimrank.a $(CJSON_A) \
-	    $(CURL_LIBS) $(LUA_LIBS) -lm -ldl $(LDFLAGS) -Wl,-E
+
+deps check-deps:
+	@sh .ci/deps.sh $(DEB_PKGS)
 
 # The main job: an offline rerank with the embedded default (no key, no network).
 run: all
 	@$(BUILD)/nimrank rerank --query "What is the GPU memory bandwidth of H100 SXM?" \
 	    --docs examples/docs.txt --top-n 3
 
-deps:
-	@sh .ci/deps.sh $(DEB_PKGS)
+# ---- objects -------------------------------------------------------------------------------
+$(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-# Quietly make sure the build can find its libraries; on a fresh machine this installs them.
-check-deps:
-	@sh .ci/deps.sh $(DEB_PKGS)
+# The install prefix lives in one generated file, rewritten only when PREFIX changes, so
+# `make install PREFIX=...` rebuilds exactly what embeds it.
+$(BUILD)/gen/lua_dir.c: FORCE | $(BUILD)/gen
+	@printf 'const char nim_lua_dir[] = "%s";\n' '$(LUA_DIR)' >$@.tmp
+	@cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@
+$(BUILD)/obj/lua_dir.o: $(BUILD)/gen/lua_dir.c | $(BUILD)/obj
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.o: src/%.c $(HDRS) | $(BUILD)/obj
-	$(CC) $(CFLAGS) -c $< -o $@
-
-$(BUILD)/obj $(BUILD)/tests:
+$(BUILD)/obj $(BUILD)/tests $(BUILD)/gen:
 	@mkdir -p $@
 
+-include $(wildcard $(BUILD)/obj/*.d $(BUILD)/tests/*.d $(BUILD)/*.d)
+
+# ---- outputs -------------------------------------------------------------------------------
 $(BUILD)/libnimrank.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
-# The module links libcurl and lua-cjson, never liblua: the host provides Lua.
 $(BUILD)/nim.so: $(LIB_OBJ)
-	$(CC) -shared -o $@ $^ $(CJSON_SO) $(CURL_LIBS) -lm $(LDFLAGS) -Wl,--exclude-libs,ALL
+	$(CC) $(CFLAGS) -shared -o $@ $^ $(CJSON_SO) $(SYS_LIBS) $(LDFLAGS) -Wl,--exclude-libs,ALL
 
-$(BUILD)/nimrank: src/main.c $(BUILD)/libnimrank.a $(HDRS)
-	$(CC) $(CFLAGS) -o $@ src/main.c $(BUILD)/libnimrank.a $(CJSON_A) $(CURL_LIBS) \
-	    $(LUA_LIBS) -lm -ldl $(LDFLAGS) -Wl,-E
+$(BUILD)/nimrank: src/main.c $(BUILD)/libnimrank.a
+	$(CC) $(ALL_CFLAGS) -o $@ src/main.c $(BUILD)/libnimrank.a $(CJSON_A) $(LUA_LIBS) \
+	    $(SYS_LIBS) $(LDFLAGS) -Wl,-E
+
+# The compiled embedding example (examples/frameloop.c): a C host with its own poll loop.
+$(BUILD)/frameloop: examples/frameloop.c $(BUILD)/libnimrank.a
+	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< $(BUILD)/libnimrank.a $(CJSON_A) $(LUA_LIBS) \
+	    $(SYS_LIBS) $(LDFLAGS)
 
 $(BUILD)/fakenim: tests/fake/fakenim.c | $(BUILD)/obj
-	$(CC) $(CFLAGS) -DFAKENIM_SCRIPT='"$(CURDIR)/tests/fake/fakenim.lua"' -o $@ $< \
-	    $(CJSON_A) $(LUA_LIBS) $(shell pkg-config --libs libmicrohttpd) \
-	    -lpthread -lm -ldl $(LDFLAGS)
+	$(CC) $(ALL_CFLAGS) -DFAKENIM_SCRIPT='"$(CURDIR)/tests/fake/fakenim.lua"' -o $@ $< \
+	    $(CJSON_A) $(LUA_LIBS) $(shell pkg-config --libs libmicrohttpd) $(SYS_LIBS) $(LDFLAGS)
 
-$(BUILD)/tests/test_%: tests/c/test_%.c $(BUILD)/libnimrank.a tests/c/ctest.h | $(BUILD)/tests
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libnimrank.a $(CJSON_A) $(CURL_LIBS) $(LUA_LIBS) \
-	    -lm -ldl $(LDFLAGS)
+$(BUILD)/tests/test_%: tests/c/test_%.c $(BUILD)/libnimrank.a | $(BUILD)/tests
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libnimrank.a $(CJSON_A) $(LUA_LIBS) $(SYS_LIBS) \
+	    $(LDFLAGS)
 
+# ---- tests ---------------------------------------------------------------------------------
 test: all
 	@NIMRANK_SANITIZE=$(NIMRANK_SANITIZE) sh tests/run.sh $(BUILD)
 
-# A separate build tree, so sanitizer objects never mix with the normal ones.
+# Separate build trees, so sanitizer objects never mix with the normal ones.
+SAN := -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=undefined
 test-asan:
-	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
-	    EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
-	    EXTRA_LDFLAGS="-fsanitize=address,undefined" NIMRANK_SANITIZE=1 test
+	@$(MAKE) --no-print-directory BUILD=build-asan NIMRANK_SANITIZE=1 \
+	    CFLAGS="-O1 -g -fno-omit-frame-pointer $(SAN)" LDFLAGS="$(SAN)" test
 
 test-valgrind: all
 	@sh tests/valgrind.sh $(BUILD)
+
+test-tsan: check-deps
+	@$(MAKE) --no-print-directory BUILD=build-tsan CFLAGS="-O1 -g -fsanitize=thread" \
+	    LDFLAGS="-fsanitize=thread" build-tsan/fakenim build-tsan/tests/test_threads
+	@sh tests/tsan.sh build-tsan
 
 bench: all
 	@sh bench/overhead.sh
 	@sh bench/bm25.sh
 	@sh bench/fanout.sh
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
-	    $(DESTDIR)$(PREFIX)/lib/lua/5.4 $(DESTDIR)$(PREFIX)/share/lua/5.4/nim
+# ---- installing ----------------------------------------------------------------------------
+$(BUILD)/nimrank.pc: FORCE | $(BUILD)/gen
+	@sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n \
+	    's/.*NIMRANK_VERSION "\(.*\)"/\1/p' src/nimrank.h)|' nimrank.pc.in >$@.tmp
+	@cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@
+
+install: all $(BUILD)/nimrank.pc
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	    $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/lua/5.4 \
+	    $(DESTDIR)$(LUA_DIR)/nim
 	install -m 755 $(BUILD)/nimrank $(DESTDIR)$(PREFIX)/bin/nimrank
 	install -m 644 $(BUILD)/libnimrank.a $(DESTDIR)$(PREFIX)/lib/libnimrank.a
+	install -m 644 $(BUILD)/nimrank.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/nimrank.pc
 	install -m 644 src/nimrank.h $(DESTDIR)$(PREFIX)/include/nimrank.h
 	install -m 755 $(BUILD)/nim.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/nim.so
-	install -m 644 lua/nim/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/nim/
+	install -m 644 lua/nim/*.lua $(DESTDIR)$(LUA_DIR)/nim/
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/nimrank $(DESTDIR)$(PREFIX)/lib/libnimrank.a \
-	    $(DESTDIR)$(PREFIX)/include/nimrank.h $(DESTDIR)$(PREFIX)/lib/lua/5.4/nim.so
-	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/nim
+	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/nimrank.pc $(DESTDIR)$(PREFIX)/include/nimrank.h \
+	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/nim.so
+	rm -rf $(DESTDIR)$(LUA_DIR)/nim
 
+# LuaRocks (rockspecs/nimrank-scm-1.rockspec, make backend): nim.so and the Lua layer only.
+rock:
+	@$(MAKE) --no-print-directory $(BUILD)/nim.so
+rock-install:
+	install -d $(INST_LIBDIR) $(INST_LUADIR)/nim
+	install -m 755 $(BUILD)/nim.so $(INST_LIBDIR)/nim.so
+	install -m 644 lua/nim/*.lua $(INST_LUADIR)/nim/
+
+# ---- style ---------------------------------------------------------------------------------
 # One style (STYLE.md): clang-format for C; no tabs and at most 100 columns for Lua and shell.
 FMT_C   := $(wildcard src/*.c src/*.h tests/c/*.c tests/c/*.h tests/fake/*.c examples/*.c bench/*.c)
 FMT_TXT := $(wildcard lua/nim/*.lua tests/lua/*.lua tests/lua/module/*.lua tests/fake/*.lua \
-           bench/*.lua examples/*.lua tests/*.sh bench/*.sh .ci/run .ci/deps.sh)
+           bench/*.lua examples/*.lua tests/*.sh bench/*.sh .ci/run .ci/deps.sh rockspecs/*)
 fmt-check:
 	@clang-format --dry-run --Werror $(FMT_C)
 	@awk 'length > 100 { print FILENAME ":" FNR ": longer than 100 columns"; bad = 1 } \
@@ -131,4 +176,4 @@ fmt-check:
 	@echo "fmt-check: ok"
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-tsan

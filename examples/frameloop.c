@@ -5,7 +5,8 @@
  * The request goes to a NIM container's /v1/ranking at BASE_URL; the Lua callback stores the
  * answer. Without --callbacks the loop uses nimrank_fds()/nimrank_timeout()/nimrank_poll();
  * with it, nimrank_set_loop() tells the loop which sockets to watch and
- * nimrank_socket_action() reports readiness (curl's socket API, as in libuv or epoll loops). */
+ * nimrank_socket_action() reports readiness (curl's socket API, as in libuv or epoll loops).
+ * Build it like any host: cc frameloop.c $(pkg-config --cflags --libs nimrank) */
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,27 +22,28 @@
 #define MAX_WATCH 64
 #define FRAME_MS 16
 
-/* The socket-callback style: nimrank tells us what to watch and when to call back. */
+/* The socket-callback style: nimrank tells us what to watch and when to call back. Each
+ * watched socket gets a slot; nimrank_assign() hands the slot back with every later call for
+ * that socket, so nothing is searched. A free slot has fd -1, which poll(2) ignores. */
 static struct pollfd watched[MAX_WATCH];
-static int nwatched;
 static long timer_ms = -1;
 
-static void on_watch(void *ud, int fd, int events) {
-    (void)ud;
-    int i;
-    for (i = 0; i < nwatched && watched[i].fd != fd; i++) {
-    }
+static void on_watch(void *ud, int fd, int events, void *socketp) {
+    lua_State *L = ud;
+    struct pollfd *slot = socketp;
     if (events == 0) { /* stop watching */
-        if (i < nwatched) watched[i] = watched[--nwatched];
+        if (slot) slot->fd = -1;
         return;
     }
-    if (i == nwatched) {
-        if (nwatched == MAX_WATCH) return;
-        nwatched++;
+    if (!slot) {
+        for (int i = 0; i < MAX_WATCH && !slot; i++)
+            if (watched[i].fd < 0) slot = &watched[i];
+        if (!slot) return; /* full: a real program would grow its table */
+        nimrank_assign(L, fd, slot);
     }
-    watched[i].fd = fd;
-    watched[i].events = (short)(((events & NIMRANK_WATCH_IN) ? POLLIN : 0) |
-                                ((events & NIMRANK_WATCH_OUT) ? POLLOUT : 0));
+    slot->fd = fd;
+    slot->events = (short)(((events & NIMRANK_WATCH_IN) ? POLLIN : 0) |
+                           ((events & NIMRANK_WATCH_OUT) ? POLLOUT : 0));
 }
 
 static void on_timer(void *ud, long ms) {
@@ -91,7 +93,9 @@ int main(int argc, char **argv) {
     luaL_openlibs(L);
     luaL_requiref(L, "nim", luaopen_nim, 1); /* also loads the Lua layer (rerank_async) */
     lua_pop(L, 1);
-    if (callbacks && nimrank_set_loop(L, on_watch, on_timer, NULL) != 0) {
+    for (int i = 0; i < MAX_WATCH; i++)
+        watched[i].fd = -1;
+    if (callbacks && nimrank_set_loop(L, on_watch, on_timer, L) != 0) {
         fprintf(stderr, "frameloop: %s\n", lua_tostring(L, -1));
         return 1;
     }
@@ -112,11 +116,11 @@ int main(int argc, char **argv) {
         int rc;
         if (callbacks) {
             if (timer_ms >= 0 && timer_ms < wait) wait = (int)timer_ms;
-            int n = poll(watched, (nfds_t)nwatched, wait);
+            int n = poll(watched, MAX_WATCH, wait);
             rc = 0;
             if (n == 0 && timer_ms >= 0) rc = nimrank_socket_action(L, -1, 0);
-            for (int i = 0; i < nwatched && n > 0 && rc >= 0; i++) {
-                if (!watched[i].revents) continue;
+            for (int i = 0; i < MAX_WATCH && n > 0 && rc >= 0; i++) {
+                if (watched[i].fd < 0 || !watched[i].revents) continue;
                 int ev =
                     ((watched[i].revents & (POLLIN | POLLHUP | POLLERR)) ? NIMRANK_WATCH_IN : 0) |
                     ((watched[i].revents & POLLOUT) ? NIMRANK_WATCH_OUT : 0);

@@ -2,6 +2,7 @@
 #include "bm25.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,17 +14,19 @@ static unsigned char fold[256];
 
 static void init_stopwords(void);
 
-static void init_tables(void) {
-    static int done;
-    if (done) return; /* idempotent and race-free in effect: every writer writes the same */
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
+
+static void fill_tables(void) {
     for (int c = 0; c < 256; c++) {
         word_byte[c] = (unsigned char)((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
                                        (c >= 'A' && c <= 'Z') || c >= 0x80);
         fold[c] = (unsigned char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
     }
     init_stopwords();
-    done = 1;
 }
+
+/* Filled once per process, whichever thread comes first (two lua_States on two threads). */
+static void init_tables(void) { pthread_once(&tables_once, fill_tables); }
 
 size_t nim_bm25_tokenize(const char *s, size_t n, nim_token_fn fn, void *ud) {
     init_tables();
@@ -255,13 +258,6 @@ static size_t scan_document(doc_scan *d, const unsigned char *p, size_t n) {
     return seen;
 }
 
-static int by_score(const void *a, const void *b) {
-    const nim_bm25_hit *x = a, *y = b;
-    if (x->score > y->score) return -1;
-    if (x->score < y->score) return 1;
-    return (x->index > y->index) - (x->index < y->index);
-}
-
 int nim_bm25_rank(const char *query, size_t qlen, const char *const *docs, const size_t *lens,
                   size_t ndocs, const nim_bm25_params *p, nim_bm25_hit *hits, size_t *tokens) {
     init_tables();
@@ -301,7 +297,7 @@ int nim_bm25_rank(const char *query, size_t qlen, const char *const *docs, const
         hits[i].index = i;
         hits[i].score = s;
     }
-    qsort(hits, ndocs, sizeof *hits, by_score);
+    nim_rankings_sort(hits, ndocs);
     if (tokens) *tokens = seen;
     rc = 0;
 out:

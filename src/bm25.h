@@ -10,6 +10,8 @@
 
 #include <stddef.h>
 
+#include "ranking.h"
+
 typedef struct {
     double k1;     /* term-frequency saturation; default 1.2 */
     double b;      /* length normalisation, 0..1; default 0.75 */
@@ -19,10 +21,8 @@ typedef struct {
 #define NIM_BM25_DEFAULTS                                                                          \
     { 1.2, 0.75, 1 }
 
-typedef struct {
-    size_t index; /* 0-based position among the documents */
-    double score;
-} nim_bm25_hit;
+/* index: 0-based position among the documents */
+typedef nim_ranking nim_bm25_hit;
 
 /* Calls fn for each token (bytes as in s, not folded); returns the number of tokens. */
 typedef void (*nim_token_fn)(const char *tok, size_t len, void *ud);
@@ -31,8 +31,8 @@ size_t nim_bm25_tokenize(const char *s, size_t n, nim_token_fn fn, void *ud);
 /* Is this (ASCII case-insensitive) token on the stop-word list? */
 int nim_bm25_is_stopword(const char *tok, size_t len);
 
-/* Scores ndocs documents against the query; fills hits (ndocs entries) sorted by score
- * descending, ties by index. *tokens = query plus document tokens seen. Returns 0, or -1 on
+/* Scores ndocs documents against the query; fills hits (ndocs entries) in rank order
+ * (ranking.h). *tokens = query plus document tokens seen. Returns 0, or -1 on
  * out-of-memory or bad parameters (k1 < 0, b outside 0..1, NaN). */
 int nim_bm25_rank(const char *query, size_t qlen, const char *const *docs, const size_t *lens,
                   size_t ndocs, const nim_bm25_params *p, nim_bm25_hit *hits, size_t *tokens);

@@ -11,6 +11,7 @@ nim_curl_api nim_curl;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static char load_error[256];
 static int loaded;
+static char version[64]; /* "libcurl/x.y.z", written once by load() */
 
 static void load(void) {
     static const char *const names[] = {"libcurl.so.4", "libcurl-gnutls.so.4", "libcurl.so"};
@@ -35,6 +36,8 @@ static void load(void) {
         snprintf(load_error, sizeof load_error, "curl_global_init failed");
         return;
     }
+    snprintf(version, sizeof version, "libcurl/%s",
+             nim_curl.version_info(CURLVERSION_NOW)->version);
     loaded = 1; /* the library stays loaded for the life of the process */
 }
 
@@ -46,3 +49,5 @@ int nim_curl_load(char *err, size_t errlen) {
 }
 
 int nim_curl_loaded(void) { return loaded; }
+
+const char *nim_curl_version(void) { return loaded ? version : "libcurl/none"; }

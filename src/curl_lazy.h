@@ -23,13 +23,9 @@
     X(CURLMcode, multi_setopt, (CURLM *, CURLMoption, ...))                                        \
     X(CURLMcode, multi_add_handle, (CURLM *, CURL *))                                              \
     X(CURLMcode, multi_remove_handle, (CURLM *, CURL *))                                           \
-    X(CURLMcode, multi_perform, (CURLM *, int *))                                                  \
-    X(CURLMcode, multi_poll, (CURLM *, struct curl_waitfd[], unsigned int, int, int *))            \
-    X(CURLMcode, multi_wakeup, (CURLM *))                                                          \
     X(CURLMcode, multi_socket_action, (CURLM *, curl_socket_t, int, int *))                        \
     X(CURLMcode, multi_assign, (CURLM *, curl_socket_t, void *))                                   \
     X(CURLMcode, multi_timeout, (CURLM *, long *))                                                 \
-    X(CURLMcode, multi_fdset, (CURLM *, fd_set *, fd_set *, fd_set *, int *))                      \
     X(CURLMsg *, multi_info_read, (CURLM *, int *))                                                \
     X(const char *, multi_strerror, (CURLMcode))                                                   \
     X(struct curl_slist *, slist_append, (struct curl_slist *, const char *))                      \
@@ -50,6 +46,8 @@ extern nim_curl_api nim_curl;
  * message naming what is missing. */
 int nim_curl_load(char *err, size_t errlen);
 int nim_curl_loaded(void);
+/* "libcurl/7.88.1" once loaded. */
+const char *nim_curl_version(void);
 
 #define curl_global_init nim_curl.global_init
 #define curl_global_cleanup nim_curl.global_cleanup
@@ -67,13 +65,9 @@ int nim_curl_loaded(void);
 #define curl_multi_setopt nim_curl.multi_setopt
 #define curl_multi_add_handle nim_curl.multi_add_handle
 #define curl_multi_remove_handle nim_curl.multi_remove_handle
-#define curl_multi_perform nim_curl.multi_perform
-#define curl_multi_poll nim_curl.multi_poll
-#define curl_multi_wakeup nim_curl.multi_wakeup
 #define curl_multi_socket_action nim_curl.multi_socket_action
 #define curl_multi_assign nim_curl.multi_assign
 #define curl_multi_timeout nim_curl.multi_timeout
-#define curl_multi_fdset nim_curl.multi_fdset
 #define curl_multi_info_read nim_curl.multi_info_read
 #define curl_multi_strerror nim_curl.multi_strerror
 #define curl_slist_append nim_curl.slist_append

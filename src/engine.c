@@ -1,16 +1,29 @@
-/* engine.c: libcurl multi engine. One CURLM per engine gives connection reuse across calls;
- * easy handles are pooled; completions are reported from nim_engine_step only. */
+/* engine.c: the HTTP engine. One CURLM per engine gives connection reuse across calls; easy
+ * handles are pooled; completions are collected after every socket action. */
 #include "engine.h"
 
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/select.h>
+#include <sys/epoll.h>
 #include <time.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "curl_lazy.h"
 
 #define POOL_MAX 16
-#define REQID_MAX 128
+#define EVENTS_MAX 64
+
+/* A socket curl asked us to watch: found again through curl's socketp, never by search. */
+typedef struct nim_sock {
+    int fd, events;
+    void *host; /* the host's own pointer for this fd (nim_engine_assign) */
+    struct nim_sock *next, *prev;
+} nim_sock;
 
 struct nim_transfer {
     nim_engine *engine;
@@ -24,34 +37,115 @@ struct nim_transfer {
     long status;
     double retry_after;
     double seconds;
-    char reqid[REQID_MAX];
+    size_t nwant;
+    char want_name[NIM_ENGINE_MAX_WANT][64];
+    char want_value[NIM_ENGINE_MAX_WANT][NIM_ENGINE_HEADER_MAX];
     char errbuf[CURL_ERROR_SIZE];
-    nim_done_fn on_done;
-    void *ud;
     nim_transfer *next, *prev; /* attached list */
 };
 
 struct nim_engine {
     CURLM *multi;
+    int epfd;
+    double timer_at; /* monotonic seconds when curl wants its timeout action; < 0: none */
     nim_watch_fn watch;
     nim_timer_fn timer;
     void *watch_ud;
+    nim_sock *socks;
+    nim_sock *announcing; /* the socket whose watch() call is under way (nim_engine_assign) */
     CURL *pool[POOL_MAX];
     int npool;
     int running;
     nim_transfer *attached;
 };
 
-nim_engine *nim_engine_new(void) {
+const char *nim_engine_backend(void) {
+    if (nim_curl_load(NULL, 0) != 0) return "libcurl/none";
+    return nim_curl_version();
+}
+
+static int epoll_events(int events) {
+    return ((events & NIM_WATCH_IN) ? EPOLLIN : 0) | ((events & NIM_WATCH_OUT) ? EPOLLOUT : 0);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: keeps the epoll set and the host's watchers in step with curl. */
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *ud, void *socketp) {
+    (void)easy;
+    nim_engine *e = ud;
+    nim_sock *s = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (!s) return 0;
+        epoll_ctl(e->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+        if (e->watch) e->watch(e->watch_ud, s->fd, 0, s->host);
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            e->socks = s->next;
+        if (s->next) s->next->prev = s->prev;
+        curl_multi_assign(e->multi, fd, NULL);
+        free(s);
+        return 0;
+    }
+    int events = 0;
+    if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) events |= NIM_WATCH_IN;
+    if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) events |= NIM_WATCH_OUT;
+    struct epoll_event ev = {.events = (uint32_t)epoll_events(events), .data.fd = (int)fd};
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s) return -1; /* curl fails the transfer: out of memory */
+        s->fd = (int)fd;
+        s->next = e->socks;
+        if (e->socks) e->socks->prev = s;
+        e->socks = s;
+        curl_multi_assign(e->multi, fd, s);
+        epoll_ctl(e->epfd, EPOLL_CTL_ADD, s->fd, &ev);
+    } else {
+        epoll_ctl(e->epfd, EPOLL_CTL_MOD, s->fd, &ev);
+    }
+    s->events = events;
+    if (e->watch) {
+        e->announcing = s;
+        e->watch(e->watch_ud, s->fd, events, s->host);
+        e->announcing = NULL;
+    }
+    return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: remembered for blocking waits, passed on to a host's loop. */
+static int on_timer(CURLM *multi, long timeout_ms, void *ud) {
+    (void)multi;
+    nim_engine *e = ud;
+    e->timer_at = timeout_ms < 0 ? -1 : nim_now() + (double)timeout_ms / 1000.0;
+    if (e->timer) e->timer(e->watch_ud, timeout_ms);
+    return 0;
+}
+
+nim_engine *nim_engine_new(char *err, size_t errlen) {
+    if (nim_curl_load(err, errlen) != 0) return NULL;
     nim_engine *e = calloc(1, sizeof *e);
-    if (!e) return NULL;
-    e->multi = curl_multi_init();
-    if (!e->multi) {
+    if (!e) goto oom;
+    e->timer_at = -1;
+    e->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (e->epfd < 0) {
+        snprintf(err, errlen, "engine: epoll_create1: %s", strerror(errno));
         free(e);
         return NULL;
     }
+    e->multi = curl_multi_init();
+    if (!e->multi) {
+        close(e->epfd);
+        free(e);
+        goto oom;
+    }
     curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, 64L);
+    curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
+    curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
     return e;
+oom:
+    snprintf(err, errlen, "engine: out of memory");
+    return NULL;
 }
 
 static void release_easy(nim_engine *e, CURL *easy) {
@@ -88,12 +182,21 @@ void nim_engine_free(nim_engine *e) {
         if (!t->done) {
             t->done = 1;
             t->result = NIM_XFER_CANCELLED;
+            e->running--;
         }
         detach(t);
     }
     for (int i = 0; i < e->npool; i++)
         curl_easy_cleanup(e->pool[i]);
+    e->watch = NULL; /* the host's loop may be gone already: tell it nothing more */
+    e->timer = NULL;
     curl_multi_cleanup(e->multi);
+    while (e->socks) { /* sockets curl did not report removed while cleaning up */
+        nim_sock *s = e->socks;
+        e->socks = s->next;
+        free(s);
+    }
+    close(e->epfd);
     free(e);
 }
 
@@ -135,57 +238,74 @@ static int header_value(const char *line, size_t n, const char *name, char *out,
     return 1;
 }
 
+/* Retry-After (RFC 9110): delay-seconds or an HTTP-date. */
+static void parse_retry_after(nim_transfer *t, const char *v) {
+    char *endp;
+    double s = strtod(v, &endp);
+    if (endp != v && *endp == '\0' && s >= 0) {
+        t->retry_after = s;
+        return;
+    }
+    time_t when = curl_getdate(v, NULL);
+    if (when != -1) {
+        double d = difftime(when, time(NULL));
+        t->retry_after = d > 0 ? d : 0;
+    }
+}
+
 static size_t on_header(char *line, size_t size, size_t nmemb, void *ud) {
     nim_transfer *t = ud;
     size_t n = size * nmemb;
-    char v[REQID_MAX];
+    char v[NIM_ENGINE_HEADER_MAX];
     if (n >= 5 && memcmp(line, "HTTP/", 5) == 0) { /* a new response (e.g. after 100) */
         t->retry_after = -1;
-        t->reqid[0] = '\0';
-    } else if (header_value(line, n, "Retry-After", v, sizeof v)) {
-        char *endp;
-        double s = strtod(v, &endp);
-        if (endp != v && *endp == '\0' && s >= 0) {
-            t->retry_after = s;
-        } else { /* an HTTP-date */
-            time_t when = curl_getdate(v, NULL);
-            if (when != -1) {
-                double d = difftime(when, time(NULL));
-                t->retry_after = d > 0 ? d : 0;
-            }
-        }
-    } else if (header_value(line, n, "NVCF-REQID", v, sizeof v)) {
-        memcpy(t->reqid, v, sizeof t->reqid);
+        for (size_t i = 0; i < t->nwant; i++)
+            t->want_value[i][0] = '\0';
+        return n;
     }
+    if (header_value(line, n, "Retry-After", v, sizeof v)) {
+        parse_retry_after(t, v);
+        return n;
+    }
+    for (size_t i = 0; i < t->nwant; i++)
+        if (header_value(line, n, t->want_name[i], t->want_value[i], sizeof t->want_value[i]))
+            break;
     return n;
 }
 
-nim_transfer *nim_engine_start(nim_engine *e, nim_post *p, char *err, size_t errlen) {
-    nim_transfer *t = calloc(1, sizeof *t);
-    CURL *easy = NULL;
-    if (!t) goto oom;
-    easy = e->npool ? e->pool[--e->npool] : curl_easy_init();
-    if (!easy) goto oom;
-    t->engine = e;
-    t->easy = easy;
+/* Fills the header list (the caller's lines plus "Expect:") and the asked-for names. */
+static int prepare(nim_transfer *t, const nim_request *r, char *err, size_t errlen) {
+    for (size_t i = 0; i < r->nheaders; i++) {
+        struct curl_slist *h = curl_slist_append(t->headers, r->headers[i]);
+        if (!h) goto oom;
+        t->headers = h;
+    }
     /* Without "Expect:" libcurl waits up to a second for "100 Continue" on large bodies. */
-    t->headers = curl_slist_append(p->headers, "Expect:");
-    if (!t->headers) t->headers = p->headers;
-    t->body = p->body;
-    t->max_response = p->max_response ? p->max_response : NIM_ENGINE_MAX_RESPONSE;
-    t->retry_after = -1;
-    t->on_done = p->on_done;
-    t->ud = p->ud;
-    p->headers = NULL;
-    p->body = NULL;
+    struct curl_slist *h = curl_slist_append(t->headers, "Expect:");
+    if (!h) goto oom;
+    t->headers = h;
+    if (r->nwant > NIM_ENGINE_MAX_WANT) {
+        snprintf(err, errlen, "engine: at most %d response headers can be kept",
+                 NIM_ENGINE_MAX_WANT);
+        return -1;
+    }
+    for (size_t i = 0; i < r->nwant; i++)
+        snprintf(t->want_name[i], sizeof t->want_name[i], "%s", r->want_headers[i]);
+    t->nwant = r->nwant;
+    return 0;
+oom:
+    snprintf(err, errlen, "engine: out of memory");
+    return -1;
+}
 
-    curl_easy_setopt(easy, CURLOPT_URL, p->url);
-    if (p->get) {
+static void set_options(CURL *easy, nim_transfer *t, const nim_request *r) {
+    curl_easy_setopt(easy, CURLOPT_URL, r->url);
+    if (r->get) {
         curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
     } else {
         curl_easy_setopt(easy, CURLOPT_POST, 1L);
         curl_easy_setopt(easy, CURLOPT_POSTFIELDS, t->body ? t->body : "");
-        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)p->body_len);
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
     }
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_write);
@@ -199,41 +319,50 @@ nim_transfer *nim_engine_start(nim_engine *e, nim_post *p, char *err, size_t err
     curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, ""); /* gzip/deflate if the server likes */
     curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
-    if (p->ca_bundle) curl_easy_setopt(easy, CURLOPT_CAINFO, p->ca_bundle);
-    if (p->timeout_ms > 0) curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, p->timeout_ms);
-    if (p->connect_timeout_ms > 0)
-        curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, p->connect_timeout_ms);
+    if (r->ca_bundle) curl_easy_setopt(easy, CURLOPT_CAINFO, r->ca_bundle);
+    if (r->timeout_ms > 0) curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, r->timeout_ms);
+    if (r->connect_timeout_ms > 0)
+        curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, r->connect_timeout_ms);
     curl_easy_setopt(easy, CURLOPT_PRIVATE, t);
+}
 
-    CURLMcode mc = curl_multi_add_handle(e->multi, easy);
-    if (mc != CURLM_OK) {
-        snprintf(err, errlen, "engine: %s", curl_multi_strerror(mc));
-        t->engine = NULL;
-        curl_easy_cleanup(easy);
-        t->easy = NULL;
+nim_transfer *nim_engine_start(nim_engine *e, nim_request *r, char *err, size_t errlen) {
+    nim_transfer *t = calloc(1, sizeof *t);
+    if (!t) {
+        free(r->body);
+        r->body = NULL;
+        snprintf(err, errlen, "engine: out of memory");
+        return NULL;
+    }
+    t->body = r->body; /* ours from here, whatever happens */
+    r->body = NULL;
+    t->max_response = r->max_response ? r->max_response : NIM_ENGINE_MAX_RESPONSE;
+    t->retry_after = -1;
+    if (prepare(t, r, err, errlen) != 0) {
         nim_transfer_free(t);
         return NULL;
     }
+    CURL *easy = e->npool ? e->pool[--e->npool] : curl_easy_init();
+    if (!easy) {
+        snprintf(err, errlen, "engine: out of memory");
+        nim_transfer_free(t);
+        return NULL;
+    }
+    set_options(easy, t, r);
+    CURLMcode mc = curl_multi_add_handle(e->multi, easy);
+    if (mc != CURLM_OK) {
+        snprintf(err, errlen, "engine: %s", curl_multi_strerror(mc));
+        curl_easy_cleanup(easy);
+        nim_transfer_free(t);
+        return NULL;
+    }
+    t->engine = e;
+    t->easy = easy;
     t->next = e->attached;
     if (e->attached) e->attached->prev = t;
     e->attached = t;
     e->running++;
     return t;
-oom:
-    if (t) {
-        t->headers = p->headers;
-        t->body = p->body;
-        p->headers = NULL;
-        p->body = NULL;
-        nim_transfer_free(t);
-    } else {
-        curl_slist_free_all(p->headers);
-        free(p->body);
-        p->headers = NULL;
-        p->body = NULL;
-    }
-    snprintf(err, errlen, "engine: out of memory");
-    return NULL;
 }
 
 static nim_xfer_result classify(CURLcode rc, int too_large) {
@@ -278,27 +407,86 @@ static void complete_finished(nim_engine *e) {
         curl_multi_remove_handle(e->multi, t->easy);
         release_easy(e, t->easy);
         t->easy = NULL;
-        if (t->on_done) t->on_done(t, t->ud);
     }
 }
 
-int nim_engine_step(nim_engine *e, int timeout_ms) {
+static int act(nim_engine *e, curl_socket_t fd, int mask) {
     int still;
-    if (e->watch && timeout_ms == 0) { /* the host's loop moves the sockets */
-        complete_finished(e);
-        return e->running;
+    return curl_multi_socket_action(e->multi, fd, mask, &still) == CURLM_OK ? 0 : -1;
+}
+
+int nim_engine_step(nim_engine *e, int timeout_ms) {
+    if (e->running == 0) return 0;
+    int wait = timeout_ms < 0 ? 0 : timeout_ms;
+    if (e->timer_at >= 0) {
+        double left_ms = ceil((e->timer_at - nim_now()) * 1000.0);
+        if (left_ms < wait) wait = left_ms > 0 ? (int)left_ms : 0;
     }
-    if (curl_multi_perform(e->multi, &still) != CURLM_OK) return -1;
+    struct epoll_event ev[EVENTS_MAX];
+    int n = epoll_wait(e->epfd, ev, EVENTS_MAX, wait);
+    if (n < 0 && errno != EINTR) return -1;
+    for (int i = 0; i < n; i++) {
+        uint32_t r = ev[i].events;
+        int mask = ((r & (EPOLLIN | EPOLLHUP)) ? CURL_CSELECT_IN : 0) |
+                   ((r & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
+                   ((r & EPOLLERR) ? CURL_CSELECT_ERR : 0);
+        if (act(e, ev[i].data.fd, mask) != 0) return -1;
+    }
+    if (e->timer_at >= 0 && nim_now() >= e->timer_at) {
+        e->timer_at = -1; /* curl sets the next one from inside the action */
+        if (act(e, CURL_SOCKET_TIMEOUT, 0) != 0) return -1;
+    }
     complete_finished(e);
-    if (e->running > 0 && timeout_ms != 0) {
-        if (curl_multi_poll(e->multi, NULL, 0, timeout_ms, NULL) != CURLM_OK) return -1;
-        if (curl_multi_perform(e->multi, &still) != CURLM_OK) return -1;
-        complete_finished(e);
-    }
     return e->running;
 }
 
 int nim_engine_running(const nim_engine *e) { return e->running; }
+
+void nim_engine_set_watchers(nim_engine *e, nim_watch_fn watch, nim_timer_fn timer, void *ud) {
+    e->watch = watch;
+    e->timer = timer;
+    e->watch_ud = ud;
+    /* Sockets already open are announced, so a host may join at any time. */
+    for (nim_sock *s = e->socks; s && watch; s = s->next)
+        watch(ud, s->fd, s->events, s->host);
+    if (timer && e->timer_at >= 0) {
+        double left = (e->timer_at - nim_now()) * 1000.0;
+        timer(ud, left > 0 ? (long)ceil(left) : 0);
+    }
+}
+
+int nim_engine_assign(nim_engine *e, int fd, void *socketp) {
+    if (e->announcing && e->announcing->fd == fd) { /* from inside watch(): the usual case */
+        e->announcing->host = socketp;
+        return 0;
+    }
+    for (nim_sock *s = e->socks; s; s = s->next) {
+        if (s->fd == fd) {
+            s->host = socketp;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int nim_engine_socket_action(nim_engine *e, int fd, int events) {
+    int mask = 0;
+    if (events & NIM_WATCH_IN) mask |= CURL_CSELECT_IN;
+    if (events & NIM_WATCH_OUT) mask |= CURL_CSELECT_OUT;
+    if (fd < 0) e->timer_at = -1; /* the host's timer fired: curl re-arms it if needed */
+    if (act(e, fd < 0 ? CURL_SOCKET_TIMEOUT : (curl_socket_t)fd, mask) != 0) return -1;
+    complete_finished(e);
+    return e->running;
+}
+
+long nim_engine_timeout(nim_engine *e) {
+    if (e->running == 0 || e->timer_at < 0) return -1;
+    double left = ceil((e->timer_at - nim_now()) * 1000.0);
+    return left > 0 ? (long)left : 0;
+}
+
+int nim_engine_fd(const nim_engine *e) { return e->epfd; }
+
 int nim_transfer_done(const nim_transfer *t) { return t->done; }
 nim_xfer_result nim_transfer_result(const nim_transfer *t) { return t->result; }
 long nim_transfer_status(const nim_transfer *t) { return t->status; }
@@ -307,7 +495,9 @@ double nim_transfer_seconds(const nim_transfer *t) { return t->seconds; }
 const char *nim_transfer_error(const nim_transfer *t) { return t->errbuf; }
 
 const char *nim_transfer_header(const nim_transfer *t, const char *name) {
-    if (strcasecmp(name, "NVCF-REQID") == 0) return t->reqid[0] ? t->reqid : NULL;
+    for (size_t i = 0; i < t->nwant; i++)
+        if (strcasecmp(t->want_name[i], name) == 0)
+            return t->want_value[i][0] ? t->want_value[i] : NULL;
     return NULL;
 }
 
@@ -322,70 +512,8 @@ void nim_transfer_free(nim_transfer *t) {
         if (!t->done) t->engine->running--;
         detach(t);
     }
-    curl_slist_free_all(t->headers);
+    if (t->headers) curl_slist_free_all(t->headers);
     free(t->body);
     free(t->resp);
     free(t);
-}
-
-static int on_socket(CURL *easy, curl_socket_t fd, int what, void *ud, void *socketp) {
-    (void)easy;
-    (void)socketp;
-    nim_engine *e = ud;
-    int events = 0;
-    if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) events |= NIM_WATCH_IN;
-    if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) events |= NIM_WATCH_OUT;
-    e->watch(e->watch_ud, (int)fd, events); /* CURL_POLL_REMOVE: events 0 */
-    return 0;
-}
-
-static int on_timer(CURLM *multi, long timeout_ms, void *ud) {
-    (void)multi;
-    nim_engine *e = ud;
-    e->timer(e->watch_ud, timeout_ms);
-    return 0;
-}
-
-void nim_engine_set_watchers(nim_engine *e, nim_watch_fn watch, nim_timer_fn timer, void *ud) {
-    e->watch = watch;
-    e->timer = timer;
-    e->watch_ud = ud;
-    curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, watch ? on_socket : NULL);
-    curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
-    curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, timer ? on_timer : NULL);
-    curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
-}
-
-int nim_engine_socket_action(nim_engine *e, int fd, int events) {
-    int running, mask = 0;
-    if (events & NIM_WATCH_IN) mask |= CURL_CSELECT_IN;
-    if (events & NIM_WATCH_OUT) mask |= CURL_CSELECT_OUT;
-    if (curl_multi_socket_action(e->multi, fd < 0 ? CURL_SOCKET_TIMEOUT : (curl_socket_t)fd, mask,
-                                 &running) != CURLM_OK)
-        return -1;
-    complete_finished(e);
-    return e->running;
-}
-
-long nim_engine_timeout(nim_engine *e) {
-    long ms = -1;
-    if (e->running == 0) return -1;
-    if (curl_multi_timeout(e->multi, &ms) != CURLM_OK) return 0;
-    return ms;
-}
-
-int nim_engine_fds(nim_engine *e, int *fds, int *events, int max) {
-    fd_set r, w, x;
-    int maxfd = -1, n = 0;
-    FD_ZERO(&r);
-    FD_ZERO(&w);
-    FD_ZERO(&x);
-    if (curl_multi_fdset(e->multi, &r, &w, &x, &maxfd) != CURLM_OK) return 0;
-    for (int fd = 0; fd <= maxfd && n < max; fd++) {
-        int ev = (FD_ISSET(fd, &r) ? NIM_WATCH_IN : 0) | (FD_ISSET(fd, &w) ? NIM_WATCH_OUT : 0);
-        if (!ev) continue;
-        fds[n] = fd;
-        events[n++] = ev;
-    }
-    return n;
 }

@@ -1,32 +1,38 @@
-/* engine.h: one libcurl multi handle moving HTTP POSTs. Knows nothing of NIM or Lua.
- * A blocking call is nim_engine_start + nim_engine_step until nim_transfer_done. */
+/* engine.h: a provider-neutral HTTP engine on one libcurl multi handle. It posts (or gets) a
+ * body to a URL with header lines and hands back the status, the response headers the caller
+ * asked for, and the body. It knows nothing of NIM, Lua or error taxonomies, and nothing of
+ * libcurl leaks through this header.
+ *
+ * The engine is always driven through curl's socket API (never curl_multi_perform): its own
+ * epoll set holds every socket curl wants watched, so a blocking wait (nim_engine_step with a
+ * timeout) and a host's event loop (nim_engine_set_watchers) drive the same multi the same
+ * way, as curl's multi-uv.c and ephiperfifo.c examples do. */
 #ifndef NIM_ENGINE_H
 #define NIM_ENGINE_H
 
 #include <stddef.h>
-#include "curl_lazy.h"
 
 typedef struct nim_engine nim_engine;
 typedef struct nim_transfer nim_transfer;
 
-/* Called from nim_engine_step (never from inside a libcurl callback) when a transfer ends. */
-typedef void (*nim_done_fn)(nim_transfer *t, void *ud);
+#define NIM_ENGINE_MAX_RESPONSE (16u * 1024u * 1024u)
+#define NIM_ENGINE_MAX_WANT 4     /* response headers a transfer may ask to keep */
+#define NIM_ENGINE_HEADER_MAX 256 /* bytes kept of each asked-for header's value */
 
 typedef struct {
     const char *url;
-    int get;                    /* a GET (NVCF status polls) instead of a POST of body */
-    struct curl_slist *headers; /* ownership passes to the transfer */
-    char *body;                 /* malloc'ed; ownership passes to the transfer */
+    int get;                    /* a GET instead of a POST of body */
+    const char *const *headers; /* "Name: value" lines, copied by nim_engine_start */
+    size_t nheaders;
+    char *body; /* malloc'ed; ownership passes to the engine */
     size_t body_len;
-    long timeout_ms;         /* total; 0 = none */
-    long connect_timeout_ms; /* 0 = libcurl default */
-    size_t max_response;     /* bytes; 0 = NIM_ENGINE_MAX_RESPONSE */
-    const char *ca_bundle;   /* NULL = system store */
-    nim_done_fn on_done;
-    void *ud;
-} nim_post;
-
-#define NIM_ENGINE_MAX_RESPONSE (16u * 1024u * 1024u)
+    long timeout_ms;                 /* total; must be > 0 */
+    long connect_timeout_ms;         /* 0 = libcurl's default */
+    size_t max_response;             /* bytes; 0 = NIM_ENGINE_MAX_RESPONSE */
+    const char *ca_bundle;           /* NULL = the system store */
+    const char *const *want_headers; /* response header names to keep (case-insensitive) */
+    size_t nwant;                    /* at most NIM_ENGINE_MAX_WANT */
+} nim_request;
 
 typedef enum {
     NIM_XFER_OK = 0,     /* an HTTP response arrived (any status) */
@@ -37,40 +43,48 @@ typedef enum {
     NIM_XFER_OTHER
 } nim_xfer_result;
 
-nim_engine *nim_engine_new(void);
-void nim_engine_free(nim_engine *e); /* cancels and frees every transfer still attached */
+/* Loads libcurl if needed. NULL with err filled on failure. */
+nim_engine *nim_engine_new(char *err, size_t errlen);
+void nim_engine_free(nim_engine *e); /* cancels every transfer still attached */
+/* "libcurl/7.88.1": what moves the bytes, for User-Agent lines. */
+const char *nim_engine_backend(void);
 
-/* Starts a POST. Returns NULL with err filled (and headers/body freed) on failure. */
-nim_transfer *nim_engine_start(nim_engine *e, nim_post *p, char *err, size_t errlen);
+/* Starts a request. Returns NULL with err filled (and body freed) on failure. */
+nim_transfer *nim_engine_start(nim_engine *e, nim_request *r, char *err, size_t errlen);
 
-/* Moves every transfer; waits at most timeout_ms for activity (0 = never block).
- * Returns the number still running, or -1 on a multi-level error. */
+/* Moves every transfer: waits at most timeout_ms (0 = never blocks) for socket activity or
+ * curl's timer, then acts on what is ready. Returns the number still running, or -1 on a
+ * multi-level error. */
 int nim_engine_step(nim_engine *e, int timeout_ms);
 int nim_engine_running(const nim_engine *e);
 
 /* ---- driving the engine from someone else's event loop ---------------------------------
- * Socket style (curl's CURLMOPT_SOCKETFUNCTION/TIMERFUNCTION): the engine says which sockets
- * to watch (events: NIM_WATCH_IN|OUT, or 0 to stop watching) and when to call back (ms; -1 =
- * no timer); the host calls nim_engine_socket_action on readiness (fd -1 when the timer fires).
- * Simple style: nim_engine_timeout and nim_engine_fds say what to wait for; then
- * nim_engine_step(e, 0). With external driving on, nim_engine_step(e, 0) only collects
- * completions; blocking waits (timeout_ms != 0) still drive the engine themselves. */
+ * Socket style: watch(ud, fd, events, socketp) starts (events NIM_WATCH_IN|OUT) or stops
+ * (events 0) watching a socket; socketp is what the host stored for that fd with
+ * nim_engine_assign (NULL until then). timer(ud, ms) asks for a call back after ms (-1: none).
+ * On readiness the host calls nim_engine_socket_action(e, fd, events); when the timer fires,
+ * nim_engine_socket_action(e, -1, 0).
+ * Simple style: wait until nim_engine_fd is readable, or nim_engine_timeout ms pass, then
+ * nim_engine_step(e, 0). */
 enum { NIM_WATCH_IN = 1, NIM_WATCH_OUT = 2 };
-typedef void (*nim_watch_fn)(void *ud, int fd, int events);
+typedef void (*nim_watch_fn)(void *ud, int fd, int events, void *socketp);
 typedef void (*nim_timer_fn)(void *ud, long timeout_ms);
 void nim_engine_set_watchers(nim_engine *e, nim_watch_fn watch, nim_timer_fn timer, void *ud);
+int nim_engine_assign(nim_engine *e, int fd, void *socketp); /* 0, or -1: fd not watched */
 int nim_engine_socket_action(nim_engine *e, int fd, int events);
+/* ms until the engine's timer is due; -1 when nothing is running. */
 long nim_engine_timeout(nim_engine *e);
-/* Fills fds (fd, events as NIM_WATCH_*) with up to max sockets; returns how many. */
-int nim_engine_fds(nim_engine *e, int *fds, int *events, int max);
+/* One descriptor (an epoll set) that is readable whenever a socket of the engine is ready. */
+int nim_engine_fd(const nim_engine *e);
 
 int nim_transfer_done(const nim_transfer *t);
 nim_xfer_result nim_transfer_result(const nim_transfer *t);
 long nim_transfer_status(const nim_transfer *t);
 const char *nim_transfer_body(const nim_transfer *t, size_t *len);
-const char *nim_transfer_error(const nim_transfer *t);  /* libcurl's words, no secrets */
+const char *nim_transfer_error(const nim_transfer *t); /* libcurl's words, no secrets */
+/* The value of an asked-for response header of the final response, or NULL. */
+const char *nim_transfer_header(const nim_transfer *t, const char *name);
 double nim_transfer_retry_after(const nim_transfer *t); /* seconds, or -1 if absent */
-const char *nim_transfer_header(const nim_transfer *t, const char *name); /* NVCF-REQID */
 double nim_transfer_seconds(const nim_transfer *t);
 /* Detaches (cancelling if still running) and frees. Safe on NULL. */
 void nim_transfer_free(nim_transfer *t);

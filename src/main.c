@@ -36,9 +36,12 @@ static const char usage[] =
     "  NVIDIA_NIM_API_KEY          key for the hosted NVIDIA API\n"
     "  NVIDIA_NIM_RERANK_API_BASE  base URL for reranking (wins over NVIDIA_NIM_API_BASE)\n"
     "  NVIDIA_NIM_API_BASE         base URL (ignored when it names integrate.api.nvidia.com)\n"
+    "  NIMRANK_MODEL               default model of `nimrank rerank`\n"
     "  NIMRANK_CONFIG              config file loaded when --config is not given\n"
-    "  NIMRANK_LUA_PATH            directory holding the Lua layer (nim/*.lua)\n"
-    "  NIMRANK_INIT                a Lua file run at start-up (your filters, catalog entries)\n"
+    "  NIMRANK_LUA_PATH            directory holding the Lua layer (nim/*.lua); default: beside\n"
+    "                              the program, then the install prefix, then package.path\n"
+    "  NIMRANK_INIT                a Lua file this program runs at start-up, with nim as its\n"
+    "                              argument (your filters, catalog entries)\n"
     "  NIMRANK_CA_BUNDLE           CA certificate bundle for TLS verification\n"
     "  NIMRANK_NVCF_STATUS_URL     where NVCF status polls go (202 answers)\n";
 
@@ -96,6 +99,15 @@ static int run_script(lua_State *L, char **argv, int argc, int script) {
 
 /* nimrank COMMAND args...: require("nim.cli").main(command, {args}) -> exit code. */
 static int run_command(lua_State *L, char **argv, int argc, int *exit_code) {
+    lua_getglobal(L, "nim");
+    lua_getfield(L, -1, "native");
+    if (lua_getfield(L, -1, "layer_error") == LUA_TSTRING) { /* say it once, plainly */
+        fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
+        *exit_code = 1;
+        lua_pop(L, 3);
+        return LUA_OK;
+    }
+    lua_pop(L, 3);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "nim.cli");
     int status = docall(L, 1, 1);
@@ -123,12 +135,6 @@ static int load_config(lua_State *L, const char *path) {
     lua_getglobal(L, "nim");
     lua_getfield(L, -1, "load_config");
     lua_remove(L, -2);
-    if (!lua_isfunction(L, -1)) {
-        lua_pop(L, 1);
-        fprintf(stderr, "%s: --config needs the Lua layer (lua/nim), which was not found\n",
-                progname);
-        return 0;
-    }
     lua_pushstring(L, path);
     if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
         fprintf(stderr, "%s: config %s: %s\n", progname, path, lua_tostring(L, -1));
@@ -143,13 +149,15 @@ static int load_config(lua_State *L, const char *path) {
     return 1;
 }
 
-/* Takes every "--config FILE" (or --config=FILE) out of argv, before the script itself;
- * returns the last FILE, or NULL. A script's own arguments are left alone. */
+/* Takes every "--config FILE" (or --config=FILE) out of argv; returns the last FILE, or NULL.
+ * Before a script (or -e CODE) it is nimrank's option; after a script name the rest belongs to
+ * the script. A command's own options never hold a script, so after a command it is taken
+ * anywhere until "--" (after which everything is a document). */
 static const char *take_config(int *argc, char **argv, int *missing_value) {
     const char *path = NULL;
-    int out = 1;
-    int i = 1;
+    int out = 1, i = 1, command = 0;
     for (; i < *argc; i++) {
+        if (command && strcmp(argv[i], "--") == 0) break;
         if (strcmp(argv[i], "--config") == 0) {
             if (i + 1 >= *argc) {
                 *missing_value = 1;
@@ -163,10 +171,12 @@ static const char *take_config(int *argc, char **argv, int *missing_value) {
             continue;
         }
         argv[out++] = argv[i];
-        /* after a script name or -e CODE, the rest belongs to the script */
-        if (strcmp(argv[i], "-e") == 0 && i + 1 < *argc)
+        if (command) continue;
+        if (is_command(argv[i])) {
+            command = 1;
+        } else if (strcmp(argv[i], "-e") == 0 && i + 1 < *argc) {
             argv[out++] = argv[++i];
-        else if (argv[i][0] != '-' && !is_command(argv[i])) {
+        } else if (argv[i][0] != '-') { /* a script: the rest is its own */
             i++;
             break;
         }
@@ -176,6 +186,18 @@ static const char *take_config(int *argc, char **argv, int *missing_value) {
     argv[out] = NULL;
     *argc = out;
     return path;
+}
+
+/* NIMRANK_INIT: a Lua file the host program runs at start-up with nim as its argument (your
+ * filters, catalog entries). Only the host program does this; a library never runs code
+ * because an environment variable says so. */
+static int run_init(lua_State *L) {
+    const char *init = getenv("NIMRANK_INIT");
+    if (!init || !*init) return LUA_OK;
+    int status = luaL_loadfile(L, init);
+    if (status != LUA_OK) return status;
+    lua_getglobal(L, "nim");
+    return docall(L, 1, 0);
 }
 
 static int pmain(lua_State *L) {
@@ -191,6 +213,10 @@ static int pmain(lua_State *L) {
     lua_pop(L, 1);
     luaL_requiref(L, "nim", luaopen_nim, 1); /* also the global `nim`; loads the Lua layer */
     lua_pop(L, 1);
+    if (report(L, run_init(L)) != LUA_OK) {
+        *exit_code = 1;
+        return 0;
+    }
 
     int missing = 0;
     const char *config = take_config(&argc, argv, &missing);

@@ -15,6 +15,7 @@ local native = nim.native
 local M = {}
 
 local TRANSFER_MT = native.transfer_mt
+local AWAIT_MT = native.await_mt -- nim.native.await's yield: any of a list of transfers
 local JOIN, YIELD_SLEEP = {}, {}
 local native_sleep = nim.native.sleep
 
@@ -34,8 +35,26 @@ end
 M.current_task = current_task
 
 local function cancelled_error(model)
-  return setmetatable({ status = 0, type = "cancelled", message = "the request was cancelled",
-    retryable = false, provider = "nvidia_nim", model = model }, nim.error_mt)
+  local ok, provider = pcall(native.provider_of, model)
+  return native.error({ type = "cancelled", message = "the request was cancelled",
+    provider = ok and provider or nil, model = type(model) == "string" and model or nil })
+end
+
+-- Is what a task waits for (a transfer, or any of an await list) ready?
+local function ready_to_resume(waiting)
+  if getmetatable(waiting) == AWAIT_MT then
+    for _, t in ipairs(waiting) do if t:done() then return true end end
+    return false
+  end
+  return waiting:done()
+end
+
+local function cancel_waiting(waiting)
+  if getmetatable(waiting) == AWAIT_MT then
+    for _, t in ipairs(waiting) do t:cancel() end
+  else
+    waiting:cancel()
+  end
 end
 
 local function finish(task, ok, a, b)
@@ -61,7 +80,7 @@ local function resume(task, ...)
   task.waiting, task.wake_at = nil, nil
   local ok, a, b = coroutine.resume(task.co, ...)
   if coroutine.status(task.co) == "dead" then return finish(task, ok, a, b) end
-  if getmetatable(a) == TRANSFER_MT then
+  if getmetatable(a) == TRANSFER_MT or getmetatable(a) == AWAIT_MT then
     task.waiting = a
   elseif a == YIELD_SLEEP then
     task.wake_at = b
@@ -103,7 +122,7 @@ local function round(wait)
   native.step(wait or 0)
   local t = now()
   for task in pairs(live) do
-    if task.waiting and task.waiting:done() then
+    if task.waiting and ready_to_resume(task.waiting) then
       ready[#ready + 1] = task
       task.waiting = false
     elseif task.wake_at and task.wake_at <= t then
@@ -128,8 +147,17 @@ local function round(wait)
     uncaught = {}
     error(err, 0)
   end
+  return M.pending()
+end
+
+-- Pending work: each live task counts one, a task awaiting several transfers (a batched
+-- call) one per transfer in flight.
+function M.pending()
   local n = 0
-  for _ in pairs(live) do n = n + 1 end
+  for task in pairs(live) do
+    local w = task.waiting
+    n = n + ((w and getmetatable(w) == AWAIT_MT) and math.max(1, #w) or 1)
+  end
   return n
 end
 
@@ -187,7 +215,9 @@ M.join = join
 
 -- nim.sleep(seconds): inside a task it yields to the scheduler; elsewhere it blocks.
 function M.sleep(s)
-  if type(s) ~= "number" or s < 0 then error("nim.sleep: seconds must be a number >= 0", 2) end
+  if type(s) ~= "number" or not (s >= 0 and s < 1e7) then
+    native.misuse("nim.sleep", "seconds", "must be a number >= 0 and < 1e7")
+  end
   if current_task() then
     coroutine.yield(YIELD_SLEEP, now() + s)
   else
@@ -216,7 +246,7 @@ function M.poll()
 end
 
 function M.spawn(fn, ...)
-  if type(fn) ~= "function" then error("nim.spawn: expected a function", 2) end
+  if type(fn) ~= "function" then native.misuse("nim.spawn", nil, "expected a function") end
   local task = new_task(function(...)
     local r = table.pack(xpcall(fn, debug.traceback, ...))
     if not r[1] then error(r[2], 0) end
@@ -264,7 +294,7 @@ end
 local function cancel_task(task)
   if task.done then return end
   task.callback, task.handle = nil, nil
-  if task.waiting then task.waiting:cancel() end
+  if task.waiting then cancel_waiting(task.waiting) end
   for _, child in ipairs(task.children or {}) do cancel_task(child) end
   coroutine.close(task.co)
   finish(task, true, nil, cancelled_error(task.model))
@@ -297,10 +327,11 @@ end
 -- and the request stays alive without a reference to the handle.
 function M.rerank_async(args, callback)
   if type(args) ~= "table" then
-    error(("nim.rerank_async: bad argument #1 (table expected, got %s)"):format(type(args)), 2)
+    native.misuse("nim.rerank_async", nil, ("bad argument #1 (table expected, got %s)")
+      :format(type(args)))
   end
   if callback ~= nil and type(callback) ~= "function" then
-    error("nim.rerank_async: bad argument #2 (function expected)", 2)
+    native.misuse("nim.rerank_async", nil, "bad argument #2 (function expected)")
   end
   local task = new_task(nim.rerank, args)
   task.model = args.model
@@ -311,10 +342,10 @@ function M.rerank_async(args, callback)
   return handle
 end
 
--- Misuse inside a batch item becomes that item's error instead of losing the rest.
-local function item_error(msg)
-  return setmetatable({ status = 0, type = "bad_request", retryable = false,
-    message = tostring(msg):gsub("^nim%.rerank: ", ""), provider = "nimrank" }, nim.error_mt)
+-- Misuse of one item of rerank_many becomes that item's error instead of losing the rest.
+local function item_error(bad)
+  return native.error({ type = "bad_request", field = bad.field,
+    message = bad.field and ("%s: %s"):format(bad.field, bad.message) or bad.message })
 end
 
 local MANY_KEYS = { concurrency = true, on_progress = true }
@@ -324,15 +355,16 @@ local MANY_KEYS = { concurrency = true, on_progress = true }
 -- Items are tables of arguments merged over the shared ones. Order is the input order.
 function M.rerank_many(spec)
   if type(spec) ~= "table" then
-    error(("nim.rerank_many: bad argument #1 (table expected, got %s)"):format(type(spec)), 2)
+    native.misuse("nim.rerank_many", nil, ("bad argument #1 (table expected, got %s)")
+      :format(type(spec)))
   end
   local concurrency = spec.concurrency or 8
   if math.type(concurrency) ~= "integer" or concurrency < 1 then
-    error("nim.rerank_many: concurrency: must be an integer >= 1", 2)
+    native.misuse("nim.rerank_many", "concurrency", "must be an integer >= 1")
   end
   local progress = spec.on_progress
   if progress ~= nil and type(progress) ~= "function" then
-    error("nim.rerank_many: on_progress: expected a function", 2)
+    native.misuse("nim.rerank_many", "on_progress", "expected a function")
   end
   local shared = {}
   for k, v in pairs(spec) do
@@ -341,7 +373,7 @@ function M.rerank_many(spec)
   local n = #spec
   for i = 1, n do
     if type(spec[i]) ~= "table" then
-      error(("nim.rerank_many: [%d]: expected a table of arguments"):format(i), 2)
+      native.misuse("nim.rerank_many", ("[%d]"):format(i), "expected a table of arguments")
     end
   end
   local results, errors = { n = n }, { n = n }
@@ -353,8 +385,13 @@ function M.rerank_many(spec)
       local args = {}
       for k, v in pairs(shared) do args[k] = v end
       for k, v in pairs(spec[i]) do args[k] = v end
-      local ok, res, err = pcall(nim.rerank, args)
-      if not ok then res, err = nil, item_error(res) end
+      local res, err
+      local valid, bad = nim.check(args)
+      if valid then
+        res, err = nim.rerank(args)
+      else
+        err = item_error(bad)
+      end
       results[i], errors[i] = res or false, err
       done = done + 1
       if progress then progress(done, n) end

@@ -1,122 +1,101 @@
 -- nim.batch: auto-batching. A call with more documents than the model takes in one request
--- (the catalog's max_passages: 512 for NIM) is split into batches that run in parallel
--- (bounded by `concurrency`, default 4), and the rankings are merged: indices mapped back to
--- the caller's documents, sorted by score (ties by index), then cut to top_n.
+-- (nim.native.max_passages: 512 for NIM) is split into batches that run in parallel (bounded
+-- by `concurrency`, default 4) as native transfers of slices of the caller's documents; the
+-- binding merges the answers (nim.native.merge: indices are already the caller's, order by the
+-- one ranking rule, then top_n). The router runs once per call, not once per batch.
 --
 -- Merging scores from different batches is sound for NIM rerankers: they are cross-encoders
 -- that score each (query, passage) pair on its own, so a passage's logit does not depend on
 -- which other passages share its request. (local/bm25 has no limit and is never split: its
 -- idf depends on the whole document set.)
 --
+-- A failed batch fails the call: the other batches are cancelled and the error says which
+-- batch (err.batch, err.batches). The router's retry then sends the whole call again, to the
+-- deployment it picks: scores of two deployments (maybe two models) are never mixed.
+--
 -- Options per call (or as config call defaults): batch_size (at most max_passages),
 -- concurrency, on_progress(done_documents, total_documents).
 local nim = require "nim"
-local catalog = require "nim.catalog"
-local async = require "nim.async"
 
+local native = nim.native
 local M = {}
 
-local BATCH_KEYS = { batch_size = true, concurrency = true, on_progress = true }
+local function misuse(field, msg) native.misuse("nim.rerank", field, msg) end
 
-local function without_batch_keys(a)
-  local out = {}
-  for k, v in pairs(a) do if not BATCH_KEYS[k] then out[k] = v end end
-  return out
-end
-
-local function by_score(x, y)
-  if x.relevance_score ~= y.relevance_score then return x.relevance_score > y.relevance_score end
-  return x.index < y.index
-end
-
-local function check_options(a, max_passages)
-  local size = a.batch_size or max_passages
-  if math.type(size) ~= "integer" or size < 1 then
-    error("nim.rerank: batch_size: must be an integer >= 1", 3)
+-- Checks the batching options against the model's limit (nil: none). Returns the batch size,
+-- the concurrency and the progress callback.
+function M.check(a, opts)
+  opts = opts or {}
+  local limit = type(a.model) == "string" and native.max_passages(a.model) or nil
+  local size = opts.batch_size
+  if size ~= nil and (math.type(size) ~= "integer" or size < 1) then
+    misuse("batch_size", "must be an integer >= 1")
   end
-  if size > max_passages then
-    error(("nim.rerank: batch_size: %d is over the model's limit of %d passages"):format(size,
-      max_passages), 3)
+  if size and limit and size > limit then
+    misuse("batch_size", ("%d is over the model's limit of %d passages"):format(size, limit))
   end
-  local conc = a.concurrency or 4
+  local conc = opts.concurrency or 4
   if math.type(conc) ~= "integer" or conc < 1 then
-    error("nim.rerank: concurrency: must be an integer >= 1", 3)
+    misuse("concurrency", "must be an integer >= 1")
   end
-  if a.on_progress ~= nil and type(a.on_progress) ~= "function" then
-    error("nim.rerank: on_progress: expected a function", 3)
+  if opts.on_progress ~= nil and type(opts.on_progress) ~= "function" then
+    misuse("on_progress", "expected a function")
   end
-  return size, conc
+  return size or limit, conc, opts.on_progress
 end
 
--- The provider call behind the router: batches when it must, else the native call.
-function M.call(a)
-  local docs = a.documents
-  local local_model = type(a.model) == "string" and a.model:match("^local/")
-  if type(docs) ~= "table" or local_model then
-    if a.on_progress and type(docs) == "table" then
-      local res, err = nim.native.rerank(without_batch_keys(a))
-      a.on_progress(#docs, #docs)
-      return res, err
-    end
-    return nim.native.rerank(without_batch_keys(a))
+-- Runs the batches of a (documents 1..n, size per batch, conc at once). res | nil, err.
+local function run(a, n, size, conc, progress)
+  local batches = (n + size - 1) // size
+  local pending, which, results = {}, {}, {}
+  local next_b, done_docs = 1, 0
+  local function start(b)
+    local first = (b - 1) * size + 1
+    pending[#pending + 1] = native.start(a, first, math.min(size, n - first + 1))
+    which[#which + 1] = b
   end
-  local n = #docs
-  local max_passages = type(a.model) == "string" and catalog.max_passages(a.model) or 512
-  local size, conc = check_options(a, max_passages)
-  if n <= size then
-    local res, err = nim.native.rerank(without_batch_keys(a))
-    if a.on_progress then a.on_progress(n, n) end
-    return res, err
+  while next_b <= math.min(conc, batches) do
+    start(next_b)
+    next_b = next_b + 1
   end
-
-  local base = without_batch_keys(a)
-  local items, offsets = {}, {}
-  for start = 1, n, size do
-    local slice = table.move(docs, start, math.min(start + size - 1, n), 1, {})
-    items[#items + 1] = { documents = slice }
-    offsets[#items] = start - 1
-  end
-  local done_docs, progress = 0, a.on_progress
-  local many = table.move(items, 1, #items, 1, { concurrency = conc })
-  for k, v in pairs(base) do if k ~= "documents" then many[k] = v end end
-  if progress then
-    many.on_progress = function(done)
-      local total = 0
-      for i = 1, done do total = total + #items[i].documents end
-      done_docs = math.max(done_docs, math.min(total, n))
-      progress(done_docs, n)
-    end
-  end
-  local results, errors = async.rerank_many(many)
-  for i = 1, #items do
-    if errors[i] then
-      local err = errors[i]
-      err.batch, err.batches = i, #items
+  while #pending > 0 do
+    local i = native.await(pending) -- yields inside nim's tasks, else drives the engine
+    local t, b = table.remove(pending, i), table.remove(which, i)
+    local res, err = t:result()
+    if not res then
+      for _, p in ipairs(pending) do p:cancel() end
+      err.batch, err.batches = b, batches
       return nil, err
     end
-  end
-
-  local merged, tokens = {}, 0
-  for i, res in ipairs(results) do
-    for _, r in ipairs(res.results) do
-      r.index = r.index + offsets[i]
-      merged[#merged + 1] = r
+    results[b] = res
+    done_docs = done_docs + math.min(size, n - (b - 1) * size)
+    if progress then progress(done_docs, n) end
+    if next_b <= batches then
+      start(next_b)
+      next_b = next_b + 1
     end
-    tokens = tokens + (res.meta.billed_units and res.meta.billed_units.total_tokens or 0)
   end
-  table.sort(merged, by_score)
-  if a.top_n and a.top_n < #merged then
-    for i = #merged, a.top_n + 1, -1 do merged[i] = nil end
+  local merged = native.merge(results, a.top_n)
+  merged.meta.batches = batches
+  merged.meta.batch_size = size
+  return merged
+end
+
+-- call(a, opts) -> res | nil, err: the provider call behind the router. a holds the provider
+-- call's arguments (no policy keys), opts the batching options.
+function M.call(a, opts)
+  local docs = a.documents
+  if type(docs) ~= "table" or type(a.model) ~= "string" then
+    return native.rerank(a) -- the binding names the problem
   end
-  local first = results[1]
-  local meta = first.meta
-  meta.billed_units = { total_tokens = tokens }
-  meta.batches = #items
-  meta.batch_size = size
-  local slowest = 0
-  for _, res in ipairs(results) do slowest = math.max(slowest, res.meta.latency_ms or 0) end
-  meta.latency_ms = slowest
-  return { id = first.id, results = nim.array(merged), meta = meta }
+  local size, conc, progress = M.check(a, opts)
+  local n = #docs
+  if not size or n <= size then
+    local res, err = native.rerank(a)
+    if progress then progress(n, n) end
+    return res, err
+  end
+  return run(a, n, size, conc, progress)
 end
 
 return M

@@ -4,9 +4,11 @@
 --   { endpoint_path = "/v1/retrieval/...", body_model = "...", max_passages = 512,
 --     max_tokens = 8192, deprecated = "why", replacement = "model", family = "retrieval",
 --     provider = "nvidia_nim" }
--- Keys use the URL spelling (underscores); a dotted ranking-family name finds the same entry.
+-- How names map to keys, how a lookup finds an entry and the default passage limit are the
+-- binding's (nim.native.catalog_key, catalog_entry, max_passages): asked here, not repeated.
 local nim = require "nim"
 
+local native = nim.native
 local M = {}
 
 local FIELDS = {
@@ -15,57 +17,45 @@ local FIELDS = {
   provider = "string", description = "string",
 }
 
--- Hosted NIM endpoints are all of the retrieval family.
-for _, e in pairs(nim.catalog) do
-  if e.provider == "nvidia_nim" and e.family == nil then e.family = "retrieval" end
-end
-
-local function key(name)
-  local clean = name:gsub("^nvidia_nim/", ""):gsub("^ranking/", "")
-  return clean
-end
-
--- Adds or replaces an entry; raises naming the bad field. Returns the stored entry.
-function M.add(name, entry)
-  if type(name) ~= "string" or name == "" then error("catalog.add: name: expected a string", 2) end
-  if type(entry) ~= "table" then error(("catalog[%q]: expected a table"):format(name), 2) end
+-- add(name, entry [, where]): adds or replaces an entry; raises naming the bad field, under
+-- `where` (a config key path) when given. Returns the stored entry.
+function M.add(name, entry, where)
+  local function bad(field, msg)
+    if where then error(("%s.%s%s: %s"):format(where, name, field, msg), 0) end
+    native.misuse("catalog.add", ("catalog[%q]%s"):format(name, field), msg)
+  end
+  if type(name) ~= "string" or name == "" then native.misuse("catalog.add", "name",
+    "expected a non-empty string") end
+  if type(entry) ~= "table" then bad("", "expected a table") end
   local e = {}
   for k, v in pairs(entry) do
     local want = FIELDS[k]
-    if not want then error(("catalog[%q].%s: unknown field"):format(name, tostring(k)), 2) end
+    if not want then bad("." .. tostring(k), "unknown field") end
     local got = math.type(v) or type(v)
     if want == "integer" and math.type(v) == "float" and v == math.floor(v) then
       v, got = math.tointeger(v), "integer"
     end
-    if got ~= want then
-      error(("catalog[%q].%s: expected %s, got %s"):format(name, k, want, got), 2)
-    end
-    if (k == "max_passages" or k == "max_tokens") and v < 1 then
-      error(("catalog[%q].%s: must be >= 1"):format(name, k), 2)
-    end
+    if got ~= want then bad("." .. k, ("expected %s, got %s"):format(want, got)) end
+    if (k == "max_passages" or k == "max_tokens") and v < 1 then bad("." .. k, "must be >= 1") end
     e[k] = v
   end
   e.provider = e.provider or "nvidia_nim"
-  nim.catalog[key(name)] = e
+  nim.catalog[native.catalog_key(name)] = e
   return e
 end
 
-function M.get(name)
-  local k = key(name)
-  return nim.catalog[k] or nim.catalog[(k:gsub("%.", "_"))]
-end
+M.get = native.catalog_entry
 
-function M.max_passages(name)
-  if name:match("^local/") then return math.huge end
-  local e = M.get(name)
-  return e and e.max_passages or 512
+-- Documents one request may carry for a model string; math.huge when there is no limit.
+function M.max_passages(model)
+  return native.max_passages(model) or math.huge
 end
 
 -- The deprecation notice for a model, or nil.
 function M.deprecation(name)
-  local e = M.get(name)
-  if e and e.deprecated then
-    return ("%s is deprecated (%s)%s"):format(key(name), e.deprecated,
+  local ok, e = pcall(native.catalog_entry, name)
+  if ok and e and e.deprecated then
+    return ("%s is deprecated (%s)%s"):format(native.catalog_key(name), e.deprecated,
       e.replacement and ("; use %s instead"):format(e.replacement) or "")
   end
 end

@@ -12,7 +12,8 @@ M.OFFLINE_MODEL = "local/bm25"
 local RERANK_HELP = [[
 usage: nimrank rerank [--model M] --query Q [options] [DOC...]
 
-Reranks documents against a query and prints the response JSON on stdout.
+Reranks documents against a query. On a terminal it prints a ranked table; piped, or with
+--json, it prints the response JSON (keys in a stable order: id, results, meta).
 
 Documents come from the arguments, or with --docs from a file ('-' for stdin): one document
 per line, or JSON lines ({"text": ...}). Blank lines are skipped.
@@ -29,7 +30,9 @@ Options:
       --api-base URL    base URL or full endpoint URL of the NIM service
       --docs FILE       read documents from FILE ('-' = stdin)
       --no-documents    leave the document text out of the results
-      --pretty          indented JSON with sorted keys
+      --json            JSON even on a terminal
+      --pretty          indented JSON
+      --table           the ranked table even when piped
       --batch-size N    documents per request when a job is split (default: the model's limit)
       --concurrency N   requests in flight at once for a split job (default 4)
       --progress        a progress bar on stderr (default: when stderr is a terminal and
@@ -122,7 +125,9 @@ local function parse_rerank_args(args)
     elseif a == "--api-base" then o.api_base = value(a)
     elseif a == "--docs" then o.docs_file = value(a)
     elseif a == "--no-documents" then o.return_documents = false
-    elseif a == "--pretty" then o.pretty = true
+    elseif a == "--pretty" then o.pretty, o.format = true, "json"
+    elseif a == "--json" then o.format = "json"
+    elseif a == "--table" then o.format = "table"
     elseif a == "--progress" then o.progress = true
     elseif a == "--no-progress" then o.progress = false
     elseif a == "--batch-size" or a == "--concurrency" then
@@ -165,6 +170,54 @@ function M.default_model()
     "no --model and no NVIDIA_NIM_API_KEY: using the embedded offline reranker local/bm25"
 end
 
+-- The ranked table for people: rank, index, score and the document's first line, cut to
+-- the terminal's width.
+local function print_table(res)
+  local width = nim.terminal_width(1) or tonumber(os.getenv("COLUMNS") or "") or 80
+  local rows = { ("%4s %6s %10s  %s"):format("rank", "index", "score", "document") }
+  for i, r in ipairs(res.results) do
+    local text = r.document and r.document.text or ""
+    text = (text:match("^[^\r\n]*")):gsub("%s+", " ")
+    rows[#rows + 1] = ("%4d %6d %10.4f  %s"):format(i, r.index, r.relevance_score, text)
+  end
+  for _, row in ipairs(rows) do
+    if #row > width then -- cut at a character boundary: never half a UTF-8 sequence
+      local cut = width
+      while cut > 0 and (row:byte(cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
+      row = row:sub(1, cut)
+    end
+    io.stdout:write(row, "\n")
+  end
+  local meta = res.meta or {}
+  io.stdout:write(("%d of %s, %s%s\n"):format(#res.results, meta.model or "?",
+    meta.provider or "?", meta.latency_ms and (", %.1f ms"):format(meta.latency_ms) or ""))
+end
+
+-- One line on stderr when the answer came from a fallback: a user must never mistake a
+-- BM25 answer for a NIM one.
+local function report_fallback(model, res)
+  local meta = res.meta or {}
+  if not meta.fallback then return end
+  local why
+  for _, a in ipairs(meta.attempts or {}) do
+    if a.error and (a.model_group or a.model) ~= meta.fallback then
+      why = ("%s: %s"):format(a.error, (a.message or ""):sub(1, 200))
+    end
+  end
+  io.stderr:write(("nimrank rerank: fell back from %s to %s%s\n"):format(model, meta.fallback,
+    why and (" (" .. why .. ")") or ""))
+end
+
+-- Documents one request takes for a model or group name (nil: no limit), for the progress
+-- bar's "will this be split?".
+local function request_limit(model)
+  local g = nim.router and nim.router:group(model)
+  local m = g and g.deployments[1].params.model or model
+  if type(m) ~= "string" then return nil end
+  local ok, limit = pcall(nim.native.max_passages, m)
+  return ok and limit or nil
+end
+
 function M.rerank(args)
   local ok, o = pcall(parse_rerank_args, args)
   if not ok then
@@ -188,23 +241,35 @@ function M.rerank(args)
   end
   local tty = nim.isatty(2)
   local show = o.progress
-  if show == nil then show = tty and #o.docs > (o.batch_size or 512) end
+  if show == nil then
+    local limit = request_limit(model)
+    show = tty and limit ~= nil and #o.docs > (o.batch_size or limit)
+  end
   local bar = show and progress_bar(tty) or nil
-  local call_ok, res, err = pcall(nim.rerank, {
+  local call = {
     model = model, query = o.query, documents = o.docs, top_n = o.top_n,
     truncate = o.truncate, api_base = o.api_base, return_documents = o.return_documents,
     timeout = o.timeout, headers = o.headers, batch_size = o.batch_size,
     concurrency = o.concurrency, on_progress = bar and bar.update or nil,
-  })
-  if bar then bar.finish() end
-  if not call_ok then
-    return usage_error("rerank", (tostring(res):gsub("^nim%.rerank: ", "")))
+  }
+  local valid, bad = nim.check(call)
+  if not valid then
+    return usage_error("rerank", bad.field and ("%s: %s"):format(bad.field, bad.message)
+      or bad.message)
   end
+  local res, err = nim.rerank(call)
+  if bar then bar.finish() end
   if not res then
     io.stderr:write("nimrank rerank: ", tostring(err), "\n")
     return EXIT_FAILURE
   end
-  io.stdout:write(o.pretty and json.pretty(res) or json.encode(res), "\n")
+  report_fallback(model, res)
+  local format = o.format or (nim.isatty(1) and "table" or "json")
+  if format == "table" then
+    print_table(res)
+  else
+    io.stdout:write(o.pretty and json.pretty(res) or json.ordered(res), "\n")
+  end
   return EXIT_OK
 end
 

@@ -3,7 +3,28 @@
 -- error naming the key path (model_list[2].litellm_params.model: expected string, got number);
 -- unknown keys become warnings. Values written os.environ/NAME are read from the environment;
 -- a missing variable is an error naming it, and no value is ever printed.
+--
+-- A deployment's string parameters (model_list[].litellm_params: model, api_key, api_base,
+-- ca_bundle) written os.environ/NAME are read when the deployment is used, not at load: a
+-- config whose offline group needs no key loads without NVIDIA_NIM_API_KEY set, and the
+-- missing variable is reported by the call that needs it (M.env_value).
 local M = {}
+
+-- A deferred os.environ/NAME value.
+local EnvRef = {}
+EnvRef.__index = EnvRef
+EnvRef.__tostring = function(r) return "os.environ/" .. r.name end
+local LAZY = { model = true, api_key = true, api_base = true, ca_bundle = true }
+
+-- env_value(v, field) -> v itself, or a deferred variable's value; nil, err when it is unset.
+function M.env_value(v, field)
+  if getmetatable(v) ~= EnvRef then return v end
+  local value = os.getenv(v.name)
+  if value ~= nil and value ~= "" then return value end
+  local nim = require "nim"
+  return nil, nim.native.error({ type = field == "api_key" and "auth" or "bad_request",
+    message = ("%s: environment variable %s is not set"):format(v.path, v.name) })
+end
 
 -- Keys understood in each section. Values: a checker, or true for "accepted, not used".
 local function is(t)
@@ -90,17 +111,23 @@ local function alias_map(v, path)
   return out
 end
 
+-- A string, or a deferred os.environ/ value (checked when it is read).
+local function string_or_env(v, path)
+  if getmetatable(v) == EnvRef then return v end
+  return is("string")(v, path)
+end
+
 local LITELLM_PARAMS = {
-  model = is("string"), api_key = is("string"), api_base = is("string"),
+  model = string_or_env, api_key = string_or_env, api_base = string_or_env,
   timeout = number_at_least(0, true), stream_timeout = true,
   rpm = number_at_least(0), tpm = number_at_least(0), weight = number_at_least(0, true),
   order = integer_at_least(1), max_retries = integer_at_least(0),
   num_retries = integer_at_least(0),
   -- passed to the call as defaults under the request's own values
   truncate = one_of("NONE", "END"), drop_params = is("boolean"), headers = is("map"),
-  connect_timeout = number_at_least(0, true), ca_bundle = is("string"),
+  connect_timeout = number_at_least(0, true),
   max_response_bytes = integer_at_least(1), return_documents = is("boolean"), bm25 = is("map"),
-  top_n = integer_at_least(1),
+  top_n = integer_at_least(1), ca_bundle = string_or_env,
 }
 
 local ROUTER_SETTINGS = {
@@ -134,6 +161,8 @@ local function resolve_values(v, path, null)
   if type(v) == "string" then
     local name = v:match("^os%.environ/(.+)$")
     if not name then return v end
+    local field = path:match("^model_list%[%d+%]%.litellm_params%.([%w_]+)$")
+    if field and LAZY[field] then return setmetatable({ name = name, path = path }, EnvRef) end
     local value = os.getenv(name)
     if value == nil or value == "" then
       error(("%s: environment variable %s is not set"):format(path, name), 0)

@@ -79,24 +79,27 @@ function M.names()
   return out
 end
 
--- Checks a pipeline before any call, so a typo fails early and names the entry.
-function M.check(pipeline, where)
-  where = where or "filters"
+-- Checks a pipeline before any call, so a typo fails early and names the entry. fail(path,
+-- message) raises; by default error("path: message", 0) (config errors carry no position).
+local function fail_plain(path, msg) error(("%s: %s"):format(path, msg), 0) end
+
+function M.check(pipeline, where, fail)
+  where, fail = where or "filters", fail or fail_plain
   if pipeline == nil then return end
-  if type(pipeline) ~= "table" then error(("%s: expected a list"):format(where), 0) end
+  if type(pipeline) ~= "table" then fail(where, "expected a list") end
   for i, f in ipairs(pipeline) do
     local p = ("%s[%d]"):format(where, i)
     if type(f) == "string" then
-      if not registry[f] then error(("%s: unknown filter %q"):format(p, f), 0) end
+      if not registry[f] then fail(p, ("unknown filter %q"):format(f)) end
     elseif type(f) == "table" then
       local name, n = nil, 0
       for k in pairs(f) do name, n = k, n + 1 end
       if n ~= 1 or type(name) ~= "string" then
-        error(("%s: expected a one-key table such as {min_score = 0.5}"):format(p), 0)
+        fail(p, "expected a one-key table such as {min_score = 0.5}")
       end
-      if not registry[name] then error(("%s: unknown filter %q"):format(p, name), 0) end
+      if not registry[name] then fail(p, ("unknown filter %q"):format(name)) end
     elseif type(f) ~= "function" then
-      error(("%s: expected a name, a one-key table or a function"):format(p), 0)
+      fail(p, "expected a name, a one-key table or a function")
     end
   end
 end

@@ -49,26 +49,41 @@ function M.encode(v)
   return unescape_slashes(s)
 end
 
--- Indented JSON with keys in sorted order, for people and for stable snapshots. Scalars and
--- strings are still written by cjson.
-function M.pretty(v, indent)
-  indent = indent or "  "
+-- Keys of the result envelope come first, in this order, at every level; other keys follow
+-- sorted. Readers (people, diffs, snapshots) see id, results (index, relevance_score,
+-- document), meta.
+local FIRST = { id = 1, results = 2, index = 3, relevance_score = 4, document = 5, text = 6,
+  meta = 7 }
+local function key_before(a, b)
+  local x, y = FIRST[a], FIRST[b]
+  if x and y then return x < y end
+  if x or y then return x ~= nil end
+  return a < b
+end
+
+-- JSON with keys in that stable order, compact or indented. Scalars and strings are still
+-- written by cjson.
+local function write(v, indent)
   local out = {}
+  local nl = indent and "\n" or ""
+  local colon = indent and ": " or ":"
   local function put(x, depth)
     if type(x) ~= "table" then
       out[#out + 1] = M.encode(x)
       return
     end
-    local pad, inner = indent:rep(depth), indent:rep(depth + 1)
+    if depth > 100 then error("nim.json: nesting deeper than 100", 0) end
+    local pad = indent and indent:rep(depth) or ""
+    local inner = indent and indent:rep(depth + 1) or ""
     local n = #x
-    local is_list = getmetatable(x) == array_mt or (n > 0 and next(x, n > 0 and n or nil) == nil)
+    local is_list = getmetatable(x) == array_mt or (n > 0 and next(x, n) == nil)
     if is_list then
       if n == 0 then out[#out + 1] = "[]" return end
-      out[#out + 1] = "[\n"
+      out[#out + 1] = "[" .. nl
       for i = 1, n do
         out[#out + 1] = inner
         put(x[i], depth + 1)
-        out[#out + 1] = i < n and ",\n" or "\n"
+        out[#out + 1] = i < n and "," .. nl or nl
       end
       out[#out + 1] = pad .. "]"
       return
@@ -76,20 +91,26 @@ function M.pretty(v, indent)
     local keys = {}
     for k in pairs(x) do keys[#keys + 1] = tostring(k) end
     if #keys == 0 then out[#out + 1] = "{}" return end
-    table.sort(keys)
-    out[#out + 1] = "{\n"
+    table.sort(keys, key_before)
+    out[#out + 1] = "{" .. nl
     for i, k in ipairs(keys) do
       local val = x[k]
       if val == nil then val = x[tonumber(k)] end
-      out[#out + 1] = inner .. M.encode(k) .. ": "
+      out[#out + 1] = inner .. M.encode(k) .. colon
       put(val, depth + 1)
-      out[#out + 1] = i < #keys and ",\n" or "\n"
+      out[#out + 1] = i < #keys and "," .. nl or nl
     end
     out[#out + 1] = pad .. "}"
   end
   put(v, 0)
   return table.concat(out)
 end
+
+-- Compact JSON, keys in the stable order above.
+function M.ordered(v) return write(v, nil) end
+
+-- Indented JSON, keys in the stable order above.
+function M.pretty(v, indent) return write(v, indent or "  ") end
 
 M.decode = cjson.decode
 M.null = cjson.null

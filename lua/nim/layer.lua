@@ -1,26 +1,25 @@
--- nim.layer: loaded by luaopen_nim at start-up (host program, require "nim", C embedders).
--- Puts the router pipeline in front of the native binding: after this, nim.rerank routes,
--- retries, falls back and filters; nim.native.rerank stays the raw call.
+-- nim.layer: loaded by luaopen_nim (host program, require "nim", C embedders alike). Puts the
+-- router pipeline in front of the native binding: after this, nim.rerank routes, retries,
+-- falls back, batches and filters; nim.native.rerank stays the raw call.
 --
--- Extending without editing these files: set NIMRANK_INIT to a Lua file (run here, with the
--- nim table as its argument), or list scripts under nimrank_settings.scripts in a config.
+-- Extending without editing these files: list scripts under nimrank_settings.scripts in a
+-- config, or (in the nimrank program) set NIMRANK_INIT to a Lua file.
 local nim = require "nim"
 local router = require "nim.router"
 local filters = require "nim.filters"
 local catalog = require "nim.catalog"
 
+local native = nim.native
+
 nim.filters = filters
 -- The scheduler (lua/nim/async.lua) loads on the first use of any of these, so scripts that
 -- never go asynchronous do not compile it at start-up. nim.sleep yields inside nim's tasks
 -- and blocks elsewhere.
-for _, name in ipairs({ "sleep", "poll", "next_timeout", "spawn", "run", "rerank_async",
-  "rerank_many" }) do
+local ASYNC = { "sleep", "poll", "next_timeout", "spawn", "run", "rerank_async", "rerank_many" }
+for _, name in ipairs(ASYNC) do
   nim[name] = function(...)
     local async = require "nim.async"
-    for _, n in ipairs({ "sleep", "poll", "next_timeout", "spawn", "run", "rerank_async",
-      "rerank_many" }) do
-      nim[n] = async[n]
-    end
+    for _, n in ipairs(ASYNC) do nim[n] = async[n] end
     return async[name](...)
   end
 end
@@ -31,6 +30,13 @@ nim.config = nil
 -- Looks nim.router up at call time, so load_config (or a user) can swap the router.
 function nim.rerank(args)
   return nim.router:rerank(args)
+end
+
+-- nim.check(args) -> true | nil, {fn, field, message}: everything nim.rerank would raise for
+-- these arguments (its own options, the router's and the native call's), returned instead,
+-- without any network traffic. The `.safe` flavour of misuse.
+function nim.check(args)
+  return native.protect(function() nim.router:check(args) end)
 end
 
 local function run_script(path)
@@ -45,9 +51,7 @@ end
 function nim.load_config(source, opts)
   local cfg, warnings = require("nim.config").load(source)
   for name, entry in pairs(cfg.nimrank.catalog or {}) do
-    local ok, err = pcall(catalog.add, name, entry)
-    if not ok then error(("nimrank_settings.catalog.%s"):format(tostring(err):gsub("^catalog",
-      "")), 0) end
+    catalog.add(name, entry, "nimrank_settings.catalog")
   end
   local r = router.new(cfg, opts)
   if cfg.litellm.drop_params ~= nil then nim.settings.drop_params = cfg.litellm.drop_params end
@@ -56,8 +60,5 @@ function nim.load_config(source, opts)
   for _, path in ipairs(cfg.nimrank.scripts or {}) do run_script(path) end
   return cfg, warnings
 end
-
-local init = os.getenv("NIMRANK_INIT")
-if init and init ~= "" then run_script(init) end
 
 return nim

@@ -1,10 +1,13 @@
 -- nim.router: model groups (config model_name), aliases, deployment choice, retries with
--- backoff, cooldowns and fallbacks, in front of the native call. Policy only: every network
--- call goes through opts.call (nim.native.rerank by default). Clock, sleep and random source
--- are injectable so tests run deterministically on a fake clock.
+-- backoff, cooldowns and fallbacks, in front of the provider call. Policy only: every network
+-- call goes through opts.call (nim.batch.call by default: the native call, split into batches
+-- when the model takes fewer documents per request). Clock, sleep and random source are
+-- injectable so tests run deterministically on a fake clock.
 --
 -- Semantics (shared/spec/LITELLM_COMPAT.md section 4):
--- * Calls with more documents than a request takes are split by nim.batch (auto-batching).
+-- * With a config that names groups, a model name must be a group, an alias, or a provider
+--   model string with its prefix (nvidia_nim/..., local/...); anything else is not_found,
+--   listing the configured names. Without one, a bare name is a NIM model.
 -- * A group's deployments are chosen by weighted random (weight, else rpm, else tpm, else 1)
 --   among those not cooling down; when some have `order`, the lowest order available wins.
 -- * A retryable failure is retried num_retries times (default 2) with exponential backoff and
@@ -19,16 +22,22 @@
 -- * When a model's own attempts fail, its fallbacks run in order (per request, else the
 --   group's, else the default list), at most max_fallbacks (5). Fallbacks do not chain.
 -- * Every attempt is recorded in res.meta.attempts (or err.attempts); keys never are.
+-- * A deployment's os.environ/NAME values are read when it is used: a config whose other
+--   groups need a variable that is not set still loads and serves.
 local nim = require "nim"
 local filters = require "nim.filters"
 local catalog = require "nim.catalog"
+local config = require "nim.config"
 
+local native = nim.native
 local M = {}
 local Router = {}
 Router.__index = Router
 
-local ROUTER_KEYS = { filters = true, fallbacks = true, num_retries = true, max_retries = true,
-  metadata = true }
+-- Policy keys (the binding's list): never passed to the provider call.
+local POLICY = {}
+for _, k in ipairs(native.keys.policy) do POLICY[k] = true end
+local BATCH_KEYS = { "batch_size", "concurrency", "on_progress" }
 local DEPLOYMENT_WINS = { model = true, api_key = true, api_base = true }
 -- Deployment litellm_params used as call defaults (the request's own values win, except
 -- DEPLOYMENT_WINS).
@@ -38,8 +47,8 @@ local NO_CONFIG = { deployments = {}, router = {}, litellm = {}, nimrank = {} }
 
 -- The provider call: the native call, split into batches when too large (nim.batch, loaded
 -- on first use so start-up stays fast).
-local function batched_call(a)
-  return require("nim.batch").call(a)
+local function batched_call(a, batch)
+  return require("nim.batch").call(a, batch)
 end
 local FAIL_WINDOW = 60
 -- Errors that belong to one deployment (its key, its base URL, its server), not to the
@@ -49,7 +58,7 @@ local SIBLING_ERRORS = { auth = true, not_found = true, bad_response = true }
 local function default_random() return math.random() end
 
 -- new(cfg, opts): cfg from nim.config.load (or nil for "no config").
--- opts: clock() -> seconds, sleep(seconds), random() -> [0, 1), call(args) -> res | nil, err
+-- opts: clock() -> seconds, sleep(seconds), random() -> [0, 1), call(args, batch) -> res | nil, err
 function M.new(cfg, opts)
   cfg = cfg or NO_CONFIG
   opts = opts or {}
@@ -87,6 +96,7 @@ function M.new(cfg, opts)
     g.deployments[#g.deployments + 1] = d
     r.state[d.id] = { cooldown_until = -math.huge, fails = {} }
   end
+  r.configured = next(r.groups) ~= nil or next(r.aliases) ~= nil
   return r
 end
 
@@ -101,6 +111,18 @@ end
 -- The group a model name refers to (through model_group_alias), or nil for a provider model.
 function Router:group(name)
   return self.groups[name] or self.groups[self.aliases[name] or false]
+end
+
+-- nil when the name can be served; else the not_found error. With configured groups, only
+-- they, their aliases and provider model strings with an explicit prefix can be.
+function Router:unknown(name)
+  if not self.configured or self:group(name) then return nil end
+  local ok, _, explicit = pcall(native.provider_of, name)
+  if ok and explicit then return nil end
+  return native.error({ type = "not_found", status = 404, model = name,
+    message = ("model %q is not a configured model group or alias (configured: %s); a "
+      .. "provider model needs its prefix, e.g. nvidia_nim/%s"):format(name,
+      table.concat(self:group_names(), ", "), name) })
 end
 
 -- Picks a deployment of group g: returns it, or nil and the seconds until one is ready.
@@ -167,14 +189,13 @@ function Router:backoff(n, err)
   return math.max(wait, err.retry_after or 0, self.retry_floor)
 end
 
-local function new_error(fields)
-  return setmetatable(fields, nim.error_mt)
-end
-
+-- The provider call's arguments: the request's own (policy keys dropped), over the
+-- deployment's defaults; a deployment's model, key and base win. Returns nil, err when a
+-- deployment's os.environ/ variable is not set.
 local function call_args(args, d, timeout)
   local a = {}
   for k, v in pairs(args) do
-    if not ROUTER_KEYS[k] then a[k] = v end
+    if not POLICY[k] then a[k] = v end
   end
   if d then
     for _, k in ipairs(CALL_DEFAULTS) do
@@ -183,9 +204,26 @@ local function call_args(args, d, timeout)
     end
     a.model = d.params.model
     if a.timeout == nil then a.timeout = d.params.timeout end
+    for k, v in pairs(a) do
+      local value, err = config.env_value(v, k)
+      if err then return nil, err end
+      a[k] = value
+    end
   end
   if a.timeout == nil then a.timeout = timeout end
   return a
+end
+
+-- The batching options of a request (nim.batch's, not the provider's).
+local function batch_options(args)
+  local b
+  for _, k in ipairs(BATCH_KEYS) do
+    if args[k] ~= nil then
+      b = b or {}
+      b[k] = args[k]
+    end
+  end
+  return b
 end
 
 -- One attempt's record: what was tried, how long it waited first, how it ended. No keys.
@@ -200,8 +238,14 @@ end
 -- Tries one model name (a group, or a provider model string) with its retries.
 -- Returns res, deployment, group on success; nil, err on failure.
 function Router:try(name, args, attempts, num_retries)
+  local unknown = self:unknown(name)
+  if unknown then
+    record(attempts, nil, nil, name, 0, unknown, 0)
+    return nil, unknown
+  end
   local g = self:group(name)
   local group_name = g and g.name or nil
+  local batch = batch_options(args)
   local wait, err = 0, nil
   local tried = {}
   for n = 0, num_retries do
@@ -215,9 +259,8 @@ function Router:try(name, args, attempts, num_retries)
     if g then d, ready_in = self:pick(g, tried) end
     if g and not d then
       local last = attempts[#attempts]
-      err = new_error({
-        status = 429, type = "rate_limit", retryable = true, provider = "router",
-        model = name, retry_after = ready_in,
+      err = native.error({
+        type = "rate_limit", status = 429, model = name, retry_after = ready_in,
         message = ("no deployments available for %q: all %d are cooling down (next ready in "
           .. "%.1f s)%s"):format(g.name, #g.deployments, ready_in,
           last and last.error and (", last error: " .. last.error) or ""),
@@ -225,11 +268,14 @@ function Router:try(name, args, attempts, num_retries)
       record(attempts, group_name, nil, name, wait, err, 0)
       wait = ready_in
     else
-      local model = d and d.params.model or name
-      local a = call_args(args, d, self.timeout)
-      a.model = model
       local t0 = self.clock()
-      local res, e = self.call(a)
+      local a, e = call_args(args, d, self.timeout)
+      local res
+      if a then
+        if not d then a.model = name end
+        res, e = self.call(a, batch)
+      end
+      local model = a and a.model or nil
       record(attempts, group_name, d, model, wait, e, (self.clock() - t0) * 1000)
       if res then return res, d, g end
       err = e
@@ -246,27 +292,59 @@ function Router:try(name, args, attempts, num_retries)
   return nil, err
 end
 
+-- Raises (at the caller's line) on misuse of the router's own options.
+local function check_options(args)
+  if type(args) ~= "table" then
+    native.misuse("nim.rerank", nil, ("bad argument #1 (table expected, got %s)"):format(
+      type(args)))
+  end
+  filters.check(args.filters, "filters", function(field, msg)
+    native.misuse("nim.rerank", field, msg)
+  end)
+  if args.fallbacks ~= nil and type(args.fallbacks) ~= "table" then
+    native.misuse("nim.rerank", "fallbacks", "expected a list of model names")
+  end
+  for _, k in ipairs({ "num_retries", "max_retries" }) do
+    local v = args[k]
+    if v ~= nil and (math.type(v) ~= "integer" or v < 0 or v > 100) then
+      native.misuse("nim.rerank", k, "must be an integer between 0 and 100")
+    end
+  end
+end
+
+-- check(args): raises what rerank would raise for these arguments, sending nothing. A group
+-- is checked against its first deployment's call arguments.
+function Router:check(args)
+  check_options(args)
+  local g = type(args.model) == "string" and self:group(args.model)
+  local a = call_args(args, g and g.deployments[1] or nil, self.timeout)
+  if not a then a = call_args(args, nil, self.timeout) end -- an unset variable: not misuse
+  if type(args.model) ~= "string" or not self:unknown(args.model) then
+    require("nim.batch").check(a, batch_options(args))
+    native.validate(a)
+  end
+  return true
+end
+
 -- rerank(args) -> res | nil, err: the routed pipeline behind nim.rerank.
 function Router:rerank(args)
-  if type(args) ~= "table" then
-    error(("nim.rerank: bad argument #1 (table expected, got %s)"):format(type(args)), 2)
-  end
+  check_options(args)
   local name = args.model
-  if type(name) ~= "string" then return self.call(args) end -- the binding names the problem
-  filters.check(args.filters, "nim.rerank: filters")
-  if args.fallbacks ~= nil and type(args.fallbacks) ~= "table" then
-    error("nim.rerank: fallbacks: expected a list of model names", 2)
-  end
+  if type(name) ~= "string" then return native.rerank(args) end -- the binding names it
   local g = self:group(name)
   local plain = not g and args.filters == nil and args.fallbacks == nil
     and args.num_retries == nil and args.max_retries == nil and #self.default_fallbacks == 0
-  if plain then return self.call(call_args(args, nil, self.timeout)) end
+  if plain then
+    local unknown = self:unknown(name)
+    if unknown then return nil, unknown end
+    return self.call(call_args(args, nil, self.timeout), batch_options(args))
+  end
 
   local num_retries = args.num_retries or args.max_retries or (g and self.num_retries or 0)
   local attempts = nim.array{}
   local res, d_or_err, answered = self:try(name, args, attempts, num_retries)
   local fallback
-  if not res then
+  if not res and not self:unknown(name) then
     local chain = args.fallbacks or self.fallbacks[g and g.name or name] or self.default_fallbacks
     for i = 1, math.min(#chain, self.max_fallbacks) do
       res, d_or_err, answered = self:try(chain[i], args, attempts, num_retries)

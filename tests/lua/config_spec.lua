@@ -31,16 +31,28 @@ test("seed_litellm_config_loads_unchanged", function()
   os.remove(path)
   eq(#cfg.deployments, 2, "deployments")
   eq(cfg.deployments[1].model_name, "nvidia-rerank", "model_name")
-  eq(cfg.deployments[1].params.api_key, h.key, "os.environ/ resolved")
+  eq(config.env_value(cfg.deployments[1].params.api_key), h.key,
+    "os.environ/ read when the deployment is used")
   eq(#warnings, 0, "no warnings")
 end)
 
-test("missing_environment_variable_names_it_without_values", function()
-  local err = raises(function()
-    config.load({ model_list = { { model_name = "x", litellm_params = {
-      model = "m", api_key = "os.environ/NIMRANK_SURELY_UNSET_1234" } } } })
-  end, "model_list[1].litellm_params.api_key", "NIMRANK_SURELY_UNSET_1234", "not set")
-  spec.no_match(err, h.key, "no secret")
+test("missing_environment_variable_is_reported_by_the_call_that_needs_it", function()
+  local cfg = config.load({ model_list = {
+    { model_name = "x", litellm_params = { model = h.RETRIEVAL,
+      api_key = "os.environ/NIMRANK_SURELY_UNSET_1234" } },
+    { model_name = "offline", litellm_params = { model = "local/bm25" } } } })
+  local r = require("nim.router").new(cfg)
+  ok(r:rerank({ model = "offline", query = "q", documents = { "d" } }),
+    "the group that needs no key is served")
+  local res, err = r:rerank({ model = "x", query = "q", documents = { "d" } })
+  eq(res, nil, "the group that needs the key fails")
+  eq(err.type, "auth", "as an auth error")
+  spec.match(err.message, "model_list%[1%]%.litellm_params%.api_key", "names the key path")
+  spec.match(err.message, "NIMRANK_SURELY_UNSET_1234", "and the variable")
+  spec.no_match(err.message, h.key, "no secret")
+  raises(function()
+    config.load({ general_settings = { master_key = "os.environ/NIMRANK_SURELY_UNSET_1234" } })
+  end, "general_settings.master_key", "NIMRANK_SURELY_UNSET_1234", "not set")
 end)
 
 test("bad_values_name_the_key_path", function()

@@ -1,0 +1,193 @@
+/* binding.h: what the files of the `nim` Lua binding share. Only these files (and server
+ * code) touch the Lua API; below them resolve.c, wire.c, engine.c, bm25.c and ranking.c are
+ * plain C. One file per kind of thing:
+ *   module.c          luaopen_nim: registration, metatables, the per-state context
+ *   args.c            argument checking; misuse errors at the caller's line
+ *   error.c           error objects (error.h)
+ *   call.c            nim.native.rerank/start/validate/resolve: dispatch to a provider
+ *   transfer.c        the nim.Transfer userdata; blocking, yielding and awaiting
+ *   provider_nim.c    NVIDIA NIM: start, NVCF polling, finish
+ *   provider_local.c  local/bm25
+ *   result.c          the result envelope, for every provider and for batching
+ *   catalog.c         the model catalog bridge (keys, limits, entries)
+ *   layer.c           finding and loading the Lua layer (lua/nim)
+ *   hostloop.c        the C API for a host's own event loop (nimrank.h)
+ *   util.c            nim.now, nim.sleep, nim.isatty, nim.terminal_width, nim.array */
+#ifndef NIM_BINDING_H
+#define NIM_BINDING_H
+
+#include <limits.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "engine.h"
+#include "error.h"
+#include "ranking.h"
+#include "resolve.h"
+
+/* Registry keys: the addresses of these, so no other library's key can collide. */
+extern const char nim_key_ctx, nim_key_module, nim_key_managed, nim_key_transfer_mt,
+    nim_key_error_mt, nim_key_misuse_mt, nim_key_request_mt, nim_key_await_mt, nim_key_array_mt,
+    nim_key_encode, nim_key_decode, nim_key_catalog, nim_key_settings;
+
+/* Pushes the registry value stored under key. */
+#define nim_push_reg(L, key) lua_rawgetp((L), LUA_REGISTRYINDEX, &(key))
+void nim_setmeta(lua_State *L, const char *key); /* sets registry[key] as top's metatable */
+void *nim_checkudata(lua_State *L, int idx, const char *key, const char *tname);
+
+/* Pushes nim.settings[field] and returns its type. */
+int nim_setting(lua_State *L, const char *field);
+
+#define NIM_DEFAULT_MAX_PASSAGES 512
+#define NIM_DEFAULT_TIMEOUT_S 60.0
+#define NIM_DEFAULT_CONNECT_TIMEOUT_S 10.0
+/* Stack slots a C entry point may use beyond its arguments (luaL_checkstack). */
+#define NIM_STACK_NEED 48
+
+/* ---- the per-state context (module.c) ---------------------------------------------------- */
+typedef struct {
+    nim_engine *engine;
+    int protect_depth;             /* > 0 inside nim.native.protect: misuse raises a table */
+    char lib_source[PATH_MAX + 8]; /* "@<dir>/nim/": chunk names of the Lua layer's frames */
+} nim_ctx;
+
+nim_ctx *nim_ctx_get(lua_State *L);
+/* The state's engine, created (and libcurl loaded) on the first network call: scripts that
+ * never reach the network start fast. NULL with err filled on failure. */
+nim_engine *nim_ctx_engine(lua_State *L, char *err, size_t errlen);
+
+/* ---- arguments (args.c) --------------------------------------------------------------------
+ * Misuse raises "<position>fn: field: what", the position being the first stack frame outside
+ * nimrank's own code (never inside lua/nim/). Inside nim.native.protect it raises a table
+ * {fn =, field =, message =} instead, which protect returns as nil, err. */
+int nim_misuse(lua_State *L, const char *fn, const char *field, const char *fmt, ...);
+int nim_header_value_ok(const char *s, size_t n); /* no control characters but tab */
+
+/* The checked arguments of one call. Strings point into the args table (slot 1), which stays
+ * on the stack for the whole call. */
+typedef struct {
+    const char *model;
+    int query;         /* stack slot of the query string */
+    int documents;     /* stack slot of the documents table */
+    lua_Integer first; /* 0-based offset of the first document sent (batches) */
+    lua_Integer ndocs; /* documents sent */
+    int dropped;       /* stack slot of the sorted dropped-parameter names */
+    int headers;       /* stack slot of the headers table, or 0 */
+    lua_Integer top_n;
+    const char *truncate;
+    int return_documents;
+    double timeout, connect_timeout;
+    const char *ca_bundle;
+    lua_Integer max_response;
+    const char *api_base;
+    const char *api_key;
+    const char *nvcf_status_url;
+    int bm25; /* stack slot of the bm25 options table, or 0 */
+} nim_args;
+
+/* Checks everything common to every provider; raises on misuse naming the field. Expects the
+ * args table at slot 1 and optional (first, count) at 2 and 3; leaves slots 1 (args),
+ * 2 (dropped), 3 (query), 4 (documents), 5 (headers or nil), 6 (bm25 or nil). */
+void nim_check_args(lua_State *L, nim_args *a);
+int nim_l_misuse(lua_State *L);   /* nim.native.misuse(fn, field, message) */
+int nim_l_protect(lua_State *L);  /* nim.native.protect(fn, ...) */
+void nim_push_keys(lua_State *L); /* nim.native.keys = {request =, transport =, policy =} */
+
+/* ---- providers ------------------------------------------------------------------------------ */
+typedef enum { NIM_PROVIDER_NVIDIA, NIM_PROVIDER_LOCAL } nim_provider;
+/* The provider of a model string; raises naming the model when it cannot be served. */
+nim_provider nim_provider_of(lua_State *L, const char *model);
+const char *nim_provider_name(nim_provider p);
+
+/* Pushes a nim.Transfer that is pending, or already settled (no documents, too many, no key,
+ * engine failure). Raises on misuse. Never blocks. */
+void nim_nvidia_start(lua_State *L, const nim_args *a);
+/* Checks what starting would check (route, headers, documents) without sending. */
+void nim_nvidia_validate(lua_State *L, const nim_args *a);
+/* Ranks with the embedded scorer and pushes the result. */
+void nim_local_rerank(lua_State *L, const nim_args *a);
+/* Checks a local model's own options (bm25 = {...}) and its documents, without ranking. */
+void nim_local_validate(lua_State *L, const nim_args *a);
+
+/* ---- the nim.Transfer userdata (transfer.c) ------------------------------------------------ */
+enum { NIM_CALL_PENDING, NIM_CALL_FINISHED, NIM_CALL_CANCELLED };
+typedef void (*nim_complete_fn)(lua_State *L, int call_idx);
+/* One call in flight. Everything malloc'ed for it hangs here, so a raise never leaks: __gc
+ * (and __close, cancel) frees it. Its user value is a table with what finishing needs (the
+ * provider's strings, texts, dropped names) and, once settled, res or err. */
+typedef struct {
+    nim_transfer *t;
+    int state;
+    nim_complete_fn complete; /* the provider's: turns the completed transfer into res/err */
+    nim_family family;
+    lua_Integer top_n, first, ndocs, max_response;
+    int return_documents;
+    double timeout, connect_timeout;
+    double deadline; /* monotonic: the call's timeout covers NVCF status polls too */
+    int polls;       /* NVCF status polls made so far */
+} nim_call;
+
+nim_call *nim_call_new(lua_State *L, nim_complete_fn complete); /* pushes it, pending */
+/* Stores the value on top (popped) as res or err in the user value; the call is settled. */
+void nim_call_settle(lua_State *L, int idx, const char *field);
+/* Settles an already-known outcome (on top, popped) in a new finished nim.Transfer. */
+void nim_call_push_settled(lua_State *L, const char *field);
+int nim_call_poll(lua_State *L, int idx); /* settles if its transfer completed; 1 if settled */
+int nim_call_push_outcome(lua_State *L, int idx); /* res | nil, err; returns the count */
+void nim_call_release(nim_call *c);
+/* Returns the outcome of the call at idx: yields inside a managed coroutine, else blocks. */
+int nim_call_finish(lua_State *L, int idx);
+int nim_l_manage(lua_State *L);
+int nim_l_await(lua_State *L);
+int nim_l_step(lua_State *L);
+void nim_transfer_methods(lua_State *L); /* fills the metatable on top */
+
+/* ---- the result envelope (result.c) ------------------------------------------------------ */
+typedef struct {
+    const nim_ranking *rk; /* in final order */
+    size_t n;
+    lua_Integer top_n;  /* 0 = all */
+    lua_Integer offset; /* added to every index (a batch's first document) */
+    int texts;          /* stack slot of the texts table (texts[i] = document i's text) */
+    int return_documents;
+    lua_Integer tokens;
+} nim_result_spec;
+
+/* Pushes {id = fresh UUID, results = [...], meta = {billed_units = {total_tokens}}}. */
+void nim_push_result(lua_State *L, const nim_result_spec *s);
+/* Adds provider, family (NULL: none), model, latency_ms (seconds < 0: none) and
+ * dropped_params (the list at slot dropped) to res.meta (res on top). */
+void nim_annotate_meta(lua_State *L, const char *provider, const char *family, const char *model,
+                       int dropped, double seconds);
+void nim_mark_array(lua_State *L, int idx);
+int nim_l_merge(lua_State *L); /* nim.native.merge(results, top_n) */
+
+/* ---- catalog (catalog.c) ------------------------------------------------------------------ */
+/* Looks the cleaned model up in nim.catalog: fills entry and max_passages; the entry table
+ * stays pushed (its strings anchored) when found (returns 1); nothing pushed otherwise.
+ * A malformed entry raises: lookups never fall open to the derived rules. */
+int nim_catalog_lookup(lua_State *L, const char *clean, nim_catalog_entry *entry,
+                       lua_Integer *max_passages);
+void nim_push_catalog(lua_State *L);
+int nim_l_catalog_key(lua_State *L);
+int nim_l_catalog_entry(lua_State *L);
+int nim_l_max_passages(lua_State *L);
+int nim_l_provider_of(lua_State *L);
+
+/* ---- the rest ------------------------------------------------------------------------------ */
+int nim_l_rerank(lua_State *L);
+int nim_l_start(lua_State *L);
+int nim_l_validate(lua_State *L);
+int nim_l_resolve(lua_State *L);
+int nim_l_now(lua_State *L);
+int nim_l_sleep(lua_State *L);
+int nim_l_isatty(lua_State *L);
+int nim_l_terminal_width(lua_State *L);
+int nim_l_array(lua_State *L);
+int nim_l_handle(lua_State *L);
+int nim_l_task_of(lua_State *L);
+/* Finds the Lua layer and loads it into the module at mod (layer.c). */
+void nim_layer_load(lua_State *L, int mod);
+
+#endif

@@ -1,0 +1,531 @@
+/* provider_nim.c: NVIDIA NIM. Starting a call (route, body, headers), NVCF 202 polling, and
+ * turning the answer into a result or an error. The route rules are resolve.c's, the body and
+ * the answer's shape wire.c's; this file decides what the HTTP exchange means.
+ *
+ * The call's user value holds: provider, model, key (for the header and redaction only), url
+ * (of the request in flight), route_model, body_model, family, status_url, ca_bundle,
+ * dropped, replacement, texts, hlines/hnames (the caller's headers). */
+#include <ctype.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "binding.h"
+#include "clock.h"
+#include "nimrank.h"
+#include "wire.h"
+
+#define PROVIDER "nvidia_nim"
+#define NVCF_REQID "NVCF-REQID"
+
+static void set_string(lua_State *L, int t, const char *k, const char *v) {
+    if (!v) return;
+    lua_pushstring(L, v);
+    lua_setfield(L, t, k);
+}
+
+/* ---- headers -------------------------------------------------------------------------------- */
+
+static int header_name_ok(const char *s) {
+    if (!*s) return 0;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || strchr("!#$%&'*+-.^_`|~", *s))) return 0;
+    return 1;
+}
+
+/* Headers that frame the HTTP message: set by a caller they would corrupt the shared
+ * keep-alive connection for the next, unrelated request. */
+static int framing_header(const char *name) {
+    static const char *const names[] = {"Content-Length",
+                                        "Transfer-Encoding",
+                                        "Host",
+                                        "Connection",
+                                        "Expect",
+                                        "Upgrade",
+                                        "TE",
+                                        "Trailer",
+                                        NULL};
+    for (const char *const *n = names; *n; n++)
+        if (strcasecmp(*n, name) == 0) return 1;
+    return 0;
+}
+
+static void push_lower(lua_State *L, const char *s) {
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (; *s; s++)
+        luaL_addchar(&b, (char)tolower((unsigned char)*s));
+    luaL_pushresult(&b);
+}
+
+/* Checks the caller's headers; keeps their lines in uv.hlines and their lower-case names in
+ * uv.hnames (so ours never duplicate theirs). Raises naming the header. */
+static void keep_caller_headers(lua_State *L, int headers, int uv) {
+    lua_newtable(L);
+    int lines = lua_gettop(L);
+    lua_newtable(L);
+    int names = lua_gettop(L);
+    lua_Integer n = 0;
+    if (headers) lua_pushnil(L);
+    while (headers && lua_next(L, headers)) {
+        if (lua_type(L, -2) != LUA_TSTRING || !header_name_ok(lua_tostring(L, -2)))
+            nim_misuse(L, "nim.rerank", "headers", "invalid header name");
+        const char *name = lua_tostring(L, -2);
+        if (framing_header(name))
+            nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
+                       "frames the HTTP message (the connection is shared): not settable");
+        if (lua_type(L, -1) != LUA_TSTRING)
+            nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
+                       "expected string, got %s", luaL_typename(L, -2));
+        size_t vlen;
+        const char *v = lua_tolstring(L, -1, &vlen);
+        if (!nim_header_value_ok(v, vlen) || strlen(v) != vlen)
+            nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
+                       "value has control characters");
+        lua_pushfstring(L, "%s: %s", name, v);
+        lua_rawseti(L, lines, ++n);
+        push_lower(L, name);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, names);
+        lua_pop(L, 1);
+    }
+    lua_setfield(L, uv, "hnames");
+    lua_setfield(L, uv, "hlines");
+}
+
+static void append(lua_State *L, int lines) { /* the string on top */
+    lua_rawseti(L, lines, (lua_Integer)lua_rawlen(L, lines) + 1);
+}
+
+static int caller_set(lua_State *L, int names, const char *lower) {
+    int set = lua_getfield(L, names, lower) != LUA_TNIL;
+    lua_pop(L, 1);
+    return set;
+}
+
+/* Pushes the lines to send: ours, unless the caller set the same header (a caller's
+ * Authorization replaces ours), then the caller's. A poll is a GET: no Content-Type. */
+static void push_lines(lua_State *L, int uv, int poll, int poll_s) {
+    lua_newtable(L);
+    int lines = lua_gettop(L);
+    lua_getfield(L, uv, "hnames");
+    int names = lua_gettop(L);
+    if (!caller_set(L, names, "accept")) {
+        lua_pushliteral(L, "Accept: application/json");
+        append(L, lines);
+    }
+    if (!poll && !caller_set(L, names, "content-type")) {
+        lua_pushliteral(L, "Content-Type: application/json");
+        append(L, lines);
+    }
+    if (!caller_set(L, names, "user-agent")) {
+        lua_pushfstring(L, "User-Agent: nimrank/%s (%s)", NIMRANK_VERSION, nim_engine_backend());
+        append(L, lines);
+    }
+    if (!caller_set(L, names, "authorization")) {
+        if (lua_getfield(L, uv, "key") == LUA_TSTRING) {
+            lua_pushfstring(L, "Authorization: Bearer %s", lua_tostring(L, -1));
+            append(L, lines);
+        }
+        lua_pop(L, 1);
+    }
+    if (poll) {
+        lua_pushfstring(L, "NVCF-POLL-SECONDS: %d", poll_s);
+        append(L, lines);
+    }
+    lua_getfield(L, uv, "hlines");
+    for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, -1); i++) {
+        lua_rawgeti(L, -1, i);
+        append(L, lines);
+    }
+    lua_pop(L, 2);
+}
+
+/* Points r->headers at the strings of the lines table at idx (anchored there); the pointer
+ * array is scratch the GC owns (pushed). */
+static void use_lines(lua_State *L, int idx, nim_request *r) {
+    idx = lua_absindex(L, idx);
+    size_t n = lua_rawlen(L, idx);
+    const char **p = lua_newuserdatauv(L, (n ? n : 1) * sizeof *p, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, idx, (lua_Integer)i + 1);
+        p[i] = lua_tostring(L, -1);
+        lua_pop(L, 1);
+    }
+    r->headers = p;
+    r->nheaders = n;
+}
+
+/* ---- errors --------------------------------------------------------------------------------- */
+
+/* Settles the call at idx with the message on top as an error of this provider. */
+static void settle_error(lua_State *L, int idx, int uv, nim_err_type type, long status,
+                         int retryable) {
+    lua_getfield(L, uv, "model");
+    lua_getfield(L, uv, "key");
+    nim_error e = {type, status, retryable, PROVIDER, lua_tostring(L, -2), lua_tostring(L, -1)};
+    lua_rotate(L, -3, 2); /* message back on top */
+    nim_push_error(L, &e);
+    lua_rotate(L, -3, 1);
+    lua_pop(L, 2);
+    nim_call_settle(L, idx, "err");
+}
+
+/* ---- starting ------------------------------------------------------------------------------- */
+
+static void complete(lua_State *L, int idx);
+
+/* Starts the request described by the call's user value. 0, or -1 with a message pushed. */
+static int send(lua_State *L, int idx, int uv, nim_request *r) {
+    char err[512];
+    nim_call *c = lua_touserdata(L, idx);
+    nim_engine *engine = nim_ctx_engine(L, err, sizeof err);
+    if (!engine) {
+        free(r->body);
+        r->body = NULL;
+        lua_pushstring(L, err);
+        return -1;
+    }
+    static const char *const want[] = {NVCF_REQID};
+    r->want_headers = want;
+    r->nwant = 1;
+    lua_getfield(L, uv, "ca_bundle");
+    r->ca_bundle = lua_tostring(L, -1); /* anchored by uv */
+    lua_pop(L, 1);
+    r->max_response = (size_t)c->max_response;
+    c->t = nim_engine_start(engine, r, err, sizeof err);
+    if (!c->t) {
+        lua_pushstring(L, err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Fills the user value from the checked arguments and the route. */
+static void describe(lua_State *L, int uv, const nim_args *a, const nim_route *route,
+                     int entry_idx) {
+    set_string(L, uv, "provider", PROVIDER);
+    set_string(L, uv, "model", a->model);
+    set_string(L, uv, "url", route->url);
+    set_string(L, uv, "route_model", route->model);
+    set_string(L, uv, "body_model", route->body_model);
+    set_string(L, uv, "family", nim_family_name(route->family));
+    set_string(L, uv, "status_url", a->nvcf_status_url);
+    set_string(L, uv, "ca_bundle", a->ca_bundle);
+    set_string(L, uv, "key", a->api_key);
+    lua_pushvalue(L, a->dropped);
+    lua_setfield(L, uv, "dropped");
+    if (entry_idx && lua_getfield(L, entry_idx, "replacement") == LUA_TSTRING)
+        lua_setfield(L, uv, "replacement");
+    else if (entry_idx)
+        lua_pop(L, 1);
+}
+
+/* Resolves the route; raises naming the field. Pushes the catalog entry (or nil). */
+static lua_Integer route_of(lua_State *L, const nim_args *a, nim_route *route) {
+    nim_family family;
+    const char *clean;
+    char err[512];
+    if (nim_model_parse(a->model, &family, &clean, err, sizeof err) != 0)
+        nim_misuse(L, "nim.rerank", NULL, "%s", err);
+    nim_catalog_entry entry;
+    lua_Integer max_passages;
+    int has_entry = nim_catalog_lookup(L, clean, &entry, &max_passages);
+    if (!has_entry) lua_pushnil(L);
+    if (nim_resolve(a->model, a->api_base, has_entry ? &entry : NULL, NULL, NULL, route, err,
+                    sizeof err) != 0)
+        nim_misuse(L, "nim.rerank", NULL, "%s", err);
+    return max_passages;
+}
+
+/* Checks what can be known before sending; settles the call when the answer is known (too
+ * many documents, no key, nothing to rank). Returns 1 when settled. */
+static int settled_early(lua_State *L, int call, int uv, const nim_args *a, const nim_route *route,
+                         lua_Integer max_passages) {
+    if (a->ndocs > max_passages) {
+        lua_pushfstring(L,
+                        "documents: %I documents exceed the limit of %I passages per request "
+                        "for %s; split them into batches of at most %I (nim.rerank does)",
+                        a->ndocs, max_passages, route->model, max_passages);
+        settle_error(L, call, uv, NIM_ERR_BAD_REQUEST, 0, 0);
+        return 1;
+    }
+    if (!a->api_key && route->hosted) {
+        lua_pushliteral(L, "no API key for the hosted NVIDIA API: pass api_key or set "
+                           "NVIDIA_NIM_API_KEY");
+        settle_error(L, call, uv, NIM_ERR_AUTH, 0, 0);
+        return 1;
+    }
+    if (a->ndocs == 0) { /* nothing to rank: no network call */
+        nim_result_spec s = {NULL, 0, 0, 0, 0, 0, 0};
+        nim_push_result(L, &s);
+        nim_annotate_meta(L, PROVIDER, nim_family_name(route->family), route->body_model,
+                          a->dropped, -1);
+        nim_call_settle(L, call, "res");
+        return 1;
+    }
+    return 0;
+}
+
+void nim_nvidia_start(lua_State *L, const nim_args *a) {
+    int top = lua_gettop(L);
+    nim_route route;
+    lua_Integer max_passages = route_of(L, a, &route);
+    int entry_idx = lua_istable(L, -1) ? lua_gettop(L) : 0;
+    nim_call *c = nim_call_new(L, complete);
+    int call = lua_gettop(L);
+    c->family = route.family;
+    c->top_n = a->top_n;
+    c->first = a->first;
+    c->ndocs = a->ndocs;
+    c->return_documents = a->return_documents;
+    c->timeout = a->timeout;
+    c->connect_timeout = a->connect_timeout;
+    c->deadline = nim_now() + a->timeout;
+    c->max_response = a->max_response;
+    lua_getiuservalue(L, call, 1);
+    int uv = lua_gettop(L);
+    describe(L, uv, a, &route, entry_idx);
+    keep_caller_headers(L, a->headers, uv);
+
+    /* Texts and body; every document is checked before anything is sent. */
+    nim_push_reg(L, nim_key_encode);
+    nim_wire_texts(L, a->documents, a->first, a->ndocs, lua_gettop(L), route.family);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, uv, "texts");
+    int texts = lua_gettop(L);
+    if (!settled_early(L, call, uv, a, &route, max_passages)) {
+        lua_Integer top_k = 0;
+        if (route.family == NIM_FAMILY_RETRIEVAL && a->top_n > 0)
+            top_k = a->top_n < a->ndocs ? a->top_n : a->ndocs;
+        nim_buf body = {0};
+        /* body.p is free'd by the engine, or below: nothing raises while it is held */
+        if (nim_wire_body(L, &body, a->documents, a->first, texts, route.family, route.body_model,
+                          a->query, top_k, a->truncate) != 0) {
+            free(body.p);
+            nim_misuse(L, "nim.rerank", NULL, "out of memory writing the request body");
+        }
+        push_lines(L, uv, 0, 0);
+        nim_request r = {0};
+        use_lines(L, -1, &r);
+        r.url = route.url;
+        r.body = body.p;
+        r.body_len = body.n;
+        r.timeout_ms = (long)ceil(a->timeout * 1000.0);
+        r.connect_timeout_ms = (long)ceil(a->connect_timeout * 1000.0);
+        if (send(L, call, uv, &r) != 0) settle_error(L, call, uv, NIM_ERR_CONNECTION, 0, 1);
+    }
+    lua_settop(L, call);
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+}
+
+/* ---- NVCF polling --------------------------------------------------------------------------- */
+
+/* An NVCF request id goes into a URL path: only the characters NVIDIA's ids use. */
+static int reqid_ok(const char *s) {
+    if (!*s) return 0;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || *s == '-' || *s == '_' || *s == '.')) return 0;
+    return 1;
+}
+
+/* NVCF answered 202 (still running): GET {status_url}/{reqid} with the same key, headers and
+ * CA store, asking the server to hold the poll until the result is ready
+ * (NVCF-POLL-SECONDS), within the call's own deadline. 0 when the poll is under way. */
+static int start_poll(lua_State *L, int idx, int uv, const char *reqid, double left) {
+    nim_call *c = lua_touserdata(L, idx);
+    lua_getfield(L, uv, "status_url");
+    size_t blen;
+    const char *base = lua_tolstring(L, -1, &blen);
+    while (blen > 0 && base[blen - 1] == '/')
+        blen--;
+    lua_pushlstring(L, base, blen);
+    lua_pushfstring(L, "%s/%s", lua_tostring(L, -1), reqid);
+    lua_setfield(L, uv, "url");
+    lua_pop(L, 2);
+    int poll_s = left > 300 ? 300 : (left < 1 ? 1 : (int)left);
+    push_lines(L, uv, 1, poll_s);
+    nim_request r = {0};
+    use_lines(L, -1, &r);
+    lua_getfield(L, uv, "url");
+    r.url = lua_tostring(L, -1);
+    r.get = 1;
+    r.timeout_ms = (long)ceil(left * 1000.0);
+    r.connect_timeout_ms = (long)ceil(c->connect_timeout * 1000.0);
+    int rc = send(L, idx, uv, &r);
+    if (rc == 0) c->polls++;
+    return rc;
+}
+
+/* ---- finishing ------------------------------------------------------------------------------ */
+
+/* A transfer that ended without an HTTP response. */
+static void transport_error(lua_State *L, int idx, int uv, nim_transfer *t) {
+    nim_call *c = lua_touserdata(L, idx);
+    lua_getfield(L, uv, "url");
+    const char *url = lua_tostring(L, -1);
+    nim_err_type type = NIM_ERR_CONNECTION;
+    int retryable = 1;
+    long status = 0;
+    switch (nim_transfer_result(t)) {
+    case NIM_XFER_TIMEOUT:
+        type = NIM_ERR_TIMEOUT;
+        lua_pushfstring(L, "no response within %f s (%s)", c->timeout, nim_transfer_error(t));
+        break;
+    case NIM_XFER_TOO_LARGE:
+        type = NIM_ERR_BAD_RESPONSE;
+        retryable = 0;
+        status = nim_transfer_status(t);
+        lua_pushfstring(L, "response larger than %I bytes",
+                        (lua_Integer)(c->max_response ? c->max_response : NIM_ENGINE_MAX_RESPONSE));
+        break;
+    case NIM_XFER_CANCELLED:
+        type = NIM_ERR_CANCELLED;
+        retryable = 0;
+        lua_pushliteral(L, "the request was cancelled");
+        break;
+    case NIM_XFER_CONNECTION: lua_pushfstring(L, "%s: %s", url, nim_transfer_error(t)); break;
+    default: retryable = 0; lua_pushfstring(L, "%s: %s", url, nim_transfer_error(t));
+    }
+    lua_remove(L, -2);
+    settle_error(L, idx, uv, type, status, retryable);
+}
+
+/* A 2xx answer: the result, or bad_response. */
+static void success(lua_State *L, int idx, int uv, int body, long status, double seconds) {
+    nim_call *c = lua_touserdata(L, idx);
+    nim_push_reg(L, nim_key_decode);
+    nim_parsed p;
+    if (!nim_wire_parse(L, body, lua_gettop(L), c->ndocs, &p)) {
+        lua_getfield(L, uv, "url");
+        lua_pushfstring(L, "malformed response from %s: %s; body: ", lua_tostring(L, -1),
+                        lua_tostring(L, -2));
+        nim_wire_error_message(L, body, 0); /* raw text: the first part of the body */
+        lua_concat(L, 2);
+        settle_error(L, idx, uv, NIM_ERR_BAD_RESPONSE, status, 0);
+        return;
+    }
+    int id = lua_gettop(L);
+    if (c->family == NIM_FAMILY_RANKING) nim_rankings_sort(p.rk, p.n);
+    lua_getfield(L, uv, "texts");
+    nim_result_spec s = {p.rk,    p.n, c->top_n, c->first, lua_gettop(L), c->return_documents,
+                         p.tokens};
+    nim_push_result(L, &s);
+    if (!lua_isnil(L, id)) {
+        lua_pushvalue(L, id); /* the provider's id replaces the fresh one */
+        lua_setfield(L, -2, "id");
+    }
+    lua_getfield(L, uv, "family");
+    lua_getfield(L, uv, "body_model");
+    lua_getfield(L, uv, "dropped");
+    lua_rotate(L, -4, -1); /* the result back on top */
+    nim_annotate_meta(L, PROVIDER, lua_tostring(L, -4), lua_tostring(L, -3), lua_gettop(L) - 1,
+                      seconds);
+    if (c->polls > 0) {
+        lua_getfield(L, -1, "meta");
+        lua_pushinteger(L, c->polls);
+        lua_setfield(L, -2, "nvcf_polls");
+        lua_pop(L, 1);
+    }
+    nim_call_settle(L, idx, "res");
+}
+
+/* An HTTP error status: the provider's message, classified. */
+static void failure(lua_State *L, int idx, int uv, int body, long status, const char *reqid,
+                    double retry_after) {
+    int retryable;
+    nim_err_type type = nim_err_from_status(status, &retryable);
+    nim_push_reg(L, nim_key_decode);
+    nim_wire_error_message(L, body, lua_gettop(L));
+    lua_remove(L, -2);
+    if (status == 410) {
+        lua_getfield(L, uv, "route_model");
+        lua_pushfstring(L, "model %s has reached end of life (410 Gone): %s", lua_tostring(L, -1),
+                        lua_tostring(L, -2));
+        lua_replace(L, -3);
+        lua_pop(L, 1);
+        if (lua_getfield(L, uv, "replacement") == LUA_TSTRING) {
+            lua_pushfstring(L, "; use %s instead", lua_tostring(L, -1));
+            lua_remove(L, -2);
+            lua_concat(L, 2);
+        } else {
+            lua_pop(L, 1);
+        }
+    } else if (status == 202) {
+        lua_pushfstring(L, "result not ready (202 Accepted, NVCF-REQID '%s'); try again",
+                        reqid ? reqid : "");
+        lua_remove(L, -2);
+    } else if (lua_rawlen(L, -1) == 0) {
+        lua_getfield(L, uv, "url");
+        lua_pushfstring(L, "HTTP %I from %s", (lua_Integer)status, lua_tostring(L, -1));
+        lua_remove(L, -2);
+        lua_remove(L, -2);
+    }
+    settle_error(L, idx, uv, type, status, retryable);
+    if (retry_after >= 0) { /* the error is the user value's err now */
+        lua_getiuservalue(L, idx, 1);
+        lua_getfield(L, -1, "err");
+        lua_pushnumber(L, retry_after);
+        lua_setfield(L, -2, "retry_after");
+        lua_pop(L, 2);
+    }
+}
+
+/* The call's transfer completed: settle it, or start the next NVCF poll. */
+static void complete(lua_State *L, int idx) {
+    nim_call *c = lua_touserdata(L, idx);
+    nim_transfer *t = c->t;
+    int top = lua_gettop(L);
+    luaL_checkstack(L, NIM_STACK_NEED, NULL);
+    lua_getiuservalue(L, idx, 1);
+    int uv = lua_gettop(L);
+    if (nim_transfer_result(t) != NIM_XFER_OK) {
+        transport_error(L, idx, uv, t);
+        lua_settop(L, top);
+        return;
+    }
+    /* Take what is needed from the transfer, then release it before any further Lua work. */
+    size_t len;
+    const char *resp = nim_transfer_body(t, &len);
+    lua_pushlstring(L, resp, len);
+    int body = lua_gettop(L);
+    long status = nim_transfer_status(t);
+    double seconds = nim_transfer_seconds(t), retry_after = nim_transfer_retry_after(t);
+    const char *id = nim_transfer_header(t, NVCF_REQID);
+    lua_pushstring(L, id ? id : "");
+    const char *reqid = lua_tostring(L, -1);
+    nim_call_release(c);
+
+    if (status == 202 && *reqid) { /* NVCF: poll for the result */
+        double left = c->deadline - nim_now();
+        if (!reqid_ok(reqid)) {
+            lua_pushliteral(L, "202 Accepted with an NVCF-REQID that is not a request id "
+                               "(characters outside [A-Za-z0-9._-])");
+            settle_error(L, idx, uv, NIM_ERR_BAD_RESPONSE, 202, 0);
+        } else if (left <= 0) {
+            lua_pushfstring(L, "no result within %f s: NVIDIA's queue still holds request '%s'",
+                            c->timeout, reqid);
+            settle_error(L, idx, uv, NIM_ERR_TIMEOUT, 202, 1);
+        } else if (start_poll(L, idx, uv, reqid, left) != 0) {
+            settle_error(L, idx, uv, NIM_ERR_CONNECTION, 0, 1);
+        }
+    } else if (status >= 200 && status < 300 && status != 202) {
+        success(L, idx, uv, body, status, seconds);
+    } else {
+        failure(L, idx, uv, body, status, *reqid ? reqid : NULL, retry_after);
+    }
+    lua_settop(L, top);
+}
+
+void nim_nvidia_validate(lua_State *L, const nim_args *a) {
+    int top = lua_gettop(L);
+    nim_route route;
+    route_of(L, a, &route);
+    lua_newtable(L);
+    keep_caller_headers(L, a->headers, lua_gettop(L));
+    nim_push_reg(L, nim_key_encode);
+    nim_wire_texts(L, a->documents, a->first, a->ndocs, lua_gettop(L), route.family);
+    lua_settop(L, top);
+}

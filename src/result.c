@@ -1,0 +1,223 @@
+/* result.c: the result envelope, one builder for every provider and for batching:
+ *   { id = "...", results = [ {index, relevance_score, document = {text}} ... ],
+ *     meta = { billed_units = {total_tokens}, provider, family, model, latency_ms, ... } }
+ * Lists carry the array marker, so an empty one encodes as [] (json.lua). */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "binding.h"
+
+/* A fresh UUID4 string into out (37 bytes). */
+static void uuid4(char out[37]) {
+    unsigned char r[16];
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t k = getrandom(r + got, sizeof r - got, 0);
+        if (k <= 0) break;
+        got += (size_t)k;
+    }
+    for (; got < sizeof r; got++)
+        r[got] = (unsigned char)rand(); /* no entropy: still unique-ish */
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0],
+             r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
+             r[14], r[15]);
+}
+
+void nim_mark_array(lua_State *L, int idx) {
+    idx = lua_absindex(L, idx);
+    nim_push_reg(L, nim_key_array_mt);
+    lua_setmetatable(L, idx);
+}
+
+static void push_meta(lua_State *L, lua_Integer tokens) {
+    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 1);
+    lua_pushinteger(L, tokens);
+    lua_setfield(L, -2, "total_tokens");
+    lua_setfield(L, -2, "billed_units");
+}
+
+void nim_push_result(lua_State *L, const nim_result_spec *s) {
+    lua_Integer n = (lua_Integer)s->n;
+    lua_Integer keep = (s->top_n > 0 && s->top_n < n) ? s->top_n : n;
+    char uuid[37];
+    uuid4(uuid);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, uuid);
+    lua_setfield(L, -2, "id");
+    lua_createtable(L, (int)keep, 0);
+    nim_mark_array(L, -1);
+    for (lua_Integer i = 0; i < keep; i++) {
+        const nim_ranking *r = &s->rk[i];
+        lua_createtable(L, 0, 3);
+        lua_pushinteger(L, (lua_Integer)r->index + s->offset);
+        lua_setfield(L, -2, "index");
+        lua_pushnumber(L, r->score);
+        lua_setfield(L, -2, "relevance_score");
+        /* image-only passages have no text (false): no document */
+        if (s->return_documents &&
+            lua_rawgeti(L, s->texts, (lua_Integer)r->index + 1) == LUA_TSTRING) {
+            lua_createtable(L, 0, 1);
+            lua_insert(L, -2);
+            lua_setfield(L, -2, "text");
+            lua_setfield(L, -2, "document");
+        } else if (s->return_documents) {
+            lua_pop(L, 1);
+        }
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "results");
+    push_meta(L, s->tokens);
+    lua_setfield(L, -2, "meta");
+}
+
+void nim_annotate_meta(lua_State *L, const char *provider, const char *family, const char *model,
+                       int dropped, double seconds) {
+    lua_getfield(L, -1, "meta");
+    lua_pushstring(L, provider);
+    lua_setfield(L, -2, "provider");
+    if (family) {
+        lua_pushstring(L, family);
+        lua_setfield(L, -2, "family");
+    }
+    lua_pushstring(L, model);
+    lua_setfield(L, -2, "model");
+    if (seconds >= 0) {
+        lua_pushnumber(L, seconds * 1000.0);
+        lua_setfield(L, -2, "latency_ms");
+    }
+    if (dropped && lua_rawlen(L, dropped) > 0) {
+        lua_pushvalue(L, dropped);
+        nim_mark_array(L, -1);
+        lua_setfield(L, -2, "dropped_params");
+    }
+    lua_pop(L, 1);
+}
+
+/* ---- merging batches ------------------------------------------------------------------------ */
+
+typedef struct {
+    nim_ranking r;
+    nim_merge_ref ref;
+} entry;
+
+static int entry_cmp(const void *a, const void *b) {
+    const entry *x = a, *y = b;
+    if (nim_ranking_before(&x->r, &y->r)) return -1;
+    return nim_ranking_before(&y->r, &x->r) ? 1 : 0;
+}
+
+/* Reads results[].index/relevance_score of every batch into C. Raises on a malformed list. */
+static size_t read_batches(lua_State *L, int list, size_t k, entry *all, size_t *lens,
+                           const nim_ranking **heads, nim_ranking *flat, int *sorted) {
+    size_t total = 0;
+    *sorted = 1;
+    for (size_t b = 0; b < k; b++) {
+        lua_rawgeti(L, list, (lua_Integer)b + 1);
+        if (lua_getfield(L, -1, "results") != LUA_TTABLE)
+            luaL_error(L, "nim.native.merge: [%d].results: expected a list", (int)b + 1);
+        lens[b] = lua_rawlen(L, -1);
+        heads[b] = flat + total;
+        for (size_t i = 0; i < lens[b]; i++) {
+            lua_rawgeti(L, -1, (lua_Integer)i + 1);
+            lua_getfield(L, -1, "index");
+            lua_getfield(L, -2, "relevance_score");
+            entry *e = &all[total + i];
+            e->r.index = (size_t)lua_tointeger(L, -2);
+            e->r.score = lua_tonumber(L, -1);
+            e->ref.list = b;
+            e->ref.pos = i;
+            flat[total + i] = e->r;
+            lua_pop(L, 3);
+        }
+        if (!nim_rankings_sorted(heads[b], lens[b])) *sorted = 0;
+        total += lens[b];
+        lua_pop(L, 2);
+    }
+    return total;
+}
+
+/* nim.native.merge(results, top_n) -> one result: the batches' results (indices already the
+ * caller's) in rank order, cut to top_n; id and meta of the first batch, tokens summed,
+ * latency the slowest batch's. */
+int nim_l_merge(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer top_n = luaL_optinteger(L, 2, 0);
+    lua_settop(L, 2);
+    size_t k = lua_rawlen(L, 1), total = 0;
+    luaL_argcheck(L, k > 0, 1, "no results to merge");
+    for (size_t b = 1; b <= k; b++) {
+        if (lua_rawgeti(L, 1, (lua_Integer)b) != LUA_TTABLE ||
+            lua_getfield(L, -1, "results") != LUA_TTABLE)
+            return luaL_error(L, "nim.native.merge: [%d]: expected a result", (int)b);
+        total += lua_rawlen(L, -1);
+        lua_pop(L, 2);
+    }
+    /* scratch owned by the GC (slots 3-7): a raise frees it */
+    entry *all = lua_newuserdatauv(L, (total ? total : 1) * sizeof *all, 0);
+    nim_ranking *flat = lua_newuserdatauv(L, (total ? total : 1) * sizeof *flat, 0);
+    size_t *lens = lua_newuserdatauv(L, k * sizeof *lens, 0);
+    size_t *cursor = lua_newuserdatauv(L, k * sizeof *cursor, 0);
+    const nim_ranking **heads = lua_newuserdatauv(L, k * sizeof *heads, 0);
+    int sorted;
+    read_batches(L, 1, k, all, lens, heads, flat, &sorted);
+    size_t keep = (top_n > 0 && (size_t)top_n < total) ? (size_t)top_n : total;
+    nim_merge_ref *refs = lua_newuserdatauv(L, (keep ? keep : 1) * sizeof *refs, 0); /* 8 */
+    if (sorted) { /* every provider answers in rank order: a k-way merge suffices */
+        keep = nim_rankings_merge(heads, lens, k, keep, cursor, refs);
+    } else {
+        qsort(all, total, sizeof *all, entry_cmp);
+        for (size_t i = 0; i < keep; i++)
+            refs[i] = all[i].ref;
+    }
+
+    lua_rawgeti(L, 1, 1); /* 9: the first batch gives id and meta */
+    lua_createtable(L, 0, 3);
+    lua_getfield(L, 9, "id");
+    lua_setfield(L, -2, "id");
+    lua_createtable(L, (int)keep, 0);
+    nim_mark_array(L, -1);
+    for (size_t i = 0; i < keep; i++) {
+        lua_rawgeti(L, 1, (lua_Integer)refs[i].list + 1);
+        lua_getfield(L, -1, "results");
+        lua_rawgeti(L, -1, (lua_Integer)refs[i].pos + 1);
+        lua_rawseti(L, -4, (lua_Integer)i + 1);
+        lua_pop(L, 2);
+    }
+    lua_setfield(L, -2, "results");
+    lua_Integer tokens = 0;
+    lua_Number slowest = 0;
+    for (size_t b = 1; b <= k; b++) {
+        lua_rawgeti(L, 1, (lua_Integer)b);
+        lua_getfield(L, -1, "meta");
+        if (lua_istable(L, -1)) {
+            if (lua_getfield(L, -1, "billed_units") == LUA_TTABLE) {
+                lua_getfield(L, -1, "total_tokens");
+                tokens += lua_tointeger(L, -1);
+                lua_pop(L, 1);
+            }
+            lua_pop(L, 1);
+            lua_getfield(L, -1, "latency_ms");
+            if (lua_tonumber(L, -1) > slowest) slowest = lua_tonumber(L, -1);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+    }
+    if (lua_getfield(L, 9, "meta") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+    }
+    lua_createtable(L, 0, 1);
+    lua_pushinteger(L, tokens);
+    lua_setfield(L, -2, "total_tokens");
+    lua_setfield(L, -2, "billed_units");
+    lua_pushnumber(L, slowest);
+    lua_setfield(L, -2, "latency_ms");
+    lua_setfield(L, -2, "meta");
+    return 1;
+}

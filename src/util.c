@@ -1,0 +1,72 @@
+/* util.c: small functions of the nim table: the clock, sleeping, terminals, JSON lists, and
+ * the nim.Request handle the Lua scheduler fills with methods. */
+#include <errno.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "binding.h"
+#include "clock.h"
+
+/* nim.now() -> seconds on a monotonic clock (for timing and frame loops). */
+int nim_l_now(lua_State *L) {
+    lua_pushnumber(L, nim_now());
+    return 1;
+}
+
+/* nim.sleep(seconds): blocks this thread (the router's default wait between retries). */
+int nim_l_sleep(lua_State *L) {
+    double s = luaL_checknumber(L, 1);
+    luaL_argcheck(L, s >= 0 && s < 1e7, 1, "seconds must be between 0 and 1e7");
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+    return 0;
+}
+
+/* nim.isatty(fd) -> boolean (0 stdin, 1 stdout, 2 stderr) */
+int nim_l_isatty(lua_State *L) {
+    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+/* nim.terminal_width(fd) -> columns of the terminal on fd, or nil when it is none. */
+int nim_l_terminal_width(lua_State *L) {
+    struct winsize w;
+    if (ioctl((int)luaL_checkinteger(L, 1), TIOCGWINSZ, &w) != 0 || w.ws_col == 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushinteger(L, w.ws_col);
+    return 1;
+}
+
+/* nim.array([t]) -> t marked as a JSON array (so an empty one encodes as []). */
+int nim_l_array(lua_State *L) {
+    if (lua_isnoneornil(L, 1))
+        lua_newtable(L);
+    else
+        luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    nim_mark_array(L, 1);
+    return 1;
+}
+
+/* nim.native.handle(task) -> a nim.Request userdata whose user value is task. The methods,
+ * __gc and __close come from the Lua scheduler (lua/nim/async.lua), which fills
+ * nim.native.request_mt: a userdata, so `type(req)` is what users expect of a handle. */
+int nim_l_handle(lua_State *L) {
+    luaL_checkany(L, 1);
+    lua_newuserdatauv(L, 1, 1);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1);
+    nim_setmeta(L, &nim_key_request_mt);
+    return 1;
+}
+
+/* nim.native.task_of(handle) -> the task table of a nim.Request */
+int nim_l_task_of(lua_State *L) {
+    nim_checkudata(L, 1, &nim_key_request_mt, "nim.Request");
+    lua_getiuservalue(L, 1, 1);
+    return 1;
+}
