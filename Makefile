@@ -123,9 +123,9 @@ test-asan:
 test-valgrind: all
 	@sh tests/valgrind.sh $(BUILD)
 
-test-tsan: check-deps
+test-tsan: all
 	@$(MAKE) --no-print-directory BUILD=build-tsan CFLAGS="-O1 -g -fsanitize=thread" \
-	    LDFLAGS="-fsanitize=thread" build-tsan/fakenim build-tsan/tests/test_threads
+	    LDFLAGS="-fsanitize=thread" build-tsan/tests/test_threads
 	@sh tests/tsan.sh build-tsan
 
 bench: all

@@ -200,23 +200,6 @@ test("offline_rerank_never_loads_libcurl", function()
   eq(sh(BIN .. " -e " .. q(code)), "not loaded", "libcurl")
 end)
 
-test("installed_tree_is_relocatable_and_serves_stock_lua", function()
-  local build = BIN:match("^(.*)/nimrank$")
-  local dir = os.tmpname()
-  os.remove(dir)
-  local _, code = sh(("make -s install PREFIX=%s/a BUILD=%s >/dev/null 2>&1 && mv %s/a %s/b")
-    :format(dir, build, dir, dir))
-  eq(code, 0, "make install")
-  local out = sh(("%s/b/bin/nimrank rerank -q gpu cats gpu 2>/dev/null"):format(dir))
-  eq(h.decode(out).results[1].index, 1, "installed binary finds its Lua layer after a move")
-  out = sh(("cd / && LD_PRELOAD=%s LUA_CPATH='%s/b/lib/lua/5.4/?.so;;' "
-    .. "LUA_PATH='%s/b/share/lua/5.4/?.lua;;' "
-    .. "lua5.4 -e 'print(require(\"nim.json\").encode(require(\"nim\").array{}))'")
-    :format(q(os.getenv("NIMRANK_PRELOAD") or ""), dir, dir))
-  sh("rm -rf " .. q(dir))
-  eq(out, "[]\n", "stock lua5.4 uses the installed module and Lua layer")
-end)
-
 test("rerank_progress_bar_and_batching_options", function()
   local f = os.tmpname()
   local fh = io.open(f, "wb")
@@ -231,4 +214,95 @@ test("rerank_progress_bar_and_batching_options", function()
   spec.match(err, "%] 100%% 1200/1200 documents\n$", "the bar reached 100% and ended its line")
   local _, c2 = sh(BIN .. " rerank -q q --concurrency 0 d 2>/dev/null")
   eq(c2, 2, "bad --concurrency is a usage error")
+end)
+
+test("config_option_works_anywhere_on_a_command_line", function()
+  local path = tmpfile("model_list:\n  - model_name: offline-group\n    litellm_params:\n"
+    .. "      model: local/bm25\n")
+  for _, line in ipairs({
+    "rerank -m offline-group --config %s -q gpu 'gpu x' cats",
+    "rerank -q gpu --config=%s -m offline-group 'gpu x' cats",
+    "rerank -m offline-group -q gpu 'gpu x' cats --config %s",
+    "--config %s rerank -m offline-group -q gpu 'gpu x' cats",
+  }) do
+    local out, code = sh(BIN .. " " .. line:format(q(path)) .. " --json 2>&1")
+    eq(code, 0, line .. ": " .. out)
+    eq(h.decode(out).meta.model_group, "offline-group", line)
+  end
+  local out = sh(BIN .. " rerank -m local/bm25 -q gpu --json -- --config gpu 2>&1")
+  eq(#h.decode(out).results, 2, "after -- it is a document")
+  os.remove(path)
+end)
+
+test("misuse_in_the_cli_is_a_usage_error_without_a_library_path", function()
+  for _, c in ipairs({
+    { "--truncate MIDDLE", "^nimrank rerank: truncate: must be" },
+    { "-H 'Content-Length: 0'", "^nimrank rerank: headers%['Content%-Length'%]: frames" },
+    { "--api-base localhost:1", "^nimrank rerank: api_base: must start with http" },
+  }) do
+    local out, code = sh(BIN .. " rerank -m " .. h.RETRIEVAL .. " -q q " .. c[1] .. " d 2>&1")
+    eq(code, 2, c[1] .. " is a usage error")
+    match(out, c[2], c[1])
+    spec.no_match(out, "lua/nim", "no library path")
+    spec.no_match(out, "nim.rerank:", "said as the command's own")
+  end
+end)
+
+test("fallback_is_said_on_stderr", function()
+  local path = tmpfile(([[
+model_list:
+  - model_name: primary
+    litellm_params: { model: %s, api_base: "http://127.0.0.1:1" }
+  - model_name: offline
+    litellm_params: { model: local/bm25 }
+router_settings:
+  num_retries: 0
+  fallbacks: [ { primary: [offline] } ]
+]]):format(h.RANKING))
+  local out = sh(("%s --config %s rerank -m primary -q gpu --json 'gpu a' cats 2>%s.err")
+    :format(BIN, q(path), path))
+  local err = io.open(path .. ".err"):read("a")
+  os.remove(path); os.remove(path .. ".err")
+  eq(h.decode(out).meta.provider, "local", "answered offline")
+  match(err, "^nimrank rerank: fell back from primary to offline %(connection: ", "one line")
+  local _, lines = err:gsub("\n", "")
+  eq(lines, 1, "exactly one line")
+end)
+
+test("terminal_output_is_a_table_piped_output_is_ordered_json", function()
+  local out = sh(BIN .. " rerank -m local/bm25 -q gpu 'gpu memory' 'cats and dogs' 2>/dev/null")
+  match(out, '^{"id":"[^"]+","results":%[{"index":0,"relevance_score":[^,]+,"document":',
+    "piped: JSON, keys in a stable order")
+  match(out, '%],"meta":{', "meta last")
+  local tbl = sh(BIN .. " rerank -m local/bm25 -q gpu --table 'gpu memory\nsecond line' cats")
+  match(tbl, "^rank +index +score +document\n", "header")
+  match(tbl, "\n   1      0 +[%d.]+  gpu memory\n", "first line of the best document")
+  spec.no_match(tbl, "second line", "only the first line")
+  -- a real terminal (script(1) gives the command a pty), 40 columns wide
+  local tty = sh("COLUMNS=40 script -qec " .. q(BIN .. " rerank -m local/bm25 -q gpu 'gpu "
+    .. ("memory "):rep(20) .. "' cats") .. " /dev/null")
+  match(tty, "rank +index +score +document", "a table on a terminal")
+  for line in tty:gmatch("[^\r\n]+") do ok(#line <= 40, "cut to the width: " .. line) end
+  local js = sh("script -qec " .. q(BIN .. " rerank -m local/bm25 -q gpu --json gpu cats")
+    .. " /dev/null")
+  match(js, '^{"id"', "--json on a terminal")
+end)
+
+test("nimrank_init_runs_in_the_host_program", function()
+  local init = tmpfile("local nim = ...\nnim.init_saw = nim.version\n")
+  local out = sh(("NIMRANK_INIT=%s %s -e 'io.write(nim.init_saw)'"):format(q(init), BIN))
+  os.remove(init)
+  match(out, "^%d+%.%d+%.%d+$", "the init file got nim as its argument")
+end)
+
+test("missing_lua_layer_is_one_clear_line", function()
+  local out, code = sh(("NIMRANK_LUA_PATH=/nonexistent %s rerank -q q d 2>&1"):format(BIN))
+  eq(code, 1, "fails")
+  match(out, "^nimrank: nim: the Lua layer %(nim/layer%.lua%) was not found %(looked in "
+    .. "/nonexistent", "says where it looked")
+  local _, lines = out:gsub("\n", "")
+  eq(lines, 1, "one line")
+  out = sh(("NIMRANK_LUA_PATH=/nonexistent %s -e " .. q("print(nim.native.rerank{model = "
+    .. "'local/bm25', query = 'q', documents = {'q'}}.results[1].index)")):format(BIN))
+  eq(out, "0\n", "the native binding still works")
 end)

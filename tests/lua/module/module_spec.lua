@@ -35,3 +35,15 @@ test("garbage_collection_after_many_calls", function()
   collectgarbage()
   ok(nim.rerank(h.args()), "still works after full GC")
 end)
+
+test("require_has_no_side_effects_and_opening_twice_is_the_same_module", function()
+  local path, cpath = package.path, package.cpath
+  local nim = require "nim"
+  eq(package.path, path, "package.path untouched")
+  eq(package.cpath, cpath, "package.cpath untouched")
+  package.loaded.nim = nil
+  local again = require "nim"
+  eq(again, nim, "the same module table")
+  eq(rawget(_G, "NIMRANK_INIT_RAN"), nil, "NIMRANK_INIT is the host program's, not the library's")
+  eq(require("nim.json"), require("nim.json"), "the layer's modules load from its own directory")
+end)

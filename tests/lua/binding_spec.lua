@@ -1,0 +1,173 @@
+-- The binding's contracts: which keys the native call takes, misuse at the caller's line,
+-- structured checks, one error constructor, the one ranking rule, module opening.
+local spec = require "spec"
+local h = require "helpers"
+local nim = require "nim"
+local test, eq, ok, raises = spec.test, spec.eq, spec.ok, spec.raises
+
+local THIS = "tests/lua/binding_spec.lua:"
+
+test("native_call_refuses_policy_keys_it_does_not_handle", function()
+  for _, k in ipairs({ "filters", "fallbacks", "num_retries", "batch_size", "concurrency",
+    "on_progress", "metadata" }) do
+    local err = raises(function()
+      nim.native.rerank({ model = "local/bm25", query = "q", documents = { "d" }, [k] = 1 })
+    end, k, "nim.rerank")
+    spec.no_match(err, "unsupported", k .. " is not called unsupported")
+  end
+  -- what the native call lists is what the layer strips: nim.rerank takes them all
+  ok(nim.rerank({ model = "local/bm25", query = "q", documents = { "d" }, filters = { "dedupe" },
+    num_retries = 1, batch_size = 5, concurrency = 2, metadata = { x = 1 } }), "routed call")
+  local keys = nim.native.keys
+  ok(#keys.request > 0 and #keys.transport > 0 and #keys.policy > 0, "keys exposed")
+end)
+
+-- Misuse through every path (router, batching, async, native, resolve) names the caller's
+-- file and line, never a file of the library.
+test("misuse_points_at_the_callers_line", function()
+  local docs = {}
+  for i = 1, 600 do docs[i] = "doc " .. i end
+  local cases = {
+    function() nim.rerank(h.args({ top_n = 0 })) end,
+    function() nim.rerank({ model = h.RANKING, query = "q", documents = docs, top_n = 0 }) end,
+    function() nim.rerank({ model = h.RANKING, query = "q", documents = docs, batch_size = 0 }) end,
+    function() nim.rerank(h.args({ filters = { "nope" } })) end,
+    function() nim.rerank(h.args({ fallbacks = 42 })) end,
+    function() nim.native.rerank(h.args({ top_n = 0 })) end,
+    function() nim.native.start(h.args({ top_n = 0 })) end,
+    function() nim.resolve(h.RETRIEVAL, { api_base = 1 }) end,
+    function() nim.rerank_async(h.args({ top_n = 0 })) end,
+    function() nim.rerank_many({ { query = "q" }, concurrency = 0 }) end,
+  }
+  for i, fn in ipairs(cases) do
+    local okc, err = pcall(fn)
+    eq(okc, false, "case " .. i .. " raised")
+    spec.match(tostring(err), "^" .. THIS:gsub("%p", "%%%0") .. "%d+: nim%.",
+      "case " .. i .. " at the caller's line")
+    spec.no_match(tostring(err), "lua/nim/", "case " .. i .. " names no library file")
+  end
+  local err = raises(function() nim.resolve(h.RETRIEVAL, { api_base = 1 }) end, "api_base")
+  spec.match(err, "nim%.resolve: api_base:", "resolve names itself, not nim.rerank")
+end)
+
+test("check_returns_misuse_as_fields", function()
+  eq(nim.check(h.args()), true, "valid")
+  local cases = {
+    { { top_n = 0 }, "top_n", "must be an integer >= 1" },
+    { { truncate = "MIDDLE" }, "truncate", "NONE" },
+    { { batch_size = -1 }, "batch_size", "integer" },
+    { { filters = { "nope" } }, "filters[1]", "unknown filter" },
+    { { headers = { ["X-A"] = "a\nb" } }, "headers['X-A']", "control characters" },
+    { { headers = { ["Content-Length"] = "0" } }, "headers['Content-Length']", "frames" },
+    { { timeout = 0 / 0 }, "timeout", "seconds" },
+  }
+  for _, c in ipairs(cases) do
+    local valid, bad = nim.check(h.args(c[1]))
+    eq(valid, nil, c[2] .. " invalid")
+    eq(bad.field, c[2], "field")
+    spec.match(bad.message, c[3], "message")
+    eq(bad.fn, "nim.rerank", "function")
+  end
+  local before = h.last()
+  nim.check(h.args({ query = "checked, never sent" }))
+  eq(h.last().body, before.body, "check sends nothing")
+end)
+
+test("every_error_comes_from_one_constructor", function()
+  local e = nim.native.error({ type = "rate_limit", message = "m", status = 429, retry_after = 2 })
+  eq(getmetatable(e), nim.error_mt, "metatable")
+  eq(e.retryable, true, "retryable by type")
+  eq(e.provider, "nimrank", "nimrank decided")
+  eq(e.retry_after, 2, "extra fields kept")
+  eq(tostring(e), "nim: rate_limit (HTTP 429): m", "tostring")
+  raises(function() nim.native.error({ type = "oops", message = "m" }) end, "unknown error type")
+  -- cancelled comes from the same enum, from C and from the scheduler alike
+  local t = nim.native.start(h.args({ query = "!delay=2000 " .. h.QUERY .. " cancel" }))
+  t:cancel()
+  local _, err = t:result()
+  eq(err.type, "cancelled", "C")
+  eq(err.provider, "nvidia_nim", "the provider the call was for")
+  local req = nim.rerank_async(h.args({ query = "!delay=2000 " .. h.QUERY .. " cancel2" }))
+  req:cancel()
+  local _, err2 = req:wait()
+  eq(err2.type, "cancelled", "scheduler")
+  eq(err2.provider, "nvidia_nim", "same rule")
+  eq(getmetatable(err2), nim.error_mt, "same metatable")
+end)
+
+test("one_ranking_rule_for_providers_and_batches", function()
+  local docs = {}
+  for i = 1, 40 do docs[i] = (i % 3 == 0) and "gpu gpu" or ((i % 3 == 1) and "gpu" or "cat") end
+  local single = assert(nim.native.rerank({ model = h.RANKING, query = "!ties gpu",
+    documents = docs, api_base = h.open_url }))
+  local batched = assert(nim.rerank({ model = h.RANKING, query = "!ties gpu", documents = docs,
+    api_base = h.open_url, batch_size = 7 }))
+  eq(batched.meta.batches, 6, "batched")
+  for i = 2, #batched.results do
+    local a, b = batched.results[i - 1], batched.results[i]
+    ok(a.relevance_score > b.relevance_score or
+      (a.relevance_score == b.relevance_score and a.index < b.index), "score, then index")
+    eq(b.index, single.results[i].index, "the same order as one request")
+  end
+  local merged = nim.native.merge({
+    { id = "a", results = { { index = 3, relevance_score = 1 } }, meta = {} },
+    { id = "b", results = { { index = 1, relevance_score = 1 },
+      { index = 0, relevance_score = 0 } }, meta = { billed_units = { total_tokens = 5 } } } }, 2)
+  eq(merged.results[1].index, 1, "ties by index")
+  eq(#merged.results, 2, "top_n")
+  eq(merged.meta.billed_units.total_tokens, 5, "tokens summed")
+end)
+
+test("limits_and_key_spelling_are_asked_not_repeated", function()
+  eq(nim.native.max_passages(h.RETRIEVAL), 512, "NIM default")
+  eq(nim.native.max_passages("local/bm25"), nil, "no limit offline")
+  eq(nim.native.catalog_key("nvidia_nim/ranking/nvidia/x-y"), "nvidia/x-y", "prefixes stripped")
+  ok(nim.native.catalog_entry("nvidia_nim/ranking/nvidia/llama-3.2-nv-rerankqa-1b-v2"),
+    "a dotted ranking name finds the underscore entry")
+  local catalog = require "nim.catalog"
+  eq(catalog.max_passages("local/bm25"), math.huge, "catalog.lua asks the binding")
+  local name, explicit = nim.native.provider_of("nvidia/x")
+  eq(name, "nvidia_nim", "bare names are NIM")
+  eq(explicit, false, "without a prefix")
+  raises(function() nim.native.provider_of("local/nope") end, "unknown local model")
+end)
+
+test("a_batched_call_runs_the_router_once", function()
+  local calls = 0
+  local r = require("nim.router").new(nil, { call = function(a, batch)
+    calls = calls + 1
+    return require("nim.batch").call(a, batch)
+  end })
+  local docs = {}
+  for i = 1, 30 do docs[i] = "gpu doc " .. i end
+  local res = assert(r:rerank({ model = h.RANKING, query = "gpu", documents = docs,
+    api_base = h.open_url, batch_size = 10, num_retries = 1 }))
+  eq(res.meta.batches, 3, "three batches")
+  eq(calls, 1, "one provider call from the router")
+  eq(#res.meta.attempts, 1, "one attempt recorded")
+end)
+
+test("configured_router_refuses_unknown_names", function()
+  nim.load_config({ model_list = { { model_name = "known", litellm_params = {
+    model = "local/bm25" } } }, router_settings = { model_group_alias = { k = "known" } } })
+  local res, err = nim.rerank({ model = "nvidia/llama-nemotron-rerank-1b-v2", query = "q",
+    documents = { "d" } })
+  local ok2 = nim.rerank({ model = "local/bm25", query = "q", documents = { "d" } })
+  local ok3 = nim.rerank({ model = "k", query = "q", documents = { "d" } })
+  nim.load_config({})
+  eq(res, nil, "not sent upstream")
+  eq(err.type, "not_found", "not_found")
+  eq(err.status, 404, "status")
+  spec.match(err.message, "configured: k, known", "names the configured groups and aliases")
+  ok(ok2, "a provider prefix still works")
+  ok(ok3, "an alias works")
+  ok(nim.rerank({ model = "nvidia_nim/nvidia/llama-nemotron-rerank-1b-v2", query = "q",
+    documents = {}, api_base = h.url }), "no config: bare and prefixed names are NIM models")
+end)
+
+test("registry_holds_no_named_keys_and_the_layer_is_located", function()
+  ok(nim.native.layer_dir and nim.native.layer_dir:find("lua$"), "layer found in lua/")
+  for k in pairs(debug.getregistry()) do
+    if type(k) == "string" then spec.no_match(k, "nim", "no named registry key " .. k) end
+  end
+end)
