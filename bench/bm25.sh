@@ -4,6 +4,6 @@
 set -e
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
-cc -O2 -o "$BUILD/bm25_core" bench/bm25_core.c src/bm25.c -lm
+cc -O2 -o "$BUILD/bm25_core" bench/bm25_core.c src/bm25.c src/ranking.c -lm -lpthread
 taskset -c 0 "$BUILD/bm25_core" 10000 20
 taskset -c 0 "$BUILD/nimrank" bench/bm25.lua 10000 20

@@ -11,7 +11,8 @@ N=${2:-256}
 TMP=$(mktemp -d)
 "$BUILD/fakenim" >"$TMP/port" &
 FAKE=$!
-trap 'kill $FAKE 2>/dev/null; rm -rf "$TMP"' EXIT INT TERM
+trap 'kill $FAKE 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"' EXIT
+trap 'exit 1' INT TERM
 while ! grep -q PORT "$TMP/port" 2>/dev/null; do sleep 0.05; done
 URL="http://127.0.0.1:$(awk '/PORT/{print $2}' "$TMP/port")"
 PASSAGES='[{"text":"gpu memory bandwidth"},{"text":"cats"},{"text":"tensor cores"}]'

@@ -11,13 +11,17 @@ BUILD=${BUILD:-build}
 N=${1:-200}
 TMP=$(mktemp -d)
 FAKES=""
-trap 'kill $FAKES 2>/dev/null; rm -rf "$TMP"' EXIT INT TERM
-start_fake() { # output file, args...
+# The fakes are started in this shell (never inside $(...), where their PIDs would be lost),
+# and stopped however the script ends.
+stop() { [ -z "$FAKES" ] || kill $FAKES 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"; }
+trap stop EXIT
+trap 'exit 1' INT TERM
+start_fake() { # port file, args...: sets URL
     out=$1; shift
     "$BUILD/fakenim" "$@" >"$out" &
     FAKES="$FAKES $!"
     while ! grep -q PORT "$out" 2>/dev/null; do sleep 0.05; done
-    echo "http://127.0.0.1:$(awk '/PORT/{print $2}' "$out")"
+    URL="http://127.0.0.1:$(awk '/PORT/{print $2}' "$out")"
 }
 ROUNDS=${ROUNDS:-3}
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
@@ -52,11 +56,12 @@ measure() { # label, url, docs
 
 printf "%-9s %5s %6s %12s %12s %11s %11s %9s %9s\n" upstream docs calls "nim wall" "curl wall" \
     "nim cpu" "curl cpu" "wall ovh" "cpu ovh"
-SCORING=$(start_fake "$TMP/p0" --max-passages 1000)
+start_fake "$TMP/p0" --max-passages 1000
+SCORING=$URL
 for DOCS in 100 1000; do measure scoring "$SCORING" "$DOCS"; done
 for DOCS in 100 1000; do
-    CANNED=$(start_fake "$TMP/p$DOCS" --max-passages 1000 --canned "$DOCS")
-    measure canned "$CANNED" "$DOCS"
+    start_fake "$TMP/p$DOCS" --max-passages 1000 --canned "$DOCS"
+    measure canned "$URL" "$DOCS"
 done
 echo "times in ms per call; medians of $ROUNDS alternating rounds;"
 echo "wall ovh = (nim wall - curl wall) / curl wall;"

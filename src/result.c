@@ -142,6 +142,38 @@ static size_t read_batches(lua_State *L, int list, size_t k, entry *all, size_t 
     return total;
 }
 
+/* Pushes the merged call's meta: the first batch's (at first), tokens summed over the k
+ * batches of list, latency the slowest batch's. */
+static void merged_meta(lua_State *L, int list, size_t k, int first) {
+    lua_Integer tokens = 0;
+    lua_Number slowest = 0;
+    for (size_t b = 1; b <= k; b++) {
+        lua_rawgeti(L, list, (lua_Integer)b);
+        if (lua_getfield(L, -1, "meta") == LUA_TTABLE) {
+            if (lua_getfield(L, -1, "billed_units") == LUA_TTABLE) {
+                lua_getfield(L, -1, "total_tokens");
+                tokens += lua_tointeger(L, -1);
+                lua_pop(L, 1);
+            }
+            lua_pop(L, 1);
+            lua_getfield(L, -1, "latency_ms");
+            if (lua_tonumber(L, -1) > slowest) slowest = lua_tonumber(L, -1);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+    }
+    if (lua_getfield(L, first, "meta") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+    }
+    lua_createtable(L, 0, 1);
+    lua_pushinteger(L, tokens);
+    lua_setfield(L, -2, "total_tokens");
+    lua_setfield(L, -2, "billed_units");
+    lua_pushnumber(L, slowest);
+    lua_setfield(L, -2, "latency_ms");
+}
+
 /* nim.native.merge(results, top_n) -> one result: the batches' results (indices already the
  * caller's) in rank order, cut to top_n; id and meta of the first batch, tokens summed,
  * latency the slowest batch's. */
@@ -190,34 +222,7 @@ int nim_l_merge(lua_State *L) {
         lua_pop(L, 2);
     }
     lua_setfield(L, -2, "results");
-    lua_Integer tokens = 0;
-    lua_Number slowest = 0;
-    for (size_t b = 1; b <= k; b++) {
-        lua_rawgeti(L, 1, (lua_Integer)b);
-        lua_getfield(L, -1, "meta");
-        if (lua_istable(L, -1)) {
-            if (lua_getfield(L, -1, "billed_units") == LUA_TTABLE) {
-                lua_getfield(L, -1, "total_tokens");
-                tokens += lua_tointeger(L, -1);
-                lua_pop(L, 1);
-            }
-            lua_pop(L, 1);
-            lua_getfield(L, -1, "latency_ms");
-            if (lua_tonumber(L, -1) > slowest) slowest = lua_tonumber(L, -1);
-            lua_pop(L, 1);
-        }
-        lua_pop(L, 2);
-    }
-    if (lua_getfield(L, 9, "meta") != LUA_TTABLE) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-    }
-    lua_createtable(L, 0, 1);
-    lua_pushinteger(L, tokens);
-    lua_setfield(L, -2, "total_tokens");
-    lua_setfield(L, -2, "billed_units");
-    lua_pushnumber(L, slowest);
-    lua_setfield(L, -2, "latency_ms");
+    merged_meta(L, 1, k, 9);
     lua_setfield(L, -2, "meta");
     return 1;
 }
