@@ -66,11 +66,69 @@ static void assign_needs_a_watched_socket(void) {
     lua_close(L);
 }
 
+/* The socket-callback style: every call for a socket after nimrank_assign() hands back the
+ * pointer stored for it, so the host never searches its own table. */
+typedef struct {
+    lua_State *L;
+    int calls, with_pointer, wrong_pointer, stops;
+    int slot_fd[8];
+} host_loop;
+
+static void watch(void *ud, int fd, int events, void *socketp) {
+    host_loop *h = ud;
+    h->calls++;
+    if (socketp) {
+        h->with_pointer++;
+        if (*(int *)socketp != fd) h->wrong_pointer++;
+    }
+    if (events == 0) {
+        h->stops++;
+        if (socketp) *(int *)socketp = -1;
+        return;
+    }
+    if (!socketp) {
+        for (int i = 0; i < 8; i++) {
+            if (h->slot_fd[i] < 0) {
+                h->slot_fd[i] = fd;
+                CHECK(nimrank_assign(h->L, fd, &h->slot_fd[i]) == 0);
+                break;
+            }
+        }
+    }
+}
+
+static void timer(void *ud, long ms) {
+    (void)ud;
+    (void)ms;
+}
+
+static void watch_gets_back_the_pointer_assigned_to_its_socket(void) {
+    const char *url = getenv("FAKE_OPEN_URL");
+    if (!url) {
+        printf("  (no FAKE_OPEN_URL: skipped)\n");
+        return;
+    }
+    lua_State *L = open_state("lua");
+    host_loop h = {L, 0, 0, 0, 0, {-1, -1, -1, -1, -1, -1, -1, -1}};
+    CHECK(nimrank_set_loop(L, watch, timer, &h) == 0);
+    lua_pushstring(L, url);
+    lua_setglobal(L, "URL");
+    /* blocking calls drive the same sockets: two of them, on one kept-alive connection */
+    CHECK(run(L, "for i = 1, 2 do assert(nim.rerank{model = "
+                 "'nvidia_nim/ranking/nvidia/llama-3.2-nv-rerankqa-1b-v2', api_base = URL, "
+                 "query = 'gpu', documents = {'gpu', 'cat'}}) end") == 0);
+    lua_close(L);
+    CHECK(h.calls >= 2);
+    CHECK(h.with_pointer >= 1); /* the later calls came with the pointer */
+    CHECK(h.wrong_pointer == 0);
+}
+
 int main(void) {
     RUN(opening_twice_gives_the_same_module);
     RUN(poll_failure_pushes_its_message);
     RUN(without_the_layer_poll_still_moves_transfers);
     RUN(assign_needs_a_watched_socket);
+    RUN(watch_gets_back_the_pointer_assigned_to_its_socket);
     nimrank_global_cleanup();
     return CTEST_SUMMARY("c/hostloop");
 }
