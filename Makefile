@@ -14,7 +14,7 @@ DESTDIR  ?=
 LUA_DIR  := $(PREFIX)/share/lua/5.4
 PKGS     := lua5.4 lua5.4-cjson
 DEB_PKGS := pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev lua-cjson \
-            libmicrohttpd-dev lua-yaml curl luarocks
+            libmicrohttpd-dev libjsmn-dev lua-yaml curl luarocks
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             $(if $(filter 1,$(STRICT)),-Werror)
 NIM_CFLAGS := -std=gnu11 $(WARN) -fPIC -fvisibility=hidden -MMD -MP \

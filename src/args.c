@@ -116,6 +116,7 @@ static const char *const transport_options[] = {"api_key",
                                                 "ca_bundle",
                                                 "max_response_bytes",
                                                 "nvcf_status_url",
+                                                "nvcf_poll_interval",
                                                 "drop_params",
                                                 "bm25",
                                                 "user",
@@ -203,13 +204,18 @@ static int type_error(lua_State *L, const char *field, const char *expected, int
                       luaL_typename(L, idx));
 }
 
+/* A string field the C side uses as a C string: an embedded NUL would silently cut it
+ * (a model, a URL, a key), so it is refused. */
 static const char *opt_string(lua_State *L, int args, const char *field) {
     int t = lua_getfield(L, args, field);
     const char *s = NULL;
-    if (t == LUA_TSTRING)
-        s = lua_tostring(L, -1);
-    else if (t != LUA_TNIL)
+    if (t == LUA_TSTRING) {
+        size_t n;
+        s = lua_tolstring(L, -1, &n);
+        if (strlen(s) != n) nim_misuse(L, "nim.rerank", field, "contains a NUL byte");
+    } else if (t != LUA_TNIL) {
         type_error(L, field, "string", -1);
+    }
     lua_pop(L, 1); /* still referenced by args, so s stays valid */
     return s;
 }
@@ -327,6 +333,7 @@ static void check_transport(lua_State *L, nim_args *a, int args) {
     a->max_response = opt_count(L, args, "max_response_bytes");
     a->api_base = opt_string(L, args, "api_base");
     a->nvcf_status_url = opt_string(L, args, "nvcf_status_url");
+    a->nvcf_poll_interval = opt_seconds(L, args, "nvcf_poll_interval", NULL, 1.0);
     if (!a->nvcf_status_url) a->nvcf_status_url = getenv("NIMRANK_NVCF_STATUS_URL");
     if (!a->nvcf_status_url || !*a->nvcf_status_url)
         a->nvcf_status_url = "https://api.nvcf.nvidia.com/v2/nvcf/pexec/status";

@@ -83,6 +83,7 @@ typedef struct {
     const char *api_base;
     const char *api_key;
     const char *nvcf_status_url;
+    double nvcf_poll_interval;
     int bm25; /* stack slot of the bm25 options table, or 0 */
 } nim_args;
 
@@ -126,6 +127,8 @@ typedef struct {
     double timeout, connect_timeout;
     double deadline; /* monotonic: the call's timeout covers NVCF status polls too */
     int polls;       /* NVCF status polls made so far */
+    double sent_at;  /* when the request in flight started */
+    double poll_interval;
 } nim_call;
 
 nim_call *nim_call_new(lua_State *L, nim_complete_fn complete); /* pushes it, pending */

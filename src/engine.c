@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,7 +33,8 @@ struct nim_transfer {
     char *body;
     char *resp;
     size_t resp_len, resp_cap, max_response;
-    int done, too_large;
+    int done, too_large, deferred;
+    double not_before; /* deferred: added to the multi at this time */
     nim_xfer_result result;
     long status;
     double retry_after;
@@ -55,9 +57,33 @@ struct nim_engine {
     nim_sock *announcing; /* the socket whose watch() call is under way (nim_engine_assign) */
     CURL *pool[POOL_MAX];
     int npool;
-    int running;
+    int running; /* attached and not done, deferred ones included */
+    int deferred;
+    long max_connections;
     nim_transfer *attached;
 };
+
+/* The earliest moment something must happen without socket activity: curl's timer or a
+ * deferred start. < 0: none. */
+static double next_due(const nim_engine *e) {
+    double due = e->timer_at;
+    if (e->deferred)
+        for (const nim_transfer *t = e->attached; t; t = t->next)
+            if (t->deferred && (due < 0 || t->not_before < due)) due = t->not_before;
+    return due;
+}
+
+/* Tells a host's loop when to call back (the earliest of curl's timer and deferred starts). */
+static void arm_host_timer(nim_engine *e) {
+    if (!e->timer) return;
+    double due = next_due(e);
+    if (due < 0) {
+        e->timer(e->watch_ud, -1);
+        return;
+    }
+    double ms = ceil((due - nim_now()) * 1000.0);
+    e->timer(e->watch_ud, ms > 0 ? (long)ms : 0);
+}
 
 const char *nim_engine_backend(void) {
     if (nim_curl_load(NULL, 0) != 0) return "libcurl/none";
@@ -116,8 +142,22 @@ static int on_timer(CURLM *multi, long timeout_ms, void *ud) {
     (void)multi;
     nim_engine *e = ud;
     e->timer_at = timeout_ms < 0 ? -1 : nim_now() + (double)timeout_ms / 1000.0;
-    if (e->timer) e->timer(e->watch_ud, timeout_ms);
+    arm_host_timer(e);
     return 0;
+}
+
+long nim_engine_default_max_connections(void) {
+    struct rlimit r;
+    long n = 512;
+    if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur != RLIM_INFINITY) n = (long)r.rlim_cur / 2;
+    return n < 16 ? 16 : (n > 1024 ? 1024 : n);
+}
+
+void nim_engine_set_max_connections(nim_engine *e, long n) {
+    if (n < 1 || n == e->max_connections) return;
+    e->max_connections = n;
+    curl_multi_setopt(e->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, n);
+    curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, n);
 }
 
 nim_engine *nim_engine_new(char *err, size_t errlen) {
@@ -137,7 +177,7 @@ nim_engine *nim_engine_new(char *err, size_t errlen) {
         free(e);
         goto oom;
     }
-    curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, 64L);
+    nim_engine_set_max_connections(e, nim_engine_default_max_connections());
     curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
     curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_timer);
@@ -162,9 +202,13 @@ static void detach(nim_transfer *t) {
     nim_engine *e = t->engine;
     if (!e) return;
     if (t->easy) {
-        curl_multi_remove_handle(e->multi, t->easy);
+        if (!t->deferred) curl_multi_remove_handle(e->multi, t->easy);
         release_easy(e, t->easy);
         t->easy = NULL;
+    }
+    if (t->deferred) {
+        t->deferred = 0;
+        e->deferred--;
     }
     if (t->prev)
         t->prev->next = t->next;
@@ -238,18 +282,22 @@ static int header_value(const char *line, size_t n, const char *name, char *out,
     return 1;
 }
 
-/* Retry-After (RFC 9110): delay-seconds or an HTTP-date. */
+/* Retry-After (RFC 9110): delay-seconds (1*DIGIT) or an HTTP-date; anything else (a sign,
+ * a fraction, hex, "inf", 1e999) is ignored. Capped at a day: the router decides whether it
+ * waits that long. */
+#define RETRY_AFTER_MAX 86400.0
 static void parse_retry_after(nim_transfer *t, const char *v) {
-    char *endp;
-    double s = strtod(v, &endp);
-    if (endp != v && *endp == '\0' && s >= 0) {
-        t->retry_after = s;
+    if (*v >= '0' && *v <= '9') {
+        double s = 0;
+        for (; *v >= '0' && *v <= '9'; v++)
+            if ((s = s * 10 + (*v - '0')) > RETRY_AFTER_MAX) s = RETRY_AFTER_MAX;
+        if (*v == '\0') t->retry_after = s;
         return;
     }
     time_t when = curl_getdate(v, NULL);
     if (when != -1) {
         double d = difftime(when, time(NULL));
-        t->retry_after = d > 0 ? d : 0;
+        t->retry_after = d <= 0 ? 0 : (d > RETRY_AFTER_MAX ? RETRY_AFTER_MAX : d);
     }
 }
 
@@ -349,12 +397,18 @@ nim_transfer *nim_engine_start(nim_engine *e, nim_request *r, char *err, size_t 
         return NULL;
     }
     set_options(easy, t, r);
-    CURLMcode mc = curl_multi_add_handle(e->multi, easy);
-    if (mc != CURLM_OK) {
-        snprintf(err, errlen, "engine: %s", curl_multi_strerror(mc));
-        curl_easy_cleanup(easy);
-        nim_transfer_free(t);
-        return NULL;
+    if (r->not_before > nim_now()) { /* added to the multi when its time comes */
+        t->deferred = 1;
+        t->not_before = r->not_before;
+        e->deferred++;
+    } else {
+        CURLMcode mc = curl_multi_add_handle(e->multi, easy);
+        if (mc != CURLM_OK) {
+            snprintf(err, errlen, "engine: %s", curl_multi_strerror(mc));
+            curl_easy_cleanup(easy);
+            nim_transfer_free(t);
+            return NULL;
+        }
     }
     t->engine = e;
     t->easy = easy;
@@ -362,13 +416,16 @@ nim_transfer *nim_engine_start(nim_engine *e, nim_request *r, char *err, size_t 
     if (e->attached) e->attached->prev = t;
     e->attached = t;
     e->running++;
+    if (t->deferred) arm_host_timer(e);
     return t;
 }
 
-static nim_xfer_result classify(CURLcode rc, int too_large) {
+static nim_xfer_result classify(CURLcode rc, int too_large, const char *errbuf) {
     if (too_large) return NIM_XFER_TOO_LARGE;
     switch (rc) {
     case CURLE_OK: return NIM_XFER_OK;
+    case CURLE_OUT_OF_MEMORY: /* libcurl's word for a header line over CURL_MAX_HTTP_HEADER */
+        return strstr(errbuf, "header") ? NIM_XFER_HEADERS_TOO_LARGE : NIM_XFER_OTHER;
     case CURLE_OPERATION_TIMEDOUT: return NIM_XFER_TIMEOUT;
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
@@ -398,9 +455,9 @@ static void complete_finished(nim_engine *e) {
         CURLcode rc = msg->data.result;
         curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->status);
         curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &t->seconds);
-        t->result = classify(rc, t->too_large);
         if (rc != CURLE_OK && !t->errbuf[0])
             snprintf(t->errbuf, sizeof t->errbuf, "%s", curl_easy_strerror(rc));
+        t->result = classify(rc, t->too_large, t->errbuf);
         t->done = 1;
         e->running--;
         /* The easy handle goes back to the pool now: its connection stays in the multi. */
@@ -415,11 +472,26 @@ static int act(nim_engine *e, curl_socket_t fd, int mask) {
     return curl_multi_socket_action(e->multi, fd, mask, &still) == CURLM_OK ? 0 : -1;
 }
 
+/* Adds the deferred transfers whose time has come. */
+static int start_due(nim_engine *e) {
+    if (!e->deferred) return 0;
+    double now = nim_now();
+    for (nim_transfer *t = e->attached; t; t = t->next) {
+        if (!t->deferred || t->not_before > now) continue;
+        t->deferred = 0;
+        e->deferred--;
+        if (curl_multi_add_handle(e->multi, t->easy) != CURLM_OK) return -1;
+    }
+    return 0;
+}
+
 int nim_engine_step(nim_engine *e, int timeout_ms) {
     if (e->running == 0) return 0;
+    if (start_due(e) != 0) return -1;
     int wait = timeout_ms < 0 ? 0 : timeout_ms;
-    if (e->timer_at >= 0) {
-        double left_ms = ceil((e->timer_at - nim_now()) * 1000.0);
+    double due = next_due(e);
+    if (due >= 0) {
+        double left_ms = ceil((due - nim_now()) * 1000.0);
         if (left_ms < wait) wait = left_ms > 0 ? (int)left_ms : 0;
     }
     struct epoll_event ev[EVENTS_MAX];
@@ -436,6 +508,7 @@ int nim_engine_step(nim_engine *e, int timeout_ms) {
         e->timer_at = -1; /* curl sets the next one from inside the action */
         if (act(e, CURL_SOCKET_TIMEOUT, 0) != 0) return -1;
     }
+    if (start_due(e) != 0) return -1;
     complete_finished(e);
     return e->running;
 }
@@ -449,10 +522,7 @@ void nim_engine_set_watchers(nim_engine *e, nim_watch_fn watch, nim_timer_fn tim
     /* Sockets already open are announced, so a host may join at any time. */
     for (nim_sock *s = e->socks; s && watch; s = s->next)
         watch(ud, s->fd, s->events, s->host);
-    if (timer && e->timer_at >= 0) {
-        double left = (e->timer_at - nim_now()) * 1000.0;
-        timer(ud, left > 0 ? (long)ceil(left) : 0);
-    }
+    if (timer && next_due(e) >= 0) arm_host_timer(e);
 }
 
 int nim_engine_assign(nim_engine *e, int fd, void *socketp) {
@@ -473,15 +543,20 @@ int nim_engine_socket_action(nim_engine *e, int fd, int events) {
     int mask = 0;
     if (events & NIM_WATCH_IN) mask |= CURL_CSELECT_IN;
     if (events & NIM_WATCH_OUT) mask |= CURL_CSELECT_OUT;
-    if (fd < 0) e->timer_at = -1; /* the host's timer fired: curl re-arms it if needed */
+    if (fd < 0) { /* the host's timer fired: deferred starts, then curl's timeout action */
+        if (start_due(e) != 0) return -1;
+        e->timer_at = -1; /* curl re-arms it if needed */
+    }
     if (act(e, fd < 0 ? CURL_SOCKET_TIMEOUT : (curl_socket_t)fd, mask) != 0) return -1;
     complete_finished(e);
+    if (fd < 0 && e->deferred) arm_host_timer(e);
     return e->running;
 }
 
 long nim_engine_timeout(nim_engine *e) {
-    if (e->running == 0 || e->timer_at < 0) return -1;
-    double left = ceil((e->timer_at - nim_now()) * 1000.0);
+    double due = next_due(e);
+    if (e->running == 0 || due < 0) return -1;
+    double left = ceil((due - nim_now()) * 1000.0);
     return left > 0 ? (long)left : 0;
 }
 

@@ -32,13 +32,15 @@ typedef struct {
     const char *ca_bundle;           /* NULL = the system store */
     const char *const *want_headers; /* response header names to keep (case-insensitive) */
     size_t nwant;                    /* at most NIM_ENGINE_MAX_WANT */
+    double not_before;               /* monotonic seconds (clock.h); 0 = start now */
 } nim_request;
 
 typedef enum {
-    NIM_XFER_OK = 0,     /* an HTTP response arrived (any status) */
-    NIM_XFER_TIMEOUT,    /* connect or total timeout */
-    NIM_XFER_CONNECTION, /* resolve/connect/reset/TLS failure */
-    NIM_XFER_TOO_LARGE,  /* response exceeded max_response */
+    NIM_XFER_OK = 0,            /* an HTTP response arrived (any status) */
+    NIM_XFER_TIMEOUT,           /* connect or total timeout */
+    NIM_XFER_CONNECTION,        /* resolve/connect/reset/TLS failure */
+    NIM_XFER_TOO_LARGE,         /* response exceeded max_response */
+    NIM_XFER_HEADERS_TOO_LARGE, /* a response header line longer than libcurl takes */
     NIM_XFER_CANCELLED,
     NIM_XFER_OTHER
 } nim_xfer_result;
@@ -51,6 +53,13 @@ const char *nim_engine_backend(void);
 
 /* Starts a request. Returns NULL with err filled (and body freed) on failure. */
 nim_transfer *nim_engine_start(nim_engine *e, nim_request *r, char *err, size_t errlen);
+
+/* Connections kept and used at once (CURLMOPT_MAX_TOTAL_CONNECTIONS and MAXCONNECTS): more
+ * requests than that wait in the engine for a connection instead of failing for want of file
+ * descriptors. */
+void nim_engine_set_max_connections(nim_engine *e, long n);
+/* The default: half the process's open-file limit, between 16 and 1024. */
+long nim_engine_default_max_connections(void);
 
 /* Moves every transfer: waits at most timeout_ms (0 = never blocks) for socket activity or
  * curl's timer, then acts on what is ready. Returns the number still running, or -1 on a
@@ -72,7 +81,7 @@ typedef void (*nim_timer_fn)(void *ud, long timeout_ms);
 void nim_engine_set_watchers(nim_engine *e, nim_watch_fn watch, nim_timer_fn timer, void *ud);
 int nim_engine_assign(nim_engine *e, int fd, void *socketp); /* 0, or -1: fd not watched */
 int nim_engine_socket_action(nim_engine *e, int fd, int events);
-/* ms until the engine's timer is due; -1 when nothing is running. */
+/* ms until the engine's timer (curl's, or a deferred start) is due; -1 when none is. */
 long nim_engine_timeout(nim_engine *e);
 /* One descriptor (an epoll set) that is readable whenever a socket of the engine is ready. */
 int nim_engine_fd(const nim_engine *e);

@@ -154,6 +154,10 @@ static void push_settings(lua_State *L) {
     lua_setfield(L, -2, "timeout");
     lua_pushnumber(L, NIM_DEFAULT_CONNECT_TIMEOUT_S);
     lua_setfield(L, -2, "connect_timeout");
+    lua_pushinteger(L, nim_engine_default_max_connections());
+    lua_setfield(L, -2, "max_connections");
+    lua_pushnumber(L, 1.0);
+    lua_setfield(L, -2, "nvcf_poll_interval");
     const char *ca = getenv("NIMRANK_CA_BUNDLE");
     if (ca && *ca) {
         lua_pushstring(L, ca);

@@ -18,6 +18,9 @@
 
 #define PROVIDER "nvidia_nim"
 #define NVCF_REQID "NVCF-REQID"
+/* What a server is asked to accept (libcurl sends larger, servers answer 431 or cut). */
+#define HEADER_VALUE_MAX 8192
+#define HEADERS_TOTAL_MAX 65536
 
 static void set_string(lua_State *L, int t, const char *k, const char *v) {
     if (!v) return;
@@ -67,9 +70,11 @@ static void keep_caller_headers(lua_State *L, int headers, int uv) {
     lua_newtable(L);
     int names = lua_gettop(L);
     lua_Integer n = 0;
+    size_t total = 0;
     if (headers) lua_pushnil(L);
     while (headers && lua_next(L, headers)) {
-        if (lua_type(L, -2) != LUA_TSTRING || !header_name_ok(lua_tostring(L, -2)))
+        if (lua_type(L, -2) != LUA_TSTRING || !header_name_ok(lua_tostring(L, -2)) ||
+            strlen(lua_tostring(L, -2)) != lua_rawlen(L, -2) || lua_rawlen(L, -2) > 256)
             nim_misuse(L, "nim.rerank", "headers", "invalid header name");
         const char *name = lua_tostring(L, -2);
         if (framing_header(name))
@@ -83,6 +88,11 @@ static void keep_caller_headers(lua_State *L, int headers, int uv) {
         if (!nim_header_value_ok(v, vlen) || strlen(v) != vlen)
             nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
                        "value has control characters");
+        total += vlen + lua_rawlen(L, -2);
+        if (vlen > HEADER_VALUE_MAX || total > HEADERS_TOTAL_MAX)
+            nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
+                       "too large (at most %d bytes a value, %d in all)", HEADER_VALUE_MAX,
+                       HEADERS_TOTAL_MAX);
         lua_pushfstring(L, "%s: %s", name, v);
         lua_rawseti(L, lines, ++n);
         push_lower(L, name);
@@ -194,6 +204,10 @@ static int send(lua_State *L, int idx, int uv, nim_request *r) {
     r->ca_bundle = lua_tostring(L, -1); /* anchored by uv */
     lua_pop(L, 1);
     r->max_response = (size_t)c->max_response;
+    if (nim_setting(L, "max_connections") == LUA_TNUMBER)
+        nim_engine_set_max_connections(engine, (long)lua_tointeger(L, -1));
+    lua_pop(L, 1);
+    c->sent_at = r->not_before > 0 ? r->not_before : nim_now();
     c->t = nim_engine_start(engine, r, err, sizeof err);
     if (!c->t) {
         lua_pushstring(L, err);
@@ -283,6 +297,7 @@ void nim_nvidia_start(lua_State *L, const nim_args *a) {
     c->timeout = a->timeout;
     c->connect_timeout = a->connect_timeout;
     c->deadline = nim_now() + a->timeout;
+    c->poll_interval = a->nvcf_poll_interval;
     c->max_response = a->max_response;
     lua_getiuservalue(L, call, 1);
     int uv = lua_gettop(L);
@@ -354,6 +369,9 @@ static int start_poll(lua_State *L, int idx, int uv, const char *reqid, double l
     r.get = 1;
     r.timeout_ms = (long)ceil(left * 1000.0);
     r.connect_timeout_ms = (long)ceil(c->connect_timeout * 1000.0);
+    /* A status server that answers 202 at once (ignoring NVCF-POLL-SECONDS) is not polled in
+     * a tight loop: consecutive requests start at least poll_interval apart. */
+    if (nim_now() - c->sent_at < c->poll_interval) r.not_before = c->sent_at + c->poll_interval;
     int rc = send(L, idx, uv, &r);
     if (rc == 0) c->polls++;
     return rc;
@@ -381,12 +399,26 @@ static void transport_error(lua_State *L, int idx, int uv, nim_transfer *t) {
         lua_pushfstring(L, "response larger than %I bytes",
                         (lua_Integer)(c->max_response ? c->max_response : NIM_ENGINE_MAX_RESPONSE));
         break;
+    case NIM_XFER_HEADERS_TOO_LARGE:
+        type = NIM_ERR_BAD_RESPONSE;
+        retryable = 0;
+        lua_pushfstring(L, "%s: a response header line is too large (%s)", url,
+                        nim_transfer_error(t));
+        break;
     case NIM_XFER_CANCELLED:
         type = NIM_ERR_CANCELLED;
         retryable = 0;
         lua_pushliteral(L, "the request was cancelled");
         break;
-    case NIM_XFER_CONNECTION: lua_pushfstring(L, "%s: %s", url, nim_transfer_error(t)); break;
+    case NIM_XFER_CONNECTION:
+        if (strstr(nim_transfer_error(t), "Too many open files"))
+            lua_pushfstring(L,
+                            "%s: out of file descriptors (EMFILE): lower the concurrency or "
+                            "nim.settings.max_connections, or raise ulimit -n (%s)",
+                            url, nim_transfer_error(t));
+        else
+            lua_pushfstring(L, "%s: %s", url, nim_transfer_error(t));
+        break;
     default: retryable = 0; lua_pushfstring(L, "%s: %s", url, nim_transfer_error(t));
     }
     lua_remove(L, -2);

@@ -52,6 +52,14 @@ static int model_char_ok(unsigned char c) {
            c == '_' || c == '.' || c == ':' || c == '/' || c == '@' || c == '+';
 }
 
+/* A "." or ".." segment (or ".." anywhere): in a URL path it would name another model. */
+static int has_dot_segment(const char *m) {
+    if (strstr(m, "..")) return 1;
+    for (const char *seg = m; seg; seg = strchr(seg, '/') ? strchr(seg, '/') + 1 : NULL)
+        if (seg[0] == '.' && (seg[1] == '/' || seg[1] == '\0')) return 1;
+    return 0;
+}
+
 int nim_model_parse(const char *model, nim_family *family, const char **clean, char *err,
                     size_t errlen) {
     if (!model || !*model) {
@@ -74,7 +82,7 @@ int nim_model_parse(const char *model, nim_family *family, const char **clean, c
         seterr(err, errlen, "model: longer than %s characters", "255");
         return -1;
     }
-    if (m[0] == '/' || m[n - 1] == '/' || strstr(m, "//") || strstr(m, "..")) {
+    if (m[0] == '/' || m[n - 1] == '/' || strstr(m, "//") || has_dot_segment(m)) {
         seterr(err, errlen, "model: '%s' has an empty or relative path segment", model);
         return -1;
     }
@@ -92,6 +100,54 @@ int nim_model_parse(const char *model, nim_family *family, const char **clean, c
 static const char *env_get(nim_getenv_fn fn, void *ud, const char *name) {
     const char *v = fn ? fn(name, ud) : getenv(name);
     return (v && *v) ? v : NULL;
+}
+
+/* A base URL nimrank will send a key to: http(s)://, a host, a port in 1..65535 when given,
+ * and no byte that would change the request line (controls, spaces, '#'). field names it. */
+static int check_base(const char *base, const char *field, char *err, size_t errlen) {
+    const char *why = NULL;
+    const char *h = strstr(base, "://");
+    if (!starts_with(base, "http://") && !starts_with(base, "https://")) {
+        why = "must start with http:// or https://";
+    } else {
+        for (const unsigned char *p = (const unsigned char *)base; *p && !why; p++)
+            if (*p <= ' ' || *p == 0x7f || *p == '#') why = "has a space, control byte or '#'";
+    }
+    if (!why) {
+        h += 3;
+        size_t n = strcspn(h, "/?");
+        const char *at = memchr(h, '@', n); /* userinfo@host */
+        if (at) {
+            n -= (size_t)(at + 1 - h);
+            h = at + 1;
+        }
+        const char *end = h + n, *colon = NULL;
+        if (*h == '[') { /* [IPv6]:port */
+            const char *close = memchr(h, ']', n);
+            if (!close)
+                why = "has an unclosed '[' in its host";
+            else if (close + 1 < end && close[1] == ':')
+                colon = close + 1;
+        } else {
+            colon = memchr(h, ':', n);
+        }
+        if (!why && (n == 0 || colon == h)) why = "has no host";
+        if (!why && colon) {
+            long port = 0;
+            const char *p = colon + 1;
+            if (p == end) why = "has an empty port";
+            for (; p < end && !why; p++) {
+                if (*p < '0' || *p > '9')
+                    why = "has a port that is not a number";
+                else if ((port = port * 10 + (*p - '0')) > 65535)
+                    why = "has a port above 65535";
+            }
+            if (!why && port == 0) why = "has port 0";
+        }
+    }
+    if (!why) return 0;
+    if (err && errlen) snprintf(err, errlen, "%s: %s", field, why);
+    return -1;
 }
 
 /* Copy base into buf without trailing slashes. */
@@ -156,12 +212,9 @@ int nim_resolve(const char *model, const char *api_base, const nim_catalog_entry
         base = NIM_DEFAULT_BASE;
         out->base_source = "default";
     }
-    if (!starts_with(base, "http://") && !starts_with(base, "https://")) {
-        if (err && errlen)
-            snprintf(err, errlen, "%s: must start with http:// or https://",
-                     strcmp(out->base_source, "api_base") == 0 ? "api_base" : out->base_source);
+    if (check_base(base, strcmp(out->base_source, "api_base") == 0 ? "api_base" : out->base_source,
+                   err, errlen) != 0)
         return -1;
-    }
 
     char b[NIM_URL_MAX];
     size_t n;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "answer.h"
 #include "binding.h"
 
 int nim_buf_reserve(nim_buf *b, size_t extra) {
@@ -209,76 +210,50 @@ static int decode(lua_State *L, int body_idx, int decode_idx) {
     return 1;
 }
 
-static int fail(lua_State *L, int top, const char *fmt, lua_Integer i) {
-    lua_settop(L, top);
-    lua_pushfstring(L, fmt, i);
-    return 0;
-}
+/* Memory for the answer reader: userdata kept in the anchor table (at ud), so the GC owns
+ * it and a raise cannot leak it. */
+typedef struct {
+    lua_State *L;
+    int anchor;
+} scratch;
 
-static lua_Integer usage_tokens(lua_State *L, int doc) {
-    lua_Integer tokens = 0;
-    if (lua_getfield(L, doc, "usage") == LUA_TTABLE) {
-        lua_getfield(L, -1, "total_tokens");
-        if (lua_type(L, -1) == LUA_TNUMBER) {
-            double t = lua_tonumber(L, -1);
-            if (t > 0 && t < 9e15) tokens = (lua_Integer)t;
-        }
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-    return tokens;
+static void *scratch_alloc(void *ud, size_t size) {
+    scratch *s = ud;
+    void *p = lua_newuserdatauv(s->L, size, 0);
+    lua_rawseti(s->L, s->anchor, (lua_Integer)lua_rawlen(s->L, s->anchor) + 1);
+    return p;
 }
 
 int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, lua_Integer npassages,
                    nim_parsed *out) {
     int top = lua_gettop(L);
-    if (!decode(L, body_idx, decode_idx)) return fail(L, top, "body is not JSON", 0);
-    int doc = lua_gettop(L);
-    if (!lua_istable(L, doc)) return fail(L, top, "body is not a JSON object", 0);
-
-    int rt = lua_getfield(L, doc, "rankings");
-    int rankings_idx = lua_gettop(L);
-    if (rt != LUA_TNIL && rt != LUA_TTABLE) return fail(L, top, "'rankings' is not a list", 0);
-    lua_Integer n = rt == LUA_TTABLE ? (lua_Integer)lua_rawlen(L, rankings_idx) : 0;
-    if (n > npassages)
-        return fail(L, top, "'rankings' has more entries than passages were sent", 0);
-
-    /* Collected in C, in memory the GC owns, so a raise (out of memory) frees it. */
-    nim_ranking *rk = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *rk, 0);
-    int scratch = lua_gettop(L);
-    unsigned char *seen = lua_newuserdatauv(L, (size_t)(npassages ? npassages : 1), 0);
-    memset(seen, 0, (size_t)npassages);
-    for (lua_Integer i = 1; i <= n; i++) {
-        if (lua_rawgeti(L, rankings_idx, i) != LUA_TTABLE)
-            return fail(L, top, "rankings[%I] is not an object", i - 1);
-        int isnum;
-        lua_getfield(L, -1, "index");
-        lua_Integer idx = lua_tointegerx(L, -1, &isnum);
-        if (!isnum) return fail(L, top, "rankings[%I].index is not an integer", i - 1);
-        if (idx < 0 || idx >= npassages)
-            return fail(L, top, "rankings[%I].index is out of range", i - 1);
-        if (seen[idx]) return fail(L, top, "rankings[%I].index repeats an earlier index", i - 1);
-        seen[idx] = 1;
-        lua_getfield(L, -2, "logit");
-        if (lua_type(L, -1) != LUA_TNUMBER)
-            return fail(L, top, "rankings[%I].logit is not a number", i - 1);
-        double score = lua_tonumber(L, -1);
-        if (!isfinite(score)) return fail(L, top, "rankings[%I].logit is not finite", i - 1);
-        rk[i - 1].index = (size_t)idx;
-        rk[i - 1].score = score;
-        lua_pop(L, 3);
+    size_t len;
+    const char *js = lua_tolstring(L, body_idx, &len);
+    lua_newtable(L);
+    scratch s = {L, top + 1};
+    nim_answer a;
+    char err[256];
+    if (nim_answer_read(js, len, (size_t)npassages, scratch_alloc, &s, &a, err, sizeof err) != 0) {
+        lua_settop(L, top);
+        lua_pushstring(L, err);
+        return 0;
     }
-    out->rk = rk;
-    out->n = (size_t)n;
-    out->tokens = usage_tokens(L, doc);
-    if (out->tokens <= 0) out->tokens = n;
-    if (lua_getfield(L, doc, "id") != LUA_TSTRING || lua_rawlen(L, -1) == 0) {
-        lua_pop(L, 1);
+    out->rk = a.rk;
+    out->n = a.n;
+    out->tokens = a.tokens > 0 ? (lua_Integer)a.tokens : (lua_Integer)a.n;
+    if (!a.id || a.id_len == 0) {
         lua_pushnil(L);
+    } else if (!a.id_escaped) {
+        lua_pushlstring(L, a.id, a.id_len);
+    } else { /* the rare escaped id: the quoted JSON string, decoded by cjson */
+        lua_pushlstring(L, a.id - 1, a.id_len + 2);
+        if (!decode(L, lua_gettop(L), decode_idx) || lua_type(L, -1) != LUA_TSTRING) {
+            lua_settop(L, top + 1);
+            lua_pushnil(L);
+        } else {
+            lua_remove(L, -2);
+        }
     }
-    lua_copy(L, scratch, top + 1);
-    lua_copy(L, -1, top + 2);
-    lua_settop(L, top + 2);
     return 1;
 }
 

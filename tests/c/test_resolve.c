@@ -275,8 +275,23 @@ static const bad_vector bad[] = {
     {"nvidia_nim//a", NULL, "model:"},
     {"nvidia_nim/a/../b", NULL, "model:"},
     {"nvidia_nim/a/", NULL, "model:"},
+    {"nvidia_nim/nvidia/.", NULL, "model:"},
+    {"nvidia_nim/./x", NULL, "model:"},
+    {"nvidia_nim/a/./b", NULL, "model:"},
+    {"nvidia_nim/ranking/..", NULL, "model:"},
     {"m", "ftp://h", "api_base:"},
     {"m", "localhost:8000", "api_base:"},
+    {"m", "http://", "api_base:"},
+    {"m", "http://:8000", "api_base:"},
+    {"m", "http://h:99999", "api_base:"},
+    {"m", "http://h:0", "api_base:"},
+    {"m", "http://h:", "api_base:"},
+    {"m", "http://h:80x", "api_base:"},
+    {"m", "http://h\r\nX-Evil: 1", "api_base:"},
+    {"m", "http://h/a b", "api_base:"},
+    {"m", "http://h/#frag", "api_base:"},
+    {"m", "http://[::1:8000", "api_base:"},
+    {"m", "http://user:pw@", "api_base:"},
 };
 
 static void bad_inputs_name_the_field(void) {
@@ -291,6 +306,18 @@ static void bad_inputs_name_the_field(void) {
                     bad[i].want_err_prefix);
             ctest_failed_checks++;
         }
+    }
+}
+
+static void good_bases_with_ports_users_and_ipv6(void) {
+    static const char *const good[] = {"http://h:8000",     "https://user:pw@h.example:443/v1",
+                                       "http://[::1]:8000", "http://[::1]",
+                                       "http://10.0.0.1",   "https://h.example/path?x=1"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        nim_route r;
+        char err[256] = "";
+        CHECK(nim_resolve("m", good[i], NULL, fake_env, NULL, &r, err, sizeof err) == 0);
+        if (err[0]) fprintf(stderr, "  %s: %s\n", good[i], err);
     }
 }
 
@@ -351,6 +378,7 @@ int main(void) {
     RUN(resolve_vectors_match_spec);
     RUN(bad_inputs_name_the_field);
     RUN(bad_env_base_is_named_in_error);
+    RUN(good_bases_with_ports_users_and_ipv6);
     RUN(overlong_base_is_rejected_not_truncated);
     RUN(overlong_model_is_rejected);
     RUN(catalog_entry_with_empty_path_fails_closed);

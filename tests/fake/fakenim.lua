@@ -16,6 +16,7 @@
 --                    answers 202 N times before the result   !202-noid  202 without an id
 --   !202-forever     every status poll answers 202
 --   !reverse         rankings in reverse order      !ties           every logit equal
+--   !body=NAME       200 with one of the hostile or odd bodies in BODIES below
 -- GET /_fake/last returns the last POST seen (headers and raw body) for assertions;
 -- GET /_fake/stats returns {connections = TCP connections accepted so far}.
 local cjson = require "cjson"
@@ -44,6 +45,31 @@ local RANKING = {
 local RANKING_FIELDS = { model = true, query = true, passages = true, truncate = true }
 local RETRIEVAL_FIELDS = { model = true, query = true, passages = true, truncate = true,
   top_k = true }
+
+-- 2xx bodies a reader must refuse (or, for empty_list, accept), for !body=NAME.
+local BODIES = {
+  array = '[{"index":0,"logit":1}]',
+  rankings_object = '{"rankings":{"index":0,"logit":1}}',
+  empty_object = '{}',
+  null_rankings = '{"rankings":null}',
+  string_index = '{"rankings":[{"index":"1","logit":1}]}',
+  hex_string_index = '{"rankings":[{"index":"0x1","logit":1}]}',
+  hex_index = '{"rankings":[{"index":0x1,"logit":1}]}',
+  float_index = '{"rankings":[{"index":1.5,"logit":1}]}',
+  negative_index = '{"rankings":[{"index":-1,"logit":1}]}',
+  leading_zero_index = '{"rankings":[{"index":01,"logit":1}]}',
+  hex_logit = '{"rankings":[{"index":0,"logit":0x1}]}',
+  string_logit = '{"rankings":[{"index":0,"logit":"1.5"}]}',
+  nan_logit = '{"rankings":[{"index":0,"logit":NaN}]}',
+  huge_logit = '{"rankings":[{"index":0,"logit":1e999}]}',
+  missing_logit = '{"rankings":[{"index":0}]}',
+  key_without_value = '{"rankings"}',
+  trailing_garbage = '{"rankings":[]} x',
+  two_objects = '{"rankings":[]}{"rankings":[]}',
+  nul_inside = '{"rankings":[]}\0',
+  empty_list = '{"rankings":[],"usage":{"total_tokens":3}}',
+  escaped_id = '{"id":"a\\"b\\u00e9","rankings":[{"index":0,"logit":2.5e0}]}',
+}
 
 local seen_counts = {}  -- query text -> requests seen (for !times)
 local nvcf_jobs, nvcf_next = {}, 0 -- request id -> { polls_left, body }
@@ -186,6 +212,10 @@ local function rerank(req, family, model_info, body)
                           headers = "Content-Type: application/json\n" })
     end
     if d.shape then return with_delay(json(200, { rankings = "nope" })) end
+    if d.body and BODIES[d.body] then
+      return with_delay({ status = 200, body = BODIES[d.body],
+                          headers = "Content-Type: application/json\n" })
+    end
   end
 
   local qwords = words(qtext)

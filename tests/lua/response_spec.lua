@@ -71,10 +71,33 @@ test("billed_units_from_usage_else_rankings_count", function()
   eq(call({ query = "!usage=0 gpu" }).meta.billed_units.total_tokens, 3, "zero usage")
 end)
 
-test("missing_rankings_give_empty_results_encoded_as_list", function()
-  local res = call({ query = "!norankings gpu" })
+test("an_empty_ranking_list_gives_empty_results_encoded_as_list", function()
+  local res = call({ query = "!body=empty_list gpu" })
   eq(#res.results, 0, "empty")
   match(json.encode(res), '"results":%[%]', "encodes as []")
+  local err = fails({ query = "!norankings gpu" }, "bad_response", 200)
+  match(err.message, "no 'rankings' list", "a missing list is not an empty one")
+end)
+
+-- A 2xx body without a well-formed ranking list is bad_response, whatever shape it takes.
+test("wrong_shaped_answers_are_bad_responses", function()
+  for name, why in pairs({
+    array = "not a JSON object", rankings_object = "not a list", empty_object = "no 'rankings'",
+    null_rankings = "not a list", string_index = "index is not an integer",
+    hex_string_index = "index is not an integer", hex_index = "index is not an integer",
+    float_index = "index is not an integer", negative_index = "out of range",
+    leading_zero_index = "not an integer", hex_logit = "logit is not a finite number",
+    string_logit = "logit is not a finite number", nan_logit = "not JSON",
+    huge_logit = "logit is not a finite number", missing_logit = "logit is missing",
+    key_without_value = "not JSON", trailing_garbage = "JSON", two_objects = "JSON",
+    nul_inside = "JSON",
+  }) do
+    local err = fails({ query = "!body=" .. name .. " gpu" }, "bad_response", 200)
+    match(err.message, why:gsub("%p", "%%%0"), name)
+  end
+  local res = call({ query = "!body=escaped_id gpu" })
+  eq(res.id, 'a"b\u{e9}', "an escaped id is decoded")
+  eq(res.results[1].relevance_score, 2.5, "exponent")
 end)
 
 test("image_only_passage_has_no_document", function()
@@ -187,7 +210,8 @@ end)
 
 test("nvcf_202_is_polled_until_the_result_arrives", function()
   local status_url = h.url .. "/v2/nvcf/pexec/status"
-  local res, err = call({ query = "!202=2 " .. h.QUERY, nvcf_status_url = status_url })
+  local res, err = call({ query = "!202=2 " .. h.QUERY, nvcf_status_url = status_url,
+    nvcf_poll_interval = 0.05 })
   ok(res, tostring(err))
   eq(res.results[1].index, 2, "the queued job's answer")
   eq(res.meta.nvcf_polls, 3, "two 202 polls, then the result")
@@ -211,7 +235,8 @@ end)
 
 test("nvcf_status_url_from_the_environment", function()
   local code = ("local r, e = nim.rerank{ model = %q, query = '!202=1 gpu', documents = { 'gpu' }, "
-    .. "api_base = %q, api_key = %q } print(r and r.meta.nvcf_polls or tostring(e))")
+    .. "api_base = %q, api_key = %q, nvcf_poll_interval = 0.05 } "
+    .. "print(r and r.meta.nvcf_polls or tostring(e))")
     :format(h.RETRIEVAL, h.url, h.key)
   local status_url = h.url .. "/v2/nvcf/pexec/status/"
   local out = h.sh(("NIMRANK_NVCF_STATUS_URL=%s %s -e %s"):format(h.q(status_url), h.nimrank,

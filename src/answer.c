@@ -1,0 +1,191 @@
+/* answer.c: the reader of answer.h. jsmn tokenises (with parent links, so closing brackets
+ * cost O(1)); this file walks the tokens it needs and checks JSON's number grammar itself. */
+#include "answer.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define JSMN_STATIC
+#define JSMN_STRICT
+#define JSMN_PARENT_LINKS
+#include <jsmn.h>
+
+/* A valid answer has about six tokens per ranking; more than this is garbage or an attack,
+ * and is refused before any memory is taken for it. */
+#define TOKENS_PER_PASSAGE 8
+#define TOKENS_SLACK 4096
+
+typedef struct {
+    const char *js;
+    const jsmntok_t *t;
+    int n;
+    char *err;
+    size_t errlen;
+} reader;
+
+static int fail(reader *r, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (r->err && r->errlen) vsnprintf(r->err, r->errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int is_key(const reader *r, int i, const char *key) {
+    size_t k = strlen(key);
+    const jsmntok_t *t = &r->t[i];
+    return t->type == JSMN_STRING && (size_t)(t->end - t->start) == k &&
+           memcmp(r->js + t->start, key, k) == 0;
+}
+
+/* Is token i a key with its value at i + 1 (jsmn is lenient about a key without one)? */
+static int key_with_value(const reader *r, int i) {
+    return i + 1 < r->n && r->t[i].type == JSMN_STRING && r->t[i].size == 1;
+}
+
+/* The token after the value that starts at i (its whole subtree skipped). */
+static int skip(const reader *r, int i) {
+    int end = r->t[i].end, j = i + 1;
+    while (j < r->n && r->t[j].start < end)
+        j++;
+    return j;
+}
+
+/* JSON's number grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+static int number(const reader *r, int i, double *out, int *integer) {
+    const jsmntok_t *t = &r->t[i];
+    if (t->type != JSMN_PRIMITIVE) return -1;
+    const char *s = r->js + t->start, *end = r->js + t->end, *p = s;
+    if (p < end && *p == '-') p++;
+    if (p >= end || *p < '0' || *p > '9') return -1;
+    if (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9') return -1; /* leading zero */
+    while (p < end && *p >= '0' && *p <= '9')
+        p++;
+    *integer = 1;
+    if (p < end && *p == '.') {
+        *integer = 0;
+        if (++p >= end || *p < '0' || *p > '9') return -1;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        *integer = 0;
+        if (++p < end && (*p == '+' || *p == '-')) p++;
+        if (p >= end || *p < '0' || *p > '9') return -1;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p != end || end - s >= 64) return -1;
+    char buf[64];
+    memcpy(buf, s, (size_t)(end - s));
+    buf[end - s] = '\0';
+    *out = strtod(buf, NULL);
+    return isfinite(*out) ? 0 : -1;
+}
+
+/* Reads one {"index": i, "logit": x} at token e into *rk; k names it in errors. */
+static int ranking(reader *r, int e, size_t k, size_t npassages, unsigned char *seen,
+                   nim_ranking *rk) {
+    if (r->t[e].type != JSMN_OBJECT) return fail(r, "rankings[%zu] is not an object", k);
+    int index_tok = -1, logit_tok = -1;
+    for (int i = e + 1; i < r->n && r->t[i].start < r->t[e].end; i = skip(r, i + 1)) {
+        if (!key_with_value(r, i)) return fail(r, "rankings[%zu] is not an object", k);
+        if (is_key(r, i, "index")) index_tok = i + 1;
+        if (is_key(r, i, "logit")) logit_tok = i + 1;
+    }
+    double v;
+    int integer;
+    if (index_tok < 0) return fail(r, "rankings[%zu].index is missing", k);
+    if (number(r, index_tok, &v, &integer) != 0 || !integer)
+        return fail(r, "rankings[%zu].index is not an integer", k);
+    if (v < 0 || v >= (double)npassages) return fail(r, "rankings[%zu].index is out of range", k);
+    size_t idx = (size_t)v;
+    if (seen[idx]) return fail(r, "rankings[%zu].index repeats an earlier index", k);
+    seen[idx] = 1;
+    if (logit_tok < 0) return fail(r, "rankings[%zu].logit is missing", k);
+    if (r->t[logit_tok].type != JSMN_PRIMITIVE || number(r, logit_tok, &v, &integer) != 0)
+        return fail(r, "rankings[%zu].logit is not a finite number", k);
+    rk->index = idx;
+    rk->score = v;
+    return 0;
+}
+
+static int rankings(reader *r, int a, size_t npassages, nim_alloc_fn alloc, void *ud,
+                    nim_answer *out) {
+    if (r->t[a].type != JSMN_ARRAY) return fail(r, "'rankings' is not a list");
+    size_t n = (size_t)r->t[a].size;
+    if (n > npassages) return fail(r, "'rankings' has more entries than passages were sent");
+    out->rk = alloc(ud, (n ? n : 1) * sizeof *out->rk);
+    unsigned char *seen = alloc(ud, npassages ? npassages : 1);
+    if (!out->rk || !seen) return fail(r, "out of memory");
+    memset(seen, 0, npassages ? npassages : 1);
+    int e = a + 1;
+    for (size_t k = 0; k < n; k++, e = skip(r, e)) {
+        if (e >= r->n) return fail(r, "body is not JSON");
+        if (ranking(r, e, k, npassages, seen, &out->rk[k]) != 0) return -1;
+    }
+    out->n = n;
+    return 0;
+}
+
+static void usage(const reader *r, int u, nim_answer *out) {
+    if (r->t[u].type != JSMN_OBJECT) return;
+    for (int i = u + 1; i < r->n && r->t[i].start < r->t[u].end; i = skip(r, i + 1)) {
+        if (!key_with_value(r, i)) return;
+        double v;
+        int integer;
+        if (is_key(r, i, "total_tokens") && number(r, i + 1, &v, &integer) == 0 && v > 0 &&
+            v < 9e15)
+            out->tokens = (long long)v;
+    }
+}
+
+/* Checks the top level: one object, nothing after it but white space. */
+static int tokenize(reader *r, const char *js, size_t len, size_t npassages, nim_alloc_fn alloc,
+                    void *ud) {
+    if (len > 0x7fffffff) return fail(r, "body is too large");
+    jsmn_parser p;
+    jsmn_init(&p);
+    int count = jsmn_parse(&p, js, len, NULL, 0);
+    if (count < 1) return fail(r, "body is not JSON");
+    if ((size_t)count > npassages * TOKENS_PER_PASSAGE + TOKENS_SLACK)
+        return fail(r, "body has more JSON values (%d) than an answer for %zu passages", count,
+                    npassages);
+    jsmntok_t *t = alloc(ud, (size_t)count * sizeof *t);
+    if (!t) return fail(r, "out of memory");
+    jsmn_init(&p);
+    if (jsmn_parse(&p, js, len, t, (unsigned)count) != count) return fail(r, "body is not JSON");
+    r->t = t;
+    r->n = count;
+    if (t[0].type != JSMN_OBJECT) return fail(r, "body is not a JSON object");
+    for (size_t i = (size_t)t[0].end; i < len; i++)
+        if (js[i] != ' ' && js[i] != '\t' && js[i] != '\r' && js[i] != '\n')
+            return fail(r, "body has bytes after its JSON object");
+    return 0;
+}
+
+int nim_answer_read(const char *js, size_t len, size_t npassages, nim_alloc_fn alloc, void *ud,
+                    nim_answer *out, char *err, size_t errlen) {
+    reader r = {js, NULL, 0, err, errlen};
+    memset(out, 0, sizeof *out);
+    if (tokenize(&r, js, len, npassages, alloc, ud) != 0) return -1;
+    int found = 0;
+    for (int i = 1; i < r.n; i = skip(&r, i + 1)) { /* key, value, key, value ... */
+        if (!key_with_value(&r, i)) return fail(&r, "body is not JSON");
+        if (is_key(&r, i, "rankings")) {
+            if (rankings(&r, i + 1, npassages, alloc, ud, out) != 0) return -1;
+            found = 1;
+        } else if (is_key(&r, i, "usage")) {
+            usage(&r, i + 1, out);
+        } else if (is_key(&r, i, "id") && r.t[i + 1].type == JSMN_STRING) {
+            out->id = js + r.t[i + 1].start;
+            out->id_len = (size_t)(r.t[i + 1].end - r.t[i + 1].start);
+            out->id_escaped = memchr(out->id, '\\', out->id_len) != NULL;
+        }
+    }
+    if (!found) return fail(&r, "no 'rankings' list in the answer");
+    return 0;
+}

@@ -1,0 +1,32 @@
+/* answer.h: reads a reranker's 2xx answer, {"rankings": [{"index": i, "logit": x}, ...],
+ * "usage": {"total_tokens": n}, "id": "..."}, straight into C rankings. Pure C: no Lua, no
+ * curl. Strict where a lenient reader would turn garbage into a plausible ranking: the body
+ * must be one JSON object holding a "rankings" list; every index an integer literal in range
+ * and not repeated, every logit a finite number literal (no hex, no NaN, no strings); JSON's
+ * own grammar for every token it uses. Tokenised by jsmn (Debian's libjsmn-dev). */
+#ifndef NIM_ANSWER_H
+#define NIM_ANSWER_H
+
+#include <stddef.h>
+
+#include "ranking.h"
+
+/* Memory for the reader, owned by the caller (a Lua userdata in the binding, so a raise frees
+ * it); NULL when there is none. */
+typedef void *(*nim_alloc_fn)(void *ud, size_t size);
+
+typedef struct {
+    nim_ranking *rk; /* n rankings in the provider's order */
+    size_t n;
+    long long tokens; /* usage.total_tokens when a positive number, else 0 */
+    const char *id;   /* the provider's id: points into the body (JSON-escaped); NULL if none */
+    size_t id_len;
+    int id_escaped; /* the id has backslash escapes: decode it before use */
+} nim_answer;
+
+/* 0, or -1 with err saying what is wrong ("rankings[3].index is out of range"). npassages:
+ * passages that were sent (indices must be below it). */
+int nim_answer_read(const char *js, size_t len, size_t npassages, nim_alloc_fn alloc, void *ud,
+                    nim_answer *out, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,114 @@
+/* The answer reader (answer.c): what it accepts, what it refuses and why, and that its
+ * memory comes only from the caller. */
+#include <stdlib.h>
+
+#include "../../src/answer.h"
+#include "ctest.h"
+
+typedef struct {
+    void *blocks[16];
+    int n;
+} arena;
+
+static void *arena_alloc(void *ud, size_t size) {
+    arena *a = ud;
+    if (a->n == 16) return NULL;
+    return a->blocks[a->n++] = malloc(size);
+}
+
+static void arena_free(arena *a) {
+    for (int i = 0; i < a->n; i++)
+        free(a->blocks[i]);
+    a->n = 0;
+}
+
+static int read_answer(const char *body, size_t np, nim_answer *out, char *err) {
+    arena a = {{0}, 0};
+    err[0] = '\0';
+    int rc = nim_answer_read(body, strlen(body), np, arena_alloc, &a, out, err, 256);
+    if (rc == 0 && out->n > 0) { /* keep the rankings past the arena */
+        static nim_ranking keep[16];
+        memcpy(keep, out->rk, out->n * sizeof *keep);
+        out->rk = keep;
+    }
+    arena_free(&a);
+    return rc;
+}
+
+static void well_formed_answers(void) {
+    nim_answer a;
+    char err[256];
+    CHECK(read_answer("{\"rankings\":[{\"index\":2,\"logit\":6.828125},{\"logit\":-1.5e0,"
+                      "\"index\":0,\"extra\":[1,{\"x\":null}]}],\"usage\":{\"prompt_tokens\":5,"
+                      "\"total_tokens\":123},\"id\":\"abc\"}",
+                      3, &a, err) == 0);
+    CHECK(a.n == 2 && a.rk[0].index == 2 && a.rk[0].score == 6.828125);
+    CHECK(a.rk[1].index == 0 && a.rk[1].score == -1.5);
+    CHECK(a.tokens == 123);
+    CHECK(a.id && a.id_len == 3 && memcmp(a.id, "abc", 3) == 0 && !a.id_escaped);
+    CHECK(read_answer(" {\"rankings\": [ ] } \n", 0, &a, err) == 0 && a.n == 0);
+    CHECK(read_answer("{\"id\":\"x\\\"y\",\"rankings\":[]}", 1, &a, err) == 0 && a.id_escaped);
+    CHECK(read_answer("{\"usage\":{\"total_tokens\":-4},\"rankings\":[]}", 1, &a, err) == 0 &&
+          a.tokens == 0);
+}
+
+static void refused_answers_say_why(void) {
+    static const struct {
+        const char *body, *why;
+    } cases[] = {
+        {"", "not JSON"},
+        {"[]", "not a JSON object"},
+        {"{}", "no 'rankings'"},
+        {"{\"rankings\":{}}", "not a list"},
+        {"{\"rankings\":[1]}", "rankings[0] is not an object"},
+        {"{\"rankings\":[{\"index\":\"1\",\"logit\":1}]}", "index is not an integer"},
+        {"{\"rankings\":[{\"index\":0x1,\"logit\":1}]}", "index is not an integer"},
+        {"{\"rankings\":[{\"index\":1e0,\"logit\":1}]}", "index is not an integer"},
+        {"{\"rankings\":[{\"index\":-0,\"logit\":1},{\"index\":0,\"logit\":1}]}", "repeats"},
+        {"{\"rankings\":[{\"index\":3,\"logit\":1}]}", "out of range"},
+        {"{\"rankings\":[{\"index\":0,\"logit\":1.}]}", "logit is not a finite number"},
+        {"{\"rankings\":[{\"index\":0,\"logit\":.5}]}", "not JSON"},
+        {"{\"rankings\":[{\"index\":0,\"logit\":true}]}", "logit is not a finite number"},
+        {"{\"rankings\":[{\"index\":0,\"logit\":1e400}]}", "logit is not a finite number"},
+        {"{\"rankings\":[{\"index\":0}]}", "logit is missing"},
+        {"{\"rankings\":[{\"logit\":0}]}", "index is missing"},
+        {"{\"rankings\":[{\"index\":0,\"logit\":1},{\"index\":1,\"logit\":1},"
+         "{\"index\":2,\"logit\":1},{\"index\":0,\"logit\":1}]}",
+         "more entries than passages"},
+        {"{\"rankings\":[]} {}", "JSON"},
+        {"{\"rankings\":[}", "not JSON"},
+        {"{\"rankings\"}", "not JSON"},
+        {"{\"rankings\":[{\"index\":0,\"logit\":1}", "not JSON"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nim_answer a;
+        char err[256];
+        int rc = read_answer(cases[i].body, 3, &a, err);
+        CHECK(rc == -1);
+        if (rc != -1 || !strstr(err, cases[i].why))
+            fprintf(stderr, "  body %s: got '%s', want '%s'\n", cases[i].body, err, cases[i].why);
+    }
+}
+
+static void a_flood_of_values_is_refused_before_memory_is_taken(void) {
+    size_t n = 200000;
+    char *body = malloc(n * 2 + 32);
+    strcpy(body, "{\"x\":[");
+    size_t k = strlen(body);
+    for (size_t i = 0; i < n; i++) {
+        body[k++] = '1';
+        body[k++] = ',';
+    }
+    strcpy(body + k, "1],\"rankings\":[]}");
+    nim_answer a;
+    char err[256];
+    CHECK(read_answer(body, 3, &a, err) == -1 && strstr(err, "more JSON values"));
+    free(body);
+}
+
+int main(void) {
+    RUN(well_formed_answers);
+    RUN(refused_answers_say_why);
+    RUN(a_flood_of_values_is_refused_before_memory_is_taken);
+    return CTEST_SUMMARY("c/answer");
+}
