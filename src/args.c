@@ -243,6 +243,14 @@ static double seconds_value(lua_State *L, const char *fn, const char *field, int
     return v;
 }
 
+/* nim.native.seconds(value, fn, field) -> value: the same rule for the Lua layer's own
+ * timeouts (a routed call's deadline); raises naming fn and field. */
+int nim_l_seconds(lua_State *L) {
+    const char *fn = luaL_checkstring(L, 2), *field = luaL_checkstring(L, 3);
+    lua_pushnumber(L, seconds_value(L, fn, field, 1));
+    return 1;
+}
+
 /* The call's value (or its alias), else nim.settings[field] (checked the same way), else
  * dflt. */
 static double opt_seconds(lua_State *L, int args, const char *field, const char *alias,
@@ -338,7 +346,10 @@ static void check_transport(lua_State *L, nim_args *a, int args) {
     if (!a->nvcf_status_url || !*a->nvcf_status_url)
         a->nvcf_status_url = "https://api.nvcf.nvidia.com/v2/nvcf/pexec/status";
     a->api_key = opt_string(L, args, "api_key");
-    if (!a->api_key || !*a->api_key) a->api_key = getenv("NVIDIA_NIM_API_KEY");
+    if (!a->api_key || !*a->api_key) {
+        a->api_key = getenv("NVIDIA_NIM_API_KEY");
+        a->key_from_env = a->api_key != NULL;
+    }
     if (a->api_key && !*a->api_key) a->api_key = NULL;
     if (a->api_key && !nim_header_value_ok(a->api_key, strlen(a->api_key)))
         nim_misuse(L, "nim.rerank", "api_key", "contains control characters");

@@ -82,6 +82,7 @@ typedef struct {
     lua_Integer max_response;
     const char *api_base;
     const char *api_key;
+    int key_from_env; /* api_key came from NVIDIA_NIM_API_KEY */
     const char *nvcf_status_url;
     double nvcf_poll_interval;
     int bm25; /* stack slot of the bm25 options table, or 0 */
@@ -92,6 +93,7 @@ typedef struct {
  * 2 (dropped), 3 (query), 4 (documents), 5 (headers or nil), 6 (bm25 or nil). */
 void nim_check_args(lua_State *L, nim_args *a);
 int nim_l_misuse(lua_State *L);   /* nim.native.misuse(fn, field, message) */
+int nim_l_seconds(lua_State *L);  /* nim.native.seconds(value, fn, field) */
 int nim_l_protect(lua_State *L);  /* nim.native.protect(fn, ...) */
 void nim_push_keys(lua_State *L); /* nim.native.keys = {request =, transport =, policy =} */
 

@@ -189,6 +189,7 @@ static const luaL_Reg native_funcs[] = {
     {"task_of", nim_l_task_of},
     {"sleep", nim_l_sleep},
     {"misuse", nim_l_misuse},
+    {"seconds", nim_l_seconds},
     {"protect", nim_l_protect},
     {"error", nim_l_error},
     {"merge", nim_l_merge},

@@ -28,6 +28,78 @@ static void set_string(lua_State *L, int t, const char *k, const char *v) {
     lua_setfield(L, t, k);
 }
 
+/* ---- secrets ------------------------------------------------------------------------------------
+ * uv.secrets holds every credential of the call: the key, the caller's header values, the
+ * userinfo of a URL. Every message built from what a server said or from a URL passes through
+ * redact() before anyone sees it, and a URL is shown without its userinfo. */
+
+static void add_secret(lua_State *L, int secrets, const char *s, size_t n) {
+    if (!s || n < 4) return; /* shorter would redact ordinary words */
+    lua_pushlstring(L, s, n);
+    lua_rawseti(L, secrets, (lua_Integer)lua_rawlen(L, secrets) + 1);
+}
+
+/* The userinfo of an http(s) URL ("user:password" before '@'): start and length, or 0. */
+static size_t userinfo(const char *url, const char **start) {
+    const char *h = strstr(url, "://");
+    if (!h) return 0;
+    h += 3;
+    size_t n = strcspn(h, "/?#");
+    const char *at = NULL;
+    for (const char *p = h; p < h + n; p++)
+        if (*p == '@') at = p;
+    if (!at) return 0;
+    *start = h;
+    return (size_t)(at - h);
+}
+
+static void add_url_secrets(lua_State *L, int secrets, const char *url) {
+    const char *ui;
+    size_t n = userinfo(url, &ui);
+    if (!n) return;
+    add_secret(L, secrets, ui, n);
+    const char *colon = memchr(ui, ':', n);
+    if (colon) add_secret(L, secrets, colon + 1, n - (size_t)(colon + 1 - ui));
+}
+
+/* Pushes url with its userinfo shown as "***". */
+static void push_display_url(lua_State *L, const char *url) {
+    const char *ui;
+    size_t n = userinfo(url, &ui);
+    if (!n) {
+        lua_pushstring(L, url);
+        return;
+    }
+    lua_pushfstring(L, "%s***%s", lua_pushlstring(L, url, (size_t)(ui - url)), ui + n);
+    lua_remove(L, -2);
+}
+
+/* Replaces every secret of the call in the string at idx, longest first. */
+static void redact(lua_State *L, int idx, int uv) {
+    idx = lua_absindex(L, idx);
+    lua_getfield(L, uv, "secrets");
+    int secrets = lua_gettop(L);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, secrets);
+    for (int pass = 0; pass < 2; pass++) { /* whole userinfo and keys, then their parts */
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, secrets, i);
+            const char *secret = lua_tostring(L, -1);
+            int longest = 1;
+            for (lua_Integer j = 1; j <= n && longest; j++) {
+                lua_rawgeti(L, secrets, j);
+                if (j != i && strstr(lua_tostring(L, -1), secret)) longest = 0;
+                lua_pop(L, 1);
+            }
+            if (longest == (pass == 0) && strstr(lua_tostring(L, idx), secret)) {
+                luaL_gsub(L, lua_tostring(L, idx), secret, "[redacted]");
+                lua_replace(L, idx);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
 /* ---- headers -------------------------------------------------------------------------------- */
 
 static int header_name_ok(const char *s) {
@@ -95,6 +167,11 @@ static void keep_caller_headers(lua_State *L, int headers, int uv) {
                        HEADERS_TOTAL_MAX);
         lua_pushfstring(L, "%s: %s", name, v);
         lua_rawseti(L, lines, ++n);
+        lua_getfield(L, uv, "secrets"); /* a caller's header may carry a credential */
+        add_secret(L, lua_gettop(L), v, vlen);
+        const char *sp = strchr(v, ' '); /* "Bearer <token>": the token alone too */
+        if (sp) add_secret(L, lua_gettop(L), sp + 1, vlen - (size_t)(sp + 1 - v));
+        lua_pop(L, 1);
         push_lower(L, name);
         lua_pushboolean(L, 1);
         lua_rawset(L, names);
@@ -172,13 +249,21 @@ static void use_lines(lua_State *L, int idx, nim_request *r) {
 /* Settles the call at idx with the message on top as an error of this provider. */
 static void settle_error(lua_State *L, int idx, int uv, nim_err_type type, long status,
                          int retryable) {
+    redact(L, -1, uv);
     lua_getfield(L, uv, "model");
-    lua_getfield(L, uv, "key");
-    nim_error e = {type, status, retryable, PROVIDER, lua_tostring(L, -2), lua_tostring(L, -1)};
-    lua_rotate(L, -3, 2); /* message back on top */
+    nim_error e = {type, status, retryable, PROVIDER, lua_tostring(L, -1), NULL};
+    lua_insert(L, -2); /* message back on top */
     nim_push_error(L, &e);
-    lua_rotate(L, -3, 1);
-    lua_pop(L, 2);
+    if (lua_getfield(L, uv, "warning") == LUA_TSTRING) {
+        lua_createtable(L, 1, 0);
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 1);
+        nim_mark_array(L, -1);
+        lua_setfield(L, -2, "warnings");
+    } else {
+        lua_pop(L, 1);
+    }
+    lua_remove(L, -2);
     nim_call_settle(L, idx, "err");
 }
 
@@ -217,11 +302,33 @@ static int send(lua_State *L, int idx, int uv, nim_request *r) {
 }
 
 /* Fills the user value from the checked arguments and the route. */
+/* Is the URL's host this machine (so a key in clear text never leaves it)? */
+static int loopback(const char *url) {
+    const char *h = strstr(url, "://"), *ui;
+    h = h ? h + 3 : url;
+    size_t n = userinfo(url, &ui);
+    if (n) h = ui + n + 1;
+    return strncmp(h, "127.", 4) == 0 || strncmp(h, "localhost", 9) == 0 ||
+           strncmp(h, "[::1]", 5) == 0;
+}
+
 static void describe(lua_State *L, int uv, const nim_args *a, const nim_route *route,
                      int entry_idx) {
+    lua_newtable(L);
+    int secrets = lua_gettop(L);
+    if (a->api_key) add_secret(L, secrets, a->api_key, strlen(a->api_key));
+    add_url_secrets(L, secrets, route->url);
+    add_url_secrets(L, secrets, a->nvcf_status_url);
+    lua_setfield(L, uv, "secrets");
     set_string(L, uv, "provider", PROVIDER);
     set_string(L, uv, "model", a->model);
-    set_string(L, uv, "url", route->url);
+    push_display_url(L, route->url);
+    lua_setfield(L, uv, "url");
+    if (a->key_from_env && strncmp(route->url, "http://", 7) == 0 && !loopback(route->url)) {
+        lua_pushliteral(L, "NVIDIA_NIM_API_KEY from the environment was sent over plain http:// "
+                           "to a host that is not this machine; use https://, or pass api_key");
+        lua_setfield(L, uv, "warning");
+    }
     set_string(L, uv, "route_model", route->model);
     set_string(L, uv, "body_model", route->body_model);
     set_string(L, uv, "family", nim_family_name(route->family));
@@ -357,15 +464,14 @@ static int start_poll(lua_State *L, int idx, int uv, const char *reqid, double l
     while (blen > 0 && base[blen - 1] == '/')
         blen--;
     lua_pushlstring(L, base, blen);
-    lua_pushfstring(L, "%s/%s", lua_tostring(L, -1), reqid);
-    lua_setfield(L, uv, "url");
-    lua_pop(L, 2);
+    const char *url = lua_pushfstring(L, "%s/%s", lua_tostring(L, -1), reqid); /* stays pushed */
+    push_display_url(L, url);
+    lua_setfield(L, uv, "url"); /* what messages show from now on */
     int poll_s = left > 300 ? 300 : (left < 1 ? 1 : (int)left);
     push_lines(L, uv, 1, poll_s);
     nim_request r = {0};
     use_lines(L, -1, &r);
-    lua_getfield(L, uv, "url");
-    r.url = lua_tostring(L, -1);
+    r.url = url;
     r.get = 1;
     r.timeout_ms = (long)ceil(left * 1000.0);
     r.connect_timeout_ms = (long)ceil(c->connect_timeout * 1000.0);
@@ -431,6 +537,7 @@ static void success(lua_State *L, int idx, int uv, int body, long status, double
     nim_push_reg(L, nim_key_decode);
     nim_parsed p;
     if (!nim_wire_parse(L, body, lua_gettop(L), c->ndocs, &p)) {
+        redact(L, body, uv); /* before the message takes its first part */
         lua_getfield(L, uv, "url");
         lua_pushfstring(L, "malformed response from %s: %s; body: ", lua_tostring(L, -1),
                         lua_tostring(L, -2));
@@ -455,12 +562,21 @@ static void success(lua_State *L, int idx, int uv, int body, long status, double
     lua_rotate(L, -4, -1); /* the result back on top */
     nim_annotate_meta(L, PROVIDER, lua_tostring(L, -4), lua_tostring(L, -3), lua_gettop(L) - 1,
                       seconds);
+    lua_getfield(L, -1, "meta");
     if (c->polls > 0) {
-        lua_getfield(L, -1, "meta");
         lua_pushinteger(L, c->polls);
         lua_setfield(L, -2, "nvcf_polls");
+    }
+    if (lua_getfield(L, uv, "warning") == LUA_TSTRING) {
+        lua_createtable(L, 1, 0);
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 1);
+        nim_mark_array(L, -1);
+        lua_setfield(L, -2, "warnings");
+    } else {
         lua_pop(L, 1);
     }
+    lua_pop(L, 1);
     nim_call_settle(L, idx, "res");
 }
 
@@ -469,6 +585,7 @@ static void failure(lua_State *L, int idx, int uv, int body, long status, const 
                     double retry_after) {
     int retryable;
     nim_err_type type = nim_err_from_status(status, &retryable);
+    redact(L, body, uv); /* before the message is cut to its first part */
     nim_push_reg(L, nim_key_decode);
     nim_wire_error_message(L, body, lua_gettop(L));
     lua_remove(L, -2);

@@ -79,6 +79,13 @@ end
 local function resume(task, ...)
   task.waiting, task.wake_at = nil, nil
   local ok, a, b = coroutine.resume(task.co, ...)
+  if task.cancel_requested then -- cancelled from inside itself (an on_progress callback)
+    if coroutine.status(task.co) ~= "dead" then
+      if getmetatable(a) == TRANSFER_MT or getmetatable(a) == AWAIT_MT then cancel_waiting(a) end
+      coroutine.close(task.co)
+    end
+    return finish(task, true, nil, cancelled_error(task.model))
+  end
   if coroutine.status(task.co) == "dead" then return finish(task, ok, a, b) end
   if getmetatable(a) == TRANSFER_MT or getmetatable(a) == AWAIT_MT then
     task.waiting = a
@@ -293,6 +300,11 @@ end
 -- batches) are stopped too, and its coroutine is closed. No callback runs.
 local function cancel_task(task)
   if task.done then return end
+  if task.co == coroutine.running() then -- it cannot close itself: its resume will
+    task.cancel_requested = true
+    task.callback, task.handle = nil, nil
+    return
+  end
   task.callback, task.handle = nil, nil
   if task.waiting then cancel_waiting(task.waiting) end
   for _, child in ipairs(task.children or {}) do cancel_task(child) end

@@ -43,11 +43,15 @@ local function is(t)
   end
 end
 
+-- A finite number above (or at) min, below 1e7 (115 days, or ten million requests):
+-- .inf, .nan and absurd values are refused rather than turned into endless waits.
+local NUMBER_MAX = 1e7
 local function number_at_least(min, strict)
   return function(v, path)
     is("number")(v, path)
-    if v ~= v or (strict and v <= min) or (not strict and v < min) then
-      error(("%s: must be %s %s"):format(path, strict and ">" or ">=", min), 0)
+    if v ~= v or (strict and v <= min) or (not strict and v < min) or v >= NUMBER_MAX then
+      error(("%s: must be %s %s, below %g"):format(path, strict and ">" or ">=", min,
+        NUMBER_MAX), 0)
     end
     return v
   end
@@ -57,17 +61,22 @@ local function integer_at_least(min)
   return function(v, path)
     if math.type(v) == "float" and v == math.floor(v) then v = math.tointeger(v) end
     is("integer")(v, path)
-    if v < min then error(("%s: must be an integer >= %d"):format(path, min), 0) end
+    if v < min or v >= NUMBER_MAX then
+      error(("%s: must be an integer >= %d, below %g"):format(path, min, NUMBER_MAX), 0)
+    end
     return v
   end
 end
+
+-- Paths whose values came from os.environ/ during this load: never printed.
+local from_env = {}
 
 local function one_of(...)
   local allowed = { ... }
   return function(v, path)
     for _, a in ipairs(allowed) do if v == a then return v end end
-    error(("%s: must be one of %s (got %s)"):format(path, table.concat(allowed, ", "),
-      tostring(v)), 0)
+    local got = from_env[path] and "a value from the environment" or tostring(v)
+    error(("%s: must be one of %s (got %s)"):format(path, table.concat(allowed, ", "), got), 0)
   end
 end
 
@@ -155,9 +164,19 @@ local function known_top(k)
   return false
 end
 
--- Replaces os.environ/NAME strings and lyaml's null, depth first. Errors name the path.
-local function resolve_values(v, path, null)
+-- Bounds on what a config may expand to: YAML aliases share nodes, and a walk that copies
+-- them could otherwise grow exponentially ("billion laughs") or forever (a cycle).
+local MAX_DEPTH, MAX_VALUES, MAX_BYTES = 64, 100000, 4 * 1024 * 1024
+
+-- Replaces os.environ/NAME strings and lyaml's null, depth first, into fresh tables. Errors
+-- name the path. walk = { values = count, open = tables on the current path }.
+local function resolve_values(v, path, null, walk, depth)
   if v == null then return nil end
+  walk.values = walk.values + 1
+  if walk.values > MAX_VALUES then
+    error(("%s: the config expands to more than %d values (YAML aliases?)"):format(
+      path == "" and "config" or path, MAX_VALUES), 0)
+  end
   if type(v) == "string" then
     local name = v:match("^os%.environ/(.+)$")
     if not name then return v end
@@ -167,15 +186,22 @@ local function resolve_values(v, path, null)
     if value == nil or value == "" then
       error(("%s: environment variable %s is not set"):format(path, name), 0)
     end
+    from_env[path] = true
     return value
   end
   if type(v) ~= "table" then return v end
+  if walk.open[v] then error(("%s: refers to itself (a YAML alias cycle)"):format(path), 0) end
+  if depth > MAX_DEPTH then
+    error(("%s: nested deeper than %d levels"):format(path, MAX_DEPTH), 0)
+  end
+  walk.open[v] = true
   local out = {}
   for k, x in pairs(v) do
     local p = type(k) == "number" and ("%s[%d]"):format(path, k) or
       (path == "" and tostring(k) or path .. "." .. tostring(k))
-    out[k] = resolve_values(x, p, null)
+    out[k] = resolve_values(x, p, null, walk, depth + 1)
   end
+  walk.open[v] = nil
   return out
 end
 
@@ -228,12 +254,40 @@ local function check_model_list(list, warnings)
   return out
 end
 
+-- Walks libyaml's events once before lyaml builds tables: nesting deeper than MAX_DEPTH or
+-- more than MAX_VALUES events is refused in bounded time, before any recursion.
+local function check_events(path, text)
+  local next_event = require("yaml").parser(text)
+  local depth, events = 0, 0
+  while true do
+    local ok, ev = pcall(next_event)
+    if not ok or not ev then return end -- lyaml reports the syntax error itself
+    local t = ev.type
+    if t == "MAPPING_START" or t == "SEQUENCE_START" then
+      depth = depth + 1
+      if depth > MAX_DEPTH then
+        error(("%s:%d: nested deeper than %d levels"):format(path, ev.start_mark.line + 1,
+          MAX_DEPTH), 0)
+      end
+    elseif t == "MAPPING_END" or t == "SEQUENCE_END" then
+      depth = depth - 1
+    elseif t == "STREAM_END" then
+      return
+    end
+    events = events + 1
+    if events > MAX_VALUES then
+      error(("%s: more than %d YAML values"):format(path, MAX_VALUES), 0)
+    end
+  end
+end
+
 -- Parses YAML with lyaml (Debian's lua-yaml): never a hand-written parser.
 local function read_yaml(path, text)
   local ok, lyaml = pcall(require, "lyaml")
   if not ok then
     error("config: reading YAML needs lyaml (apt-get install lua-yaml)", 0)
   end
+  check_events(path, text)
   local parsed_ok, doc = pcall(lyaml.load, text)
   if not parsed_ok then
     error(("%s: not valid YAML: %s"):format(path, tostring(doc)), 0)
@@ -244,8 +298,20 @@ end
 local function read_file(path)
   local f, err = io.open(path, "rb")
   if not f then error(("config: cannot open %s"):format(err), 0) end
-  local text = f:read("a")
+  local probe, perr = f:read(0) -- a directory opens, but cannot be read
+  if probe == nil and perr then
+    f:close()
+    error(("config: cannot read %s: %s"):format(path, perr), 0)
+  end
+  local size = f:seek("end")
+  if size and size > MAX_BYTES then
+    f:close()
+    error(("config: %s is larger than %d bytes"):format(path, MAX_BYTES), 0)
+  end
+  f:seek("set")
+  local text, rerr = f:read("a")
   f:close()
+  if not text then error(("config: cannot read %s: %s"):format(path, rerr), 0) end
   if path:match("%.lua$") then
     local chunk, cerr = load(text, "@" .. path, "t", setmetatable({}, { __index = _G }))
     if not chunk then error(("config: %s"):format(cerr), 0) end
@@ -254,6 +320,45 @@ local function read_file(path)
     return t
   end
   return read_yaml(path, text)
+end
+
+-- A provider model string with its prefix (nvidia_nim/..., local/bm25): always servable.
+local function provider_model(name)
+  local ok, _, explicit = pcall(require("nim").native.provider_of, name)
+  return ok and explicit
+end
+
+-- Names a config refers to (aliases, fallbacks) must exist when it loads: a typo would
+-- otherwise be sent upstream as a model name, and only once a call fails.
+local function check_names(cfg)
+  local groups = {}
+  for _, d in ipairs(cfg.deployments) do groups[d.model_name] = true end
+  local aliases = cfg.router.model_group_alias or {}
+  for alias, target in pairs(aliases) do
+    if not groups[target] then
+      error(("router_settings.model_group_alias.%s: %q is not a model_name of model_list%s")
+        :format(alias, target, aliases[target] and " (aliases name groups, not aliases)" or ""),
+        0)
+    end
+  end
+  local function check(name, path)
+    if not (groups[name] or aliases[name] or provider_model(name)) then
+      error(("%s: %q is neither a model_name, an alias, nor a provider model with its "
+        .. "prefix (nvidia_nim/..., local/bm25)"):format(path, name), 0)
+    end
+  end
+  for _, section in ipairs({ "router", "litellm" }) do
+    local where = section == "router" and "router_settings" or "litellm_settings"
+    for group, list in pairs(cfg[section].fallbacks or {}) do
+      check(group, ("%s.fallbacks.%s"):format(where, group))
+      for i, name in ipairs(list) do
+        check(name, ("%s.fallbacks.%s[%d]"):format(where, group, i))
+      end
+    end
+    for i, name in ipairs(cfg[section].default_fallbacks or {}) do
+      check(name, ("%s.default_fallbacks[%d]"):format(where, i))
+    end
+  end
 end
 
 -- load(path_or_table) -> config, warnings
@@ -268,7 +373,8 @@ function M.load(source)
   end
   if raw == nil or raw == null then raw = {} end
   is("map")(raw, "config")
-  raw = resolve_values(raw, "", null)
+  from_env = {}
+  raw = resolve_values(raw, "", null, { values = 0, open = {} }, 0)
   local warnings = {}
   for k in pairs(raw) do
     if not known_top(k) then
@@ -286,6 +392,7 @@ function M.load(source)
     general = check_section(raw.general_settings, GENERAL_SETTINGS, "general_settings", warnings),
     nimrank = check_section(raw.nimrank_settings, NIMRANK_SETTINGS, "nimrank_settings", warnings),
   }
+  check_names(cfg)
   local strategy = cfg.router.routing_strategy
   if strategy and strategy ~= "simple-shuffle" then
     warnings[#warnings + 1] = ("router_settings.routing_strategy: %q is not supported; "

@@ -22,6 +22,10 @@
 -- * When a model's own attempts fail, its fallbacks run in order (per request, else the
 --   group's, else the default list), at most max_fallbacks (5). Fallbacks do not chain.
 -- * Every attempt is recorded in res.meta.attempts (or err.attempts); keys never are.
+-- * A routed call's timeout is its total time: the request's timeout (else
+--   router_settings.timeout, else nim.settings.timeout) is a deadline for every attempt,
+--   backoff wait and fallback. Each attempt gets what is left of it; a wait that would pass
+--   it is not waited; when it is spent the call ends with the last error (or a timeout).
 -- * A deployment's os.environ/NAME values are read when it is used: a config whose other
 --   groups need a variable that is not set still loads and serves.
 local nim = require "nim"
@@ -235,9 +239,17 @@ local function record(attempts, group, d, model, wait, err, latency_ms)
   }
 end
 
--- Tries one model name (a group, or a provider model string) with its retries.
--- Returns res, deployment, group on success; nil, err on failure.
-function Router:try(name, args, attempts, num_retries)
+-- Seconds left of the call's time: budget = { deadline =, total = }.
+function Router:left(budget) return budget.deadline - self.clock() end
+
+local function deadline_error(name, total)
+  return native.error({ type = "timeout", model = name,
+    message = ("no answer within the call's timeout of %g s"):format(total) })
+end
+
+-- Tries one model name (a group, or a provider model string) with its retries, within the
+-- deadline. Returns res, deployment, group on success; nil, err on failure.
+function Router:try(name, args, attempts, num_retries, budget)
   local unknown = self:unknown(name)
   if unknown then
     record(attempts, nil, nil, name, 0, unknown, 0)
@@ -252,9 +264,10 @@ function Router:try(name, args, attempts, num_retries)
     if n > 0 then
       -- Backoff spares a struggling server; a sibling that has not failed is tried at once.
       if g and self:untried(g, tried) then wait = 0 end
-      if wait > self.max_retry_wait then break end
+      if wait > self.max_retry_wait or wait >= self:left(budget) then break end
       if wait > 0 then self.sleep(wait) end
     end
+    if self:left(budget) <= 0 then break end
     local d, ready_in = nil, nil
     if g then d, ready_in = self:pick(g, tried) end
     if g and not d then
@@ -273,6 +286,8 @@ function Router:try(name, args, attempts, num_retries)
       local res
       if a then
         if not d then a.model = name end
+        a.timeout = math.min(a.timeout or math.huge, self:left(budget))
+        a.request_timeout = nil
         res, e = self.call(a, batch)
       end
       local model = a and a.model or nil
@@ -289,7 +304,7 @@ function Router:try(name, args, attempts, num_retries)
       wait = self:backoff(n + 1, err)
     end
   end
-  return nil, err
+  return nil, err or deadline_error(name, budget.total)
 end
 
 -- Raises (at the caller's line) on misuse of the router's own options.
@@ -301,6 +316,9 @@ local function check_options(args)
   filters.check(args.filters, "filters", function(field, msg)
     native.misuse("nim.rerank", field, msg)
   end)
+  for _, k in ipairs({ "timeout", "request_timeout" }) do
+    if args[k] ~= nil then native.seconds(args[k], "nim.rerank", k) end
+  end
   if args.fallbacks ~= nil and type(args.fallbacks) ~= "table" then
     native.misuse("nim.rerank", "fallbacks", "expected a list of model names")
   end
@@ -341,13 +359,17 @@ function Router:rerank(args)
   end
 
   local num_retries = args.num_retries or args.max_retries or (g and self.num_retries or 0)
+  local total = args.timeout or args.request_timeout or self.timeout
+    or native.seconds(nim.settings.timeout, "nim.settings", "timeout")
+  local budget = { deadline = self.clock() + total, total = total }
   local attempts = nim.array{}
-  local res, d_or_err, answered = self:try(name, args, attempts, num_retries)
+  local res, d_or_err, answered = self:try(name, args, attempts, num_retries, budget)
   local fallback
   if not res and not self:unknown(name) then
     local chain = args.fallbacks or self.fallbacks[g and g.name or name] or self.default_fallbacks
     for i = 1, math.min(#chain, self.max_fallbacks) do
-      res, d_or_err, answered = self:try(chain[i], args, attempts, num_retries)
+      if self:left(budget) <= 0 then break end
+      res, d_or_err, answered = self:try(chain[i], args, attempts, num_retries, budget)
       if res then
         fallback = chain[i]
         break
@@ -366,7 +388,10 @@ function Router:rerank(args)
   meta.deployment = d and d.id or nil
   meta.fallback = fallback
   local note = catalog.deprecation(attempts[#attempts].model)
-  if note then meta.warnings = nim.array{ note } end
+  if note then
+    meta.warnings = meta.warnings or nim.array{}
+    meta.warnings[#meta.warnings + 1] = note
+  end
   local ctx = { model = name, query = args.query, group = meta.model_group, router = self }
   if answered and self.group_filters[answered.name] then
     filters.apply(res, self.group_filters[answered.name], ctx)

@@ -327,3 +327,19 @@ test("native_transfer_primitives", function()
   ok(n >= 1, "step drives the engine")
   eq(s:result().results[1].index, 2, "settled by stepping")
 end)
+
+test("a_request_can_cancel_itself_from_its_progress_callback", function()
+  local docs = big_docs(2000)
+  local req
+  local calls = 0
+  req = nim.rerank_async({ model = M, query = uniq("!delay=200 gpu"), documents = docs,
+    api_base = h.open_url, concurrency = 2, on_progress = function()
+      calls = calls + 1
+      req:cancel()
+    end })
+  local res, err = req:wait()
+  eq(res, nil, "no result")
+  eq(err.type, "cancelled", "cancelled")
+  eq(calls, 1, "no progress after the cancel")
+  eq(nim.poll(), 0, "nothing left running")
+end)

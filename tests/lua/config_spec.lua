@@ -122,7 +122,12 @@ test("lua_config_file_and_table", function()
 end)
 
 test("fallbacks_and_aliases_normalised", function()
+  local groups = {}
+  for _, g in ipairs({ "a", "b", "c", "z" }) do
+    groups[#groups + 1] = { model_name = g, litellm_params = { model = "local/bm25" } }
+  end
   local cfg = config.load({
+    model_list = groups,
     router_settings = { fallbacks = { { a = { "b", "c" } } }, model_group_alias = { x = "a",
       y = { model = "b" } },
       default_fallbacks = { "local/bm25" } },
@@ -168,4 +173,72 @@ model_list:
   local err, c4 = h.sh(h.nimrank .. " --config /nonexistent.yaml -e 'print(1)' 2>&1")
   eq(c4, 2, "bad config is a usage error")
   spec.match(err, "cannot open", "says why")
+end)
+
+-- Config bombs and wrong names: refused at load, in bounded time, naming the key path.
+test("config_bombs_are_refused_in_bounded_time", function()
+  local function yaml(text)
+    local path = yaml_file(text)
+    local t0 = nim.now()
+    local okl, err = pcall(config.load, path)
+    os.remove(path)
+    ok(nim.now() - t0 < 5, "bounded time")
+    eq(okl, false, "refused")
+    return tostring(err)
+  end
+  local laughs = { "a: &a [x, x, x, x, x, x, x, x, x, x]" }
+  for i = 2, 12 do
+    laughs[i] = ("%s: &%s [%s]"):format(string.char(96 + i), string.char(96 + i),
+      ("*" .. string.char(95 + i) .. ", "):rep(10):sub(1, -3))
+  end
+  spec.match(yaml(table.concat(laughs, "\n") .. "\n"), "more than 100000 values",
+    "billion laughs")
+  spec.match(yaml("a: &a [*a]\n"), "a%[1%]: refers to itself", "a cycle")
+  spec.match(yaml("b: &b {c: *b}\n"), "b%.c: refers to itself", "a cycle in a map")
+  spec.match(yaml(("["):rep(100000) .. ("]"):rep(100000) .. "\n"), "nested deeper than 64",
+    "deep nesting")
+  local deep = {}
+  local t = deep
+  for _ = 1, 100 do t.x = {} t = t.x end
+  raises(function() config.load({ nimrank_settings = deep }) end, "nested deeper than 64")
+  raises(function() config.load("/tmp") end, "cannot read /tmp")
+end)
+
+test("references_to_unknown_names_and_non_finite_numbers_are_refused_at_load", function()
+  local function dep(name, extra)
+    local p = { model = "local/bm25" }
+    for k, v in pairs(extra or {}) do p[k] = v end
+    return { model_name = name, litellm_params = p }
+  end
+  raises(function() config.load({ model_list = { dep("a") },
+    router_settings = { fallbacks = { { a = { "nope" } } } } }) end,
+    "router_settings.fallbacks.a[1]", '"nope"')
+  raises(function() config.load({ model_list = { dep("a") },
+    litellm_settings = { default_fallbacks = { "typo" } } }) end,
+    "litellm_settings.default_fallbacks[1]")
+  raises(function() config.load({ model_list = { dep("a") },
+    router_settings = { model_group_alias = { x = "y", y = "x" } } }) end,
+    "router_settings.model_group_alias")
+  ok(config.load({ model_list = { dep("a") }, router_settings = {
+    fallbacks = { { a = { "local/bm25", "nvidia_nim/nvidia/x" } } } } }),
+    "provider model strings with their prefix are fine")
+  for _, v in ipairs({ math.huge, -math.huge, 0 / 0, 1e300 }) do
+    raises(function() config.load({ model_list = { dep("a", { timeout = v }) } }) end,
+      "model_list[1].litellm_params.timeout")
+    raises(function() config.load({ model_list = { dep("a", { weight = v }) } }) end,
+      "model_list[1].litellm_params.weight")
+    raises(function() config.load({ litellm_settings = { request_timeout = v } }) end,
+      "litellm_settings.request_timeout")
+  end
+  local path = yaml_file("litellm_settings:\n  request_timeout: .inf\n")
+  raises(function() config.load(path) end, "request_timeout")
+  os.remove(path)
+end)
+
+test("values_from_the_environment_are_never_printed", function()
+  local okl, err = pcall(config.load, { model_list = { { model_name = "a", litellm_params = {
+    model = "local/bm25", truncate = "os.environ/FAKE_KEY" } } } })
+  eq(okl, false, "refused")
+  spec.match(tostring(err), "truncate: must be one of NONE, END", "says what is wrong")
+  spec.no_match(tostring(err), h.key, "but not the value")
 end)

@@ -328,3 +328,54 @@ test("global_router_from_load_config", function()
   eq(res.meta.model_group, "cfg-group", "nim.rerank routes through the loaded config")
   eq(#nim.router:group_names(), 0, "reset")
 end)
+
+-- A routed call's timeout is its total time: attempts, waits and fallbacks all fit in it.
+test("the_calls_timeout_bounds_retries_waits_and_fallbacks", function()
+  local seen = {}
+  local t
+  local r
+  r, t = make({ model_list = { dep("g", h.RETRIEVAL), dep("fb", h.RETRIEVAL) },
+    router_settings = { num_retries = 5, fallbacks = { { g = { "fb" } } } } }, {
+    call = function(a)
+      seen[#seen + 1] = a.timeout
+      t.now = t.now + math.min(0.2, a.timeout) -- an attempt takes 0.2 s, or its timeout
+      return nil, nim.native.error({ type = "provider", status = 503, message = "busy",
+        retry_after = 0.3 })
+    end })
+  local start = t.now
+  local res, err = r:rerank({ model = "g", query = QUERY, documents = h.DOCS, timeout = 1 })
+  eq(res, nil, "failed")
+  eq(err.type, "provider", "with the last error")
+  ok(t.now - start <= 1 + 1e-9, "within the call's second: " .. (t.now - start))
+  for i, s in ipairs(seen) do ok(s <= 1 + 1e-9, "attempt " .. i .. " got at most what was left") end
+  ok(seen[#seen] < seen[1], "later attempts get less")
+  -- Retry-After beyond what is left is not waited for
+  seen = {}
+  r, t = make({ model_list = { dep("g", h.RETRIEVAL) }, router_settings = { num_retries = 3 } },
+    { call = function()
+      return nil, nim.native.error({ type = "rate_limit", status = 429, message = "slow down",
+        retry_after = 3600 })
+    end })
+  start = t.now
+  r:rerank({ model = "g", query = QUERY, documents = h.DOCS, timeout = 10 })
+  ok(t.now - start < 10, "an hour's Retry-After is not waited in a 10 s call")
+  -- the default total comes from nim.settings.timeout, checked like any timeout
+  local before = nim.settings.timeout
+  nim.settings.timeout = 0 / 0
+  local okc, e2 = pcall(r.rerank, r, { model = "g", query = QUERY, documents = h.DOCS })
+  nim.settings.timeout = before
+  eq(okc, false, "a NaN default timeout is misuse")
+  spec.match(tostring(e2), "nim.settings: timeout:", "named")
+end)
+
+test("bad_retry_counts_and_timeouts_are_misuse", function()
+  local r = make({ model_list = { dep("g", "local/bm25") } })
+  for _, v in ipairs({ math.huge, -1, 0 / 0, "x", 1.5, 101 }) do
+    spec.raises(function() r:rerank({ model = "g", query = QUERY, documents = h.DOCS,
+      num_retries = v }) end, "num_retries")
+  end
+  for _, v in ipairs({ math.huge, -1, 0, 0 / 0, "x", 1e9 }) do
+    spec.raises(function() r:rerank({ model = "g", query = QUERY, documents = h.DOCS,
+      timeout = v }) end, "timeout")
+  end
+end)
