@@ -11,6 +11,7 @@ N=${2:-256}
 TMP=$(mktemp -d)
 "$BUILD/fakenim" >"$TMP/port" &
 FAKE=$!
+[ -z "$BENCH_PIDS" ] || echo $FAKE >>"$BENCH_PIDS" # for the test that checks they all end
 trap 'kill $FAKE 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"' EXIT
 trap 'exit 1' INT TERM
 while ! grep -q PORT "$TMP/port" 2>/dev/null; do sleep 0.05; done

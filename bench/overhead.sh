@@ -20,6 +20,7 @@ start_fake() { # port file, args...: sets URL
     out=$1; shift
     "$BUILD/fakenim" "$@" >"$out" &
     FAKES="$FAKES $!"
+    [ -z "$BENCH_PIDS" ] || echo $! >>"$BENCH_PIDS" # for the test that checks they all end
     while ! grep -q PORT "$out" 2>/dev/null; do sleep 0.05; done
     URL="http://127.0.0.1:$(awk '/PORT/{print $2}' "$out")"
 }

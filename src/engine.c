@@ -424,8 +424,9 @@ static nim_xfer_result classify(CURLcode rc, int too_large, const char *errbuf) 
     if (too_large) return NIM_XFER_TOO_LARGE;
     switch (rc) {
     case CURLE_OK: return NIM_XFER_OK;
-    case CURLE_OUT_OF_MEMORY: /* libcurl's word for a header line over CURL_MAX_HTTP_HEADER */
-        return strstr(errbuf, "header") ? NIM_XFER_HEADERS_TOO_LARGE : NIM_XFER_OTHER;
+    case CURLE_OUT_OF_MEMORY: /* what libcurl 7.88 returns for a header over its 100 KB */
+        (void)errbuf;
+        return NIM_XFER_HEADERS_TOO_LARGE;
     case CURLE_OPERATION_TIMEDOUT: return NIM_XFER_TIMEOUT;
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:

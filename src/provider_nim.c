@@ -508,8 +508,10 @@ static void transport_error(lua_State *L, int idx, int uv, nim_transfer *t) {
     case NIM_XFER_HEADERS_TOO_LARGE:
         type = NIM_ERR_BAD_RESPONSE;
         retryable = 0;
-        lua_pushfstring(L, "%s: a response header line is too large (%s)", url,
-                        nim_transfer_error(t));
+        lua_pushfstring(L,
+                        "%s: a response header is larger than libcurl accepts (100 KB; "
+                        "libcurl says: %s)",
+                        url, nim_transfer_error(t));
         break;
     case NIM_XFER_CANCELLED:
         type = NIM_ERR_CANCELLED;

@@ -72,28 +72,59 @@ local function usage_error(cmd, msg)
   return EXIT_USAGE
 end
 
--- Reads documents: one per line; a line starting with '{' is a JSON object.
-local function read_docs(path, docs)
-  local f, err
-  if path == "-" then f = io.stdin else f, err = io.open(path, "rb") end
-  if not f then return nil, ("--docs: %s"):format(err) end
+-- Text with every byte that is not part of valid UTF-8 replaced by U+FFFD, so the JSON
+-- nimrank prints (and sends) is valid whatever a file holds.
+local REPLACEMENT = "\u{FFFD}"
+local function valid_utf8(s)
+  if utf8.len(s) then return s end
+  local out, i = {}, 1
+  while i <= #s do
+    local ok_len, bad = utf8.len(s, i)
+    if ok_len then
+      out[#out + 1] = s:sub(i)
+      break
+    end
+    out[#out + 1] = s:sub(i, bad - 1) .. REPLACEMENT
+    i = bad + 1
+  end
+  return table.concat(out)
+end
+M.valid_utf8 = valid_utf8
+
+-- Parses the documents of a text: one per line; a line starting with '{' is a JSON object
+-- ({"text": ...}). Blank lines are skipped. Returns nil, message on a bad JSON line.
+function M.parse_docs(text, name, docs)
   local n = 0
-  for line in f:lines() do
+  for line in text:gmatch("([^\n]*)\n?") do
     n = n + 1
     line = line:gsub("\r$", "")
     if line:match("^%s*{") then
       local ok, v = pcall(json.decode, line)
       if not ok or type(v) ~= "table" then
-        if f ~= io.stdin then f:close() end
-        return nil, ("--docs %s:%d: not a JSON object"):format(path, n)
+        return nil, ("--docs %s:%d: not a JSON object"):format(name, n)
       end
+      if type(v.text) == "string" then v.text = valid_utf8(v.text) end
       docs[#docs + 1] = v
     elseif line:match("%S") then
-      docs[#docs + 1] = line
+      docs[#docs + 1] = valid_utf8(line)
     end
   end
-  if f ~= io.stdin then f:close() end
   return docs
+end
+
+-- Reads the documents of a file ('-': stdin). Every failure to read (a directory, a closed
+-- stdin) is the caller's usage error, never a traceback.
+local function read_docs(path, docs)
+  local f, err
+  if path == "-" then f = io.stdin else f, err = io.open(path, "rb") end
+  if not f then return nil, ("--docs: %s"):format(err) end
+  local text, rerr = f:read("a")
+  if f ~= io.stdin then f:close() end
+  if not text then
+    return nil, ("--docs %s: cannot read: %s"):format(path == "-" and "stdin" or path,
+      rerr or "unknown error")
+  end
+  return M.parse_docs(text, path, docs)
 end
 
 local function parse_rerank_args(args)
@@ -180,17 +211,19 @@ local function print_table(res)
     text = (text:match("^[^\r\n]*")):gsub("%s+", " ")
     rows[#rows + 1] = ("%4d %6d %10.4f  %s"):format(i, r.index, r.relevance_score, text)
   end
+  local out = {}
   for _, row in ipairs(rows) do
     if #row > width then -- cut at a character boundary: never half a UTF-8 sequence
       local cut = width
       while cut > 0 and (row:byte(cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
       row = row:sub(1, cut)
     end
-    io.stdout:write(row, "\n")
+    out[#out + 1] = row
   end
   local meta = res.meta or {}
-  io.stdout:write(("%d of %s, %s%s\n"):format(#res.results, meta.model or "?",
-    meta.provider or "?", meta.latency_ms and (", %.1f ms"):format(meta.latency_ms) or ""))
+  out[#out + 1] = ("%d of %s, %s%s"):format(#res.results, meta.model or "?",
+    meta.provider or "?", meta.latency_ms and (", %.1f ms"):format(meta.latency_ms) or "")
+  return io.stdout:write(table.concat(out, "\n"), "\n")
 end
 
 -- One line on stderr when the answer came from a fallback: a user must never mistake a
@@ -246,8 +279,11 @@ function M.rerank(args)
     show = tty and limit ~= nil and #o.docs > (o.batch_size or limit)
   end
   local bar = show and progress_bar(tty) or nil
+  for i, d in ipairs(o.docs) do
+    if type(d) == "string" then o.docs[i] = valid_utf8(d) end
+  end
   local call = {
-    model = model, query = o.query, documents = o.docs, top_n = o.top_n,
+    model = model, query = valid_utf8(o.query), documents = o.docs, top_n = o.top_n,
     truncate = o.truncate, api_base = o.api_base, return_documents = o.return_documents,
     timeout = o.timeout, headers = o.headers, batch_size = o.batch_size,
     concurrency = o.concurrency, on_progress = bar and bar.update or nil,
@@ -259,16 +295,25 @@ function M.rerank(args)
   end
   local res, err = nim.rerank(call)
   if bar then bar.finish() end
+  for _, w in ipairs(res and res.meta and res.meta.warnings or err and err.warnings or {}) do
+    io.stderr:write("nimrank rerank: warning: ", w, "\n")
+  end
   if not res then
     io.stderr:write("nimrank rerank: ", tostring(err), "\n")
     return EXIT_FAILURE
   end
   report_fallback(model, res)
   local format = o.format or (nim.isatty(1) and "table" or "json")
+  local written, werr
   if format == "table" then
-    print_table(res)
+    written, werr = print_table(res)
   else
-    io.stdout:write(o.pretty and json.pretty(res) or json.ordered(res), "\n")
+    written, werr = io.stdout:write(o.pretty and json.pretty(res) or json.ordered(res), "\n")
+  end
+  if written then written, werr = io.stdout:flush() end
+  if not written then -- a full disk or a closed stdout: the answer is lost, so say so
+    io.stderr:write("nimrank rerank: cannot write the output: ", tostring(werr), "\n")
+    return EXIT_FAILURE
   end
   return EXIT_OK
 end

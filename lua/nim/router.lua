@@ -24,8 +24,9 @@
 -- * Every attempt is recorded in res.meta.attempts (or err.attempts); keys never are.
 -- * A routed call's timeout is its total time: the request's timeout (else
 --   router_settings.timeout, else nim.settings.timeout) is a deadline for every attempt,
---   backoff wait and fallback. Each attempt gets what is left of it; a wait that would pass
---   it is not waited; when it is spent the call ends with the last error (or a timeout).
+--   backoff wait and fallback. Each attempt gets its deployment's timeout
+--   (litellm_params.timeout), never more than what is left; a wait that would pass the
+--   deadline is not waited; when it is spent the call ends with the last error (or a timeout).
 -- * A deployment's os.environ/NAME values are read when it is used: a config whose other
 --   groups need a variable that is not set still loads and serves.
 local nim = require "nim"
@@ -46,7 +47,7 @@ local DEPLOYMENT_WINS = { model = true, api_key = true, api_base = true }
 -- Deployment litellm_params used as call defaults (the request's own values win, except
 -- DEPLOYMENT_WINS).
 local CALL_DEFAULTS = { "truncate", "drop_params", "headers", "connect_timeout", "ca_bundle",
-  "max_response_bytes", "return_documents", "bm25", "top_n", "api_key", "api_base", "timeout" }
+  "max_response_bytes", "return_documents", "bm25", "top_n", "api_key", "api_base" }
 local NO_CONFIG = { deployments = {}, router = {}, litellm = {}, nimrank = {} }
 
 -- The provider call: the native call, split into batches when too large (nim.batch, loaded
@@ -207,7 +208,6 @@ local function call_args(args, d, timeout)
       if v ~= nil and (DEPLOYMENT_WINS[k] or a[k] == nil) then a[k] = v end
     end
     a.model = d.params.model
-    if a.timeout == nil then a.timeout = d.params.timeout end
     for k, v in pairs(a) do
       local value, err = config.env_value(v, k)
       if err then return nil, err end
@@ -286,7 +286,8 @@ function Router:try(name, args, attempts, num_retries, budget)
       local res
       if a then
         if not d then a.model = name end
-        a.timeout = math.min(a.timeout or math.huge, self:left(budget))
+        -- an attempt gets its deployment's timeout, never more than the call has left
+        a.timeout = math.min(d and d.params.timeout or math.huge, self:left(budget))
         a.request_timeout = nil
         res, e = self.call(a, batch)
       end

@@ -40,7 +40,55 @@ typedef struct {
     char *headers; /* "Name: value\n" lines */
     long delay_ms;
     int drop;
+    char *stream; /* hostile answers: "trickle", "reset", "endless"; NULL = plain */
+    long trickle_ms;
+    char *file; /* the body is this file's bytes (a prepared gzip bomb) */
 } reply;
+
+static volatile int stopping; /* set before shutdown: long waits end early */
+
+/* Sleeps ms in short steps, so a fake told to stay silent still stops when asked. */
+static void pause_ms(long ms) {
+    for (long waited = 0; waited < ms && !stopping; waited += 20) {
+        long step = ms - waited < 20 ? ms - waited : 20;
+        struct timespec ts = {0, step * 1000000L};
+        while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+        }
+    }
+}
+
+/* A body sent by a reader callback: trickled, cut off mid-way, or endless. */
+typedef struct {
+    char *body;
+    size_t len;
+    int mode; /* 't' trickle, 'r' reset, 'e' endless */
+    long trickle_ms;
+} stream;
+
+static ssize_t read_stream(void *cls, uint64_t pos, char *buf, size_t max) {
+    stream *st = cls;
+    if (stopping) return MHD_CONTENT_READER_END_WITH_ERROR;
+    switch (st->mode) {
+    case 't': /* one byte at a time */
+        if (pos >= st->len) return MHD_CONTENT_READER_END_OF_STREAM;
+        pause_ms(st->trickle_ms);
+        buf[0] = st->body[pos];
+        return 1;
+    case 'r': /* half the body, then the connection is reset */
+        if (pos >= st->len / 2) return MHD_CONTENT_READER_END_WITH_ERROR;
+        buf[0] = st->body[pos];
+        return 1;
+    default: /* endless chunks of white space: valid JSON padding, never an end */
+        memset(buf, ' ', max);
+        return (ssize_t)max;
+    }
+}
+
+static void free_stream(void *cls) {
+    stream *st = cls;
+    free(st->body);
+    free(st);
+}
 
 static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
                                       const char *value) {
@@ -103,9 +151,50 @@ static void run_handler(struct MHD_Connection *c, const char *method, const char
         lua_pop(L, 1);
         r->drop = (lua_getfield(L, -1, "drop"), lua_toboolean(L, -1));
         lua_pop(L, 1);
+        r->stream = dup_field(L, -1, "stream", NULL);
+        r->trickle_ms = (lua_getfield(L, -1, "trickle_ms"), (long)lua_tointeger(L, -1));
+        lua_pop(L, 1);
+        r->file = dup_field(L, -1, "file", NULL);
     }
     lua_settop(L, top);
     pthread_mutex_unlock(&lua_lock);
+}
+
+/* The reply's body becomes the named file's bytes. */
+static void load_file(reply *r) {
+    FILE *f = fopen(r->file, "rb");
+    if (!f) return;
+    free(r->body);
+    r->body = NULL;
+    r->body_len = 0;
+    size_t cap = 0;
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        char *p = realloc(r->body, cap + n);
+        if (!p) break;
+        r->body = p;
+        memcpy(r->body + cap, chunk, n);
+        cap += n;
+    }
+    r->body_len = cap;
+    fclose(f);
+}
+
+static struct MHD_Response *make_response(reply *r) {
+    if (!r->stream)
+        return MHD_create_response_from_buffer(r->body_len, r->body ? r->body : (char *)"",
+                                               MHD_RESPMEM_MUST_COPY);
+    stream *st = calloc(1, sizeof *st);
+    if (!st) return NULL;
+    st->body = r->body;
+    st->len = r->body_len;
+    st->mode = r->stream[0];
+    st->trickle_ms = r->trickle_ms;
+    r->body = NULL; /* the stream owns it now */
+    uint64_t size = st->mode == 'e' ? MHD_SIZE_UNKNOWN : (uint64_t)st->len;
+    return MHD_create_response_from_callback(size, st->mode == 'e' ? 65536 : 1, read_stream, st,
+                                             free_stream);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -150,15 +239,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     } else {
         run_handler(c, method, url, u, &r);
     }
-    if (r.delay_ms > 0) {
-        struct timespec ts = {r.delay_ms / 1000, (r.delay_ms % 1000) * 1000000L};
-        while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
-        }
-    }
+    if (r.delay_ms > 0) pause_ms(r.delay_ms);
+    if (r.file) load_file(&r);
     enum MHD_Result ret = MHD_NO;
-    if (!r.drop) {
-        struct MHD_Response *resp = MHD_create_response_from_buffer(
-            r.body_len, r.body ? r.body : (char *)"", MHD_RESPMEM_MUST_COPY);
+    struct MHD_Response *resp = (!r.drop && !stopping) ? make_response(&r) : NULL;
+    if (resp) {
         for (char *line = r.headers, *next; line && *line; line = next) {
             next = strchr(line, '\n');
             if (next) *next++ = '\0';
@@ -172,6 +257,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     free(r.body);
     free(r.headers);
+    free(r.stream);
+    free(r.file);
     return ret;
 }
 
@@ -290,7 +377,8 @@ int main(int argc, char **argv) {
         (uint16_t)port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, &addr,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_NOTIFY_CONNECTION,
         on_connection, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)(1024 * 1024), MHD_OPTION_END); /* room for a hostile 200 KB header */
     if (!d) {
         fprintf(stderr, "fakenim: cannot listen on 127.0.0.1:%d\n", port);
         return 1;
@@ -307,6 +395,7 @@ int main(int argc, char **argv) {
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     struct timespec ts = {lifetime, 0};
     sigtimedwait(&set, NULL, &ts);
+    stopping = 1;
     MHD_stop_daemon(d);
     lua_close(L);
     free(canned);

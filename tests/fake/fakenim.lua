@@ -17,6 +17,12 @@
 --   !202-forever     every status poll answers 202
 --   !reverse         rankings in reverse order      !ties           every logit equal
 --   !body=NAME       200 with one of the hostile or odd bodies in BODIES below
+-- A hostile upstream:
+--   !trickle=MS      the answer one byte every MS ms  !reset        half the answer, then reset
+--   !endless         a chunked body that never ends   !silent       never answers
+--   !redirect        302 to another host              !echo         200 whose body echoes the
+--   !bigheader=N     a response header of N bytes                    request's headers and body
+--   !gzip=PATH       the answer is PATH's bytes, sent with Content-Encoding: gzip
 -- GET /_fake/last returns the last POST seen (headers and raw body) for assertions;
 -- GET /_fake/stats returns {connections = TCP connections accepted so far}.
 local cjson = require "cjson"
@@ -196,15 +202,42 @@ local function injected(d, req)
   return json(status, { error = { message = "injected failure " .. status } }, extra)
 end
 
+-- A hostile upstream's answers (see the list at the top), or nil.
+local function hostile(d, req, answer)
+  if d.silent then return { status = 200, body = "", headers = "", delay_ms = 600000 } end
+  if d.redirect then
+    return { status = 302, body = "", headers = "Location: http://192.0.2.1:9/steal\n" }
+  end
+  if d.echo then
+    local hs = {}
+    for k, v in pairs(req.headers) do hs[#hs + 1] = k .. ": " .. v end
+    table.sort(hs)
+    return text(200, table.concat(hs, "\n") .. "\n\n" .. req.body)
+  end
+  if d.bigheader then
+    return json(200, answer, "X-Big: " .. ("b"):rep(tonumber(d.bigheader)) .. "\n")
+  end
+  if d.gzip then
+    return { status = 200, body = "", file = d.gzip,
+             headers = "Content-Type: application/json\nContent-Encoding: gzip\n" }
+  end
+  local r = json(200, answer)
+  if d.trickle then r.stream, r.trickle_ms = "trickle", tonumber(d.trickle) return r end
+  if d.reset then r.stream = "reset" return r end
+  if d.endless then r.stream = "endless" return r end
+end
+
 local function rerank(req, family, model_info, body)
   local d, qtext = directives(body.query.text)
   local n = (seen_counts[body.query.text] or 0) + 1
   seen_counts[body.query.text] = n
   local active = not d.times or n <= tonumber(d.times)
   local delay = tonumber(d.delay)
-  local function with_delay(r) r.delay_ms = delay; return r end
+  local function with_delay(r) r.delay_ms = delay or r.delay_ms; return r end
   if active then
     if d.drop then return { drop = true, delay_ms = delay } end
+    local h = hostile(d, req, { rankings = { { index = 0, logit = 1 } } })
+    if h then return with_delay(h) end
     local r = injected(d, req)
     if r then return with_delay(r) end
     if d.malformed then

@@ -306,3 +306,31 @@ test("missing_lua_layer_is_one_clear_line", function()
     .. "'local/bm25', query = 'q', documents = {'q'}}.results[1].index)")):format(BIN))
   eq(out, "0\n", "the native binding still works")
 end)
+
+test("unreadable_documents_are_usage_errors_and_unwritable_output_is_a_failure", function()
+  for _, c in ipairs({
+    { "--docs /tmp", "cannot read" }, { "--docs - <&-", "cannot read" },
+    { "--docs - </tmp", "cannot read" }, { "--docs /nonexistent", "No such file" },
+  }) do
+    local out, code = sh(BIN .. " rerank -m local/bm25 -q q " .. c[1] .. " 2>&1")
+    eq(code, 2, c[1] .. " is a usage error: " .. out)
+    match(out, "^nimrank rerank: %-%-docs", c[1])
+    match(out, c[2], c[1])
+    spec.no_match(out, "traceback", c[1] .. ": no traceback")
+  end
+  for _, redirect in ipairs({ ">/dev/full", ">&-" }) do
+    local out, code = sh(BIN .. " rerank -m local/bm25 -q q --json a b 2>&1 " .. redirect)
+    eq(code, 1, redirect .. ": a failure, not success")
+    match(out, "cannot write the output", redirect)
+  end
+end)
+
+test("invalid_utf8_in_documents_is_replaced_so_the_output_is_valid_json", function()
+  local f = tmpfile("gpu \255\254 bytes\nfine gpu text\n{\"text\": \"gpu \\u00e9\"}\n")
+  local out, code = sh(BIN .. " rerank -m local/bm25 -q gpu --json --docs " .. q(f))
+  os.remove(f)
+  eq(code, 0, "exit")
+  ok(utf8.len(out), "the output is valid UTF-8")
+  match(out, "gpu \u{FFFD}\u{FFFD} bytes", "each invalid byte became U+FFFD")
+  ok(h.decode(out), "and valid JSON")
+end)
