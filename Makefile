@@ -17,8 +17,10 @@ DEB_PKGS := pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev l
             libmicrohttpd-dev libjsmn-dev lua-yaml curl luarocks
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             $(if $(filter 1,$(STRICT)),-Werror)
+# LUA_INCDIR (LuaRocks passes it) picks the Lua headers; else pkg-config's.
+LUA_INCDIR ?=
 NIM_CFLAGS := -std=gnu11 $(WARN) -fPIC -fvisibility=hidden -MMD -MP \
-              $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+              $(if $(LUA_INCDIR),-I$(LUA_INCDIR)) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 ALL_CFLAGS  = $(CFLAGS) $(NIM_CFLAGS)
 # Programs link lua-cjson statically; nim.so links the shared library (the static archive is
 # not position-independent). nim.so never links liblua: the host provides Lua. libcurl is

@@ -204,6 +204,10 @@ static int type_error(lua_State *L, const char *field, const char *expected, int
                       luaL_typename(L, idx));
 }
 
+/* Slot of the anchor table: every string the checked arguments point to is stored there, so
+ * it lives as long as the call's stack frame even when an __index metamethod made it up. */
+#define ANCHOR 2
+
 /* A string field the C side uses as a C string: an embedded NUL would silently cut it
  * (a model, a URL, a key), so it is refused. */
 static const char *opt_string(lua_State *L, int args, const char *field) {
@@ -213,11 +217,12 @@ static const char *opt_string(lua_State *L, int args, const char *field) {
         size_t n;
         s = lua_tolstring(L, -1, &n);
         if (strlen(s) != n) nim_misuse(L, "nim.rerank", field, "contains a NUL byte");
-    } else if (t != LUA_TNIL) {
-        type_error(L, field, "string", -1);
+        lua_setfield(L, ANCHOR, field);
+        return s;
     }
-    lua_pop(L, 1); /* still referenced by args, so s stays valid */
-    return s;
+    if (t != LUA_TNIL) type_error(L, field, "string", -1);
+    lua_pop(L, 1);
+    return NULL;
 }
 
 /* An integer >= 1, or 0 when absent. Floats with a fraction, booleans, strings: errors. */
@@ -280,8 +285,12 @@ static int opt_bool(lua_State *L, int args, const char *field, int dflt) {
 
 static const char *settings_string(lua_State *L, const char *field) {
     nim_setting(L, field);
-    const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    lua_pop(L, 1); /* held by the settings table */
+    if (lua_type(L, -1) != LUA_TSTRING) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    const char *s = lua_tostring(L, -1);
+    lua_setfield(L, ANCHOR, field); /* settings may change while the call runs */
     return s;
 }
 
@@ -355,6 +364,11 @@ static void check_transport(lua_State *L, nim_args *a, int args) {
         nim_misuse(L, "nim.rerank", "api_key", "contains control characters");
 }
 
+lua_Integer nim_args_top_n(lua_State *L, int args) {
+    lua_Integer n = opt_count(L, args, "top_n");
+    return n ? n : opt_count(L, args, "top_k"); /* top_k: LiteLLM's and NIM's name for it */
+}
+
 void nim_check_args(lua_State *L, nim_args *a) {
     memset(a, 0, sizeof *a);
     luaL_checkstack(L, NIM_STACK_NEED, NULL);
@@ -369,9 +383,10 @@ void nim_check_args(lua_State *L, nim_args *a) {
         luaL_argcheck(L, count >= 0, 3, "count must be >= 0");
     }
     lua_settop(L, 1);
+    lua_createtable(L, 0, 8); /* slot 2: ANCHOR */
 
-    unsupported_params(L, args); /* slot 2 */
-    a->dropped = 2;
+    unsupported_params(L, args); /* slot 3 */
+    a->dropped = 3;
     check_dropped(L, a, args);
 
     a->model = opt_string(L, args, "model");
@@ -379,20 +394,19 @@ void nim_check_args(lua_State *L, nim_args *a) {
         nim_misuse(L, "nim.rerank", "model", "required (e.g. \"nvidia_nim/nvidia/...\")");
 
     if (lua_getfield(L, args, "query") != LUA_TSTRING) type_error(L, "query", "string", -1);
-    a->query = 3;
+    a->query = 4;
     if (lua_rawlen(L, a->query) == 0) nim_misuse(L, "nim.rerank", "query", "must not be empty");
 
     if (lua_getfield(L, args, "documents") != LUA_TTABLE)
         type_error(L, "documents", "a list of strings or tables", -1);
-    a->documents = 4;
+    a->documents = 5;
     check_slice(L, a, first, count);
 
-    a->top_n = opt_count(L, args, "top_n");
-    lua_Integer top_k = opt_count(L, args, "top_k");
-    if (a->top_n && top_k && a->top_n != top_k)
+    lua_Integer top_n = opt_count(L, args, "top_n"), top_k = opt_count(L, args, "top_k");
+    if (top_n && top_k && top_n != top_k)
         nim_misuse(L, "nim.rerank", "top_n and top_k", "both given with different values (%I, %I)",
-                   a->top_n, top_k);
-    if (!a->top_n) a->top_n = top_k;
+                   top_n, top_k);
+    a->top_n = nim_args_top_n(L, args);
 
     a->truncate = opt_string(L, args, "truncate");
     if (a->truncate && strcmp(a->truncate, "NONE") != 0 && strcmp(a->truncate, "END") != 0)
@@ -401,10 +415,10 @@ void nim_check_args(lua_State *L, nim_args *a) {
     a->return_documents = opt_bool(L, args, "return_documents", 1);
     check_transport(L, a, args);
 
-    int ht = lua_getfield(L, args, "headers"); /* slot 5 */
+    int ht = lua_getfield(L, args, "headers"); /* slot 6 */
     if (ht != LUA_TNIL && ht != LUA_TTABLE) type_error(L, "headers", "table", -1);
-    a->headers = ht == LUA_TTABLE ? 5 : 0;
-    int bt = lua_getfield(L, args, "bm25"); /* slot 6 */
+    a->headers = ht == LUA_TTABLE ? 6 : 0;
+    int bt = lua_getfield(L, args, "bm25"); /* slot 7 */
     if (bt != LUA_TNIL && bt != LUA_TTABLE) type_error(L, "bm25", "table", -1);
-    a->bm25 = bt == LUA_TTABLE ? 6 : 0;
+    a->bm25 = bt == LUA_TTABLE ? 7 : 0;
 }

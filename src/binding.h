@@ -90,8 +90,11 @@ typedef struct {
 
 /* Checks everything common to every provider; raises on misuse naming the field. Expects the
  * args table at slot 1 and optional (first, count) at 2 and 3; leaves slots 1 (args),
- * 2 (dropped), 3 (query), 4 (documents), 5 (headers or nil), 6 (bm25 or nil). */
+ * 2 (anchor: the strings the struct points to), 3 (dropped), 4 (query), 5 (documents),
+ * 6 (headers or nil), 7 (bm25 or nil). */
 void nim_check_args(lua_State *L, nim_args *a);
+/* The result count a call asks for: top_n, or its alias top_k; 0 = all. */
+lua_Integer nim_args_top_n(lua_State *L, int args);
 int nim_l_misuse(lua_State *L);   /* nim.native.misuse(fn, field, message) */
 int nim_l_seconds(lua_State *L);  /* nim.native.seconds(value, fn, field) */
 int nim_l_protect(lua_State *L);  /* nim.native.protect(fn, ...) */

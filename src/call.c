@@ -75,18 +75,20 @@ int nim_l_resolve(lua_State *L) {
     if (lua_type(L, 1) != LUA_TSTRING)
         nim_misuse(L, "nim.resolve", "model", "expected string, got %s", luaL_typename(L, 1));
     const char *model = lua_tostring(L, 1), *api_base = NULL;
-    if (!lua_isnoneornil(L, 2)) {
+    lua_settop(L, 2);
+    if (!lua_isnil(L, 2)) {
         if (!lua_istable(L, 2))
             nim_misuse(L, "nim.resolve", NULL, "bad argument #2 (table expected, got %s)",
                        luaL_typename(L, 2));
-        int t = lua_getfield(L, 2, "api_base");
+        int t = lua_getfield(L, 2, "api_base"); /* stays at slot 3: api_base points into it */
         if (t == LUA_TSTRING)
             api_base = lua_tostring(L, -1);
         else if (t != LUA_TNIL)
             nim_misuse(L, "nim.resolve", "api_base", "expected string, got %s",
                        luaL_typename(L, -1));
+    } else {
+        lua_pushnil(L);
     }
-    lua_settop(L, 2);
     nim_family family;
     const char *clean;
     char err[512];
@@ -114,7 +116,7 @@ int nim_l_resolve(lua_State *L) {
     lua_setfield(L, -2, "base_source");
     lua_pushinteger(L, max_passages);
     lua_setfield(L, -2, "max_passages");
-    lua_pushliteral(L, "nvidia_nim");
+    lua_pushstring(L, nim_provider_name(NIM_PROVIDER_NVIDIA));
     lua_setfield(L, -2, "provider");
     return 1;
 }

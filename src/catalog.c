@@ -10,7 +10,7 @@ void nim_push_catalog(lua_State *L) {
     lua_newtable(L);
     for (const nim_catalog_builtin *c = nim_catalog_builtins; c->name; c++) {
         lua_createtable(L, 0, 8);
-        lua_pushliteral(L, "nvidia_nim");
+        lua_pushstring(L, nim_provider_name(NIM_PROVIDER_NVIDIA));
         lua_setfield(L, -2, "provider");
         lua_pushliteral(L, "retrieval"); /* hosted NIM endpoints are all retrieval */
         lua_setfield(L, -2, "family");
@@ -64,20 +64,20 @@ int nim_catalog_lookup(lua_State *L, const char *clean, nim_catalog_entry *entry
     }
     if (t != LUA_TTABLE)
         nim_misuse(L, "nim.catalog", clean, "expected table, got %s", luaL_typename(L, -1));
+    /* Raw reads: an entry is data, and its strings stay anchored by it. */
     static const char *const fields[] = {"endpoint_path", "body_model"};
+    const char **dest[] = {&entry->endpoint_path, &entry->body_model};
     for (int i = 0; i < 2; i++) {
-        int ft = lua_getfield(L, top + 1, fields[i]);
+        lua_pushstring(L, fields[i]);
+        int ft = lua_rawget(L, top + 1);
         if (ft != LUA_TNIL && ft != LUA_TSTRING)
             nim_misuse(L, "nim.catalog", clean, "%s: expected string, got %s", fields[i],
                        luaL_typename(L, -1));
-        lua_pop(L, 1); /* anchored by the entry table */
+        *dest[i] = lua_tostring(L, -1);
+        lua_pop(L, 1);
     }
-    lua_getfield(L, top + 1, "endpoint_path");
-    entry->endpoint_path = lua_tostring(L, -1);
-    lua_getfield(L, top + 1, "body_model");
-    entry->body_model = lua_tostring(L, -1);
-    lua_pop(L, 2);
-    if (lua_getfield(L, top + 1, "max_passages") != LUA_TNIL) {
+    lua_pushliteral(L, "max_passages");
+    if (lua_rawget(L, top + 1) != LUA_TNIL) {
         int isint;
         *max_passages = lua_tointegerx(L, -1, &isint);
         if (!isint || *max_passages < 1)

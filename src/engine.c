@@ -221,6 +221,8 @@ static void detach(nim_transfer *t) {
 
 void nim_engine_free(nim_engine *e) {
     if (!e) return;
+    e->watch = NULL; /* what the engine itself closes is not announced (see nimrank.h) */
+    e->timer = NULL;
     while (e->attached) {
         nim_transfer *t = e->attached;
         if (!t->done) {
@@ -232,8 +234,6 @@ void nim_engine_free(nim_engine *e) {
     }
     for (int i = 0; i < e->npool; i++)
         curl_easy_cleanup(e->pool[i]);
-    e->watch = NULL; /* the host's loop may be gone already: tell it nothing more */
-    e->timer = NULL;
     curl_multi_cleanup(e->multi);
     while (e->socks) { /* sockets curl did not report removed while cleaning up */
         nim_sock *s = e->socks;

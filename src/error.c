@@ -97,6 +97,25 @@ void nim_push_error(lua_State *L, const nim_error *e) {
     lua_remove(L, msg);
 }
 
+void nim_push_cancelled(lua_State *L, const char *provider, const char *model) {
+    lua_pushliteral(L, "the request was cancelled");
+    nim_error e = {NIM_ERR_CANCELLED, 0, 0, provider, model, NULL};
+    nim_push_error(L, &e);
+}
+
+/* nim.native.cancelled(model) -> the error of a cancelled call (the scheduler's too). */
+int nim_l_cancelled(lua_State *L) {
+    const char *model = luaL_optstring(L, 1, NULL);
+    const char *provider = NULL;
+    if (model) {
+        lua_pushcfunction(L, nim_l_provider_of); /* the provider the call was for, if any */
+        lua_pushvalue(L, 1);
+        if (lua_pcall(L, 1, 1, 0) == LUA_OK) provider = lua_tostring(L, -1);
+    }
+    nim_push_cancelled(L, provider, model);
+    return 1;
+}
+
 /* The Lua layer's errors (router, scheduler) come through here too, so their shape and their
  * `type` values cannot drift from C's. */
 static const char *field_string(lua_State *L, const char *field, int required) {

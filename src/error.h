@@ -41,6 +41,9 @@ typedef struct {
 
 /* Replaces the message on top of the stack with an error object (nim.Error). */
 void nim_push_error(lua_State *L, const nim_error *e);
+/* Pushes the one error every cancelled call gets. */
+void nim_push_cancelled(lua_State *L, const char *provider, const char *model);
+int nim_l_cancelled(lua_State *L); /* nim.native.cancelled(model) */
 
 /* nim.native.error{type =, message =, status =, retryable =, provider =, model =, ...} ->
  * an error object: the same constructor for the Lua layer. Other fields are kept. */

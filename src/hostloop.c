@@ -49,23 +49,22 @@ NIMRANK_API int nimrank_assign(lua_State *L, int fd, void *socketp) {
     return 0;
 }
 
+/* Moves every transfer (those of nim's tasks and bare nim.Transfer handles alike), then
+ * lets the scheduler resume what completed. */
 NIMRANK_API int nimrank_poll(lua_State *L) {
-    int rc = call_layer(L, "poll");
-    if (rc < 0) return -1;
-    if (rc > 0) {
-        int n = (int)lua_tointeger(L, -1);
-        lua_pop(L, 1);
-        return n;
-    }
-    /* No Lua layer (no scheduler): move the transfers; nim.Transfer handles see the rest. */
     nim_engine *e = host_engine(L);
     if (!e) return -1;
-    int n = nim_engine_step(e, 0);
-    if (n < 0) {
+    int running = nim_engine_step(e, 0);
+    if (running < 0) {
         lua_pushliteral(L, "nimrank: epoll or curl multi error");
         return -1;
     }
-    return n;
+    int rc = call_layer(L, "poll");
+    if (rc < 0) return -1;
+    if (rc == 0) return running; /* no Lua layer: no scheduler */
+    int n = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    return n > running ? n : running;
 }
 
 NIMRANK_API int nimrank_socket_action(lua_State *L, int fd, int events) {

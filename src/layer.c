@@ -129,10 +129,28 @@ static int load_file(lua_State *L) {
     return 1;
 }
 
+/* The open directory lives in a userdata whose __gc closes it: a Lua error (out of memory)
+ * in the loop below cannot leak it. */
+static int close_dir(lua_State *L) {
+    DIR **d = lua_touserdata(L, 1);
+    if (*d) closedir(*d);
+    *d = NULL;
+    return 0;
+}
+
 /* Registers dir/<name>.lua as module prefix.<name>, and one level of subdirectories. */
 static void preload_dir(lua_State *L, int preload, const char *dir, const char *prefix, int deep) {
-    DIR *d = opendir(dir);
-    if (!d) return;
+    DIR **guard = lua_newuserdatauv(L, sizeof *guard, 0);
+    *guard = NULL;
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, close_dir);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    DIR *d = *guard = opendir(dir);
+    if (!d) {
+        lua_pop(L, 1);
+        return;
+    }
     struct dirent *e;
     while ((e = readdir(d))) {
         const char *name = e->d_name;
@@ -159,7 +177,9 @@ static void preload_dir(lua_State *L, int preload, const char *dir, const char *
             lua_pop(L, 1);
         }
     }
-    closedir(d);
+    closedir(d); /* now, not at the next collection */
+    *guard = NULL;
+    lua_pop(L, 1);
 }
 
 /* The layer is missing: its functions say so, in one line. */

@@ -192,6 +192,7 @@ static const luaL_Reg native_funcs[] = {
     {"seconds", nim_l_seconds},
     {"protect", nim_l_protect},
     {"error", nim_l_error},
+    {"cancelled", nim_l_cancelled},
     {"merge", nim_l_merge},
     {"catalog_key", nim_l_catalog_key},
     {"catalog_entry", nim_l_catalog_entry},
@@ -242,7 +243,7 @@ int luaopen_nim(lua_State *L) {
     set_reg(L, mod, "array_mt", &nim_key_array_mt);
     lua_pushliteral(L, NIMRANK_VERSION);
     lua_setfield(L, mod, "version");
-    lua_pushliteral(L, "nvidia_nim");
+    lua_pushstring(L, nim_provider_name(NIM_PROVIDER_NVIDIA));
     lua_setfield(L, mod, "default_provider");
 
     lua_pushvalue(L, mod);

@@ -46,7 +46,10 @@ NIMRANK_API void nimrank_global_cleanup(void);
  *    cancel). On readiness call nimrank_socket_action(L, fd, events); when the timer fires,
  *    nimrank_socket_action(L, -1, 0).
  * Blocking calls (nim.rerank outside a task, req:wait()) keep working in both modes: they
- * drive the same sockets through the same epoll set, never a second mechanism. */
+ * drive the same sockets through the same epoll set, never a second mechanism.
+ * Closing the state cancels what is pending, and that stops the watching of its sockets: a
+ * host whose loop is gone before lua_close detaches first, nimrank_set_loop(L, NULL, NULL,
+ * NULL), and then hears nothing more. */
 enum { NIMRANK_WATCH_IN = 1, NIMRANK_WATCH_OUT = 2 };
 typedef void (*nimrank_watch_fn)(void *ud, int fd, int events, void *socketp);
 typedef void (*nimrank_timer_fn)(void *ud, long timeout_ms);

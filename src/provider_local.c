@@ -74,7 +74,8 @@ void nim_local_rerank(lua_State *L, const nim_args *a) {
     nim_result_spec s = {
         hits, n, a->top_n, a->first, texts, a->return_documents, (lua_Integer)tokens};
     nim_push_result(L, &s);
-    nim_annotate_meta(L, "local", NULL, "local/bm25", a->dropped, nim_now() - t0);
+    nim_annotate_meta(L, nim_provider_name(NIM_PROVIDER_LOCAL), NULL, "local/bm25", a->dropped,
+                      nim_now() - t0);
     lua_replace(L, top + 1);
     lua_settop(L, top + 1);
 }

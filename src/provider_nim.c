@@ -7,6 +7,7 @@
  * dropped, replacement, texts, hlines/hnames (the caller's headers). */
 #include <ctype.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -16,7 +17,7 @@
 #include "nimrank.h"
 #include "wire.h"
 
-#define PROVIDER "nvidia_nim"
+#define PROVIDER nim_provider_name(NIM_PROVIDER_NVIDIA)
 #define NVCF_REQID "NVCF-REQID"
 /* What a server is asked to accept (libcurl sends larger, servers answer 431 or cut). */
 #define HEADER_VALUE_MAX 8192
@@ -271,16 +272,15 @@ static void settle_error(lua_State *L, int idx, int uv, nim_err_type type, long 
 
 static void complete(lua_State *L, int idx);
 
-/* Starts the request described by the call's user value. 0, or -1 with a message pushed. */
-static int send(lua_State *L, int idx, int uv, nim_request *r) {
+/* Fills what every request of the call shares (CA store, limits, the headers to keep) and
+ * returns the engine; NULL with a message pushed. Lua is touched here, never in send(). */
+static nim_engine *prepare(lua_State *L, int idx, int uv, nim_request *r) {
     char err[512];
     nim_call *c = lua_touserdata(L, idx);
     nim_engine *engine = nim_ctx_engine(L, err, sizeof err);
     if (!engine) {
-        free(r->body);
-        r->body = NULL;
         lua_pushstring(L, err);
-        return -1;
+        return NULL;
     }
     static const char *const want[] = {NVCF_REQID};
     r->want_headers = want;
@@ -292,13 +292,15 @@ static int send(lua_State *L, int idx, int uv, nim_request *r) {
     if (nim_setting(L, "max_connections") == LUA_TNUMBER)
         nim_engine_set_max_connections(engine, (long)lua_tointeger(L, -1));
     lua_pop(L, 1);
+    return engine;
+}
+
+/* Starts the prepared request (the engine takes r->body, whatever happens). 0, or -1 with
+ * the message in err. Nothing here raises. */
+static int send(nim_engine *engine, nim_call *c, nim_request *r, char *err, size_t errlen) {
     c->sent_at = r->not_before > 0 ? r->not_before : nim_now();
-    c->t = nim_engine_start(engine, r, err, sizeof err);
-    if (!c->t) {
-        lua_pushstring(L, err);
-        return -1;
-    }
-    return 0;
+    c->t = nim_engine_start(engine, r, err, errlen);
+    return c->t ? 0 : -1;
 }
 
 /* Fills the user value from the checked arguments and the route. */
@@ -421,22 +423,34 @@ void nim_nvidia_start(lua_State *L, const nim_args *a) {
         lua_Integer top_k = 0;
         if (route.family == NIM_FAMILY_RETRIEVAL && a->top_n > 0)
             top_k = a->top_n < a->ndocs ? a->top_n : a->ndocs;
-        nim_buf body = {0};
-        /* body.p is free'd by the engine, or below: nothing raises while it is held */
-        if (nim_wire_body(L, &body, a->documents, a->first, texts, route.family, route.body_model,
-                          a->query, top_k, a->truncate) != 0) {
-            free(body.p);
-            nim_misuse(L, "nim.rerank", NULL, "out of memory writing the request body");
-        }
-        push_lines(L, uv, 0, 0);
+        push_lines(L, uv, 0, 0); /* every Lua allocation before the body's malloc */
         nim_request r = {0};
         use_lines(L, -1, &r);
         r.url = route.url;
-        r.body = body.p;
-        r.body_len = body.n;
         r.timeout_ms = (long)ceil(a->timeout * 1000.0);
         r.connect_timeout_ms = (long)ceil(a->connect_timeout * 1000.0);
-        if (send(L, call, uv, &r) != 0) settle_error(L, call, uv, NIM_ERR_CONNECTION, 0, 1);
+        nim_engine *engine = prepare(L, call, uv, &r);
+        if (!engine) {
+            settle_error(L, call, uv, NIM_ERR_CONNECTION, 0, 1);
+        } else {
+            nim_buf body = {0};
+            char err[512];
+            /* From the body's malloc to the engine taking it, nothing raises: no leak. */
+            int rc = nim_wire_body(L, &body, texts, route.family, route.body_model, a->query, top_k,
+                                   a->truncate);
+            if (rc != 0) {
+                free(body.p);
+                snprintf(err, sizeof err, "out of memory writing the request body");
+            } else {
+                r.body = body.p;
+                r.body_len = body.n;
+                rc = send(engine, c, &r, err, sizeof err);
+            }
+            if (rc != 0) {
+                lua_pushstring(L, err);
+                settle_error(L, call, uv, NIM_ERR_CONNECTION, 0, 1);
+            }
+        }
     }
     lua_settop(L, call);
     lua_replace(L, top + 1);
@@ -478,9 +492,15 @@ static int start_poll(lua_State *L, int idx, int uv, const char *reqid, double l
     /* A status server that answers 202 at once (ignoring NVCF-POLL-SECONDS) is not polled in
      * a tight loop: consecutive requests start at least poll_interval apart. */
     if (nim_now() - c->sent_at < c->poll_interval) r.not_before = c->sent_at + c->poll_interval;
-    int rc = send(L, idx, uv, &r);
-    if (rc == 0) c->polls++;
-    return rc;
+    nim_engine *engine = prepare(L, idx, uv, &r);
+    if (!engine) return -1;
+    char err[512];
+    if (send(engine, c, &r, err, sizeof err) != 0) {
+        lua_pushstring(L, err);
+        return -1;
+    }
+    c->polls++;
+    return 0;
 }
 
 /* ---- finishing ------------------------------------------------------------------------------ */
@@ -513,11 +533,13 @@ static void transport_error(lua_State *L, int idx, int uv, nim_transfer *t) {
                         "libcurl says: %s)",
                         url, nim_transfer_error(t));
         break;
-    case NIM_XFER_CANCELLED:
-        type = NIM_ERR_CANCELLED;
-        retryable = 0;
-        lua_pushliteral(L, "the request was cancelled");
-        break;
+    case NIM_XFER_CANCELLED: /* the engine went away under the call */
+        lua_pop(L, 1);
+        lua_getfield(L, uv, "model");
+        nim_push_cancelled(L, PROVIDER, lua_tostring(L, -1));
+        lua_remove(L, -2);
+        nim_call_settle(L, idx, "err");
+        return;
     case NIM_XFER_CONNECTION:
         if (strstr(nim_transfer_error(t), "Too many open files"))
             lua_pushfstring(L,

@@ -174,12 +174,13 @@ static void merged_meta(lua_State *L, int list, size_t k, int first) {
     lua_setfield(L, -2, "latency_ms");
 }
 
-/* nim.native.merge(results, top_n) -> one result: the batches' results (indices already the
+/* nim.native.merge(results, top_n | args) -> one result (given the call's args, top_n is
+ * read from them by the binding's own rule): the batches' results (indices already the
  * caller's) in rank order, cut to top_n; id and meta of the first batch, tokens summed,
  * latency the slowest batch's. */
 int nim_l_merge(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_Integer top_n = luaL_optinteger(L, 2, 0);
+    lua_Integer top_n = lua_istable(L, 2) ? nim_args_top_n(L, 2) : luaL_optinteger(L, 2, 0);
     lua_settop(L, 2);
     size_t k = lua_rawlen(L, 1), total = 0;
     luaL_argcheck(L, k > 0, 1, "no results to merge");

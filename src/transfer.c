@@ -76,9 +76,7 @@ int nim_call_push_outcome(lua_State *L, int idx) {
         lua_pushnil(L);
         const char *model = uv_string(L, idx, "model");
         const char *provider = uv_string(L, idx, "provider");
-        lua_pushliteral(L, "the request was cancelled");
-        nim_error e = {NIM_ERR_CANCELLED, 0, 0, provider, model, NULL};
-        nim_push_error(L, &e);
+        nim_push_cancelled(L, provider, model);
         lua_replace(L, -3);
         lua_pop(L, 1);
         return 2;
@@ -219,7 +217,8 @@ int nim_l_step(lua_State *L) {
     luaL_argcheck(L, s >= 0 && s < 1e7, 1, "seconds must be a number >= 0 and < 1e7");
     nim_ctx *c = nim_ctx_get(L);
     int running = 0;
-    if (c->engine) running = nim_engine_step(c->engine, (int)ceil(s * 1000.0));
+    double ms = ceil(s * 1000.0); /* 1e7 s does not fit an int of ms: wait in an hour's steps */
+    if (c->engine) running = nim_engine_step(c->engine, ms > 3600000.0 ? 3600000 : (int)ms);
     lua_pushinteger(L, running < 0 ? 0 : running);
     return 1;
 }

@@ -87,7 +87,8 @@ int nim_buf_json_string(nim_buf *b, const char *s, size_t n) {
 
 /* The text of document i (at doc) as a string pushed on the stack, or nothing pushed and 0
  * for a table with neither text nor (ranking) image. Raises naming documents[i]. */
-static int push_text(lua_State *L, int doc, lua_Integer i, int *has_image, nim_family family) {
+static int push_text(lua_State *L, int doc, lua_Integer i, int *has_image, nim_family family,
+                     int texts, lua_Integer slot) {
     *has_image = 0;
     switch (lua_type(L, doc)) {
     case LUA_TSTRING: lua_pushvalue(L, doc); return 1;
@@ -103,8 +104,8 @@ static int push_text(lua_State *L, int doc, lua_Integer i, int *has_image, nim_f
         if (it != LUA_TNIL && it != LUA_TSTRING)
             nim_misuse(L, "nim.rerank", NULL, "documents[%I].image: expected string, got %s", i,
                        luaL_typename(L, -1));
-        lua_pop(L, 1);
         *has_image = (it == LUA_TSTRING);
+        lua_rawseti(L, texts, -slot); /* the image is kept beside the text (or nil) */
     }
     int tt = lua_getfield(L, doc, "text");
     if (tt == LUA_TSTRING) return 1;
@@ -138,7 +139,7 @@ void nim_wire_texts(lua_State *L, int docs_idx, lua_Integer first, lua_Integer n
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, docs_idx, first + i);
         int has_image;
-        if (!push_text(L, lua_gettop(L), first + i, &has_image, family)) {
+        if (!push_text(L, lua_gettop(L), first + i, &has_image, family, texts, i)) {
             if (has_image)
                 lua_pushboolean(L, 0);
             else
@@ -149,9 +150,8 @@ void nim_wire_texts(lua_State *L, int docs_idx, lua_Integer first, lua_Integer n
     }
 }
 
-int nim_wire_body(lua_State *L, nim_buf *b, int docs_idx, lua_Integer first, int texts,
-                  nim_family family, const char *body_model, int query_idx, lua_Integer top_k,
-                  const char *truncate) {
+int nim_wire_body(lua_State *L, nim_buf *b, int texts, nim_family family, const char *body_model,
+                  int query_idx, lua_Integer top_k, const char *truncate) {
     lua_Integer n = (lua_Integer)lua_rawlen(L, texts);
     size_t qlen, estimate = 256 + strlen(body_model);
     const char *q = lua_tolstring(L, query_idx, &qlen);
@@ -167,16 +167,14 @@ int nim_wire_body(lua_State *L, nim_buf *b, int docs_idx, lua_Integer first, int
         BUF_ADD_LIT(b, "},\"passages\":["))
         return -1;
     for (lua_Integer i = 1; i <= n; i++) {
-        /* Strings are read and popped at once: texts and documents keep them alive. */
+        /* Only raw reads of the texts table (nothing that can raise or allocate while b is
+         * held): it keeps every string alive, the images at negative indices. */
         size_t tl = 0, il = 0;
         const char *t = NULL, *img = NULL;
         if (lua_rawgeti(L, texts, i) == LUA_TSTRING) t = lua_tolstring(L, -1, &tl);
         lua_pop(L, 1);
         if (family == NIM_FAMILY_RANKING) {
-            if (lua_rawgeti(L, docs_idx, first + i) == LUA_TTABLE) {
-                if (lua_getfield(L, -1, "image") == LUA_TSTRING) img = lua_tolstring(L, -1, &il);
-                lua_pop(L, 1);
-            }
+            if (lua_rawgeti(L, texts, -i) == LUA_TSTRING) img = lua_tolstring(L, -1, &il);
             lua_pop(L, 1);
         }
         if ((i > 1 && BUF_ADD_LIT(b, ",")) || BUF_ADD_LIT(b, "{")) return -1;

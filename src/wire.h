@@ -11,9 +11,9 @@
 #include "resolve.h"
 
 /* Checks documents first+1 .. first+n and pushes texts: texts[i] = the text of document
- * first+i, or false for an image-only passage (ranking family). encode_idx holds cjson.encode
- * (for table documents without text). Raises, naming documents[k], on a document of the wrong
- * type. */
+ * first+i, or false for an image-only passage (ranking family), and (ranking family) texts[-i]
+ * its image. encode_idx holds cjson.encode (for table documents without text). Raises, naming
+ * documents[k], on a document of the wrong type. */
 void nim_wire_texts(lua_State *L, int docs_idx, lua_Integer first, lua_Integer n, int encode_idx,
                     nim_family family);
 
@@ -27,13 +27,12 @@ int nim_buf_reserve(nim_buf *b, size_t extra); /* 0, or -1 when out of memory */
 /* Appends s as a JSON string literal. 0, or -1 when out of memory. */
 int nim_buf_json_string(nim_buf *b, const char *s, size_t n);
 
-/* Writes the request body into b, keys in the documented order, passages from documents
- * first+1 .. first+#texts. top_k <= 0 and truncate NULL mean "not sent". Returns 0, or -1 when
- * out of memory (b keeps what it has: its owner frees it). Reads only strings anchored in
- * texts and documents; raises nothing itself. */
-int nim_wire_body(lua_State *L, nim_buf *b, int docs_idx, lua_Integer first, int texts_idx,
-                  nim_family family, const char *body_model, int query_idx, lua_Integer top_k,
-                  const char *truncate);
+/* Writes the request body into b, keys in the documented order, the passages from texts (as
+ * nim_wire_texts made it). top_k <= 0 and truncate NULL mean "not sent". Returns 0, or -1 when
+ * out of memory (b keeps what it has: its owner frees it). Only raw reads of texts: it raises
+ * nothing, so b cannot leak. */
+int nim_wire_body(lua_State *L, nim_buf *b, int texts_idx, nim_family family,
+                  const char *body_model, int query_idx, lua_Integer top_k, const char *truncate);
 
 /* A 2xx answer's rankings, read into C. */
 typedef struct {

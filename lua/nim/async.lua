@@ -35,9 +35,7 @@ end
 M.current_task = current_task
 
 local function cancelled_error(model)
-  local ok, provider = pcall(native.provider_of, model)
-  return native.error({ type = "cancelled", message = "the request was cancelled",
-    provider = ok and provider or nil, model = type(model) == "string" and model or nil })
+  return native.cancelled(type(model) == "string" and model or nil)
 end
 
 -- Is what a task waits for (a transfer, or any of an await list) ready?
@@ -125,7 +123,9 @@ end
 -- One round: moves the network, wakes what is due, resumes what is ready (once each), then
 -- runs the callbacks of what finished. Returns the number of live tasks.
 local function round(wait)
-  if next(live) == nil and #due == 0 then return 0 end
+  if next(live) == nil and #due == 0 then
+    return native.step(0) -- bare nim.Transfer handles move too
+  end
   native.step(wait or 0)
   local t = now()
   for task in pairs(live) do
@@ -400,7 +400,8 @@ function M.rerank_many(spec)
       local res, err
       local valid, bad = nim.check(args)
       if valid then
-        res, err = nim.rerank(args)
+        local okc, r1, r2 = pcall(nim.rerank, args) -- pcall yields in 5.4: batches still run
+        if okc then res, err = r1, r2 else err = item_error({ message = tostring(r1) }) end
       else
         err = item_error(bad)
       end

@@ -41,6 +41,7 @@ function M.check(a, opts)
   if opts.on_progress ~= nil and type(opts.on_progress) ~= "function" then
     misuse("on_progress", "expected a function")
   end
+  if not limit then return nil, conc, opts.on_progress end -- no limit (local/bm25): never split
   return size or limit, conc, opts.on_progress
 end
 
@@ -75,7 +76,7 @@ local function run(a, n, size, conc, progress)
       next_b = next_b + 1
     end
   end
-  local merged = native.merge(results, a.top_n)
+  local merged = native.merge(results, a) -- the binding reads top_n (or its alias top_k)
   merged.meta.batches = batches
   merged.meta.batch_size = size
   return merged

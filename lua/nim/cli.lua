@@ -127,6 +127,11 @@ local function read_docs(path, docs)
   return M.parse_docs(text, path, docs)
 end
 
+-- Options that take no value: --json=no is a mistake, not a document.
+local FLAGS = { ["--help"] = true, ["--version"] = true, ["--no-documents"] = true,
+  ["--pretty"] = true, ["--json"] = true, ["--table"] = true, ["--progress"] = true,
+  ["--no-progress"] = true }
+
 local function parse_rerank_args(args)
   local o = { docs = {}, headers = nil }
   local i = 1
@@ -139,6 +144,7 @@ local function parse_rerank_args(args)
     local a = args[i]
     local name, inline = a:match("^(%-%-[%w%-]+)=(.*)$")
     if name then
+      if FLAGS[name] then error({ usage = name .. ": takes no value" }) end
       a = name
       table.insert(args, i + 1, inline)
     end

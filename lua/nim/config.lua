@@ -23,6 +23,7 @@ function M.env_value(v, field)
   if value ~= nil and value ~= "" then return value end
   local nim = require "nim"
   return nil, nim.native.error({ type = field == "api_key" and "auth" or "bad_request",
+    deployment = true, -- the router moves to a sibling deployment
     message = ("%s: environment variable %s is not set"):format(v.path, v.name) })
 end
 
@@ -362,6 +363,8 @@ local function check_names(cfg)
 end
 
 -- load(path_or_table) -> config, warnings
+local check_raw
+
 function M.load(source)
   local raw, null
   if type(source) == "string" then
@@ -371,6 +374,18 @@ function M.load(source)
   else
     error(("config: expected a file name or a table, got %s"):format(type(source)), 0)
   end
+  return check_raw(raw, null)
+end
+
+-- load_yaml(text [, name]) -> config, warnings: the same, from YAML text (name in errors).
+function M.load_yaml(text, name)
+  if #text > MAX_BYTES then
+    error(("config: %s is larger than %d bytes"):format(name or "config", MAX_BYTES), 0)
+  end
+  return check_raw(read_yaml(name or "config", text))
+end
+
+function check_raw(raw, null)
   if raw == nil or raw == null then raw = {} end
   is("map")(raw, "config")
   from_env = {}

@@ -59,6 +59,8 @@ local FAIL_WINDOW = 60
 -- Errors that belong to one deployment (its key, its base URL, its server), not to the
 -- request: not retryable in themselves, but a sibling deployment may well succeed.
 local SIBLING_ERRORS = { auth = true, not_found = true, bad_response = true }
+-- An error of the deployment's own configuration (an unset os.environ/ variable) likewise.
+local function deployment_error(err) return SIBLING_ERRORS[err.type] or err.deployment end
 
 local function default_random() return math.random() end
 
@@ -299,7 +301,7 @@ function Router:try(name, args, attempts, num_retries, budget)
         tried[d] = (tried[d] or 0) + 1
         self:fail(d, err)
       end
-      if not err.retryable and not (d and SIBLING_ERRORS[err.type] and self:untried(g, tried)) then
+      if not err.retryable and not (d and deployment_error(err) and self:untried(g, tried)) then
         break
       end
       wait = self:backoff(n + 1, err)
@@ -332,16 +334,24 @@ local function check_options(args)
 end
 
 -- check(args): raises what rerank would raise for these arguments, sending nothing. A group
--- is checked against its first deployment's call arguments.
+-- is checked against its first deployment whose variables are set (an unset one is a
+-- runtime error of that deployment, not misuse of the call).
 function Router:check(args)
   check_options(args)
+  if type(args.model) == "string" and self:unknown(args.model) then return true end
   local g = type(args.model) == "string" and self:group(args.model)
-  local a = call_args(args, g and g.deployments[1] or nil, self.timeout)
-  if not a then a = call_args(args, nil, self.timeout) end -- an unset variable: not misuse
-  if type(args.model) ~= "string" or not self:unknown(args.model) then
-    require("nim.batch").check(a, batch_options(args))
-    native.validate(a)
+  local a
+  for _, d in ipairs(g and g.deployments or {}) do
+    a = call_args(args, d, self.timeout)
+    if a then break end
   end
+  if g and not a then -- no deployment can be resolved now: check the request's own options
+    require("nim.batch").check({ model = "local/bm25" }, batch_options(args))
+    return true
+  end
+  a = a or call_args(args, nil, self.timeout)
+  require("nim.batch").check(a, batch_options(args))
+  native.validate(a)
   return true
 end
 
@@ -349,7 +359,9 @@ end
 function Router:rerank(args)
   check_options(args)
   local name = args.model
-  if type(name) ~= "string" then return native.rerank(args) end -- the binding names it
+  if type(name) ~= "string" then -- the binding names the problem
+    return native.rerank(call_args(args, nil, self.timeout))
+  end
   local g = self:group(name)
   local plain = not g and args.filters == nil and args.fallbacks == nil
     and args.num_retries == nil and args.max_retries == nil and #self.default_fallbacks == 0

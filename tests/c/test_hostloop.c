@@ -1,4 +1,5 @@
 /* The C API for a host's own loop (nimrank.h) and opening the module, from a C host. */
+#include <poll.h>
 #include <stdlib.h>
 
 #include <lauxlib.h>
@@ -123,12 +124,78 @@ static void watch_gets_back_the_pointer_assigned_to_its_socket(void) {
     CHECK(h.wrong_pointer == 0);
 }
 
+/* The simple loop drives bare nim.Transfer handles too, with the Lua layer loaded: each turn
+ * waits on the one descriptor, then nimrank_poll moves the engine. */
+static void simple_loop_completes_a_bare_transfer(void) {
+    const char *url = getenv("FAKE_OPEN_URL");
+    if (!url) return;
+    lua_State *L = open_state("lua");
+    lua_pushstring(L, url);
+    lua_setglobal(L, "URL");
+    CHECK(run(L, "t = nim.native.start{model = "
+                 "'nvidia_nim/ranking/nvidia/llama-3.2-nv-rerankqa-1b-v2', api_base = URL, "
+                 "query = '!delay=100 gpu bare', documents = {'gpu', 'cat'}}") == 0);
+    int turns = 0, done = 0;
+    while (!done && turns < 2000) {
+        int fds[1], events[1];
+        int n = nimrank_fds(L, fds, events, 1);
+        long wait = nimrank_timeout(L);
+        struct pollfd p = {fds[0], POLLIN, 0};
+        poll(&p, n > 0 ? 1 : 0, wait < 0 || wait > 50 ? 50 : (int)wait);
+        CHECK(nimrank_poll(L) >= 0);
+        turns++;
+        lua_getglobal(L, "t");
+        lua_getfield(L, -1, "done");
+        lua_insert(L, -2);
+        lua_call(L, 1, 1);
+        done = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    CHECK(done);
+    CHECK(turns < 100); /* it waited, it did not spin */
+    lua_close(L);
+}
+
+/* A host whose loop goes before its state detaches first: then lua_close calls nothing. */
+static int closing, after_close;
+static void counting_watch(void *ud, int fd, int events, void *socketp) {
+    (void)ud, (void)fd, (void)events, (void)socketp;
+    if (closing) after_close++;
+}
+static void counting_timer(void *ud, long ms) {
+    (void)ud, (void)ms;
+    if (closing) after_close++;
+}
+
+static void no_callbacks_while_closing(void) {
+    const char *url = getenv("FAKE_OPEN_URL");
+    if (!url) return;
+    lua_State *L = open_state("lua");
+    CHECK(nimrank_set_loop(L, counting_watch, counting_timer, NULL) == 0);
+    lua_pushstring(L, url);
+    lua_setglobal(L, "URL");
+    CHECK(run(L, "assert(nim.native.rerank{model = "
+                 "'nvidia_nim/ranking/nvidia/llama-3.2-nv-rerankqa-1b-v2', api_base = URL, "
+                 "query = 'gpu', documents = {'gpu'}})\n"
+                 "pending = nim.native.start{model = "
+                 "'nvidia_nim/ranking/nvidia/llama-3.2-nv-rerankqa-1b-v2', api_base = URL, "
+                 "query = '!delay=2000 gpu pending', documents = {'gpu'}}\n"
+                 "nim.native.step(0.05)") == 0);
+    CHECK(nimrank_set_loop(L, NULL, NULL, NULL) == 0);
+    closing = 1;
+    lua_close(L); /* a pending transfer and a kept-alive connection */
+    CHECK(after_close == 0);
+    closing = 0;
+}
+
 int main(void) {
     RUN(opening_twice_gives_the_same_module);
     RUN(poll_failure_pushes_its_message);
     RUN(without_the_layer_poll_still_moves_transfers);
     RUN(assign_needs_a_watched_socket);
     RUN(watch_gets_back_the_pointer_assigned_to_its_socket);
+    RUN(simple_loop_completes_a_bare_transfer);
+    RUN(no_callbacks_while_closing);
     nimrank_global_cleanup();
     return CTEST_SUMMARY("c/hostloop");
 }

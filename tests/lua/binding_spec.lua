@@ -171,3 +171,68 @@ test("registry_holds_no_named_keys_and_the_layer_is_located", function()
     if type(k) == "string" then spec.no_match(k, "nim", "no named registry key " .. k) end
   end
 end)
+
+-- Regressions found in review (each was demonstrated on the code before the fix).
+test("arguments_made_up_by_index_metamethods_stay_alive_for_the_call", function()
+  local calls = 0
+  local args = setmetatable({}, { __index = function(_, k)
+    calls = calls + 1
+    collectgarbage() -- whatever was made before and not anchored is freed now
+    local v = ({ model = "local/" .. ("bm25"), query = ("gpu %s"):format("memory"),
+      documents = { "gpu memory", "cats" }, truncate = ("EN") .. "D",
+      api_base = ("http://127.0.0.1:%d"):format(1) })[k]
+    return v
+  end })
+  local res = assert(nim.native.rerank(args))
+  ok(calls > 3, "read through __index")
+  eq(res.results[1].index, 0, "answered")
+  eq(nim.resolve(setmetatable({}, { __index = function() return nil end }) and h.RETRIEVAL,
+    setmetatable({}, { __index = function(_, k)
+      collectgarbage()
+      if k == "api_base" then return ("http://127.0.0.1:%d/v1"):format(8000) end
+    end })).url, "http://127.0.0.1:8000/v1/retrieval/nvidia/llama-nemotron-rerank-1b-v2/reranking",
+    "nim.resolve's api_base from __index")
+end)
+
+test("a_provider_without_a_limit_is_never_split", function()
+  local docs = { "gpu", "cats", "gpu gpu memory", "dogs", "memory", "gpu memory bandwidth" }
+  local whole = assert(nim.rerank({ model = "local/bm25", query = "gpu memory", documents = docs }))
+  local asked = assert(nim.rerank({ model = "local/bm25", query = "gpu memory", documents = docs,
+    batch_size = 2 }))
+  eq(asked.meta.batches, nil, "not split")
+  for i = 1, #docs do eq(asked.results[i].index, whole.results[i].index, "rank " .. i) end
+end)
+
+test("batching_honours_top_k_the_alias_of_top_n", function()
+  local docs = {}
+  for i = 1, 30 do docs[i] = "gpu doc " .. i end
+  local res = assert(nim.rerank({ model = h.RANKING, query = "gpu", documents = docs,
+    api_base = h.open_url, batch_size = 7, top_k = 5 }))
+  eq(res.meta.batches, 5, "batched")
+  eq(#res.results, 5, "top_k applied after the merge")
+end)
+
+test("no_model_is_named_before_any_option", function()
+  spec.raises(function() nim.rerank({ query = "q", documents = { "d" }, concurrency = 2,
+    filters = { "dedupe" } }) end, "model: required")
+end)
+
+test("step_with_a_long_wait_blocks_rather_than_spins", function()
+  local t = nim.native.start(h.args({ query = "!delay=150 " .. h.QUERY .. " step" }))
+  local steps = 0
+  while not t:done() and steps < 50 do
+    nim.native.step(5e6) -- far beyond an int of milliseconds
+    steps = steps + 1
+  end
+  ok(t:done(), "finished")
+  ok(steps <= 10, "a few steps, not a spin: " .. steps)
+end)
+
+test("one_raising_item_of_rerank_many_keeps_the_others", function()
+  local results, errors = nim.rerank_many({
+    { query = "gpu" }, { query = "gpu", filters = { function() error("boom in a filter") end } },
+    { query = "memory" }, model = "local/bm25", documents = { "gpu memory", "cats" } })
+  ok(results[1] and results[3], "the other items answered")
+  eq(results[2], false, "the raising one did not")
+  spec.match(errors[2].message, "boom in a filter", "its error says why")
+end)

@@ -334,3 +334,9 @@ test("invalid_utf8_in_documents_is_replaced_so_the_output_is_valid_json", functi
   match(out, "gpu \u{FFFD}\u{FFFD} bytes", "each invalid byte became U+FFFD")
   ok(h.decode(out), "and valid JSON")
 end)
+
+test("a_flag_given_a_value_is_a_usage_error", function()
+  local out, code = sh(BIN .. " rerank -m local/bm25 -q q --json=no d 2>&1")
+  eq(code, 2, "usage error")
+  match(out, "%-%-json: takes no value", "says so")
+end)

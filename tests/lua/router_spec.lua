@@ -379,3 +379,22 @@ test("bad_retry_counts_and_timeouts_are_misuse", function()
       timeout = v }) end, "timeout")
   end
 end)
+
+test("an_unset_variable_moves_to_a_sibling_deployment", function()
+  local r = make({ model_list = {
+    { model_name = "g", litellm_params = { model = h.RETRIEVAL, api_base = h.url,
+      api_key = "os.environ/NIMRANK_SURELY_UNSET_5678" }, model_info = { id = "keyless" } },
+    { model_name = "g", litellm_params = { model = "local/bm25" }, model_info = { id = "ok" } } },
+    router_settings = { num_retries = 1 } })
+  for _ = 1, 4 do -- whichever is picked first
+    local res, err = r:rerank({ model = "g", query = QUERY, documents = h.DOCS })
+    ok(res, "served by the sibling: " .. tostring(err))
+    eq(res.meta.deployment, "ok", "the sibling")
+  end
+  -- and a check never mistakes the group's name for a model
+  nim.load_config({ model_list = { { model_name = "team reranker", litellm_params = {
+    model = "os.environ/NIMRANK_SURELY_UNSET_5678" } } } })
+  local valid, bad = nim.check({ model = "team reranker", query = "q", documents = { "d" } })
+  nim.load_config({})
+  eq(valid, true, "an unset variable is no misuse: " .. tostring(bad and bad.message))
+end)

@@ -1,0 +1,41 @@
+/* The answer reader: the first byte says how many passages were sent, the rest is the body. */
+#include <math.h>
+#include <string.h>
+
+#include "../../src/answer.h"
+#include "fuzz.h"
+
+typedef struct {
+    void *blocks[8];
+    int n;
+} arena;
+
+static void *take(void *ud, size_t size) {
+    arena *a = ud;
+    return a->n < 8 ? (a->blocks[a->n++] = malloc(size)) : NULL;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size < 1) return 0;
+    size_t np = data[0];
+    arena a = {{0}, 0};
+    nim_answer out;
+    char err[256];
+    if (nim_answer_read((const char *)data + 1, size - 1, np, take, &a, &out, err, sizeof err) ==
+        0) {
+        FUZZ_ASSERT(out.n <= np);
+        unsigned char seen[256] = {0};
+        for (size_t i = 0; i < out.n; i++) {
+            FUZZ_ASSERT(out.rk[i].index < np && !seen[out.rk[i].index]);
+            seen[out.rk[i].index] = 1;
+            FUZZ_ASSERT(isfinite(out.rk[i].score));
+        }
+        FUZZ_ASSERT(out.tokens >= 0);
+        if (out.id) FUZZ_ASSERT(out.id >= (const char *)data + 1 && out.id + out.id_len <= (const char *)data + size);
+    } else {
+        FUZZ_ASSERT(err[0]);
+    }
+    for (int i = 0; i < a.n; i++)
+        free(a.blocks[i]);
+    return 0;
+}
