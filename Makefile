@@ -33,11 +33,14 @@ LUA_LIBS := $(shell pkg-config --libs lua5.4 2>/dev/null)
 LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))
 LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/lua_dir.o
 C_TESTS  := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
+FUZZ_TARGETS := resolve answer bm25 config docs
+# The fuzz targets built with driver.c: they replay the seeds and kept regressions in make test.
+FUZZ_REPLAY := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz_%)
 PROGRAMS := $(BUILD)/nimrank $(BUILD)/nim.so $(BUILD)/libnimrank.a $(BUILD)/fakenim \
-            $(BUILD)/frameloop $(C_TESTS)
+            $(BUILD)/frameloop $(C_TESTS) $(FUZZ_REPLAY)
 
 .PHONY: all build examples deps check-deps run test test-asan test-valgrind test-tsan install \
-        uninstall clean bench fmt-check help rock rock-install FORCE
+        uninstall clean bench fmt-check help rock rock-install fuzz fuzz-smoke fuzz-build FORCE
 
 # Dependencies first, then a fresh make: pkg-config's answers are read when make starts, so
 # on a machine that just got its packages they must be read again.
@@ -51,6 +54,8 @@ help:
 	@echo "make test-asan   the suite under AddressSanitizer+UBSan (build-asan/)"
 	@echo "make test-valgrind  C tests, Lua specs and the C example under valgrind"
 	@echo "make test-tsan   two lua_States on two threads under ThreadSanitizer (build-tsan/)"
+	@echo "make fuzz-smoke  every libFuzzer target for FUZZ_SECONDS (10) each (build-fuzz/, clang)"
+	@echo "make fuzz        the same for 5 minutes each"
 	@echo "make bench       the benchmarks in bench/ (numbers are reported, never asserted)"
 	@echo "make install     PREFIX=$(PREFIX): bin/nimrank, lib/libnimrank.a, lib/pkgconfig/nimrank.pc,"
 	@echo "                 include/nimrank.h, lib/lua/5.4/nim.so, share/lua/5.4/nim/*.lua"
@@ -112,6 +117,10 @@ $(BUILD)/tests/test_%: tests/c/test_%.c $(BUILD)/libnimrank.a | $(BUILD)/tests
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libnimrank.a $(CJSON_A) $(LUA_LIBS) $(SYS_LIBS) \
 	    $(LDFLAGS)
 
+$(BUILD)/tests/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(BUILD)/libnimrank.a | $(BUILD)/tests
+	$(CC) $(ALL_CFLAGS) -DFUZZ_LUA_DIR='"$(CURDIR)/lua"' -o $@ $< tests/fuzz/driver.c \
+	    $(BUILD)/libnimrank.a $(CJSON_A) $(LUA_LIBS) $(SYS_LIBS) $(LDFLAGS)
+
 # ---- tests ---------------------------------------------------------------------------------
 test: all
 	@NIMRANK_SANITIZE=$(NIMRANK_SANITIZE) sh tests/run.sh $(BUILD)
@@ -129,6 +138,24 @@ test-tsan: all
 	@$(MAKE) --no-print-directory BUILD=build-tsan CFLAGS="-O1 -g -fsanitize=thread" \
 	    LDFLAGS="-fsanitize=thread" build-tsan/tests/test_threads
 	@sh tests/tsan.sh build-tsan
+
+# libFuzzer (clang; Debian's libclang-rt-14-dev): the library built with fuzzer coverage and
+# ASan+UBSan in build-fuzz/, one binary per target.
+FUZZ_SAN := -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=undefined
+FUZZ_SECONDS ?= 10
+fuzz-build: check-deps
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang \
+	    CFLAGS="-g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link $(FUZZ_SAN)" \
+	    build-fuzz/libnimrank.a
+	@for t in $(FUZZ_TARGETS); do \
+	    clang -g -O1 -fsanitize=fuzzer $(FUZZ_SAN) $(NIM_CFLAGS) \
+	        -DFUZZ_LUA_DIR='"$(CURDIR)/lua"' -o build-fuzz/fuzz_$$t tests/fuzz/fuzz_$$t.c \
+	        build-fuzz/libnimrank.a $(CJSON_A) $(LUA_LIBS) $(SYS_LIBS) || exit 1; \
+	done
+fuzz-smoke: fuzz-build
+	@sh tests/fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
+fuzz: fuzz-build
+	@sh tests/fuzz/run.sh build-fuzz 300
 
 bench: all
 	@sh bench/overhead.sh
@@ -168,9 +195,11 @@ rock-install:
 
 # ---- style ---------------------------------------------------------------------------------
 # One style (STYLE.md): clang-format for C; no tabs and at most 100 columns for Lua and shell.
-FMT_C   := $(wildcard src/*.c src/*.h tests/c/*.c tests/c/*.h tests/fake/*.c examples/*.c bench/*.c)
+FMT_C   := $(wildcard src/*.c src/*.h tests/c/*.c tests/c/*.h tests/fake/*.c examples/*.c bench/*.c \
+           tests/fuzz/*.c tests/fuzz/*.h)
 FMT_TXT := $(wildcard lua/nim/*.lua tests/lua/*.lua tests/lua/module/*.lua tests/fake/*.lua \
-           bench/*.lua examples/*.lua tests/*.sh bench/*.sh .ci/run .ci/deps.sh rockspecs/*)
+           bench/*.lua examples/*.lua tests/*.sh tests/fuzz/*.sh bench/*.sh .ci/run .ci/deps.sh \
+           rockspecs/*)
 fmt-check:
 	@clang-format --dry-run --Werror $(FMT_C)
 	@awk 'length > 100 { print FILENAME ":" FNR ": longer than 100 columns"; bad = 1 } \
@@ -178,4 +207,4 @@ fmt-check:
 	@echo "fmt-check: ok"
 
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fuzz

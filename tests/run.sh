@@ -40,6 +40,11 @@ run() { # name, command...
 for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] && run "$(basename "$t")" "$t"
 done
+for t in "$BUILD"/tests/fuzz_*; do # each fuzz target replays its seeds and kept regressions
+    name=${t##*/fuzz_}
+    [ -x "$t" ] && run "fuzz replay $name" "$t" tests/fuzz/corpus/"$name" \
+        tests/fuzz/regressions/"$name"
+done
 SPECS=$(ls tests/lua/*_spec.lua)
 if [ -n "$NIMRANK_SANITIZE" ]; then # packaging builds its own, unsanitized trees: run it once
     SPECS=$(echo "$SPECS" | grep -v packaging_spec)

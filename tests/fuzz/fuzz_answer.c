@@ -31,7 +31,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             FUZZ_ASSERT(isfinite(out.rk[i].score));
         }
         FUZZ_ASSERT(out.tokens >= 0);
-        if (out.id) FUZZ_ASSERT(out.id >= (const char *)data + 1 && out.id + out.id_len <= (const char *)data + size);
+        if (out.id)
+            FUZZ_ASSERT(out.id >= (const char *)data + 1 &&
+                        out.id + out.id_len <= (const char *)data + size);
     } else {
         FUZZ_ASSERT(err[0]);
     }
