@@ -195,6 +195,7 @@ int nim_l_terminal_width(lua_State *L);
 int nim_l_array(lua_State *L);
 int nim_l_handle(lua_State *L);
 int nim_l_task_of(lua_State *L);
+int nim_l_budget(lua_State *L);
 /* Finds the Lua layer and loads it into the module at mod (layer.c). */
 void nim_layer_load(lua_State *L, int mod);
 

@@ -158,6 +158,8 @@ static void push_settings(lua_State *L) {
     lua_setfield(L, -2, "max_connections");
     lua_pushnumber(L, 1.0);
     lua_setfield(L, -2, "nvcf_poll_interval");
+    lua_pushinteger(L, 10000000); /* VM instructions a filter or config script may run */
+    lua_setfield(L, -2, "script_budget");
     const char *ca = getenv("NIMRANK_CA_BUNDLE");
     if (ca && *ca) {
         lua_pushstring(L, ca);
@@ -193,6 +195,7 @@ static const luaL_Reg native_funcs[] = {
     {"protect", nim_l_protect},
     {"error", nim_l_error},
     {"cancelled", nim_l_cancelled},
+    {"budget", nim_l_budget},
     {"merge", nim_l_merge},
     {"catalog_key", nim_l_catalog_key},
     {"catalog_entry", nim_l_catalog_entry},

@@ -70,3 +70,39 @@ int nim_l_task_of(lua_State *L) {
     lua_getiuservalue(L, 1, 1);
     return 1;
 }
+
+/* ---- instruction budgets for scripts that must not hang the caller (as Redis does) -------- */
+
+static const char budget_key = 0; /* registry: the name of the budget being spent */
+
+static void budget_hook(lua_State *L, lua_Debug *ar) {
+    (void)ar;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1); /* every instruction now: pcall cannot
+                                                      swallow it for long */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_key);
+    luaL_error(L, "nim: %s: stopped after its instruction budget (a runaway loop?)",
+               lua_tostring(L, -1));
+}
+
+/* nim.native.budget(instructions, name, fn, ...) -> fn's results: runs fn with a count hook
+ * that raises, naming `name`, once it has run that many VM instructions. The caller's own
+ * hook (a debugger's) is restored afterwards. Time spent inside C functions is not counted. */
+int nim_l_budget(lua_State *L) {
+    lua_Integer count = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, count > 0 && count <= 0x7fffffff, 1, "must be between 1 and 2^31-1");
+    luaL_checkstring(L, 2);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    lua_Hook old = lua_gethook(L);
+    int old_mask = lua_gethookmask(L), old_count = lua_gethookcount(L);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_key); /* the outer budget's name, if nested */
+    lua_pushvalue(L, 2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &budget_key);
+    lua_insert(L, 3); /* slot 3: the outer name; the function and its arguments above */
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, (int)count);
+    int status = lua_pcall(L, lua_gettop(L) - 4, LUA_MULTRET, 0);
+    lua_sethook(L, old, old_mask, old_count);
+    lua_pushvalue(L, 3);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &budget_key);
+    if (status != LUA_OK) return lua_error(L);
+    return lua_gettop(L) - 3;
+}

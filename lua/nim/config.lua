@@ -58,12 +58,13 @@ local function number_at_least(min, strict)
   end
 end
 
-local function integer_at_least(min)
+local function integer_at_least(min, max)
+  max = max or NUMBER_MAX
   return function(v, path)
     if math.type(v) == "float" and v == math.floor(v) then v = math.tointeger(v) end
     is("integer")(v, path)
-    if v < min or v >= NUMBER_MAX then
-      error(("%s: must be an integer >= %d, below %g"):format(path, min, NUMBER_MAX), 0)
+    if v < min or v >= max then
+      error(("%s: must be an integer >= %d, below %g"):format(path, min, max), 0)
     end
     return v
   end
@@ -156,6 +157,7 @@ local LITELLM_SETTINGS = {
 local GENERAL_SETTINGS = { master_key = is("string") }
 local NIMRANK_SETTINGS = {
   filters = is("map"), catalog = is("map"), scripts = string_list,
+  script_budget = integer_at_least(1000, 2 ^ 31),
 }
 local TOP = { "model_list", "router_settings", "litellm_settings", "general_settings",
   "nimrank_settings", "environment_variables" }

@@ -109,14 +109,16 @@ function M.apply(res, pipeline, ctx)
   if not pipeline or #pipeline == 0 then return res end
   local results = res.results
   for i, f in ipairs(pipeline) do
-    local fn, arg
-    if type(f) == "function" then fn = f
-    elseif type(f) == "string" then fn, arg = registry[f], true
+    local fn, arg, label
+    if type(f) == "function" then fn, label = f, ("filters[%d]"):format(i)
+    elseif type(f) == "string" then fn, arg, label = registry[f], true, "filter " .. f
     else
       local name, value = next(f)
-      fn, arg = registry[name], value
+      fn, arg, label = registry[name], value, "filter " .. name
     end
-    local out = fn(results, ctx, arg)
+    -- a filter (perhaps a config script's) runs on an instruction budget: a runaway one is
+    -- stopped with an error naming it instead of hanging the call
+    local out = nim.native.budget(nim.settings.script_budget, label, fn, results, ctx, arg)
     if type(out) ~= "table" then
       error(("filters[%d]: a filter must return the results list"):format(i), 0)
     end

@@ -39,10 +39,12 @@ function nim.check(args)
   return native.protect(function() nim.router:check(args) end)
 end
 
+-- A config's script runs on an instruction budget (nim.settings.script_budget), as Redis runs
+-- its scripts: a runaway one is stopped with an error naming it.
 local function run_script(path)
   local chunk, err = loadfile(path)
   if not chunk then error(("nim: script %s: %s"):format(path, err), 0) end
-  chunk(nim)
+  native.budget(nim.settings.script_budget, "script " .. path, chunk, nim)
 end
 
 -- nim.load_config(path_or_table [, router_opts]) -> config, warnings
@@ -56,6 +58,7 @@ function nim.load_config(source, opts)
   local r = router.new(cfg, opts)
   if cfg.litellm.drop_params ~= nil then nim.settings.drop_params = cfg.litellm.drop_params end
   if cfg.litellm.request_timeout then nim.settings.timeout = cfg.litellm.request_timeout end
+  if cfg.nimrank.script_budget then nim.settings.script_budget = cfg.nimrank.script_budget end
   nim.router, nim.config = r, cfg
   for _, path in ipairs(cfg.nimrank.scripts or {}) do run_script(path) end
   return cfg, warnings

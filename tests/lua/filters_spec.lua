@@ -90,3 +90,30 @@ test("group_filters_from_config", function()
     nim.load_config({ nimrank_settings = { filters = { g = { "bogus" } } } })
   end, "nimrank_settings.filters.g[1]", "unknown filter")
 end)
+
+test("a_runaway_filter_or_config_script_is_stopped_naming_it", function()
+  local before = nim.settings.script_budget
+  nim.settings.script_budget = 100000
+  filters.register("spinner", function(results)
+    while true do end
+    return results -- luacheck: ignore (never reached)
+  end)
+  local res = { results = nim.array{ { index = 0, relevance_score = 1 } } }
+  local err = raises(function() filters.apply(res, { "spinner" }, {}) end, "filter spinner",
+    "instruction budget")
+  ok(not err:find("traceback"), "one line")
+  raises(function() filters.apply(res, { function()
+    for _ = 1, 10 do pcall(function() while true do end end) end -- pcall cannot swallow it
+    return {}
+  end }, {}) end, "filters[1]", "instruction budget")
+  local path = os.tmpname()
+  local f = io.open(path, "w")
+  f:write("local n = 0 while true do n = n + 1 end")
+  f:close()
+  raises(function() nim.load_config({ nimrank_settings = { scripts = { path } } }) end,
+    "script " .. path, "instruction budget")
+  os.remove(path)
+  nim.settings.script_budget = before
+  nim.load_config({})
+  ok(filters.apply(res, { "dedupe" }, {}), "ordinary filters run within it")
+end)
