@@ -144,6 +144,7 @@ test-tsan: all
 FUZZ_SAN := -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=undefined
 FUZZ_SECONDS ?= 10
 fuzz-build: check-deps
+	@sh .ci/deps.sh clang libclang-rt-14-dev
 	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang \
 	    CFLAGS="-g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link $(FUZZ_SAN)" \
 	    build-fuzz/libnimrank.a
