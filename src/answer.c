@@ -54,31 +54,54 @@ static int skip(const reader *r, int i) {
     return j;
 }
 
-/* JSON's number grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+/* Powers of ten a double holds exactly (Clinger's fast path). */
+static const double exact_pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                     1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                     1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* JSON's number grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, checked while the
+ * value is read. Most values (up to 15 significant digits, exponent within 22) are converted
+ * exactly in C, the classic fast path; the others go to strtod. */
 static int number(const reader *r, int i, double *out, int *integer) {
     const jsmntok_t *t = &r->t[i];
     if (t->type != JSMN_PRIMITIVE) return -1;
     const char *s = r->js + t->start, *end = r->js + t->end, *p = s;
-    if (p < end && *p == '-') p++;
+    int neg = p < end && *p == '-';
+    p += neg;
     if (p >= end || *p < '0' || *p > '9') return -1;
     if (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9') return -1; /* leading zero */
-    while (p < end && *p >= '0' && *p <= '9')
-        p++;
+    unsigned long long mant = 0;
+    int digits = 0, scale = 0;
+    for (; p < end && *p >= '0' && *p <= '9'; p++)
+        if (digits < 19)
+            mant = mant * 10 + (unsigned)(*p - '0'), digits += mant != 0;
+        else
+            scale++;
     *integer = 1;
     if (p < end && *p == '.') {
         *integer = 0;
         if (++p >= end || *p < '0' || *p > '9') return -1;
-        while (p < end && *p >= '0' && *p <= '9')
-            p++;
+        for (; p < end && *p >= '0' && *p <= '9'; p++)
+            if (digits < 19) mant = mant * 10 + (unsigned)(*p - '0'), digits += mant != 0, scale--;
     }
+    int exp10 = 0;
     if (p < end && (*p == 'e' || *p == 'E')) {
         *integer = 0;
-        if (++p < end && (*p == '+' || *p == '-')) p++;
+        int eneg = 0;
+        if (++p < end && (*p == '+' || *p == '-')) eneg = *p++ == '-';
         if (p >= end || *p < '0' || *p > '9') return -1;
-        while (p < end && *p >= '0' && *p <= '9')
-            p++;
+        for (; p < end && *p >= '0' && *p <= '9'; p++)
+            if (exp10 < 100000) exp10 = exp10 * 10 + (*p - '0');
+        if (eneg) exp10 = -exp10;
     }
     if (p != end || end - s >= 64) return -1;
+    int e = scale + exp10;
+    if (digits <= 15 && e >= -22 && e <= 22) { /* both operands exact: one rounding */
+        double v = (double)mant;
+        v = e < 0 ? v / exact_pow10[-e] : v * exact_pow10[e];
+        *out = neg ? -v : v;
+        return 0;
+    }
     char buf[64];
     memcpy(buf, s, (size_t)(end - s));
     buf[end - s] = '\0';
@@ -147,17 +170,27 @@ static void usage(const reader *r, int u, nim_answer *out) {
 static int tokenize(reader *r, const char *js, size_t len, size_t npassages, nim_alloc_fn alloc,
                     void *ud) {
     if (len > 0x7fffffff) return fail(r, "body is too large");
+    /* One pass in the common case: room for a valid answer's tokens; more only if needed. */
+    size_t limit = npassages * TOKENS_PER_PASSAGE + TOKENS_SLACK;
+    size_t guess = npassages * 6 + 64;
     jsmn_parser p;
     jsmn_init(&p);
-    int count = jsmn_parse(&p, js, len, NULL, 0);
-    if (count < 1) return fail(r, "body is not JSON");
-    if ((size_t)count > npassages * TOKENS_PER_PASSAGE + TOKENS_SLACK)
-        return fail(r, "body has more JSON values (%d) than an answer for %zu passages", count,
-                    npassages);
-    jsmntok_t *t = alloc(ud, (size_t)count * sizeof *t);
+    jsmntok_t *t = alloc(ud, guess * sizeof *t);
     if (!t) return fail(r, "out of memory");
-    jsmn_init(&p);
-    if (jsmn_parse(&p, js, len, t, (unsigned)count) != count) return fail(r, "body is not JSON");
+    int count = jsmn_parse(&p, js, len, t, (unsigned)guess);
+    if (count == JSMN_ERROR_NOMEM) {
+        jsmn_init(&p);
+        count = jsmn_parse(&p, js, len, NULL, 0); /* how many, then exactly that */
+        if (count < 1) return fail(r, "body is not JSON");
+        if ((size_t)count > limit)
+            return fail(r, "body has more JSON values (%d) than an answer for %zu passages", count,
+                        npassages);
+        t = alloc(ud, (size_t)count * sizeof *t);
+        if (!t) return fail(r, "out of memory");
+        jsmn_init(&p);
+        if (jsmn_parse(&p, js, len, t, (unsigned)count) != count) count = -1;
+    }
+    if (count < 1) return fail(r, "body is not JSON");
     r->t = t;
     r->n = count;
     if (t[0].type != JSMN_OBJECT) return fail(r, "body is not a JSON object");

@@ -43,10 +43,13 @@ void nim_push_catalog(lua_State *L) {
 static int push_entry(lua_State *L, const char *clean) {
     nim_push_reg(L, nim_key_catalog);
     int t = lua_getfield(L, -1, clean);
-    if (t == LUA_TNIL && strchr(clean, '.')) {
+    size_t n = strlen(clean);
+    if (t == LUA_TNIL && strchr(clean, '.') && n < NIM_MODEL_MAX) {
+        char url_spelling[NIM_MODEL_MAX];
+        for (size_t i = 0; i <= n; i++)
+            url_spelling[i] = clean[i] == '.' ? '_' : clean[i];
         lua_pop(L, 1);
-        luaL_gsub(L, clean, ".", "_");
-        t = lua_gettable(L, -2);
+        t = lua_getfield(L, -1, url_spelling);
     }
     lua_remove(L, -2);
     return t;

@@ -7,6 +7,7 @@
  * dropped, replacement, texts, hlines/hnames (the caller's headers). */
 #include <ctype.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,63 +183,46 @@ static void keep_caller_headers(lua_State *L, int headers, int uv) {
     lua_setfield(L, uv, "hlines");
 }
 
-static void append(lua_State *L, int lines) { /* the string on top */
-    lua_rawseti(L, lines, (lua_Integer)lua_rawlen(L, lines) + 1);
-}
-
 static int caller_set(lua_State *L, int names, const char *lower) {
     int set = lua_getfield(L, names, lower) != LUA_TNIL;
     lua_pop(L, 1);
     return set;
 }
 
-/* Pushes the lines to send: ours, unless the caller set the same header (a caller's
- * Authorization replaces ours), then the caller's. A poll is a GET: no Content-Type. */
-static void push_lines(lua_State *L, int uv, int poll, int poll_s) {
-    lua_newtable(L);
-    int lines = lua_gettop(L);
-    lua_getfield(L, uv, "hnames");
-    int names = lua_gettop(L);
-    if (!caller_set(L, names, "accept")) {
-        lua_pushliteral(L, "Accept: application/json");
-        append(L, lines);
-    }
-    if (!poll && !caller_set(L, names, "content-type")) {
-        lua_pushliteral(L, "Content-Type: application/json");
-        append(L, lines);
-    }
-    if (!caller_set(L, names, "user-agent")) {
-        lua_pushfstring(L, "User-Agent: nimrank/%s (%s)", NIMRANK_VERSION, nim_engine_backend());
-        append(L, lines);
-    }
-    if (!caller_set(L, names, "authorization")) {
-        if (lua_getfield(L, uv, "key") == LUA_TSTRING) {
-            lua_pushfstring(L, "Authorization: Bearer %s", lua_tostring(L, -1));
-            append(L, lines);
-        }
-        lua_pop(L, 1);
-    }
-    if (poll) {
-        lua_pushfstring(L, "NVCF-POLL-SECONDS: %d", poll_s);
-        append(L, lines);
-    }
-    lua_getfield(L, uv, "hlines");
-    for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, -1); i++) {
-        lua_rawgeti(L, -1, i);
-        append(L, lines);
-    }
-    lua_pop(L, 2);
+/* "User-Agent: nimrank/0.1.0 (libcurl/7.88.1)", made once per process. */
+static char user_agent[160];
+static pthread_once_t user_agent_once = PTHREAD_ONCE_INIT;
+static void make_user_agent(void) {
+    snprintf(user_agent, sizeof user_agent, "User-Agent: nimrank/%s (%s)", NIMRANK_VERSION,
+             nim_engine_backend());
 }
 
-/* Points r->headers at the strings of the lines table at idx (anchored there); the pointer
- * array is scratch the GC owns (pushed). */
-static void use_lines(lua_State *L, int idx, nim_request *r) {
-    idx = lua_absindex(L, idx);
-    size_t n = lua_rawlen(L, idx);
-    const char **p = lua_newuserdatauv(L, (n ? n : 1) * sizeof *p, 0);
-    for (size_t i = 0; i < n; i++) {
-        lua_rawgeti(L, idx, (lua_Integer)i + 1);
-        p[i] = lua_tostring(L, -1);
+/* Points r->headers at the lines to send: ours, unless the caller set the same header (a
+ * caller's Authorization replaces ours), then the caller's. A poll is a GET: no Content-Type.
+ * Pushes what holds them (the pointer array, the per-call lines): they live until the engine
+ * has copied them. */
+static void set_headers(lua_State *L, int uv, int poll, int poll_s, nim_request *r) {
+    pthread_once(&user_agent_once, make_user_agent);
+    lua_getfield(L, uv, "hnames");
+    int names = lua_gettop(L);
+    lua_getfield(L, uv, "hlines");
+    int hlines = lua_gettop(L);
+    size_t nc = lua_rawlen(L, hlines);
+    const char **p = lua_newuserdatauv(L, (nc + 6) * sizeof *p, 0);
+    size_t n = 0;
+    int any = nc > 0; /* no caller headers, the usual case: no lookups */
+    if (!any || !caller_set(L, names, "accept")) p[n++] = "Accept: application/json";
+    if (!poll && (!any || !caller_set(L, names, "content-type")))
+        p[n++] = "Content-Type: application/json";
+    if (!any || !caller_set(L, names, "user-agent")) p[n++] = user_agent;
+    if ((!any || !caller_set(L, names, "authorization")) &&
+        lua_getfield(L, uv, "key") == LUA_TSTRING) {
+        p[n++] = lua_pushfstring(L, "Authorization: Bearer %s", lua_tostring(L, -1));
+    }
+    if (poll) p[n++] = lua_pushfstring(L, "NVCF-POLL-SECONDS: %d", poll_s);
+    for (size_t i = 1; i <= nc; i++) { /* anchored by hlines, which stays pushed */
+        lua_rawgeti(L, hlines, (lua_Integer)i);
+        p[n++] = lua_tostring(L, -1);
         lua_pop(L, 1);
     }
     r->headers = p;
@@ -423,9 +407,8 @@ void nim_nvidia_start(lua_State *L, const nim_args *a) {
         lua_Integer top_k = 0;
         if (route.family == NIM_FAMILY_RETRIEVAL && a->top_n > 0)
             top_k = a->top_n < a->ndocs ? a->top_n : a->ndocs;
-        push_lines(L, uv, 0, 0); /* every Lua allocation before the body's malloc */
         nim_request r = {0};
-        use_lines(L, -1, &r);
+        set_headers(L, uv, 0, 0, &r); /* every Lua allocation before the body's malloc */
         r.url = route.url;
         r.timeout_ms = (long)ceil(a->timeout * 1000.0);
         r.connect_timeout_ms = (long)ceil(a->connect_timeout * 1000.0);
@@ -482,9 +465,8 @@ static int start_poll(lua_State *L, int idx, int uv, const char *reqid, double l
     push_display_url(L, url);
     lua_setfield(L, uv, "url"); /* what messages show from now on */
     int poll_s = left > 300 ? 300 : (left < 1 ? 1 : (int)left);
-    push_lines(L, uv, 1, poll_s);
     nim_request r = {0};
-    use_lines(L, -1, &r);
+    set_headers(L, uv, 1, poll_s, &r);
     r.url = url;
     r.get = 1;
     r.timeout_ms = (long)ceil(left * 1000.0);

@@ -7,20 +7,30 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include "binding.h"
 
-/* A fresh UUID4 string into out (37 bytes). */
-static void uuid4(char out[37]) {
-    unsigned char r[16];
-    size_t got = 0;
-    while (got < sizeof r) {
-        ssize_t k = getrandom(r + got, sizeof r - got, 0);
-        if (k <= 0) break;
-        got += (size_t)k;
+/* splitmix64: ids need to be unique, not secret; the state's seed comes from getrandom. */
+static unsigned long long next_random(unsigned long long *x) {
+    unsigned long long z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* A fresh UUID4 string into out (37 bytes), from the state's generator. */
+static void uuid4(lua_State *L, char out[37]) {
+    nim_ctx *c = nim_ctx_get(L);
+    if (!c->uuid_state[1]) { /* the first id of this state: seed it */
+        if (getrandom(c->uuid_state, sizeof c->uuid_state, 0) != (ssize_t)sizeof c->uuid_state)
+            c->uuid_state[0] = (unsigned long long)(uintptr_t)c ^ (unsigned long long)time(NULL);
+        c->uuid_state[1] = 1;
     }
-    for (; got < sizeof r; got++)
-        r[got] = (unsigned char)rand(); /* no entropy: still unique-ish */
+    unsigned char r[16];
+    unsigned long long a = next_random(&c->uuid_state[0]), b = next_random(&c->uuid_state[0]);
+    memcpy(r, &a, 8);
+    memcpy(r + 8, &b, 8);
     r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
     r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
     snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0],
@@ -46,7 +56,15 @@ void nim_push_result(lua_State *L, const nim_result_spec *s) {
     lua_Integer n = (lua_Integer)s->n;
     lua_Integer keep = (s->top_n > 0 && s->top_n < n) ? s->top_n : n;
     char uuid[37];
-    uuid4(uuid);
+    uuid4(L, uuid);
+    /* The keys, interned once here and set with rawset: lua_setfield would hash and look up
+     * each key string again for every result. */
+    lua_pushliteral(L, "index");
+    lua_pushliteral(L, "relevance_score");
+    lua_pushliteral(L, "document");
+    lua_pushliteral(L, "text");
+    int k_index = lua_gettop(L) - 3, k_score = k_index + 1, k_doc = k_index + 2,
+        k_text = k_index + 3;
     lua_createtable(L, 0, 3);
     lua_pushstring(L, uuid);
     lua_setfield(L, -2, "id");
@@ -54,26 +72,32 @@ void nim_push_result(lua_State *L, const nim_result_spec *s) {
     nim_mark_array(L, -1);
     for (lua_Integer i = 0; i < keep; i++) {
         const nim_ranking *r = &s->rk[i];
+        int has_doc = s->return_documents &&
+                      lua_rawgeti(L, s->texts, (lua_Integer)r->index + 1) == LUA_TSTRING;
+        if (s->return_documents && !has_doc) lua_pop(L, 1); /* image only: no document */
         lua_createtable(L, 0, 3);
+        lua_pushvalue(L, k_index);
         lua_pushinteger(L, (lua_Integer)r->index + s->offset);
-        lua_setfield(L, -2, "index");
+        lua_rawset(L, -3);
+        lua_pushvalue(L, k_score);
         lua_pushnumber(L, r->score);
-        lua_setfield(L, -2, "relevance_score");
-        /* image-only passages have no text (false): no document */
-        if (s->return_documents &&
-            lua_rawgeti(L, s->texts, (lua_Integer)r->index + 1) == LUA_TSTRING) {
+        lua_rawset(L, -3);
+        if (has_doc) { /* the text is below the result: {text = it} becomes its document */
+            lua_pushvalue(L, k_doc);
             lua_createtable(L, 0, 1);
-            lua_insert(L, -2);
-            lua_setfield(L, -2, "text");
-            lua_setfield(L, -2, "document");
-        } else if (s->return_documents) {
-            lua_pop(L, 1);
+            lua_pushvalue(L, k_text);
+            lua_pushvalue(L, -5);
+            lua_rawset(L, -3);
+            lua_rawset(L, -3);
+            lua_remove(L, -2);
         }
         lua_rawseti(L, -2, i + 1);
     }
     lua_setfield(L, -2, "results");
     push_meta(L, s->tokens);
     lua_setfield(L, -2, "meta");
+    lua_replace(L, k_index); /* the result where the keys began */
+    lua_pop(L, 3);
 }
 
 void nim_annotate_meta(lua_State *L, const char *provider, const char *family, const char *model,

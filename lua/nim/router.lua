@@ -52,8 +52,10 @@ local NO_CONFIG = { deployments = {}, router = {}, litellm = {}, nimrank = {} }
 
 -- The provider call: the native call, split into batches when too large (nim.batch, loaded
 -- on first use so start-up stays fast).
+local batch_call
 local function batched_call(a, batch)
-  return require("nim.batch").call(a, batch)
+  batch_call = batch_call or require("nim.batch").call
+  return batch_call(a, batch)
 end
 local FAIL_WINDOW = 60
 -- Errors that belong to one deployment (its key, its base URL, its server), not to the

@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* memmem */
 /* fakenim: a NIM-compatible reranking server for tests and benchmarks, on loopback only.
  * libmicrohttpd moves the bytes (a thread per connection, so delays do not block others);
  * the API rules live in fakenim.lua, run in one Lua state under a mutex. */
@@ -24,8 +25,9 @@
 static lua_State *L;
 static pthread_mutex_t lua_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long connections_opened; /* under lua_lock */
-static char *canned;                     /* --canned N: the one answer to every POST */
-static size_t canned_len;
+static char *canned;       /* --canned N: "{index,logit}," for 0..N-1, the answer to every POST */
+static size_t *canned_end; /* canned_end[k]: the bytes of the first k entries */
+static long canned_max;
 
 typedef struct {
     char *buf;
@@ -44,6 +46,8 @@ typedef struct {
     long trickle_ms;
     char *file; /* the body is this file's bytes (a prepared gzip bomb) */
 } reply;
+
+static void answer_canned(const upload *u, reply *r);
 
 static volatile int stopping; /* set before shutdown: long waits end early */
 
@@ -232,9 +236,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (canned && strcmp(method, "POST") == 0) { /* no parsing, no scoring: client cost only */
         memset(&r, 0, sizeof r);
         r.status = 200;
-        r.body = malloc(canned_len);
-        if (r.body) memcpy(r.body, canned, canned_len);
-        r.body_len = r.body ? canned_len : 0;
+        answer_canned(u, &r);
         r.headers = strdup("Content-Type: application/json\n");
     } else {
         run_handler(c, method, url, u, &r);
@@ -300,19 +302,44 @@ static int lua_now_ms(lua_State *S) {
     return 1;
 }
 
-/* A valid response with n rankings, logits descending. */
+/* Up to n rankings, logits descending, prebuilt: each answer is a prefix of them. */
 static int build_canned(long n) {
     size_t cap = 64 + (size_t)n * 48, len = 0;
     canned = malloc(cap);
-    if (!canned) return -1;
-    len += (size_t)snprintf(canned, cap, "{\"rankings\":[");
-    for (long i = 0; i < n; i++)
-        len += (size_t)snprintf(canned + len, cap - len, "%s{\"index\":%ld,\"logit\":%.4f}",
-                                i ? "," : "", i, 10.0 - (double)i / 100.0);
-    len += (size_t)snprintf(canned + len, cap - len,
-                            "],\"usage\":{\"prompt_tokens\":%ld,\"total_tokens\":%ld}}", n, n);
-    canned_len = len;
+    canned_end = malloc(((size_t)n + 1) * sizeof *canned_end);
+    if (!canned || !canned_end) return -1;
+    canned_end[0] = 0;
+    for (long i = 0; i < n; i++) {
+        len += (size_t)snprintf(canned + len, cap - len, "{\"index\":%ld,\"logit\":%.4f},", i,
+                                10.0 - (double)i / 100.0);
+        canned_end[i + 1] = len;
+    }
+    canned_max = n;
     return 0;
+}
+
+/* The canned answer for as many passages as the request carries (counted, not parsed). */
+static void answer_canned(const upload *u, reply *r) {
+    long k = 0;
+    const char *end = u->buf + u->len;
+    const char *start = u->buf ? memmem(u->buf, u->len, "\"passages\":[", 12) : NULL;
+    for (const char *p = start; p && p < end; k++) {
+        p = memmem(p, (size_t)(end - p), "{\"text\":", 8);
+        if (!p) break;
+        p += 8;
+    }
+    if (k > canned_max) k = canned_max;
+    size_t n = canned_end[k];
+    r->body = malloc(n + 128);
+    if (!r->body) return;
+    memcpy(r->body, "{\"rankings\":[", 13);
+    memcpy(r->body + 13, canned, n);
+    size_t len = 13 + (k ? n - 1 : 0); /* the last entry's comma goes */
+    len += (size_t)snprintf(r->body + len, 128,
+                            "],\"usage\":{\"prompt_tokens\":%ld,"
+                            "\"total_tokens\":%ld}}",
+                            k, k);
+    r->body_len = len;
 }
 
 static void usage(void) {
@@ -399,5 +426,6 @@ int main(int argc, char **argv) {
     MHD_stop_daemon(d);
     lua_close(L);
     free(canned);
+    free(canned_end);
     return 0;
 }

@@ -16,7 +16,7 @@ end
 test("bench_scripts_run_to_the_end_and_leave_no_server", function()
   local build = h.nimrank:match("^(.*)/nimrank$")
   for _, c in ipairs({
-    { "ROUNDS=1 sh bench/overhead.sh 2", "cpu ovh" },
+    { "ROUNDS=1 CALLS=2 sh bench/overhead.sh", "CPU per call" },
     { "sh bench/bm25.sh 200 2", "local/bm25: 200 docs" },
     { "sh bench/fanout.sh 1 2", "2 requests, upstream delay 1 ms" },
   }) do
