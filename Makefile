@@ -37,7 +37,8 @@ FUZZ_TARGETS := resolve answer bm25 config docs
 # The fuzz targets built with driver.c: they replay the seeds and kept regressions in make test.
 FUZZ_REPLAY := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz_%)
 PROGRAMS := $(BUILD)/nimrank $(BUILD)/nim.so $(BUILD)/libnimrank.a $(BUILD)/fakenim \
-            $(BUILD)/frameloop $(BUILD)/curl_baseline $(C_TESTS) $(FUZZ_REPLAY)
+            $(BUILD)/frameloop $(BUILD)/curl_baseline $(BUILD)/curl_fanout $(C_TESTS) \
+            $(FUZZ_REPLAY)
 
 .PHONY: all build examples deps check-deps run test test-asan test-valgrind test-tsan install \
         uninstall clean bench fmt-check help rock rock-install fuzz fuzz-smoke fuzz-build FORCE
@@ -158,8 +159,8 @@ fuzz-smoke: fuzz-build
 fuzz: fuzz-build
 	@sh tests/fuzz/run.sh build-fuzz 300
 
-# The raw-libcurl baseline of bench/overhead.sh: linked with libcurl itself, like any program.
-$(BUILD)/curl_baseline: bench/curl_baseline.c | $(BUILD)/obj
+# The raw-libcurl baselines of bench/overhead.sh and fanout.sh: linked with libcurl itself.
+$(BUILD)/curl_%: bench/curl_%.c | $(BUILD)/obj
 	$(CC) $(CFLAGS) -o $@ $< $(shell pkg-config --libs libcurl) $(LDFLAGS)
 
 bench: all

@@ -27,10 +27,43 @@ static void push_where(lua_State *L) {
 }
 
 /* Raises with the message on top of the stack (fn and field given). */
+/* Registry: coroutine -> depth of nim.native.protect calls running in it (weak keys). */
+static const char protected_key = 0;
+
+static int protected_depth(lua_State *L) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &protected_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pushthread(L);
+    int depth = (int)lua_tointeger(L, (lua_rawget(L, -2), -1));
+    lua_pop(L, 2);
+    return depth;
+}
+
+static void set_protected_depth(lua_State *L, int depth) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &protected_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_createtable(L, 0, 1);
+        lua_pushliteral(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &protected_key);
+    }
+    lua_pushthread(L);
+    if (depth > 0)
+        lua_pushinteger(L, depth);
+    else
+        lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+}
+
 static int raise_misuse(lua_State *L, const char *fn, const char *field) {
-    nim_ctx *c = nim_ctx_get(L);
     int msg = lua_gettop(L);
-    if (c && c->protect_depth > 0) { /* nim.native.protect: a structured error */
+    if (protected_depth(L) > 0) { /* nim.native.protect: a structured error */
         lua_createtable(L, 0, 3);
         lua_pushstring(L, fn);
         lua_setfield(L, -2, "fn");
@@ -75,15 +108,10 @@ int nim_l_misuse(lua_State *L) {
     return raise_misuse(L, fn, field);
 }
 
-/* nim.native.protect(fn, ...) -> true, ... | nil, {fn, field, message}: runs fn with misuse
- * turned into a returned error (the `.safe` flavour of every check). Other errors propagate. */
-int nim_l_protect(lua_State *L) {
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    nim_ctx *c = nim_ctx_get(L);
-    c->protect_depth++;
-    int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
-    c->protect_depth--;
-    if (status == LUA_OK) {
+/* After fn (possibly resumed after a yield): the outcome as protect promises it. */
+static int protect_done(lua_State *L, int status, lua_KContext ctx) {
+    set_protected_depth(L, (int)ctx);
+    if (status == LUA_OK || status == LUA_YIELD) {
         lua_pushboolean(L, 1);
         lua_insert(L, 1);
         return lua_gettop(L);
@@ -99,6 +127,19 @@ int nim_l_protect(lua_State *L) {
         }
     }
     return lua_error(L);
+}
+
+/* nim.native.protect(fn, ...) -> true, ... | nil, {fn, field, message}: runs fn with misuse
+ * turned into a returned error (the `.safe` flavour of every check). Other errors propagate.
+ * fn may yield (inside nim's tasks a protected rerank still runs concurrently): the mode is
+ * per coroutine, so other tasks raise as usual meanwhile. */
+int nim_l_protect(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    int outer = protected_depth(L);
+    set_protected_depth(L, outer + 1);
+    int status =
+        lua_pcallk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, (lua_KContext)outer, protect_done);
+    return protect_done(L, status, (lua_KContext)outer);
 }
 
 /* ---- which keys the native call takes ------------------------------------------------------ */

@@ -48,7 +48,6 @@ int nim_setting(lua_State *L, const char *field);
 /* ---- the per-state context (module.c) ---------------------------------------------------- */
 typedef struct {
     nim_engine *engine;
-    int protect_depth;                /* > 0 inside nim.native.protect: misuse raises a table */
     char lib_source[PATH_MAX + 8];    /* "@<dir>/nim/": chunk names of the Lua layer's frames */
     unsigned long long uuid_state[2]; /* seeded from getrandom once: fresh ids need no syscall */
 } nim_ctx;

@@ -16,7 +16,6 @@
 #include "clock.h"
 #include "curl_lazy.h"
 
-#define POOL_MAX 16
 #define EVENTS_MAX 64
 
 /* A socket curl asked us to watch: found again through curl's socketp, never by search. */
@@ -55,8 +54,8 @@ struct nim_engine {
     void *watch_ud;
     nim_sock *socks;
     nim_sock *announcing; /* the socket whose watch() call is under way (nim_engine_assign) */
-    CURL *pool[POOL_MAX];
-    int npool;
+    CURL **pool;          /* easy handles kept for reuse: as many as connections may be open */
+    int npool, pool_cap;
     int running; /* attached and not done, deferred ones included */
     int deferred;
     long max_connections;
@@ -155,6 +154,13 @@ long nim_engine_default_max_connections(void) {
 
 void nim_engine_set_max_connections(nim_engine *e, long n) {
     if (n < 1 || n == e->max_connections) return;
+    if (n > e->pool_cap) { /* room to keep as many easy handles as connections */
+        CURL **p = realloc(e->pool, (size_t)n * sizeof *p);
+        if (p) {
+            e->pool = p;
+            e->pool_cap = (int)n;
+        }
+    }
     e->max_connections = n;
     curl_multi_setopt(e->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, n);
     curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, n);
@@ -190,7 +196,7 @@ oom:
 
 static void release_easy(nim_engine *e, CURL *easy) {
     if (!easy) return;
-    if (e && e->npool < POOL_MAX) {
+    if (e && e->npool < e->pool_cap) {
         curl_easy_reset(easy);
         e->pool[e->npool++] = easy;
     } else {
@@ -234,6 +240,7 @@ void nim_engine_free(nim_engine *e) {
     }
     for (int i = 0; i < e->npool; i++)
         curl_easy_cleanup(e->pool[i]);
+    free(e->pool);
     curl_multi_cleanup(e->multi);
     while (e->socks) { /* sockets curl did not report removed while cleaning up */
         nim_sock *s = e->socks;
@@ -252,7 +259,7 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *ud) {
         return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
     }
     if (t->resp_len + n + 1 > t->resp_cap) {
-        size_t cap = t->resp_cap ? t->resp_cap : 16384;
+        size_t cap = t->resp_cap ? t->resp_cap : 2048; /* most answers are small */
         while (cap < t->resp_len + n + 1)
             cap *= 2;
         char *p = realloc(t->resp, cap);

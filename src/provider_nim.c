@@ -139,6 +139,7 @@ static void push_lower(lua_State *L, const char *s) {
 /* Checks the caller's headers; keeps their lines in uv.hlines and their lower-case names in
  * uv.hnames (so ours never duplicate theirs). Raises naming the header. */
 static void keep_caller_headers(lua_State *L, int headers, int uv) {
+    if (!headers) return; /* the usual call: no tables made (set_headers reads nil as none) */
     lua_newtable(L);
     int lines = lua_gettop(L);
     lua_newtable(L);

@@ -15,7 +15,7 @@
 
 int nim_buf_reserve(nim_buf *b, size_t extra) {
     if (b->n + extra <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 4096;
+    size_t cap = b->cap ? b->cap : 256; /* the first reserve is the whole body's estimate */
     while (cap < b->n + extra)
         cap *= 2;
     char *p = realloc(b->p, cap);

@@ -397,13 +397,16 @@ function M.rerank_many(spec)
       local args = {}
       for k, v in pairs(shared) do args[k] = v end
       for k, v in pairs(spec[i]) do args[k] = v end
+      -- Misuse of this item comes back as fields (protect), anything else it raises as a
+      -- message; both stay with the item. Both yield in 5.4, so the items run concurrently.
       local res, err
-      local valid, bad = nim.check(args)
-      if valid then
-        local okc, r1, r2 = pcall(nim.rerank, args) -- pcall yields in 5.4: batches still run
-        if okc then res, err = r1, r2 else err = item_error({ message = tostring(r1) }) end
+      local okc, valid, r1, r2 = pcall(native.protect, nim.rerank, args)
+      if not okc then
+        err = item_error({ message = tostring(valid) })
+      elseif not valid then
+        err = item_error(r1)
       else
-        err = item_error(bad)
+        res, err = r1, r2
       end
       results[i], errors[i] = res or false, err
       done = done + 1
