@@ -1,10 +1,11 @@
--- overhead.lua URL N NDOCS BODYFILE: N nim.rerank calls of NDOCS ~200-byte documents against
+-- overhead.lua URL N NDOCS BODYFILE [lean]: N nim.rerank calls of NDOCS ~200-byte documents against
 -- URL (ranking family; batches of the default 512 above that), writes the body of one
 -- request with every document to BODYFILE for the curl baseline (byte-identical to what nim
 -- sends for one request), and prints "cpu_us wall_us" per call (CPU: this process, user +
--- system, as getrusage counts it).
+-- system, as getrusage counts it). "lean" asks for top_n = 5 and return_documents = false.
 local nim = require "nim"
-local url, n, ndocs, body_file = arg[1], tonumber(arg[2]), tonumber(arg[3]), arg[4]
+local url, n, ndocs, body_file, lean = arg[1], tonumber(arg[2]), tonumber(arg[3]), arg[4],
+  arg[5] == "lean"
 
 local words = { "gpu", "memory", "bandwidth", "lorem", "ipsum", "dolor", "sit", "amet",
   "hopper", "grace", "cpu", "interconnect", "tensor", "core", "cache" }
@@ -22,6 +23,7 @@ end
 local MODEL = "nvidia/llama-3.2-nv-rerankqa-1b-v2"
 local args = { model = "nvidia_nim/ranking/" .. MODEL, query = "gpu memory bandwidth",
   documents = docs, api_base = url }
+if lean then args.top_n, args.return_documents = 5, false end
 
 -- The exact body of one request with every document, written the way the wire format says.
 local cjson = require "cjson"

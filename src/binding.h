@@ -134,6 +134,7 @@ typedef struct {
     int polls;       /* NVCF status polls made so far */
     double sent_at;  /* when the request in flight started */
     double poll_interval;
+    int partial; /* a batch: settle with a partial result (nim_result_spec.partial) */
 } nim_call;
 
 nim_call *nim_call_new(lua_State *L, nim_complete_fn complete); /* pushes it, pending */
@@ -160,9 +161,12 @@ typedef struct {
     int texts;          /* stack slot of the texts table (texts[i] = document i's text) */
     int return_documents;
     lua_Integer tokens;
+    int partial; /* a batch's answer for nim.native.merge: rankings in C, no result tables */
 } nim_result_spec;
 
-/* Pushes {id = fresh UUID, results = [...], meta = {billed_units = {total_tokens}}}. */
+/* Pushes {id = fresh UUID, results = [...], meta = {billed_units = {total_tokens}}}; a partial
+ * result instead holds rankings (a userdata of nrankings nim_ranking, indices the caller's),
+ * texts and offset, for nim.native.merge. */
 void nim_push_result(lua_State *L, const nim_result_spec *s);
 /* Adds provider, family (NULL: none), model, latency_ms (seconds < 0: none) and
  * dropped_params (the list at slot dropped) to res.meta (res on top). */

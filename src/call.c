@@ -42,10 +42,13 @@ int nim_l_rerank(lua_State *L) {
     return nim_call_finish(L, lua_gettop(L));
 }
 
-/* nim.native.start(args [, first, count]) -> nim.Transfer: starts the call (with documents
- * first .. first+count-1 only, when given: a batch; indices in its result are the caller's)
- * and returns at once. local/bm25 answers immediately (the transfer is already settled). */
+/* nim.native.start(args [, first, count [, partial]]) -> nim.Transfer: starts the call (with
+ * documents first .. first+count-1 only, when given: a batch; indices in its result are the
+ * caller's) and returns at once. partial: the result is a batch's, for nim.native.merge
+ * (rankings kept in C, no result tables). local/bm25 answers immediately (the transfer is
+ * already settled). */
 int nim_l_start(lua_State *L) {
+    int partial = lua_toboolean(L, 4);
     nim_args a;
     nim_check_args(L, &a);
     if (nim_provider_of(L, a.model) == NIM_PROVIDER_LOCAL) {
@@ -54,6 +57,7 @@ int nim_l_start(lua_State *L) {
         return 1;
     }
     nim_nvidia_start(L, &a);
+    ((nim_call *)lua_touserdata(L, -1))->partial = partial;
     return 1;
 }
 

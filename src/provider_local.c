@@ -72,7 +72,7 @@ void nim_local_rerank(lua_State *L, const nim_args *a) {
     if (nim_bm25_rank(q, qlen, docs, lens, n, &p, hits, &tokens) != 0)
         luaL_error(L, "nim.rerank: local/bm25: out of memory");
     nim_result_spec s = {
-        hits, n, a->top_n, a->first, texts, a->return_documents, (lua_Integer)tokens};
+        hits, n, a->top_n, a->first, texts, a->return_documents, (lua_Integer)tokens, 0};
     nim_push_result(L, &s);
     nim_annotate_meta(L, nim_provider_name(NIM_PROVIDER_LOCAL), NULL, "local/bm25", a->dropped,
                       nim_now() - t0);

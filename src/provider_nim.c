@@ -366,7 +366,7 @@ static int settled_early(lua_State *L, int call, int uv, const nim_args *a, cons
         return 1;
     }
     if (a->ndocs == 0) { /* nothing to rank: no network call */
-        nim_result_spec s = {NULL, 0, 0, 0, 0, 0, 0};
+        nim_result_spec s = {NULL, 0, 0, 0, 0, 0, 0, 0};
         nim_push_result(L, &s);
         nim_annotate_meta(L, PROVIDER, nim_family_name(route->family), route->body_model,
                           a->dropped, -1);
@@ -556,8 +556,8 @@ static void success(lua_State *L, int idx, int uv, int body, long status, double
     int id = lua_gettop(L);
     if (c->family == NIM_FAMILY_RANKING) nim_rankings_sort(p.rk, p.n);
     lua_getfield(L, uv, "texts");
-    nim_result_spec s = {p.rk,    p.n, c->top_n, c->first, lua_gettop(L), c->return_documents,
-                         p.tokens};
+    nim_result_spec s = {
+        p.rk, p.n, c->top_n, c->first, lua_gettop(L), c->return_documents, p.tokens, c->partial};
     nim_push_result(L, &s);
     if (!lua_isnil(L, id)) {
         lua_pushvalue(L, id); /* the provider's id replaces the fresh one */

@@ -52,11 +52,37 @@ static void push_meta(lua_State *L, lua_Integer tokens) {
     lua_setfield(L, -2, "billed_units");
 }
 
+/* The partial result of a batch: its best rankings, copied, indices made the caller's. */
+static void push_partial(lua_State *L, const nim_result_spec *s, lua_Integer keep,
+                         const char *uuid) {
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, uuid);
+    lua_setfield(L, -2, "id");
+    nim_ranking *rk = lua_newuserdatauv(L, (size_t)(keep ? keep : 1) * sizeof *rk, 0);
+    for (lua_Integer i = 0; i < keep; i++) {
+        rk[i] = s->rk[i];
+        rk[i].index += (size_t)s->offset;
+    }
+    lua_setfield(L, -2, "rankings");
+    lua_pushinteger(L, keep);
+    lua_setfield(L, -2, "nrankings");
+    lua_pushvalue(L, s->texts);
+    lua_setfield(L, -2, "texts");
+    lua_pushinteger(L, s->offset);
+    lua_setfield(L, -2, "offset");
+    push_meta(L, s->tokens);
+    lua_setfield(L, -2, "meta");
+}
+
 void nim_push_result(lua_State *L, const nim_result_spec *s) {
     lua_Integer n = (lua_Integer)s->n;
     lua_Integer keep = (s->top_n > 0 && s->top_n < n) ? s->top_n : n;
     char uuid[37];
     uuid4(L, uuid);
+    if (s->partial) {
+        push_partial(L, s, keep, uuid);
+        return;
+    }
     /* The keys, interned once here and set with rawset: lua_setfield would hash and look up
      * each key string again for every result. */
     lua_pushliteral(L, "index");
@@ -198,6 +224,75 @@ static void merged_meta(lua_State *L, int list, size_t k, int first) {
     lua_setfield(L, -2, "latency_ms");
 }
 
+/* Merges partial results (a batch's rankings in C): a k-way merge by the ranking rule, then
+ * one result table per entry kept, its text from its batch's texts. */
+static int merge_partial(lua_State *L, size_t k, lua_Integer top_n, int return_documents) {
+    const nim_ranking **heads = lua_newuserdatauv(L, k * sizeof *heads, 0); /* 3 */
+    size_t *lens = lua_newuserdatauv(L, k * sizeof *lens, 0);               /* 4 */
+    size_t *cursor = lua_newuserdatauv(L, k * sizeof *cursor, 0);           /* 5 */
+    lua_createtable(L, (int)k, 0);                                          /* 6: texts */
+    size_t total = 0;
+    for (size_t b = 0; b < k; b++) {
+        lua_rawgeti(L, 1, (lua_Integer)b + 1);
+        if (lua_getfield(L, -1, "rankings") != LUA_TUSERDATA)
+            return luaL_error(L, "nim.native.merge: [%d]: not a batch's partial result",
+                              (int)b + 1);
+        nim_ranking *rk = lua_touserdata(L, -1);
+        lua_getfield(L, -2, "nrankings");
+        lens[b] = (size_t)lua_tointeger(L, -1);
+        nim_rankings_sort(rk, lens[b]); /* providers answer in rank order: usually a no-op */
+        heads[b] = rk;
+        total += lens[b];
+        lua_getfield(L, -3, "texts");
+        lua_rawseti(L, 6, (lua_Integer)b + 1);
+        lua_pop(L, 3);
+    }
+    size_t keep = (top_n > 0 && (size_t)top_n < total) ? (size_t)top_n : total;
+    nim_merge_ref *refs = lua_newuserdatauv(L, (keep ? keep : 1) * sizeof *refs, 0); /* 7 */
+    keep = nim_rankings_merge(heads, lens, k, keep, cursor, refs);
+    lua_rawgeti(L, 1, 1); /* 8: the first batch gives id and meta */
+    lua_pushliteral(L, "index");
+    lua_pushliteral(L, "relevance_score");
+    lua_pushliteral(L, "document");
+    lua_pushliteral(L, "text"); /* 9-12 */
+    lua_createtable(L, 0, 3);
+    lua_getfield(L, 8, "id");
+    lua_setfield(L, -2, "id");
+    lua_createtable(L, (int)keep, 0);
+    nim_mark_array(L, -1);
+    for (size_t i = 0; i < keep; i++) {
+        const nim_ranking *r = &heads[refs[i].list][refs[i].pos];
+        lua_createtable(L, 0, 3);
+        lua_pushvalue(L, 9);
+        lua_pushinteger(L, (lua_Integer)r->index);
+        lua_rawset(L, -3);
+        lua_pushvalue(L, 10);
+        lua_pushnumber(L, r->score);
+        lua_rawset(L, -3);
+        if (return_documents) {
+            lua_rawgeti(L, 6, (lua_Integer)refs[i].list + 1); /* that batch's texts */
+            lua_rawgeti(L, 1, (lua_Integer)refs[i].list + 1);
+            lua_getfield(L, -1, "offset");
+            lua_Integer local = (lua_Integer)r->index - lua_tointeger(L, -1) + 1;
+            lua_pop(L, 2);
+            if (lua_rawgeti(L, -1, local) == LUA_TSTRING) {
+                lua_pushvalue(L, 11);
+                lua_createtable(L, 0, 1);
+                lua_pushvalue(L, 12);
+                lua_pushvalue(L, -4);
+                lua_rawset(L, -3);
+                lua_rawset(L, -5);
+            }
+            lua_pop(L, 2);
+        }
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "results");
+    merged_meta(L, 1, k, 8);
+    lua_setfield(L, -2, "meta");
+    return 1;
+}
+
 /* nim.native.merge(results, top_n | args) -> one result (given the call's args, top_n is
  * read from them by the binding's own rule): the batches' results (indices already the
  * caller's) in rank order, cut to top_n; id and meta of the first batch, tokens summed,
@@ -208,6 +303,17 @@ int nim_l_merge(lua_State *L) {
     lua_settop(L, 2);
     size_t k = lua_rawlen(L, 1), total = 0;
     luaL_argcheck(L, k > 0, 1, "no results to merge");
+    luaL_checkstack(L, NIM_STACK_NEED, NULL);
+    lua_rawgeti(L, 1, 1);
+    int partial = lua_istable(L, -1) && lua_getfield(L, -1, "rankings") == LUA_TUSERDATA;
+    lua_settop(L, 2);
+    if (partial) {
+        int docs = 1;
+        if (lua_istable(L, 2) && lua_getfield(L, 2, "return_documents") == LUA_TBOOLEAN)
+            docs = lua_toboolean(L, -1);
+        lua_settop(L, 2);
+        return merge_partial(L, k, top_n, docs);
+    }
     for (size_t b = 1; b <= k; b++) {
         if (lua_rawgeti(L, 1, (lua_Integer)b) != LUA_TTABLE ||
             lua_getfield(L, -1, "results") != LUA_TTABLE)

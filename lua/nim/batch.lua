@@ -52,7 +52,8 @@ local function run(a, n, size, conc, progress)
   local next_b, done_docs = 1, 0
   local function start(b)
     local first = (b - 1) * size + 1
-    pending[#pending + 1] = native.start(a, first, math.min(size, n - first + 1))
+    -- partial: the batch's rankings stay in C; merge builds the result tables once
+    pending[#pending + 1] = native.start(a, first, math.min(size, n - first + 1), true)
     which[#which + 1] = b
   end
   while next_b <= math.min(conc, batches) do
