@@ -443,11 +443,12 @@ void nim_nvidia_start(lua_State *L, const nim_args *a) {
 
 /* ---- NVCF polling --------------------------------------------------------------------------- */
 
-/* An NVCF request id goes into a URL path: only the characters NVIDIA's ids use. */
+/* An NVCF request id goes into a URL path: only the characters NVIDIA's ids (UUIDs) use, so
+ * no "/", "..", "?" or "#" can move the key to another path. */
 static int reqid_ok(const char *s) {
-    if (!*s) return 0;
+    if (!*s || strlen(s) > 128) return 0;
     for (; *s; s++)
-        if (!(isalnum((unsigned char)*s) || *s == '-' || *s == '_' || *s == '.')) return 0;
+        if (!(isalnum((unsigned char)*s) || *s == '-' || *s == '_')) return 0;
     return 1;
 }
 
@@ -658,7 +659,7 @@ static void complete(lua_State *L, int idx) {
         double left = c->deadline - nim_now();
         if (!reqid_ok(reqid)) {
             lua_pushliteral(L, "202 Accepted with an NVCF-REQID that is not a request id "
-                               "(characters outside [A-Za-z0-9._-])");
+                               "(characters outside [A-Za-z0-9_-])");
             settle_error(L, idx, uv, NIM_ERR_BAD_RESPONSE, 202, 0);
         } else if (left <= 0) {
             lua_pushfstring(L, "no result within %f s: NVIDIA's queue still holds request '%s'",

@@ -14,7 +14,9 @@
 --   !usage=N         usage.total_tokens = N          !echo-auth      400 echoing Authorization
 --   !202=N           NVCF: 202 with an NVCF-REQID; GET /v2/nvcf/pexec/status/{id} then
 --                    answers 202 N times before the result   !202-noid  202 without an id
---   !202-forever     every status poll answers 202
+--   !202-forever     every status poll answers 202    !202-reqid=X  202 with NVCF-REQID X
+--   !202-now         status polls answer 202 at once (no hold)
+-- GET /_fake/last-poll returns the last status poll seen (its headers).
 --   !reverse         rankings in reverse order      !ties           every logit equal
 --   !body=NAME       200 with one of the hostile or odd bodies in BODIES below
 -- A hostile upstream:
@@ -80,6 +82,7 @@ local BODIES = {
 local seen_counts = {}  -- query text -> requests seen (for !times)
 local nvcf_jobs, nvcf_next = {}, 0 -- request id -> { polls_left, body }
 local last_request = nil
+local last_poll = nil
 
 local function json(status, value, extra)
   return { status = status, body = cjson.encode(value),
@@ -195,6 +198,9 @@ local function injected(d, req)
     return text(400, "bad request from " .. (req.headers["authorization"] or "nobody"))
   end
   if d["202-noid"] then return { status = 202, body = "", headers = "" } end
+  if d["202-reqid"] then
+    return { status = 202, body = "", headers = "NVCF-REQID: " .. d["202-reqid"] .. "\n" }
+  end
   if not status then return nil end
   local extra = d["retry-after"] and ("Retry-After: " .. d["retry-after"] .. "\n") or ""
   if d.empty then return { status = status, body = "", headers = extra } end
@@ -293,7 +299,7 @@ local function rerank(req, family, model_info, body)
     nvcf_next = nvcf_next + 1
     local id = ("fake-req-%d"):format(nvcf_next)
     nvcf_jobs[id] = { polls_left = d["202-forever"] and math.huge or (tonumber(d["202"]) or 0),
-                      body = cjson.encode(out) }
+                      body = cjson.encode(out), hold = not d["202-now"] }
     return with_delay({ status = 202, body = "", headers = "NVCF-REQID: " .. id .. "\n" })
   end
   local r
@@ -321,16 +327,21 @@ local function route(req)
       return json(200, { object = "list", data = data })
     elseif path == "/_fake/last" then
       return json(200, last_request or {})
+    elseif path == "/_fake/last-poll" then
+      return json(200, last_poll or {})
     elseif path:match("^/v2/nvcf/pexec/status/") then
       local denied = check_auth(req)
       if denied then return denied end
       local id = path:match("^/v2/nvcf/pexec/status/(.+)$")
+      local n = (last_poll and last_poll.path == path) and last_poll.polls + 1 or 1
+      last_poll = { path = path, headers = req.headers, polls = n }
       local job = nvcf_jobs[id]
       if not job then return json(404, { error = "unknown request id" }) end
       if job.polls_left > 0 then
         job.polls_left = job.polls_left - 1
         -- a real status call holds up to NVCF-POLL-SECONDS; a short hold keeps tests fast
-        return { status = 202, body = "", headers = "NVCF-REQID: " .. id .. "\n", delay_ms = 20 }
+        return { status = 202, body = "", headers = "NVCF-REQID: " .. id .. "\n",
+                 delay_ms = job.hold and 20 or 0 }
       end
       nvcf_jobs[id] = nil
       return { status = 200, body = job.body, headers = "Content-Type: application/json\n" }

@@ -307,3 +307,65 @@ test("json_escaping_round_trips_every_byte_value", function()
   eq(body.query.text, query, "query")
   for i, d in ipairs(docs) do eq(body.passages[i].text, d, "passage " .. i) end
 end)
+
+-- Reliability and security of what is sent (the classes of the hostile audit).
+test("headers_that_frame_the_message_are_refused_naming_them", function()
+  for _, name in ipairs({ "Content-Length", "content-length", "Transfer-Encoding", "Host",
+    "Connection", "Expect", "Upgrade", "TE", "Trailer" }) do
+    raises(function() nim.rerank(h.args({ headers = { [name] = "0" } })) end,
+      "headers['" .. name .. "']", "frames the HTTP message")
+  end
+  -- the connection stays clean for the next call
+  local res = assert(nim.rerank(h.args()))
+  eq(res.results[1].index, 2, "the next call gets its own answer")
+  raises(function() nim.rerank(h.args({ headers = { ["X-Big"] = ("v"):rep(9000) } })) end,
+    "headers['X-Big']", "too large")
+  raises(function() nim.rerank(h.args({ headers = { ["X-Nul\0"] = "v" } })) end, "headers")
+  raises(function() nim.rerank(h.args({ headers = { ["X-A"] = "v\0w" } })) end, "headers['X-A']")
+end)
+
+test("nul_bytes_never_cut_a_field", function()
+  for _, field in ipairs({ "model", "api_base", "api_key", "truncate", "ca_bundle",
+    "nvcf_status_url" }) do
+    local v = ({ model = h.RETRIEVAL .. "\0x", api_base = h.url .. "\0/evil",
+      api_key = h.key .. "\0", truncate = "END\0", ca_bundle = "/etc/ssl\0x",
+      nvcf_status_url = "http://h/\0" })[field]
+    raises(function() nim.rerank(h.args({ [field] = v })) end, field, "NUL")
+  end
+end)
+
+test("model_strings_and_base_urls_that_would_move_the_request_are_refused", function()
+  for _, m in ipairs({ "nvidia_nim/nvidia/.", "nvidia_nim/./nvidia", "nvidia_nim/a/../b",
+    "nvidia_nim/ranking/.", "nvidia_nim/a?b", "nvidia_nim/a#b" }) do
+    raises(function() nim.rerank(h.args({ model = m })) end, "model")
+  end
+  for _, b in ipairs({ "http://", "http://h:99999", "http://h\r\nX: y", "http://h/a b",
+    "http://h:0", "ftp://h" }) do
+    raises(function() nim.rerank(h.args({ api_base = b })) end, "api_base")
+  end
+end)
+
+test("a_catalog_limit_that_is_not_an_integer_is_named_as_the_catalogs", function()
+  local entry = nim.catalog["nvidia/llama-nemotron-rerank-1b-v2"]
+  for _, v in ipairs({ 0 / 0, 1.5, -1, "x" }) do
+    entry.max_passages = v
+    local okc, err = pcall(nim.rerank, h.args())
+    entry.max_passages = 512
+    eq(okc, false, tostring(v))
+    spec.match(tostring(err), "nim%.catalog: nvidia/llama%-nemotron%-rerank%-1b%-v2: max_passages",
+      "names the catalog entry, not batch_size")
+  end
+end)
+
+test("a_fan_out_beyond_the_file_descriptor_limit_waits_for_connections", function()
+  local code = ([[
+    local spec = { model = %q, api_base = %q, concurrency = 300 }
+    for i = 1, 300 do spec[i] = { query = "!delay=50 gpu fd " .. i, documents = { "gpu" } } end
+    local results, errors = nim.rerank_many(spec)
+    local failed = 0
+    for i = 1, 300 do if errors[i] then failed = failed + 1 end end
+    io.write(failed, " ", nim.settings.max_connections)
+  ]]):format(h.RANKING, h.open_url)
+  local out = h.sh(("ulimit -n 256 && %s -e %s 2>&1"):format(h.nimrank, h.q(code)))
+  eq(out, "0 128", "300 requests under 256 descriptors: none failed, 128 connections at most")
+end)

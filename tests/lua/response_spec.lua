@@ -281,3 +281,38 @@ test("connections_are_reused_across_calls", function()
   local after = opened()
   eq(after - before, 1, "50 calls opened no connection of their own (1 is the stats request)")
 end)
+
+-- NVCF polling, hardened: ids that are not ids never reach a URL; polls are spaced; they carry
+-- the call's headers and CA store; their failures name the poll's URL.
+test("nvcf_request_ids_that_are_not_ids_are_refused", function()
+  for _, id in ipairs({ "../../secret?x#y", "a/b", "a%2Fb", "..", ".", "%00", ("x"):rep(200) }) do
+    local err = fails({ query = ("!202-reqid=%s gpu"):format(id), nvcf_status_url =
+      h.url .. "/v2/nvcf/pexec/status" }, "bad_response", 202)
+    match(err.message, "not a request id", id)
+  end
+end)
+
+test("nvcf_polls_are_spaced_and_carry_the_calls_headers", function()
+  local status_url = h.url .. "/v2/nvcf/pexec/status"
+  local t0 = nim.now()
+  local err = fails({ query = "!202-forever !202-now gpu spaced", timeout = 1.6,
+    nvcf_status_url = status_url, headers = { ["X-Trace"] = "t-42" } }, "timeout")
+  local took = nim.now() - t0
+  ok(took < 3, "ended at the deadline")
+  local last = h.decode(h.sh("curl -s " .. h.q(h.url .. "/_fake/last-poll")))
+  ok(last.polls <= 2, "a status server answering at once is polled once a second, not "
+    .. "in a tight loop: " .. last.polls .. " polls in " .. took .. " s")
+  spec.no_match(err.message, h.key, "no key")
+  eq(last.headers["x-trace"], "t-42", "the caller's header went with the poll")
+  eq(last.headers["authorization"], "Bearer " .. h.key, "and the key")
+  ok(last.headers["nvcf-poll-seconds"], "asking the server to hold")
+  local res = call({ query = "!202=3 !202-now gpu counted", nvcf_status_url = status_url,
+    nvcf_poll_interval = 0.2 })
+  eq(res.meta.nvcf_polls, 4, "three 202s then the answer")
+end)
+
+test("nvcf_poll_failures_name_the_poll_url", function()
+  local err = fails({ query = "!202=1 gpu deadpoll", nvcf_status_url = "http://127.0.0.1:1/status",
+    nvcf_poll_interval = 0.05 }, "connection")
+  match(err.message, "127.0.0.1:1/status/fake%-req%-", "the poll's URL, not the POST's")
+end)
