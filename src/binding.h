@@ -1,5 +1,5 @@
 /* binding.h: what the files of the `nim` Lua binding share. Only these files (and server
- * code) touch the Lua API; below them resolve.c, wire.c, engine.c, bm25.c and ranking.c are
+ * code) touch the Lua API; below them resolve.c, answer.c, engine.c, bm25.c and ranking.c are
  * plain C. One file per kind of thing:
  *   module.c          luaopen_nim: registration, metatables, the per-state context
  *   args.c            argument checking; misuse errors at the caller's line
@@ -7,6 +7,9 @@
  *   call.c            nim.native.rerank/start/validate/resolve: dispatch to a provider
  *   transfer.c        the nim.Transfer userdata; blocking, yielding and awaiting
  *   provider_nim.c    NVIDIA NIM: start, NVCF polling, finish
+ *   wire.c            the NIM wire format: request body, documents' texts, reading answers
+ *   headers.c         a call's HTTP headers: the caller's checked, ours added
+ *   secrets.c         a call's credentials, redacted from every message
  *   provider_local.c  local/bm25
  *   result.c          the result envelope, for every provider and for batching
  *   catalog.c         the model catalog bridge (keys, limits, entries)
@@ -115,6 +118,20 @@ void nim_nvidia_validate(lua_State *L, const nim_args *a);
 void nim_local_rerank(lua_State *L, const nim_args *a);
 /* Checks a local model's own options (bm25 = {...}) and its documents, without ranking. */
 void nim_local_validate(lua_State *L, const nim_args *a);
+
+/* ---- a call's headers and secrets (headers.c, secrets.c) -----------------------------------
+ * Both work on the call's user value (uv): uv.secrets (a sequence of strings), uv.hlines and
+ * uv.hnames (the caller's header lines and lower-case names), uv.key. */
+void nim_secret_add(lua_State *L, int secrets, const char *s, size_t n); /* n < 4: ignored */
+void nim_secrets_add_url(lua_State *L, int secrets, const char *url);    /* its userinfo, if any */
+void nim_push_display_url(lua_State *L, const char *url); /* userinfo shown as "***" */
+void nim_redact(lua_State *L, int idx, int uv); /* replaces uv's secrets in the string at idx */
+int nim_url_is_loopback(const char *url);       /* a key sent there in clear text stays here */
+/* Checks the caller's headers table (stack slot, or 0 for none); raises naming the header. */
+void nim_keep_caller_headers(lua_State *L, int headers, int uv);
+/* Points r->headers at the lines to send (a poll is a GET with NVCF-POLL-SECONDS: poll_s);
+ * pushes what holds them: keep it until the engine has copied them. */
+void nim_set_headers(lua_State *L, int uv, int poll, int poll_s, nim_request *r);
 
 /* ---- the nim.Transfer userdata (transfer.c) ------------------------------------------------ */
 enum { NIM_CALL_PENDING, NIM_CALL_FINISHED, NIM_CALL_CANCELLED };

@@ -7,7 +7,6 @@
  * dropped, replacement, texts, hlines/hnames (the caller's headers). */
 #include <ctype.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +19,6 @@
 
 #define PROVIDER nim_provider_name(NIM_PROVIDER_NVIDIA)
 #define NVCF_REQID "NVCF-REQID"
-/* What a server is asked to accept (libcurl sends larger, servers answer 431 or cut). */
-#define HEADER_VALUE_MAX 8192
-#define HEADERS_TOTAL_MAX 65536
 
 static void set_string(lua_State *L, int t, const char *k, const char *v) {
     if (!v) return;
@@ -30,212 +26,12 @@ static void set_string(lua_State *L, int t, const char *k, const char *v) {
     lua_setfield(L, t, k);
 }
 
-/* ---- secrets ------------------------------------------------------------------------------------
- * uv.secrets holds every credential of the call: the key, the caller's header values, the
- * userinfo of a URL. Every message built from what a server said or from a URL passes through
- * redact() before anyone sees it, and a URL is shown without its userinfo. */
-
-static void add_secret(lua_State *L, int secrets, const char *s, size_t n) {
-    if (!s || n < 4) return; /* shorter would redact ordinary words */
-    lua_pushlstring(L, s, n);
-    lua_rawseti(L, secrets, (lua_Integer)lua_rawlen(L, secrets) + 1);
-}
-
-/* The userinfo of an http(s) URL ("user:password" before '@'): start and length, or 0. */
-static size_t userinfo(const char *url, const char **start) {
-    const char *h = strstr(url, "://");
-    if (!h) return 0;
-    h += 3;
-    size_t n = strcspn(h, "/?#");
-    const char *at = NULL;
-    for (const char *p = h; p < h + n; p++)
-        if (*p == '@') at = p;
-    if (!at) return 0;
-    *start = h;
-    return (size_t)(at - h);
-}
-
-static void add_url_secrets(lua_State *L, int secrets, const char *url) {
-    const char *ui;
-    size_t n = userinfo(url, &ui);
-    if (!n) return;
-    add_secret(L, secrets, ui, n);
-    const char *colon = memchr(ui, ':', n);
-    if (colon) add_secret(L, secrets, colon + 1, n - (size_t)(colon + 1 - ui));
-}
-
-/* Pushes url with its userinfo shown as "***". */
-static void push_display_url(lua_State *L, const char *url) {
-    const char *ui;
-    size_t n = userinfo(url, &ui);
-    if (!n) {
-        lua_pushstring(L, url);
-        return;
-    }
-    lua_pushfstring(L, "%s***%s", lua_pushlstring(L, url, (size_t)(ui - url)), ui + n);
-    lua_remove(L, -2);
-}
-
-/* Replaces every secret of the call in the string at idx, longest first. */
-static void redact(lua_State *L, int idx, int uv) {
-    idx = lua_absindex(L, idx);
-    lua_getfield(L, uv, "secrets");
-    int secrets = lua_gettop(L);
-    lua_Integer n = (lua_Integer)lua_rawlen(L, secrets);
-    for (int pass = 0; pass < 2; pass++) { /* whole userinfo and keys, then their parts */
-        for (lua_Integer i = 1; i <= n; i++) {
-            lua_rawgeti(L, secrets, i);
-            const char *secret = lua_tostring(L, -1);
-            int longest = 1;
-            for (lua_Integer j = 1; j <= n && longest; j++) {
-                lua_rawgeti(L, secrets, j);
-                if (j != i && strstr(lua_tostring(L, -1), secret)) longest = 0;
-                lua_pop(L, 1);
-            }
-            if (longest == (pass == 0) && strstr(lua_tostring(L, idx), secret)) {
-                luaL_gsub(L, lua_tostring(L, idx), secret, "[redacted]");
-                lua_replace(L, idx);
-            }
-            lua_pop(L, 1);
-        }
-    }
-    lua_pop(L, 1);
-}
-
-/* ---- headers -------------------------------------------------------------------------------- */
-
-static int header_name_ok(const char *s) {
-    if (!*s) return 0;
-    for (; *s; s++)
-        if (!(isalnum((unsigned char)*s) || strchr("!#$%&'*+-.^_`|~", *s))) return 0;
-    return 1;
-}
-
-/* Headers that frame the HTTP message: set by a caller they would corrupt the shared
- * keep-alive connection for the next, unrelated request. */
-static int framing_header(const char *name) {
-    static const char *const names[] = {"Content-Length",
-                                        "Transfer-Encoding",
-                                        "Host",
-                                        "Connection",
-                                        "Expect",
-                                        "Upgrade",
-                                        "TE",
-                                        "Trailer",
-                                        NULL};
-    for (const char *const *n = names; *n; n++)
-        if (strcasecmp(*n, name) == 0) return 1;
-    return 0;
-}
-
-static void push_lower(lua_State *L, const char *s) {
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    for (; *s; s++)
-        luaL_addchar(&b, (char)tolower((unsigned char)*s));
-    luaL_pushresult(&b);
-}
-
-/* Checks the caller's headers; keeps their lines in uv.hlines and their lower-case names in
- * uv.hnames (so ours never duplicate theirs). Raises naming the header. */
-static void keep_caller_headers(lua_State *L, int headers, int uv) {
-    if (!headers) return; /* the usual call: no tables made (set_headers reads nil as none) */
-    lua_newtable(L);
-    int lines = lua_gettop(L);
-    lua_newtable(L);
-    int names = lua_gettop(L);
-    lua_Integer n = 0;
-    size_t total = 0;
-    if (headers) lua_pushnil(L);
-    while (headers && lua_next(L, headers)) {
-        if (lua_type(L, -2) != LUA_TSTRING || !header_name_ok(lua_tostring(L, -2)) ||
-            strlen(lua_tostring(L, -2)) != lua_rawlen(L, -2) || lua_rawlen(L, -2) > 256)
-            nim_misuse(L, "nim.rerank", "headers", "invalid header name");
-        const char *name = lua_tostring(L, -2);
-        if (framing_header(name))
-            nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
-                       "frames the HTTP message (the connection is shared): not settable");
-        if (lua_type(L, -1) != LUA_TSTRING)
-            nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
-                       "expected string, got %s", luaL_typename(L, -2));
-        size_t vlen;
-        const char *v = lua_tolstring(L, -1, &vlen);
-        if (!nim_header_value_ok(v, vlen) || strlen(v) != vlen)
-            nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
-                       "value has control characters");
-        total += vlen + lua_rawlen(L, -2);
-        if (vlen > HEADER_VALUE_MAX || total > HEADERS_TOTAL_MAX)
-            nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
-                       "too large (at most %d bytes a value, %d in all)", HEADER_VALUE_MAX,
-                       HEADERS_TOTAL_MAX);
-        lua_pushfstring(L, "%s: %s", name, v);
-        lua_rawseti(L, lines, ++n);
-        lua_getfield(L, uv, "secrets"); /* a caller's header may carry a credential */
-        add_secret(L, lua_gettop(L), v, vlen);
-        const char *sp = strchr(v, ' '); /* "Bearer <token>": the token alone too */
-        if (sp) add_secret(L, lua_gettop(L), sp + 1, vlen - (size_t)(sp + 1 - v));
-        lua_pop(L, 1);
-        push_lower(L, name);
-        lua_pushboolean(L, 1);
-        lua_rawset(L, names);
-        lua_pop(L, 1);
-    }
-    lua_setfield(L, uv, "hnames");
-    lua_setfield(L, uv, "hlines");
-}
-
-static int caller_set(lua_State *L, int names, const char *lower) {
-    int set = lua_getfield(L, names, lower) != LUA_TNIL;
-    lua_pop(L, 1);
-    return set;
-}
-
-/* "User-Agent: nimrank/0.1.0 (libcurl/7.88.1)", made once per process. */
-static char user_agent[160];
-static pthread_once_t user_agent_once = PTHREAD_ONCE_INIT;
-static void make_user_agent(void) {
-    snprintf(user_agent, sizeof user_agent, "User-Agent: nimrank/%s (%s)", NIMRANK_VERSION,
-             nim_engine_backend());
-}
-
-/* Points r->headers at the lines to send: ours, unless the caller set the same header (a
- * caller's Authorization replaces ours), then the caller's. A poll is a GET: no Content-Type.
- * Pushes what holds them (the pointer array, the per-call lines): they live until the engine
- * has copied them. */
-static void set_headers(lua_State *L, int uv, int poll, int poll_s, nim_request *r) {
-    pthread_once(&user_agent_once, make_user_agent);
-    lua_getfield(L, uv, "hnames");
-    int names = lua_gettop(L);
-    lua_getfield(L, uv, "hlines");
-    int hlines = lua_gettop(L);
-    size_t nc = lua_rawlen(L, hlines);
-    const char **p = lua_newuserdatauv(L, (nc + 6) * sizeof *p, 0);
-    size_t n = 0;
-    int any = nc > 0; /* no caller headers, the usual case: no lookups */
-    if (!any || !caller_set(L, names, "accept")) p[n++] = "Accept: application/json";
-    if (!poll && (!any || !caller_set(L, names, "content-type")))
-        p[n++] = "Content-Type: application/json";
-    if (!any || !caller_set(L, names, "user-agent")) p[n++] = user_agent;
-    if ((!any || !caller_set(L, names, "authorization")) &&
-        lua_getfield(L, uv, "key") == LUA_TSTRING) {
-        p[n++] = lua_pushfstring(L, "Authorization: Bearer %s", lua_tostring(L, -1));
-    }
-    if (poll) p[n++] = lua_pushfstring(L, "NVCF-POLL-SECONDS: %d", poll_s);
-    for (size_t i = 1; i <= nc; i++) { /* anchored by hlines, which stays pushed */
-        lua_rawgeti(L, hlines, (lua_Integer)i);
-        p[n++] = lua_tostring(L, -1);
-        lua_pop(L, 1);
-    }
-    r->headers = p;
-    r->nheaders = n;
-}
-
 /* ---- errors --------------------------------------------------------------------------------- */
 
 /* Settles the call at idx with the message on top as an error of this provider. */
 static void settle_error(lua_State *L, int idx, int uv, nim_err_type type, long status,
                          int retryable) {
-    redact(L, -1, uv);
+    nim_redact(L, -1, uv);
     lua_getfield(L, uv, "model");
     nim_error e = {type, status, retryable, PROVIDER, lua_tostring(L, -1), NULL};
     lua_insert(L, -2); /* message back on top */
@@ -289,29 +85,20 @@ static int send(nim_engine *engine, nim_call *c, nim_request *r, char *err, size
 }
 
 /* Fills the user value from the checked arguments and the route. */
-/* Is the URL's host this machine (so a key in clear text never leaves it)? */
-static int loopback(const char *url) {
-    const char *h = strstr(url, "://"), *ui;
-    h = h ? h + 3 : url;
-    size_t n = userinfo(url, &ui);
-    if (n) h = ui + n + 1;
-    return strncmp(h, "127.", 4) == 0 || strncmp(h, "localhost", 9) == 0 ||
-           strncmp(h, "[::1]", 5) == 0;
-}
-
 static void describe(lua_State *L, int uv, const nim_args *a, const nim_route *route,
                      int entry_idx) {
     lua_newtable(L);
     int secrets = lua_gettop(L);
-    if (a->api_key) add_secret(L, secrets, a->api_key, strlen(a->api_key));
-    add_url_secrets(L, secrets, route->url);
-    add_url_secrets(L, secrets, a->nvcf_status_url);
+    if (a->api_key) nim_secret_add(L, secrets, a->api_key, strlen(a->api_key));
+    nim_secrets_add_url(L, secrets, route->url);
+    nim_secrets_add_url(L, secrets, a->nvcf_status_url);
     lua_setfield(L, uv, "secrets");
     set_string(L, uv, "provider", PROVIDER);
     set_string(L, uv, "model", a->model);
-    push_display_url(L, route->url);
+    nim_push_display_url(L, route->url);
     lua_setfield(L, uv, "url");
-    if (a->key_from_env && strncmp(route->url, "http://", 7) == 0 && !loopback(route->url)) {
+    if (a->key_from_env && strncmp(route->url, "http://", 7) == 0 &&
+        !nim_url_is_loopback(route->url)) {
         lua_pushliteral(L, "NVIDIA_NIM_API_KEY from the environment was sent over plain http:// "
                            "to a host that is not this machine; use https://, or pass api_key");
         lua_setfield(L, uv, "warning");
@@ -396,7 +183,7 @@ void nim_nvidia_start(lua_State *L, const nim_args *a) {
     lua_getiuservalue(L, call, 1);
     int uv = lua_gettop(L);
     describe(L, uv, a, &route, entry_idx);
-    keep_caller_headers(L, a->headers, uv);
+    nim_keep_caller_headers(L, a->headers, uv);
 
     /* Texts and body; every document is checked before anything is sent. */
     nim_push_reg(L, nim_key_encode);
@@ -409,7 +196,7 @@ void nim_nvidia_start(lua_State *L, const nim_args *a) {
         if (route.family == NIM_FAMILY_RETRIEVAL && a->top_n > 0)
             top_k = a->top_n < a->ndocs ? a->top_n : a->ndocs;
         nim_request r = {0};
-        set_headers(L, uv, 0, 0, &r); /* every Lua allocation before the body's malloc */
+        nim_set_headers(L, uv, 0, 0, &r); /* every Lua allocation before the body's malloc */
         r.url = route.url;
         r.timeout_ms = (long)ceil(a->timeout * 1000.0);
         r.connect_timeout_ms = (long)ceil(a->connect_timeout * 1000.0);
@@ -464,11 +251,11 @@ static int start_poll(lua_State *L, int idx, int uv, const char *reqid, double l
         blen--;
     lua_pushlstring(L, base, blen);
     const char *url = lua_pushfstring(L, "%s/%s", lua_tostring(L, -1), reqid); /* stays pushed */
-    push_display_url(L, url);
+    nim_push_display_url(L, url);
     lua_setfield(L, uv, "url"); /* what messages show from now on */
     int poll_s = left > 300 ? 300 : (left < 1 ? 1 : (int)left);
     nim_request r = {0};
-    set_headers(L, uv, 1, poll_s, &r);
+    nim_set_headers(L, uv, 1, poll_s, &r);
     r.url = url;
     r.get = 1;
     r.timeout_ms = (long)ceil(left * 1000.0);
@@ -545,7 +332,7 @@ static void success(lua_State *L, int idx, int uv, int body, long status, double
     nim_push_reg(L, nim_key_decode);
     nim_parsed p;
     if (!nim_wire_parse(L, body, lua_gettop(L), c->ndocs, &p)) {
-        redact(L, body, uv); /* before the message takes its first part */
+        nim_redact(L, body, uv); /* before the message takes its first part */
         lua_getfield(L, uv, "url");
         lua_pushfstring(L, "malformed response from %s: %s; body: ", lua_tostring(L, -1),
                         lua_tostring(L, -2));
@@ -593,7 +380,7 @@ static void failure(lua_State *L, int idx, int uv, int body, long status, const 
                     double retry_after) {
     int retryable;
     nim_err_type type = nim_err_from_status(status, &retryable);
-    redact(L, body, uv); /* before the message is cut to its first part */
+    nim_redact(L, body, uv); /* before the message is cut to its first part */
     nim_push_reg(L, nim_key_decode);
     nim_wire_error_message(L, body, lua_gettop(L));
     lua_remove(L, -2);
@@ -681,7 +468,7 @@ void nim_nvidia_validate(lua_State *L, const nim_args *a) {
     nim_route route;
     route_of(L, a, &route);
     lua_newtable(L);
-    keep_caller_headers(L, a->headers, lua_gettop(L));
+    nim_keep_caller_headers(L, a->headers, lua_gettop(L));
     nim_push_reg(L, nim_key_encode);
     nim_wire_texts(L, a->documents, a->first, a->ndocs, lua_gettop(L), route.family);
     lua_settop(L, top);

@@ -1,4 +1,5 @@
-/* wire.c: request bodies and response parsing for NVIDIA NIM reranking. */
+/* wire.c: the NIM wire format: request bodies, the documents' texts, reading an answer (the
+ * strict reader is answer.c) and the message of a failed one. */
 #include "wire.h"
 
 #ifdef __SSE2__
