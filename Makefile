@@ -160,7 +160,7 @@ fuzz: fuzz-build
 	@sh tests/fuzz/run.sh build-fuzz 300
 
 # The raw-libcurl baselines of bench/overhead.sh and fanout.sh: linked with libcurl itself.
-$(BUILD)/curl_%: bench/curl_%.c | $(BUILD)/obj
+$(BUILD)/curl_%: bench/curl_%.c bench/bench_util.h | $(BUILD)/obj
 	$(CC) $(CFLAGS) -o $@ $< $(shell pkg-config --libs libcurl) $(LDFLAGS)
 
 bench: all
@@ -201,7 +201,7 @@ rock-install:
 
 # ---- style ---------------------------------------------------------------------------------
 # One style (STYLE.md): clang-format for C; no tabs and at most 100 columns for Lua and shell.
-FMT_C   := $(wildcard src/*.c src/*.h tests/c/*.c tests/c/*.h tests/fake/*.c examples/*.c bench/*.c \
+FMT_C   := $(wildcard src/*.c src/*.h tests/c/*.c tests/c/*.h tests/fake/*.c examples/*.c bench/*.c bench/*.h \
            tests/fuzz/*.c tests/fuzz/*.h)
 FMT_TXT := $(wildcard lua/nim/*.lua tests/lua/*.lua tests/lua/module/*.lua tests/fake/*.lua \
            bench/*.lua examples/*.lua tests/*.sh tests/fuzz/*.sh bench/*.sh .ci/run .ci/deps.sh \

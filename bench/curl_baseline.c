@@ -9,6 +9,8 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bench_util.h"
+
 typedef struct {
     char *p;
     size_t n, cap;
@@ -38,25 +40,14 @@ static double cpu_now(void) {
            (double)(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
 }
 
-static double wall_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: curl_baseline URL BODYFILE N\n");
         return 2;
     }
-    FILE *f = fopen(argv[2], "rb");
-    if (!f) return 1;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *body = malloc((size_t)len);
-    if (!body || fread(body, 1, (size_t)len, f) != (size_t)len) return 1;
-    fclose(f);
+    long len;
+    char *body = bench_read_file(argv[2], &len);
+    if (!body) return 1;
     int n = atoi(argv[3]);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     CURL *easy = curl_easy_init();
@@ -73,12 +64,12 @@ int main(int argc, char **argv) {
     curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
     b.n = 0;
     if (curl_easy_perform(easy) != CURLE_OK) return 1; /* warm: the connection is open */
-    double c0 = cpu_now(), w0 = wall_now();
+    double c0 = cpu_now(), w0 = bench_wall_now();
     for (int i = 0; i < n; i++) {
         b.n = 0;
         if (curl_easy_perform(easy) != CURLE_OK) return 1;
     }
-    double cpu = cpu_now() - c0, wall = wall_now() - w0;
+    double cpu = cpu_now() - c0, wall = bench_wall_now() - w0;
     printf("%.1f %.1f\n", cpu * 1e6 / n, wall * 1e6 / n);
     curl_slist_free_all(h);
     curl_easy_cleanup(easy);

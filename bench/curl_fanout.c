@@ -9,6 +9,8 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bench_util.h"
+
 static size_t sink(char *ptr, size_t size, size_t nmemb, void *ud) {
     (void)ptr;
     (void)ud;
@@ -26,25 +28,14 @@ static long rss_kb(const char *field) {
     return kb;
 }
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 int main(int argc, char **argv) {
     if (argc != 5) {
         fprintf(stderr, "usage: curl_fanout URL BODYFILE N C\n");
         return 2;
     }
-    FILE *f = fopen(argv[2], "rb");
-    if (!f) return 1;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *body = malloc((size_t)len);
-    if (!body || fread(body, 1, (size_t)len, f) != (size_t)len) return 1;
-    fclose(f);
+    long len;
+    char *body = bench_read_file(argv[2], &len);
+    if (!body) return 1;
     int n = atoi(argv[3]), c = atoi(argv[4]);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     long base = rss_kb("VmRSS:");
@@ -54,7 +45,7 @@ int main(int argc, char **argv) {
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
     h = curl_slist_append(h, "Expect:");
     int started = 0, done = 0;
-    double t0 = now();
+    double t0 = bench_wall_now();
     for (int i = 0; i < c && started < n; i++, started++) {
         CURL *e = curl_easy_init();
         curl_easy_setopt(e, CURLOPT_URL, argv[1]);
@@ -83,7 +74,7 @@ int main(int argc, char **argv) {
         }
         if (done < n) curl_multi_poll(m, NULL, 0, 1000, NULL);
     }
-    double took = now() - t0;
+    double took = bench_wall_now() - t0;
     printf("%.3f %ld %ld\n", took, rss_kb("VmHWM:"), base);
     curl_multi_cleanup(m);
     curl_slist_free_all(h);

@@ -28,6 +28,20 @@ static void set_string(lua_State *L, int t, const char *k, const char *v) {
 
 /* ---- errors --------------------------------------------------------------------------------- */
 
+/* The call's warning (uv.warning: an API key sent in clear text), if any, as warnings = {w}
+ * in the table on top: on its result's meta and on its error alike. */
+static void add_warning(lua_State *L, int uv) {
+    if (lua_getfield(L, uv, "warning") != LUA_TSTRING) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_createtable(L, 1, 0);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, 1);
+    nim_mark_array(L, -1);
+    lua_setfield(L, -2, "warnings");
+}
+
 /* Settles the call at idx with the message on top as an error of this provider. */
 static void settle_error(lua_State *L, int idx, int uv, nim_err_type type, long status,
                          int retryable) {
@@ -36,15 +50,7 @@ static void settle_error(lua_State *L, int idx, int uv, nim_err_type type, long 
     nim_error e = {type, status, retryable, PROVIDER, lua_tostring(L, -1), NULL};
     lua_insert(L, -2); /* message back on top */
     nim_push_error(L, &e);
-    if (lua_getfield(L, uv, "warning") == LUA_TSTRING) {
-        lua_createtable(L, 1, 0);
-        lua_insert(L, -2);
-        lua_rawseti(L, -2, 1);
-        nim_mark_array(L, -1);
-        lua_setfield(L, -2, "warnings");
-    } else {
-        lua_pop(L, 1);
-    }
+    add_warning(L, uv);
     lua_remove(L, -2);
     nim_call_settle(L, idx, "err");
 }
@@ -362,15 +368,7 @@ static void success(lua_State *L, int idx, int uv, int body, long status, double
         lua_pushinteger(L, c->polls);
         lua_setfield(L, -2, "nvcf_polls");
     }
-    if (lua_getfield(L, uv, "warning") == LUA_TSTRING) {
-        lua_createtable(L, 1, 0);
-        lua_insert(L, -2);
-        lua_rawseti(L, -2, 1);
-        nim_mark_array(L, -1);
-        lua_setfield(L, -2, "warnings");
-    } else {
-        lua_pop(L, 1);
-    }
+    add_warning(L, uv);
     lua_pop(L, 1);
     nim_call_settle(L, idx, "res");
 }

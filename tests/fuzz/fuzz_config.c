@@ -11,13 +11,5 @@ static const char *code = "local config = require 'nim.config'\n"
                           "end\n";
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    int fn;
-    lua_State *L = fuzz_state(code, &fn);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
-    lua_pushlstring(L, (const char *)data, size);
-    FUZZ_ASSERT(lua_pcall(L, 1, 1, 0) == LUA_OK);
-    FUZZ_ASSERT(lua_toboolean(L, -1)); /* an error is a message, never a stray object */
-    lua_pop(L, 1);
-    lua_gc(L, LUA_GCCOLLECT);
-    return 0;
+    return fuzz_lua_run(code, data, size);
 }
