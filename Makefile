@@ -160,7 +160,7 @@ fuzz: fuzz-build
 	@sh tests/fuzz/run.sh build-fuzz 300
 
 # The raw-libcurl baselines of bench/overhead.sh and fanout.sh: linked with libcurl itself.
-$(BUILD)/curl_%: bench/curl_%.c bench/bench_util.h | $(BUILD)/obj
+$(BUILD)/curl_%: bench/curl_%.c bench/bench_util.h src/clock.h | $(BUILD)/obj
 	$(CC) $(CFLAGS) -o $@ $< $(shell pkg-config --libs libcurl) $(LDFLAGS)
 
 bench: all

@@ -1,17 +1,12 @@
-/* bench_util.h: what the libcurl baselines of bench/ share: the clock and reading the body
- * file. Header-only: each baseline stays one self-contained program. */
+/* bench_util.h: what the libcurl baselines of bench/ share: reading the body file, and
+ * nimrank's own clock. Header-only: each baseline stays one self-contained program. */
 #ifndef BENCH_UTIL_H
 #define BENCH_UTIL_H
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
-static inline double bench_wall_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+#include "../src/clock.h" /* the wall clock: nim_now(), the one nimrank measures with */
 
 /* The whole file at path (malloc'ed, *len set), or NULL with a message on stderr. */
 static inline char *bench_read_file(const char *path, long *len) {

@@ -64,12 +64,12 @@ int main(int argc, char **argv) {
     curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
     b.n = 0;
     if (curl_easy_perform(easy) != CURLE_OK) return 1; /* warm: the connection is open */
-    double c0 = cpu_now(), w0 = bench_wall_now();
+    double c0 = cpu_now(), w0 = nim_now();
     for (int i = 0; i < n; i++) {
         b.n = 0;
         if (curl_easy_perform(easy) != CURLE_OK) return 1;
     }
-    double cpu = cpu_now() - c0, wall = bench_wall_now() - w0;
+    double cpu = cpu_now() - c0, wall = nim_now() - w0;
     printf("%.1f %.1f\n", cpu * 1e6 / n, wall * 1e6 / n);
     curl_slist_free_all(h);
     curl_easy_cleanup(easy);

@@ -45,7 +45,7 @@ int main(int argc, char **argv) {
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
     h = curl_slist_append(h, "Expect:");
     int started = 0, done = 0;
-    double t0 = bench_wall_now();
+    double t0 = nim_now();
     for (int i = 0; i < c && started < n; i++, started++) {
         CURL *e = curl_easy_init();
         curl_easy_setopt(e, CURLOPT_URL, argv[1]);
@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
         }
         if (done < n) curl_multi_poll(m, NULL, 0, 1000, NULL);
     }
-    double took = bench_wall_now() - t0;
+    double took = nim_now() - t0;
     printf("%.3f %ld %ld\n", took, rss_kb("VmHWM:"), base);
     curl_multi_cleanup(m);
     curl_slist_free_all(h);

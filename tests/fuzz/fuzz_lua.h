@@ -11,19 +11,6 @@
 
 #ifndef FUZZ_LUA_DIR
 #define FUZZ_LUA_DIR "lua"
-/* Calls code's function with the input's bytes: it must return true (an error is a finding). */
-static int fuzz_lua_run(const char *code, const uint8_t *data, size_t size) {
-    int fn;
-    lua_State *L = fuzz_state(code, &fn);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
-    lua_pushlstring(L, (const char *)data, size);
-    FUZZ_ASSERT(lua_pcall(L, 1, 1, 0) == LUA_OK);
-    FUZZ_ASSERT(lua_toboolean(L, -1));
-    lua_pop(L, 1);
-    lua_gc(L, LUA_GCCOLLECT);
-    return 0;
-}
-
 #endif
 
 /* Pushes nothing; returns the state (created on the first call) with fn = code loaded once. */
