@@ -32,7 +32,7 @@
 /* Registry keys: the addresses of these, so no other library's key can collide. */
 extern const char nim_key_ctx, nim_key_module, nim_key_managed, nim_key_transfer_mt,
     nim_key_error_mt, nim_key_misuse_mt, nim_key_request_mt, nim_key_await_mt, nim_key_array_mt,
-    nim_key_encode, nim_key_decode, nim_key_catalog, nim_key_settings;
+    nim_key_encode, nim_key_decode, nim_key_catalog, nim_key_settings, nim_key_rankings_mt;
 
 /* Pushes the registry value stored under key. */
 #define nim_push_reg(L, key) lua_rawgetp((L), LUA_REGISTRYINDEX, &(key))

@@ -80,7 +80,12 @@ void nim_keep_caller_headers(lua_State *L, int headers, int uv) {
                        HEADERS_TOTAL_MAX);
         lua_pushfstring(L, "%s: %s", name, v);
         lua_rawseti(L, lines, ++n);
-        lua_getfield(L, uv, "secrets"); /* a caller's header may carry a credential */
+        if (lua_getfield(L, uv, "secrets") != LUA_TTABLE) { /* a header may carry a credential */
+            lua_pop(L, 1);
+            lua_newtable(L);
+            lua_pushvalue(L, -1);
+            lua_setfield(L, uv, "secrets");
+        }
         nim_secret_add(L, lua_gettop(L), v, vlen);
         const char *sp = strchr(v, ' '); /* "Bearer <token>": the token alone too */
         if (sp) nim_secret_add(L, lua_gettop(L), sp + 1, vlen - (size_t)(sp + 1 - v));

@@ -15,7 +15,7 @@
 
 const char nim_key_ctx, nim_key_module, nim_key_managed, nim_key_transfer_mt, nim_key_error_mt,
     nim_key_misuse_mt, nim_key_request_mt, nim_key_await_mt, nim_key_array_mt, nim_key_encode,
-    nim_key_decode, nim_key_catalog, nim_key_settings;
+    nim_key_decode, nim_key_catalog, nim_key_settings, nim_key_rankings_mt;
 
 int nimrank_global_init(void) { return nim_curl_load(NULL, 0); }
 
@@ -111,7 +111,10 @@ static void create_metatables(lua_State *L) {
     new_meta(L, &nim_key_request_mt, "nim.Request"); /* filled by lua/nim/async.lua */
     new_meta(L, &nim_key_await_mt, "nim.Await");
     new_meta(L, &nim_key_array_mt, "nim.array");
-    lua_pop(L, 6);
+    new_meta(L, &nim_key_rankings_mt, "nim.Rankings"); /* a batch's rankings (result.c) */
+    lua_pushliteral(L, "nim.Rankings");
+    lua_setfield(L, -2, "__metatable"); /* no script can take or change it */
+    lua_pop(L, 7);
     lua_newtable(L); /* managed coroutines; weak keys: a finished one is not kept alive */
     lua_createtable(L, 0, 1);
     lua_pushliteral(L, "k");

@@ -45,12 +45,24 @@ static void add_warning(lua_State *L, int uv) {
 /* Settles the call at idx with the message on top as an error of this provider. */
 static void settle_error(lua_State *L, int idx, int uv, nim_err_type type, long status,
                          int retryable) {
+    /* Once NVCF has queued the request, a retry would POST it again and queue a second job:
+     * the error says which request it was and is not retryable. */
+    if (lua_getfield(L, uv, "nvcf_reqid") == LUA_TSTRING) {
+        retryable = 0;
+        lua_pushfstring(L, "NVCF request '%s': %s", lua_tostring(L, -1), lua_tostring(L, -2));
+        lua_replace(L, -3);
+    }
+    lua_pop(L, 1);
     nim_redact(L, -1, uv);
     lua_getfield(L, uv, "model");
     nim_error e = {type, status, retryable, PROVIDER, lua_tostring(L, -1), NULL};
     lua_insert(L, -2); /* message back on top */
     nim_push_error(L, &e);
     add_warning(L, uv);
+    if (lua_getfield(L, uv, "nvcf_reqid") == LUA_TSTRING)
+        lua_setfield(L, -2, "nvcf_reqid");
+    else
+        lua_pop(L, 1);
     lua_remove(L, -2);
     nim_call_settle(L, idx, "err");
 }
@@ -247,8 +259,9 @@ static int reqid_ok(const char *s) {
 
 /* NVCF answered 202 (still running): GET {status_url}/{reqid} with the same key, headers and
  * CA store, asking the server to hold the poll until the result is ready
- * (NVCF-POLL-SECONDS), within the call's own deadline. 0 when the poll is under way. */
-static int start_poll(lua_State *L, int idx, int uv, const char *reqid, double left) {
+ * (NVCF-POLL-SECONDS), within the call's own deadline. The poll starts at `start` (not before
+ * then) and may take `left` seconds, both decided by poll_window. 0 when under way. */
+static int start_poll(lua_State *L, int idx, int uv, const char *reqid, double start, double left) {
     nim_call *c = lua_touserdata(L, idx);
     lua_getfield(L, uv, "status_url");
     size_t blen;
@@ -266,9 +279,7 @@ static int start_poll(lua_State *L, int idx, int uv, const char *reqid, double l
     r.get = 1;
     r.timeout_ms = (long)ceil(left * 1000.0);
     r.connect_timeout_ms = (long)ceil(c->connect_timeout * 1000.0);
-    /* A status server that answers 202 at once (ignoring NVCF-POLL-SECONDS) is not polled in
-     * a tight loop: consecutive requests start at least poll_interval apart. */
-    if (nim_now() - c->sent_at < c->poll_interval) r.not_before = c->sent_at + c->poll_interval;
+    if (start > nim_now()) r.not_before = start;
     nim_engine *engine = prepare(L, idx, uv, &r);
     if (!engine) return -1;
     char err[512];
@@ -342,7 +353,8 @@ static void success(lua_State *L, int idx, int uv, int body, long status, double
         lua_getfield(L, uv, "url");
         lua_pushfstring(L, "malformed response from %s: %s; body: ", lua_tostring(L, -1),
                         lua_tostring(L, -2));
-        nim_wire_error_message(L, body, 0); /* raw text: the first part of the body */
+        lua_pushvalue(L, body); /* raw text: the first part of the body */
+        nim_wire_one_line(L, -1);
         lua_concat(L, 2);
         settle_error(L, idx, uv, NIM_ERR_BAD_RESPONSE, status, 0);
         return;
@@ -378,10 +390,11 @@ static void failure(lua_State *L, int idx, int uv, int body, long status, const 
                     double retry_after) {
     int retryable;
     nim_err_type type = nim_err_from_status(status, &retryable);
-    nim_redact(L, body, uv); /* before the message is cut to its first part */
     nim_push_reg(L, nim_key_decode);
     nim_wire_error_message(L, body, lua_gettop(L));
     lua_remove(L, -2);
+    nim_redact(L, -1, uv); /* decoded, before the cut: no escaped or cut-off key survives */
+    nim_wire_one_line(L, -1);
     if (status == 410) {
         lua_getfield(L, uv, "route_model");
         lua_pushfstring(L, "model %s has reached end of life (410 Gone): %s", lua_tostring(L, -1),
@@ -404,6 +417,11 @@ static void failure(lua_State *L, int idx, int uv, int body, long status, const 
         lua_pushfstring(L, "HTTP %I from %s", (lua_Integer)status, lua_tostring(L, -1));
         lua_remove(L, -2);
         lua_remove(L, -2);
+    } else if (((nim_call *)lua_touserdata(L, idx))->polls > 0) { /* name the poll's URL */
+        lua_getfield(L, uv, "url");
+        lua_pushfstring(L, "%s: %s", lua_tostring(L, -1), lua_tostring(L, -2));
+        lua_replace(L, -3);
+        lua_pop(L, 1);
     }
     settle_error(L, idx, uv, type, status, retryable);
     if (retry_after >= 0) { /* the error is the user value's err now */
@@ -441,17 +459,26 @@ static void complete(lua_State *L, int idx) {
     nim_call_release(c);
 
     if (status == 202 && *reqid) { /* NVCF: poll for the result */
-        double left = c->deadline - nim_now();
+        /* A status server that answers 202 at once (ignoring NVCF-POLL-SECONDS) is not polled
+         * in a tight loop: consecutive requests start at least poll_interval apart; and no
+         * poll starts, or lasts, past the call's deadline. */
+        double now = nim_now(), start = c->sent_at + c->poll_interval;
+        if (start < now) start = now;
+        double left = c->deadline - start;
         if (!reqid_ok(reqid)) {
             lua_pushliteral(L, "202 Accepted with an NVCF-REQID that is not a request id "
                                "(characters outside [A-Za-z0-9_-])");
             settle_error(L, idx, uv, NIM_ERR_BAD_RESPONSE, 202, 0);
-        } else if (left <= 0) {
-            lua_pushfstring(L, "no result within %f s: NVIDIA's queue still holds request '%s'",
-                            c->timeout, reqid);
-            settle_error(L, idx, uv, NIM_ERR_TIMEOUT, 202, 1);
-        } else if (start_poll(L, idx, uv, reqid, left) != 0) {
-            settle_error(L, idx, uv, NIM_ERR_CONNECTION, 0, 1);
+        } else {
+            lua_pushvalue(L, -1);
+            lua_setfield(L, uv, "nvcf_reqid"); /* queued: from now on nothing is retried */
+            if (left <= 0) {
+                lua_pushfstring(L, "no result within %f s: NVIDIA's queue still holds it",
+                                c->timeout);
+                settle_error(L, idx, uv, NIM_ERR_TIMEOUT, 202, 0);
+            } else if (start_poll(L, idx, uv, reqid, start, left) != 0) {
+                settle_error(L, idx, uv, NIM_ERR_CONNECTION, 0, 0);
+            }
         }
     } else if (status >= 200 && status < 300 && status != 202) {
         success(L, idx, uv, body, status, seconds);

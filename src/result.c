@@ -52,20 +52,44 @@ static void push_meta(lua_State *L, lua_Integer tokens) {
     lua_setfield(L, -2, "billed_units");
 }
 
+/* A batch's rankings, kept in C until the merge. The count and offset live in the userdata
+ * (under a private metatable), not in the Lua table a script can edit: merge reads only these. */
+typedef struct {
+    size_t n;
+    lua_Integer offset;
+    nim_ranking rk[];
+} batch_rankings;
+
+/* The batch_rankings at idx, checked to be ours and as large as it says; NULL if not. */
+static batch_rankings *to_batch_rankings(lua_State *L, int idx) {
+    batch_rankings *b = lua_touserdata(L, idx);
+    if (!b || !lua_getmetatable(L, idx)) return NULL;
+    nim_push_reg(L, nim_key_rankings_mt);
+    int ours = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!ours || lua_rawlen(L, idx) < sizeof *b ||
+        b->n > (lua_rawlen(L, idx) - sizeof *b) / sizeof b->rk[0])
+        return NULL;
+    return b;
+}
+
 /* The partial result of a batch: its best rankings, copied, indices made the caller's. */
 static void push_partial(lua_State *L, const nim_result_spec *s, lua_Integer keep,
                          const char *uuid) {
     lua_createtable(L, 0, 6);
     lua_pushstring(L, uuid);
     lua_setfield(L, -2, "id");
-    nim_ranking *rk = lua_newuserdatauv(L, (size_t)(keep ? keep : 1) * sizeof *rk, 0);
+    batch_rankings *b = lua_newuserdatauv(L, sizeof *b + (size_t)keep * sizeof b->rk[0], 0);
+    b->n = (size_t)keep;
+    b->offset = s->offset;
     for (lua_Integer i = 0; i < keep; i++) {
-        rk[i] = s->rk[i];
-        rk[i].index += (size_t)s->offset;
+        b->rk[i] = s->rk[i];
+        b->rk[i].index += (size_t)s->offset;
     }
+    nim_setmeta(L, &nim_key_rankings_mt);
     lua_setfield(L, -2, "rankings");
     lua_pushinteger(L, keep);
-    lua_setfield(L, -2, "nrankings");
+    lua_setfield(L, -2, "nrankings"); /* for a reader's eyes; merge trusts only the userdata */
     lua_pushvalue(L, s->texts);
     lua_setfield(L, -2, "texts");
     lua_pushinteger(L, s->offset);
@@ -231,54 +255,56 @@ static int merge_partial(lua_State *L, size_t k, lua_Integer top_n, int return_d
     size_t *lens = lua_newuserdatauv(L, k * sizeof *lens, 0);               /* 4 */
     size_t *cursor = lua_newuserdatauv(L, k * sizeof *cursor, 0);           /* 5 */
     lua_createtable(L, (int)k, 0);                                          /* 6: texts */
+    lua_Integer *offsets = lua_newuserdatauv(L, k * sizeof *offsets, 0);    /* 7 */
     size_t total = 0;
     for (size_t b = 0; b < k; b++) {
-        lua_rawgeti(L, 1, (lua_Integer)b + 1);
-        if (lua_getfield(L, -1, "rankings") != LUA_TUSERDATA)
+        if (lua_rawgeti(L, 1, (lua_Integer)b + 1) != LUA_TTABLE)
+            return luaL_error(L, "nim.native.merge: [%d]: expected a batch's partial result",
+                              (int)b + 1);
+        lua_getfield(L, -1, "rankings");
+        batch_rankings *br = to_batch_rankings(L, -1);
+        if (!br)
             return luaL_error(L, "nim.native.merge: [%d]: not a batch's partial result",
                               (int)b + 1);
-        nim_ranking *rk = lua_touserdata(L, -1);
-        lua_getfield(L, -2, "nrankings");
-        lens[b] = (size_t)lua_tointeger(L, -1);
-        nim_rankings_sort(rk, lens[b]); /* providers answer in rank order: usually a no-op */
-        heads[b] = rk;
+        lens[b] = br->n;
+        offsets[b] = br->offset;
+        nim_rankings_sort(br->rk, br->n); /* providers answer in rank order: usually a no-op */
+        heads[b] = br->rk;
         total += lens[b];
-        lua_getfield(L, -3, "texts");
+        if (lua_getfield(L, -2, "texts") != LUA_TTABLE)
+            return luaL_error(L, "nim.native.merge: [%d].texts: expected a list", (int)b + 1);
         lua_rawseti(L, 6, (lua_Integer)b + 1);
-        lua_pop(L, 3);
+        lua_pop(L, 2);
     }
     size_t keep = (top_n > 0 && (size_t)top_n < total) ? (size_t)top_n : total;
-    nim_merge_ref *refs = lua_newuserdatauv(L, (keep ? keep : 1) * sizeof *refs, 0); /* 7 */
+    nim_merge_ref *refs = lua_newuserdatauv(L, (keep ? keep : 1) * sizeof *refs, 0); /* 8 */
     keep = nim_rankings_merge(heads, lens, k, keep, cursor, refs);
-    lua_rawgeti(L, 1, 1); /* 8: the first batch gives id and meta */
+    lua_rawgeti(L, 1, 1); /* 9: the first batch gives id and meta */
     lua_pushliteral(L, "index");
     lua_pushliteral(L, "relevance_score");
     lua_pushliteral(L, "document");
-    lua_pushliteral(L, "text"); /* 9-12 */
+    lua_pushliteral(L, "text"); /* 10-13 */
     lua_createtable(L, 0, 3);
-    lua_getfield(L, 8, "id");
+    lua_getfield(L, 9, "id");
     lua_setfield(L, -2, "id");
     lua_createtable(L, (int)keep, 0);
     nim_mark_array(L, -1);
     for (size_t i = 0; i < keep; i++) {
         const nim_ranking *r = &heads[refs[i].list][refs[i].pos];
         lua_createtable(L, 0, 3);
-        lua_pushvalue(L, 9);
+        lua_pushvalue(L, 10);
         lua_pushinteger(L, (lua_Integer)r->index);
         lua_rawset(L, -3);
-        lua_pushvalue(L, 10);
+        lua_pushvalue(L, 11);
         lua_pushnumber(L, r->score);
         lua_rawset(L, -3);
         if (return_documents) {
             lua_rawgeti(L, 6, (lua_Integer)refs[i].list + 1); /* that batch's texts */
-            lua_rawgeti(L, 1, (lua_Integer)refs[i].list + 1);
-            lua_getfield(L, -1, "offset");
-            lua_Integer local = (lua_Integer)r->index - lua_tointeger(L, -1) + 1;
-            lua_pop(L, 2);
+            lua_Integer local = (lua_Integer)r->index - offsets[refs[i].list] + 1;
             if (lua_rawgeti(L, -1, local) == LUA_TSTRING) {
-                lua_pushvalue(L, 11);
-                lua_createtable(L, 0, 1);
                 lua_pushvalue(L, 12);
+                lua_createtable(L, 0, 1);
+                lua_pushvalue(L, 13);
                 lua_pushvalue(L, -4);
                 lua_rawset(L, -3);
                 lua_rawset(L, -5);
@@ -288,7 +314,7 @@ static int merge_partial(lua_State *L, size_t k, lua_Integer top_n, int return_d
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     lua_setfield(L, -2, "results");
-    merged_meta(L, 1, k, 8);
+    merged_meta(L, 1, k, 9);
     lua_setfield(L, -2, "meta");
     return 1;
 }

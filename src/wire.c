@@ -300,13 +300,20 @@ static int push_json_message(lua_State *L, int doc) {
 
 void nim_wire_error_message(lua_State *L, int body_idx, int decode_idx) {
     int top = lua_gettop(L);
-    size_t len;
-    const char *s = lua_tolstring(L, body_idx, &len);
-    if (len > 0 && decode_idx != 0 && decode(L, body_idx, decode_idx) && lua_istable(L, -1) &&
+    if (lua_rawlen(L, body_idx) > 0 && decode(L, body_idx, decode_idx) && lua_istable(L, -1) &&
         push_json_message(L, lua_gettop(L))) {
-        s = lua_tolstring(L, -1, &len);
+        lua_copy(L, -1, top + 1);
+        lua_settop(L, top + 1);
+        return;
     }
-    /* One line, at most 300 bytes, no control characters. */
+    lua_settop(L, top);
+    lua_pushvalue(L, body_idx);
+}
+
+void nim_wire_one_line(lua_State *L, int idx) {
+    idx = lua_absindex(L, idx);
+    size_t len;
+    const char *s = lua_tolstring(L, idx, &len);
     size_t i = 0, end = len;
     while (i < end && (unsigned char)s[i] <= ' ')
         i++;
@@ -323,6 +330,5 @@ void nim_wire_error_message(lua_State *L, int body_idx, int decode_idx) {
     }
     if (stop < end) luaL_addstring(&b, "...");
     luaL_pushresult(&b);
-    lua_copy(L, -1, top + 1); /* the result may already sit at top + 1 */
-    lua_settop(L, top + 1);
+    lua_replace(L, idx);
 }

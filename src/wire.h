@@ -47,8 +47,10 @@ typedef struct {
 int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, lua_Integer npassages,
                    nim_parsed *out);
 
-/* Pushes a short human message taken from an error body (JSON detail/message/error or text).
- * decode_idx 0: the body's raw text only. */
+/* Pushes the message of an error body: its JSON detail/message/error/title, decoded, or else
+ * the body's text; whole, so that secrets can be redacted before nim_wire_one_line cuts it. */
 void nim_wire_error_message(lua_State *L, int body_idx, int decode_idx);
+/* Replaces the string at idx with one line of at most 300 bytes, no control characters. */
+void nim_wire_one_line(lua_State *L, int idx);
 
 #endif

@@ -12,10 +12,12 @@
 --   !dupindex        200 with a repeated index       !huge=N         200 padded to N bytes
 --   !id=X            response carries id X           !nousage / !norankings   omit those
 --   !usage=N         usage.total_tokens = N          !echo-auth      400 echoing Authorization
+--   !echo-escaped=N  400 {"detail": N x's, then Authorization with every byte \u-escaped}
 --   !202=N           NVCF: 202 with an NVCF-REQID; GET /v2/nvcf/pexec/status/{id} then
 --                    answers 202 N times before the result   !202-noid  202 without an id
 --   !202-forever     every status poll answers 202    !202-reqid=X  202 with NVCF-REQID X
 --   !202-now         status polls answer 202 at once (no hold)
+--   !202-fail=N      status polls answer N (a JSON error body)
 -- GET /_fake/last-poll returns the last status poll seen (its headers).
 --   !reverse         rankings in reverse order      !ties           every logit equal
 --   !body=NAME       200 with one of the hostile or odd bodies in BODIES below
@@ -26,7 +28,8 @@
 --   !bigheader=N     a response header of N bytes                    request's headers and body
 --   !gzip=PATH       the answer is PATH's bytes, sent with Content-Encoding: gzip
 -- GET /_fake/last returns the last POST seen (headers and raw body) for assertions;
--- GET /_fake/stats returns {connections = TCP connections accepted so far}.
+-- GET /_fake/stats returns {connections = TCP connections accepted so far,
+--   nvcf_queued = NVCF jobs queued so far}.
 local cjson = require "cjson"
 
 local API_KEY = FAKE.api_key
@@ -197,6 +200,13 @@ local function injected(d, req)
   if d["echo-auth"] then
     return text(400, "bad request from " .. (req.headers["authorization"] or "nobody"))
   end
+  if d["echo-escaped"] then -- the Authorization header, every byte \u-escaped, after N x's
+    local esc = (req.headers["authorization"] or ""):gsub(".", function(c)
+      return ("\\u%04x"):format(c:byte())
+    end)
+    return { status = 400, headers = "Content-Type: application/json\n",
+             body = '{"detail":"' .. ("x"):rep(tonumber(d["echo-escaped"]) or 0) .. esc .. '"}' }
+  end
   if d["202-noid"] then return { status = 202, body = "", headers = "" } end
   if d["202-reqid"] then
     return { status = 202, body = "", headers = "NVCF-REQID: " .. d["202-reqid"] .. "\n" }
@@ -295,11 +305,12 @@ local function rerank(req, family, model_info, body)
     if d.norankings then out.rankings = nil end
     if d.id then out.id = d.id end
   end
-  if active and (d["202"] or d["202-forever"]) then -- queued: the answer waits for a poll
+  if active and (d["202"] or d["202-forever"] or d["202-fail"]) then -- queued: wait for a poll
     nvcf_next = nvcf_next + 1
     local id = ("fake-req-%d"):format(nvcf_next)
     nvcf_jobs[id] = { polls_left = d["202-forever"] and math.huge or (tonumber(d["202"]) or 0),
-                      body = cjson.encode(out), hold = not d["202-now"] }
+                      body = cjson.encode(out), hold = not d["202-now"],
+                      fail = tonumber(d["202-fail"]) }
     return with_delay({ status = 202, body = "", headers = "NVCF-REQID: " .. id .. "\n" })
   end
   local r
@@ -337,6 +348,7 @@ local function route(req)
       last_poll = { path = path, headers = req.headers, polls = n }
       local job = nvcf_jobs[id]
       if not job then return json(404, { error = "unknown request id" }) end
+      if job.fail then return json(job.fail, { detail = "status backend unavailable" }) end
       if job.polls_left > 0 then
         job.polls_left = job.polls_left - 1
         -- a real status call holds up to NVCF-POLL-SECONDS; a short hold keeps tests fast
@@ -346,7 +358,7 @@ local function route(req)
       nvcf_jobs[id] = nil
       return { status = 200, body = job.body, headers = "Content-Type: application/json\n" }
     elseif path == "/_fake/stats" then
-      return json(200, { connections = FAKE.connections() })
+      return json(200, { connections = FAKE.connections(), nvcf_queued = nvcf_next })
     end
     return text(404, "404 page not found")
   end

@@ -236,3 +236,29 @@ test("one_raising_item_of_rerank_many_keeps_the_others", function()
   eq(results[2], false, "the raising one did not")
   spec.match(errors[2].message, "boom in a filter", "its error says why")
 end)
+
+-- nim.check and the CLI (which checks first) with a caller's header long enough to be kept
+-- as a possible credential: checked, never a crash.
+test("checking_headers_keeps_their_values_as_secrets_safely", function()
+  for _, v in ipairs({ "abc", "abcd", ("v"):rep(300) }) do
+    eq(nim.check(h.args({ headers = { ["X-Trace"] = v } })), true, #v .. "-byte value")
+  end
+  local out, code = h.sh(("%s rerank -m %s --api-base %s -H %s -q hello a b 2>&1"):format(
+    h.nimrank, h.RANKING, h.q(h.open_url), h.q("X-Trace: abcd")))
+  eq(code, 0, "the CLI with -H: " .. out)
+end)
+
+-- A batch's partial result is a Lua table a script can edit; merge trusts only what C keeps.
+test("merge_trusts_no_field_a_script_can_edit", function()
+  local a = { model = "local/bm25", query = "gpu", documents = h.DOCS }
+  local part = assert(nim.native.start(a, 1, 2, true):wait())
+  local want = assert(nim.native.merge({ part }, 0))
+  part.nrankings, part.offset = 1 << 40, -5
+  local got = assert(nim.native.merge({ part }, 0))
+  eq(#got.results, #want.results, "the count the binding kept")
+  eq(got.results[1].index, want.results[1].index, "indices unchanged")
+  part.rankings = io.stdout
+  raises(function() nim.native.merge({ part }, 0) end, "not a batch's partial result")
+  raises(function() nim.native.merge({ { rankings = io.stderr, texts = {} } }, 0) end,
+    "not a batch's partial result")
+end)

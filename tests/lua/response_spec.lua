@@ -230,7 +230,33 @@ test("nvcf_polling_stops_at_the_calls_timeout", function()
   local err = fails({ query = "!202-forever gpu", timeout = 0.5,
     nvcf_status_url = h.url .. "/v2/nvcf/pexec/status" }, "timeout")
   ok(nim.now() - t0 < 5, "gave up at the deadline")
-  eq(err.retryable, true, "retryable")
+  eq(err.retryable, false, "not retryable: a retry would queue the job again")
+  match(err.nvcf_reqid, "^fake%-req%-%d+$", "names the queued request")
+end)
+
+-- A poll deferred by nvcf_poll_interval never starts, or lasts, past the call's deadline.
+test("nvcf_poll_interval_never_outlasts_the_timeout", function()
+  local t0 = nim.now()
+  local err = fails({ query = "!202-forever gpu interval", timeout = 1, nvcf_poll_interval = 8,
+    nvcf_status_url = h.url .. "/v2/nvcf/pexec/status" }, "timeout")
+  ok(nim.now() - t0 < 4, "ended at the 1 s deadline, not after the 8 s interval")
+  match(err.message, "within 1", "says the timeout")
+end)
+
+-- After a 202 the job is queued: a failing status poll is not retried (a retry would POST
+-- again and queue a second job), and the message names the poll's URL.
+test("a_failed_status_poll_queues_no_second_job", function()
+  local stats = function()
+    return h.decode((h.sh("curl -s " .. h.q(h.url .. "/_fake/stats")))).nvcf_queued
+  end
+  local before = stats()
+  local status_url = h.url .. "/v2/nvcf/pexec/status"
+  local err = fails({ query = "!202-fail=503 gpu requeue", num_retries = 2,
+    nvcf_status_url = status_url, nvcf_poll_interval = 0.01 }, "provider", 503)
+  eq(stats() - before, 1, "one job queued by one call")
+  eq(err.retryable, false, "not retryable")
+  match(err.message, status_url:gsub("%p", "%%%0") .. "/fake%-req%-%d+", "names the poll URL")
+  match(err.message, "status backend unavailable", "and what the server said")
 end)
 
 test("nvcf_status_url_from_the_environment", function()

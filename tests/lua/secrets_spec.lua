@@ -11,7 +11,9 @@ local q, sh = h.q, h.sh
 
 local SENTINEL = ("k%08x%08x%08x%08x"):format(math.random(0, 0x7fffffff),
   math.random(0, 0x7fffffff), math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
-local PORT = h.url:match(":(%d+)$")
+-- The open fake answers whatever key comes (a keyed one would stop every path at its 401).
+local OPEN = h.open_url
+local PORT = OPEN:match(":(%d+)$")
 
 local outputs = {} -- { where, text }
 local function collect(where, v)
@@ -28,6 +30,7 @@ end
 local PATHS = {
   "!echo-auth gpu",          -- 400 whose body echoes the Authorization header
   "!echo gpu",               -- 200 whose body echoes every header and the body
+  "!echo-escaped=270 gpu",   -- the credential JSON-escaped, across the message's 300-byte cut
   "!status=500 gpu",         -- 5xx
   "!status=401 !text gpu",   -- 401 as text
   "!malformed gpu",          -- bad_response with the first part of the body
@@ -47,21 +50,27 @@ end
 
 test("sentinel_through_every_entry_and_error_path", function()
   -- api_key argument
-  run_paths("api_key", function() return h.args({ api_key = SENTINEL }) end)
+  run_paths("api_key", function() return h.args({ api_key = SENTINEL, api_base = OPEN }) end)
   -- a caller's Authorization header, and a custom one
   run_paths("headers", function()
-    return h.args({ api_key = nil, headers = { Authorization = "Bearer " .. SENTINEL,
+    return h.args({ api_key = nil, api_base = OPEN, headers = {
+      Authorization = "Bearer " .. SENTINEL,
       ["X-Api-Key"] = SENTINEL } })
   end)
   -- a password in api_base (connection errors, and what the server echoes)
   run_paths("userinfo", function()
     return h.args({ api_base = ("http://user:%s@127.0.0.1:%s"):format(SENTINEL, PORT) })
   end)
+  run_paths("userinfo, no key (Basic)", function() -- libcurl sends Authorization: Basic
+    local a = h.args({ api_base = ("http://user:%s@127.0.0.1:%s"):format(SENTINEL, PORT) })
+    a.api_key = nil
+    return a
+  end)
   local _, cerr = nim.rerank(h.args({ api_base = ("http://user:%s@127.0.0.1:1"):format(SENTINEL) }))
   collect("userinfo refused", cerr)
   -- a config: literal and from the environment, through the router's attempts
   local cfg = { model_list = { { model_name = "g", litellm_params = { model = h.RETRIEVAL,
-    api_base = h.url, api_key = SENTINEL } } }, router_settings = { num_retries = 1 } }
+    api_base = OPEN, api_key = SENTINEL } } }, router_settings = { num_retries = 1 } }
   nim.load_config(cfg)
   run_paths("config", function() return { model = "g", documents = h.DOCS } end)
   nim.load_config({})
@@ -71,9 +80,9 @@ test("sentinel_through_the_command_line_and_the_environment", function()
   local env = ("NVIDIA_NIM_API_KEY=%s SECRET_VAR=%s "):format(q(SENTINEL), q(SENTINEL))
   for _, query in ipairs(PATHS) do
     collect("cli env " .. query, sh(("%s%s rerank -m %s --api-base %s --timeout 0.3 --json -q %s "
-      .. "gpu cats 2>&1"):format(env, h.nimrank, h.RETRIEVAL, q(h.url), q(query))))
+      .. "gpu cats 2>&1"):format(env, h.nimrank, h.RETRIEVAL, q(OPEN), q(query))))
     collect("cli -H " .. query, sh(("%s rerank -m %s --api-base %s --timeout 0.3 -H %s -q %s "
-      .. "gpu 2>&1"):format(h.nimrank, h.RETRIEVAL, q(h.url), q("Authorization: Bearer "
+      .. "gpu 2>&1"):format(h.nimrank, h.RETRIEVAL, q(OPEN), q("Authorization: Bearer "
       .. SENTINEL), q(query))))
   end
   -- over plain http to a host that is not this one: a warning, never the key
@@ -89,20 +98,41 @@ test("sentinel_through_the_command_line_and_the_environment", function()
   os.remove(f)
 end)
 
+-- RFC 4648 base64: how a password in api_base travels (Authorization: Basic), and can echo.
+local function base64(s)
+  local abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+  return (s:gsub("..?.?", function(c)
+    local a, b, d = c:byte(1, 3)
+    local v = a * 65536 + (b or 0) * 256 + (d or 0)
+    local out = ""
+    for k = 3, 0, -1 do out = out .. abc:sub((v >> (6 * k)) % 64 + 1, (v >> (6 * k)) % 64 + 1) end
+    return out:sub(1, #c + 1) .. ("="):rep(3 - #c)
+  end))
+end
+
 test("nothing_that_came_out_holds_the_sentinel_or_a_piece_of_it", function()
   ok(#outputs > 50, "outputs collected: " .. #outputs)
-  local leaks = {}
+  local forms = { SENTINEL, base64("user:" .. SENTINEL) }
+  local leaks, pieces = {}, 0
+  for _, form in ipairs(forms) do pieces = pieces + #form - 7 end
   for _, o in ipairs(outputs) do
-    for i = 1, #SENTINEL - 7 do
-      if o[2]:find(SENTINEL:sub(i, i + 7), 1, true) then
-        leaks[#leaks + 1] = ("%s: %q"):format(o[1], o[2]:sub(1, 300))
-        break
+    for _, form in ipairs(forms) do
+      for i = 1, #form - 7 do
+        if o[2]:find(form:sub(i, i + 7), 1, true) then
+          leaks[#leaks + 1] = ("%s: %q"):format(o[1], o[2]:sub(1, 300))
+          break
+        end
       end
     end
   end
   ok(#leaks == 0, "leaks:\n" .. table.concat(leaks, "\n"))
-  print(("     %d outputs searched for the sentinel and its %d 8-character pieces: none found")
-    :format(#outputs, #SENTINEL - 7))
+  local redacted = 0 -- the echo paths did reach the server and come back
+  for _, o in ipairs(outputs) do
+    if o[2]:find("[redacted]", 1, true) then redacted = redacted + 1 end
+  end
+  ok(redacted >= 20, "echoed credentials were redacted in " .. redacted .. " outputs")
+  print(("     %d outputs searched for the sentinel, its Basic form and their %d "
+    .. "8-character pieces: none found"):format(#outputs, pieces))
 end)
 
 test("the_environments_key_over_plain_http_to_another_host_is_warned_about", function()
