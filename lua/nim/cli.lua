@@ -91,6 +91,27 @@ local function valid_utf8(s)
 end
 M.valid_utf8 = valid_utf8
 
+-- A decoded JSON-lines document with every string in it, keys included, made valid UTF-8
+-- (cjson decodes \u escapes to valid UTF-8, but passes raw bytes through as they are).
+local function clean_strings(v)
+  if type(v) == "string" then return valid_utf8(v) end
+  if type(v) ~= "table" then return v end
+  local renamed
+  for k, x in pairs(v) do
+    if type(x) == "string" or type(x) == "table" then v[k] = clean_strings(x) end
+    if type(k) == "string" and not utf8.len(k) then
+      renamed = renamed or {}
+      renamed[#renamed + 1] = k
+    end
+  end
+  for _, k in ipairs(renamed or {}) do
+    local x = v[k]
+    v[k] = nil
+    v[valid_utf8(k)] = x
+  end
+  return v
+end
+
 -- Parses the documents of a text: one per line; a line starting with '{' is a JSON object
 -- ({"text": ...}). Blank lines are skipped. Returns nil, message on a bad JSON line.
 function M.parse_docs(text, name, docs)
@@ -103,8 +124,7 @@ function M.parse_docs(text, name, docs)
       if not ok or type(v) ~= "table" then
         return nil, ("--docs %s:%d: not a JSON object"):format(name, n)
       end
-      if type(v.text) == "string" then v.text = valid_utf8(v.text) end
-      docs[#docs + 1] = v
+      docs[#docs + 1] = clean_strings(v)
     elseif line:match("%S") then
       docs[#docs + 1] = valid_utf8(line)
     end
@@ -209,7 +229,7 @@ end
 
 -- The ranked table for people: rank, index, score and the document's first line, cut to
 -- the terminal's width.
-local function print_table(res)
+local function table_text(res)
   local width = nim.terminal_width(1) or tonumber(os.getenv("COLUMNS") or "") or 80
   local rows = { ("%4s %6s %10s  %s"):format("rank", "index", "score", "document") }
   for i, r in ipairs(res.results) do
@@ -229,7 +249,19 @@ local function print_table(res)
   local meta = res.meta or {}
   out[#out + 1] = ("%d of %s, %s%s"):format(#res.results, meta.model or "?",
     meta.provider or "?", meta.latency_ms and (", %.1f ms"):format(meta.latency_ms) or "")
-  return io.stdout:write(table.concat(out, "\n"), "\n")
+  return table.concat(out, "\n") .. "\n"
+end
+
+-- Writes to stdout and flushes: EXIT_OK, or EXIT_FAILURE (said on stderr) when the output
+-- cannot be written (a full disk, a closed stdout) -- never a silent success.
+local function write_out(...)
+  local written, werr = io.stdout:write(...)
+  if written then written, werr = io.stdout:flush() end
+  if not written then
+    io.stderr:write("nimrank rerank: cannot write the output: ", tostring(werr), "\n")
+    return EXIT_FAILURE
+  end
+  return EXIT_OK
 end
 
 -- One line on stderr when the answer came from a fallback: a user must never mistake a
@@ -263,8 +295,8 @@ function M.rerank(args)
     if type(o) == "table" and o.usage then return usage_error("rerank", o.usage) end
     error(o, 0)
   end
-  if o.help then io.stdout:write(RERANK_HELP); return EXIT_OK end
-  if o.version then print("nimrank " .. nim.version); return EXIT_OK end
+  if o.help then return write_out(RERANK_HELP) end
+  if o.version then return write_out("nimrank ", nim.version, "\n") end
   if not o.query then return usage_error("rerank", "--query is required") end
   if o.docs_file then
     local _, err = read_docs(o.docs_file, o.docs)
@@ -310,18 +342,8 @@ function M.rerank(args)
   end
   report_fallback(model, res)
   local format = o.format or (nim.isatty(1) and "table" or "json")
-  local written, werr
-  if format == "table" then
-    written, werr = print_table(res)
-  else
-    written, werr = io.stdout:write(o.pretty and json.pretty(res) or json.ordered(res), "\n")
-  end
-  if written then written, werr = io.stdout:flush() end
-  if not written then -- a full disk or a closed stdout: the answer is lost, so say so
-    io.stderr:write("nimrank rerank: cannot write the output: ", tostring(werr), "\n")
-    return EXIT_FAILURE
-  end
-  return EXIT_OK
+  if format == "table" then return write_out(table_text(res)) end
+  return write_out(o.pretty and json.pretty(res) or json.ordered(res), "\n")
 end
 
 local COMMANDS = { rerank = M.rerank }

@@ -340,3 +340,29 @@ test("a_flag_given_a_value_is_a_usage_error", function()
   eq(code, 2, "usage error")
   match(out, "%-%-json: takes no value", "says so")
 end)
+
+test("every_string_of_a_json_lines_document_is_made_valid_utf8_keys_too", function()
+  local f = tmpfile('{"title": "\255\254 bad", "body": "gpu"}\n{"\255key": ["x\254", {"y": '
+    .. '"\255"}]}\n{"text": "ok gpu doc"}\n')
+  local out, code = sh(BIN .. " rerank -m local/bm25 -q 'bad gpu' --json --docs " .. q(f))
+  os.remove(f)
+  eq(code, 0, "exit")
+  ok(utf8.len(out), "the output is valid UTF-8")
+  local res = h.decode(out)
+  eq(#res.results, 3, "three documents")
+  local texts = {}
+  for _, r in ipairs(res.results) do texts[r.index] = r.document.text end
+  match(texts[0], '"\u{FFFD}\u{FFFD} bad"', "a value without text is cleaned")
+  match(texts[1], '"\u{FFFD}key"', "a key is cleaned")
+  match(texts[1], '"x\u{FFFD}"', "a nested value is cleaned")
+end)
+
+test("help_and_version_into_a_full_disk_are_failures", function()
+  for _, flag in ipairs({ "--help", "--version" }) do
+    local out, code = sh(BIN .. " rerank " .. flag .. " 2>&1 >/dev/full")
+    eq(code, 1, "rerank " .. flag .. " > /dev/full fails")
+    match(out, "cannot write the output", flag)
+    local _, ok_code = sh(BIN .. " rerank " .. flag .. " >/dev/null")
+    eq(ok_code, 0, flag .. " exits 0 when written")
+  end
+end)
