@@ -38,6 +38,21 @@ local function cancelled_error(model)
   return native.cancelled(type(model) == "string" and model or nil)
 end
 
+-- Misuse inside a request's task comes back as fields (nim.native.protect) and is raised again
+-- where the caller sees it: at the line that started, polled or waited for the request.
+local MISUSE = { __tostring = function(m) return tostring(m.bad) end }
+
+local function protected_rerank(args)
+  local ok, res, err = native.protect(nim.rerank, args)
+  if ok then return res, err end
+  error(setmetatable({ bad = res }, MISUSE), 0)
+end
+
+local function raise_again(e, level)
+  if getmetatable(e) == MISUSE then native.misuse(e.bad.fn, e.bad.field, e.bad.message) end
+  error(e, level == 0 and 0 or level + 1)
+end
+
 -- Is what a task waits for (a transfer, or any of an await list) ready?
 local function ready_to_resume(waiting)
   if getmetatable(waiting) == AWAIT_MT then
@@ -146,7 +161,7 @@ local function round(wait)
   -- next poll and strands no task.
   while #due > 0 do
     local d = table.remove(due, 1)
-    if d.raise ~= nil then error(d.raise, 0) end
+    if d.raise ~= nil then raise_again(d.raise, 0) end
     d[1](d[2], d[3])
   end
   if #uncaught > 0 then -- a spawned task raised and nobody waits for it: say so, loudly
@@ -220,11 +235,20 @@ M.join = join
 
 -- ---- public API ------------------------------------------------------------------------
 
+-- The rule for how long to wait (nim.sleep, nim.run, req:wait), as the binding's own waits
+-- (nim.native.sleep, step, t:wait): a number >= 0 and < 1e7 -- 0 does not wait. Misuse at the
+-- caller's line, naming fn and field.
+local function wait_seconds(s, fn, field)
+  if type(s) ~= "number" or not (s >= 0 and s < 1e7) then
+    local got = type(s) ~= "number" and type(s) or s ~= s and "nan" or ("%g"):format(s)
+    native.misuse(fn, field, ("must be a number of seconds >= 0 and < 1e7 (got %s)"):format(got))
+  end
+  return s
+end
+
 -- nim.sleep(seconds): inside a task it yields to the scheduler; elsewhere it blocks.
 function M.sleep(s)
-  if type(s) ~= "number" or not (s >= 0 and s < 1e7) then
-    native.misuse("nim.sleep", "seconds", "must be a number >= 0 and < 1e7")
-  end
+  wait_seconds(s, "nim.sleep", "seconds")
   if current_task() then
     coroutine.yield(YIELD_SLEEP, now() + s)
   else
@@ -266,6 +290,7 @@ end
 
 -- nim.run([timeout]) -> true when every task finished, false if the time ran out.
 function M.run(timeout)
+  if timeout ~= nil then wait_seconds(timeout, "nim.run", "timeout") end
   return drive(function() return next(live) == nil and #due == 0 end,
     timeout and now() + timeout or nil)
 end
@@ -275,7 +300,7 @@ REQUEST.__index = {}
 REQUEST.__name = "nim.Request"
 
 local function outcome(task)
-  if task.raised then error(task.raised, 0) end
+  if task.raised then raise_again(task.raised, 0) end
   return task.res, task.err
 end
 
@@ -290,6 +315,7 @@ end
 
 -- req:wait([seconds]) -> res | nil, err; false when the time runs out first.
 function REQUEST.__index.wait(req, timeout)
+  if timeout ~= nil then wait_seconds(timeout, "nim.Request:wait", "timeout") end
   local task = native.task_of(req)
   task.joiners_seen = true -- its error is raised here, not by the scheduler
   if not join({ task }, timeout) then return false end
@@ -345,12 +371,12 @@ function M.rerank_async(args, callback)
   if callback ~= nil and type(callback) ~= "function" then
     native.misuse("nim.rerank_async", nil, "bad argument #2 (function expected)")
   end
-  local task = new_task(nim.rerank, args)
+  local task = new_task(protected_rerank, args)
   task.model = args.model
   local handle = native.handle(task)
   if callback then task.callback, task.handle = callback, handle end
   resume(task) -- runs until the transfer is started (or the answer is known)
-  if task.raised then error(task.raised, 2) end
+  if task.raised then raise_again(task.raised, 2) end
   return handle
 end
 

@@ -343,3 +343,21 @@ test("a_request_can_cancel_itself_from_its_progress_callback", function()
   eq(calls, 1, "no progress after the cancel")
   eq(nim.poll(), 0, "nothing left running")
 end)
+
+-- Misuse is reported at the caller's line (this file), never from inside lua/nim/.
+test("run_and_wait_arguments_and_request_misuse_are_raised_at_the_callers_line", function()
+  local function at_my_line(fn, ...)
+    local err = raises(fn, ...)
+    spec.match(err, "^[^\n]*async_spec%.lua:%d+: ", "at the caller's line")
+    spec.no_match(err, "lua/nim/", "never a file of the layer")
+  end
+  for _, bad in ipairs({ "x", 0 / 0, -1, math.huge }) do
+    at_my_line(function() nim.run(bad) end, "nim.run: timeout: must be a number of seconds")
+    local req = nim.rerank_async({ model = "local/bm25", query = "gpu", documents = h.DOCS })
+    at_my_line(function() req:wait(bad) end, "nim.Request:wait: timeout:")
+  end
+  eq(nim.run(0), true, "0 does not wait")
+  at_my_line(function() nim.rerank_async(args("q", { filters = 5 })) end,
+    "nim.rerank: filters: expected a list")
+  at_my_line(function() nim.rerank_async(args("q", { top_n = 0 })) end, "nim.rerank: top_n")
+end)
