@@ -54,6 +54,88 @@ static int skip(const reader *r, int i) {
     return j;
 }
 
+/* JSON's number grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? over [p, end). */
+static int number_ok(const char *p, const char *end) {
+    p += p < end && *p == '-';
+    if (p >= end || *p < '0' || *p > '9') return 0;
+    if (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9') return 0; /* leading zero */
+    while (p < end && *p >= '0' && *p <= '9')
+        p++;
+    if (p < end && *p == '.') {
+        if (++p >= end || *p < '0' || *p > '9') return 0;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        if (++p < end && (*p == '+' || *p == '-')) p++;
+        if (p >= end || *p < '0' || *p > '9') return 0;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    return p == end;
+}
+
+/* Where a token's text begins and ends (a string's quotes included: jsmn leaves them out). */
+static int tok_begin(const jsmntok_t *t) {
+    return t->type == JSMN_STRING ? t->start - 1 : t->start;
+}
+static int tok_end(const jsmntok_t *t) { return t->type == JSMN_STRING ? t->end + 1 : t->end; }
+
+/* Are the bytes [from, to) white space around exactly one `sep` (or none when sep is 0)? */
+static int gap_ok(const char *js, int from, int to, char sep) {
+    int seen = 0;
+    for (int i = from; i < to; i++) {
+        char c = js[i];
+        if (c == ' ' || c == '\t' || c == '\r' || c == '\n') continue;
+        if (c != sep || seen++) return 0;
+    }
+    return seen == (sep != 0);
+}
+
+/* What jsmn leaves unchecked, checked in one pass over the tokens: the separators between
+ * values (',' and ':', none missing, none extra), keys that are strings with one value,
+ * literals spelled exactly (true, false, null), numbers by JSON's grammar, and no raw control
+ * byte inside a string. With it, a body is refused exactly when RFC 8259 JSON would refuse
+ * it. `last` is scratch for one int per token: where its latest child ended. */
+static int syntax(const reader *r, int *last, int *count) {
+    const jsmntok_t *t = r->t;
+    const char *js = r->js;
+    for (int j = 0; j < r->n; j++) {
+        last[j] = t[j].start + 1; /* just past '{' or '[' */
+        count[j] = 0;
+        const char *s = js + t[j].start, *e = js + t[j].end;
+        if (t[j].type == JSMN_PRIMITIVE) {
+            size_t n = (size_t)(e - s);
+            if (!((n == 4 && memcmp(s, "true", 4) == 0) || (n == 5 && memcmp(s, "false", 5) == 0) ||
+                  (n == 4 && memcmp(s, "null", 4) == 0) || number_ok(s, e)))
+                return -1;
+        } else if (t[j].type == JSMN_STRING) {
+            for (; s < e; s++)
+                if ((unsigned char)*s < 0x20) return -1;
+        }
+        int p = t[j].parent;
+        if (p < 0) {
+            if (j != 0) return -1; /* a second top-level value */
+            continue;
+        }
+        if (t[p].type == JSMN_STRING) { /* a value: its parent is its key */
+            if (!gap_ok(js, tok_end(&t[p]), tok_begin(&t[j]), ':')) return -1;
+            int obj = t[p].parent;
+            last[obj] = tok_end(&t[j]);
+            continue;
+        }
+        if (t[p].type == JSMN_OBJECT && (t[j].type != JSMN_STRING || t[j].size != 1)) return -1;
+        if (!gap_ok(js, last[p], tok_begin(&t[j]), count[p] ? ',' : 0)) return -1;
+        last[p] = tok_end(&t[j]);
+        count[p]++;
+    }
+    for (int j = 0; j < r->n; j++) /* nothing between the last child and the closing bracket */
+        if ((t[j].type == JSMN_OBJECT || t[j].type == JSMN_ARRAY) &&
+            !gap_ok(js, last[j], t[j].end - 1, 0))
+            return -1;
+    return 0;
+}
+
 /* Powers of ten a double holds exactly (Clinger's fast path). */
 static const double exact_pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                      1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
@@ -193,6 +275,9 @@ static int tokenize(reader *r, const char *js, size_t len, size_t npassages, nim
     if (count < 1) return fail(r, "body is not JSON");
     r->t = t;
     r->n = count;
+    int *scratch = alloc(ud, 2 * (size_t)count * sizeof *scratch);
+    if (!scratch) return fail(r, "out of memory");
+    if (syntax(r, scratch, scratch + count) != 0) return fail(r, "body is not JSON");
     if (t[0].type != JSMN_OBJECT) return fail(r, "body is not a JSON object");
     for (size_t i = (size_t)t[0].end; i < len; i++)
         if (js[i] != ' ' && js[i] != '\t' && js[i] != '\r' && js[i] != '\n')

@@ -330,7 +330,11 @@ static const char *settings_string(lua_State *L, const char *field) {
         lua_pop(L, 1);
         return NULL;
     }
-    const char *s = lua_tostring(L, -1);
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    if (strlen(s) != n)
+        nim_misuse(L, "nim.rerank", lua_pushfstring(L, "nim.settings.%s", field),
+                   "contains a NUL byte");
     lua_setfield(L, ANCHOR, field); /* settings may change while the call runs */
     return s;
 }
@@ -392,7 +396,11 @@ static void check_transport(lua_State *L, nim_args *a, int args) {
     a->api_base = opt_string(L, args, "api_base");
     a->nvcf_status_url = opt_string(L, args, "nvcf_status_url");
     a->nvcf_poll_interval = opt_seconds(L, args, "nvcf_poll_interval", NULL, 1.0);
-    if (!a->nvcf_status_url) a->nvcf_status_url = getenv("NIMRANK_NVCF_STATUS_URL");
+    a->nvcf_status_source = "nvcf_status_url";
+    if (!a->nvcf_status_url) {
+        a->nvcf_status_url = getenv("NIMRANK_NVCF_STATUS_URL");
+        a->nvcf_status_source = "NIMRANK_NVCF_STATUS_URL";
+    }
     if (!a->nvcf_status_url || !*a->nvcf_status_url)
         a->nvcf_status_url = "https://api.nvcf.nvidia.com/v2/nvcf/pexec/status";
     a->api_key = opt_string(L, args, "api_key");
@@ -401,8 +409,12 @@ static void check_transport(lua_State *L, nim_args *a, int args) {
         a->key_from_env = a->api_key != NULL;
     }
     if (a->api_key && !*a->api_key) a->api_key = NULL;
+    const char *key_field = a->key_from_env ? "NVIDIA_NIM_API_KEY" : "api_key";
     if (a->api_key && !nim_header_value_ok(a->api_key, strlen(a->api_key)))
-        nim_misuse(L, "nim.rerank", "api_key", "contains control characters");
+        nim_misuse(L, "nim.rerank", key_field, "contains control characters");
+    if (a->api_key && strlen(a->api_key) > NIM_HEADER_VALUE_MAX) /* what a caller's header may be */
+        nim_misuse(L, "nim.rerank", key_field, "too large (at most %d bytes)",
+                   NIM_HEADER_VALUE_MAX);
 }
 
 lua_Integer nim_args_top_n(lua_State *L, int args) {

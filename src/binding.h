@@ -45,6 +45,10 @@ int nim_setting(lua_State *L, const char *field);
 #define NIM_DEFAULT_MAX_PASSAGES 512
 #define NIM_DEFAULT_TIMEOUT_S 60.0
 #define NIM_DEFAULT_CONNECT_TIMEOUT_S 10.0
+/* What a server is asked to accept in request headers (libcurl sends larger; servers answer
+ * 431 or cut): a caller's header value and the API key alike, and the caller's in all. */
+#define NIM_HEADER_VALUE_MAX 8192
+#define NIM_HEADERS_TOTAL_MAX 65536
 /* Stack slots a C entry point may use beyond its arguments (luaL_checkstack). */
 #define NIM_STACK_NEED 48
 
@@ -87,6 +91,7 @@ typedef struct {
     const char *api_key;
     int key_from_env; /* api_key came from NVIDIA_NIM_API_KEY */
     const char *nvcf_status_url;
+    const char *nvcf_status_source; /* "nvcf_status_url" or the variable it came from */
     double nvcf_poll_interval;
     int bm25; /* stack slot of the bm25 options table, or 0 */
 } nim_args;

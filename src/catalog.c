@@ -77,6 +77,8 @@ int nim_catalog_lookup(lua_State *L, const char *clean, nim_catalog_entry *entry
             nim_misuse(L, "nim.catalog", clean, "%s: expected string, got %s", fields[i],
                        luaL_typename(L, -1));
         *dest[i] = lua_tostring(L, -1);
+        if (*dest[i] && strlen(*dest[i]) != lua_rawlen(L, -1))
+            nim_misuse(L, "nim.catalog", clean, "%s: contains a NUL byte", fields[i]);
         lua_pop(L, 1);
     }
     lua_pushliteral(L, "max_passages");

@@ -10,10 +10,6 @@
 #include "binding.h"
 #include "nimrank.h"
 
-/* What a server is asked to accept (libcurl sends larger, servers answer 431 or cut). */
-#define HEADER_VALUE_MAX 8192
-#define HEADERS_TOTAL_MAX 65536
-
 static int header_name_ok(const char *s) {
     if (!*s) return 0;
     for (; *s; s++)
@@ -74,10 +70,10 @@ void nim_keep_caller_headers(lua_State *L, int headers, int uv) {
             nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
                        "value has control characters");
         total += vlen + lua_rawlen(L, -2);
-        if (vlen > HEADER_VALUE_MAX || total > HEADERS_TOTAL_MAX)
+        if (vlen > NIM_HEADER_VALUE_MAX || total > NIM_HEADERS_TOTAL_MAX)
             nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
-                       "too large (at most %d bytes a value, %d in all)", HEADER_VALUE_MAX,
-                       HEADERS_TOTAL_MAX);
+                       "too large (at most %d bytes a value, %d in all)", NIM_HEADER_VALUE_MAX,
+                       NIM_HEADERS_TOTAL_MAX);
         lua_pushfstring(L, "%s: %s", name, v);
         lua_rawseti(L, lines, ++n);
         if (lua_getfield(L, uv, "secrets") != LUA_TTABLE) { /* a header may carry a credential */

@@ -149,6 +149,11 @@ static lua_Integer route_of(lua_State *L, const nim_args *a, nim_route *route) {
     if (nim_resolve(a->model, a->api_base, has_entry ? &entry : NULL, NULL, NULL, route, err,
                     sizeof err) != 0)
         nim_misuse(L, "nim.rerank", NULL, "%s", err);
+    const char *src = a->nvcf_status_source;
+    if (nim_check_status_url(a->nvcf_status_url, src, err, sizeof err) != 0) {
+        size_t n = strlen(src); /* err is "<source>: why"; misuse names the field itself */
+        nim_misuse(L, "nim.rerank", src, "%s", strncmp(err, src, n) == 0 ? err + n + 2 : err);
+    }
     return max_passages;
 }
 
@@ -317,8 +322,8 @@ static void transport_error(lua_State *L, int idx, int uv, nim_transfer *t) {
         type = NIM_ERR_BAD_RESPONSE;
         retryable = 0;
         lua_pushfstring(L,
-                        "%s: a response header is larger than libcurl accepts (100 KB; "
-                        "libcurl says: %s)",
+                        "%s: the response's headers are larger than libcurl accepts (100 KB "
+                        "a header, 300 KB in all; libcurl says: %s)",
                         url, nim_transfer_error(t));
         break;
     case NIM_XFER_CANCELLED: /* the engine went away under the call */

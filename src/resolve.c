@@ -150,6 +150,33 @@ static int check_base(const char *base, const char *field, char *err, size_t err
     return -1;
 }
 
+int nim_check_status_url(const char *url, const char *field, char *err, size_t errlen) {
+    if (check_base(url, field, err, errlen) != 0) return -1;
+    if (strchr(url, '?')) { /* the request id is appended as a path segment */
+        snprintf(err, errlen, "%s: has a query ('?'): the request id is appended to its path",
+                 field);
+        return -1;
+    }
+    return 0;
+}
+
+/* Why a catalog endpoint path cannot be appended to a base URL, or NULL: a path ("/v1/...";
+ * the leading '/' may be left out) of the characters a model path uses, with no empty, "."
+ * or ".." segment (which would move the request elsewhere on the server). */
+static const char *endpoint_path_problem(const char *path) {
+    const char *seg = path + (path[0] == '/');
+    if (!*seg) return "empty";
+    for (const char *p = seg; *p; p++)
+        if (!model_char_ok((unsigned char)*p)) return "has a character outside [A-Za-z0-9._:/@+-]";
+    for (;; seg++) {
+        size_t n = strcspn(seg, "/");
+        if (n == 0 || (n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.'))
+            return "has an empty, '.' or '..' segment";
+        seg += n;
+        if (!*seg) return NULL;
+    }
+}
+
 /* Copy base into buf without trailing slashes. */
 static int copy_base(char *buf, size_t cap, const char *base, size_t *len) {
     size_t n = strlen(base);
@@ -185,12 +212,23 @@ int nim_resolve(const char *model, const char *api_base, const nim_catalog_entry
     out->family = fam;
     snprintf(out->model, sizeof out->model, "%s", clean);
 
+    const char *why =
+        entry && entry->endpoint_path ? endpoint_path_problem(entry->endpoint_path) : NULL;
+    if (why) {
+        if (err && errlen) snprintf(err, errlen, "catalog['%s'].endpoint_path: %s", clean, why);
+        return -1;
+    }
     /* Body model: catalog, else underscores become dots. */
     if (entry && entry->body_model) {
         if (strlen(entry->body_model) >= sizeof out->body_model || !*entry->body_model) {
             seterr(err, errlen, "catalog['%s'].body_model: empty or too long", clean);
             return -1;
         }
+        for (const unsigned char *p = (const unsigned char *)entry->body_model; *p; p++)
+            if (*p < 0x20 || *p == 0x7f) {
+                seterr(err, errlen, "catalog['%s'].body_model: has a control byte", clean);
+                return -1;
+            }
         snprintf(out->body_model, sizeof out->body_model, "%s", entry->body_model);
     } else {
         snprintf(out->body_model, sizeof out->body_model, "%s", clean);
@@ -232,14 +270,8 @@ int nim_resolve(const char *model, const char *api_base, const nim_catalog_entry
     } else {
         if (ends_with(b, n, "/v1")) b[n -= 3] = '\0';
         if (entry && entry->endpoint_path) {
-            const char *p = entry->endpoint_path;
-            while (*p == '/')
-                p++;
-            if (!*p) {
-                seterr(err, errlen, "catalog['%s'].endpoint_path: empty", clean);
-                return -1;
-            }
-            w = snprintf(out->url, sizeof out->url, "%s/%s", b, p);
+            const char *p = entry->endpoint_path; /* checked above */
+            w = snprintf(out->url, sizeof out->url, "%s/%s", b, p + (p[0] == '/'));
         } else {
             w = snprintf(out->url, sizeof out->url, "%s/v1/retrieval/%s/reranking", b, clean);
         }

@@ -2,9 +2,11 @@
  * user value holds `secrets`: the key, the caller's header values, the userinfo of a URL.
  * Every message built from what a server said or from a URL passes through nim_redact()
  * before anyone sees it, and a URL is shown without its userinfo. */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "binding.h"
 
@@ -132,6 +134,19 @@ int nim_url_is_loopback(const char *url) {
     h = h ? h + 3 : url;
     size_t n = userinfo(url, &ui);
     if (n) h = ui + n + 1;
-    return strncmp(h, "127.", 4) == 0 || strncmp(h, "localhost", 9) == 0 ||
-           strncmp(h, "[::1]", 5) == 0;
+    /* The whole host, compared exactly: "localhost.example" and "127.example" are not here. */
+    size_t len = strcspn(h, ":/?#");
+    if (*h == '[') { /* an IPv6 literal: up to its ']', which must end the host */
+        len = strcspn(h, "]");
+        if (!h[len]) return 0;
+        len++;
+        if (h[len] && !strchr(":/?#", h[len])) return 0; /* "[::1].example" */
+    }
+    char host[64];
+    if (len >= sizeof host) return 0;
+    memcpy(host, h, len);
+    host[len] = 0;
+    struct in_addr v4;
+    if (inet_pton(AF_INET, host, &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+    return strcasecmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0;
 }

@@ -47,6 +47,10 @@ static void well_formed_answers(void) {
     CHECK(a.tokens == 123);
     CHECK(a.id && a.id_len == 3 && memcmp(a.id, "abc", 3) == 0 && !a.id_escaped);
     CHECK(read_answer(" {\"rankings\": [ ] } \n", 0, &a, err) == 0 && a.n == 0);
+    CHECK(read_answer("{\"x\":[true,false,null,-0.5E-3,{},[],\"\\t\"],\"rankings\":[ {\"index\""
+                      " : 0 , \"logit\" : 1 } ]}",
+                      1, &a, err) == 0 &&
+          a.n == 1);
     CHECK(read_answer("{\"id\":\"x\\\"y\",\"rankings\":[]}", 1, &a, err) == 0 && a.id_escaped);
     CHECK(read_answer("{\"usage\":{\"total_tokens\":-4},\"rankings\":[]}", 1, &a, err) == 0 &&
           a.tokens == 0);
@@ -62,11 +66,11 @@ static void refused_answers_say_why(void) {
         {"{\"rankings\":{}}", "not a list"},
         {"{\"rankings\":[1]}", "rankings[0] is not an object"},
         {"{\"rankings\":[{\"index\":\"1\",\"logit\":1}]}", "index is not an integer"},
-        {"{\"rankings\":[{\"index\":0x1,\"logit\":1}]}", "index is not an integer"},
+        {"{\"rankings\":[{\"index\":0x1,\"logit\":1}]}", "not JSON"},
         {"{\"rankings\":[{\"index\":1e0,\"logit\":1}]}", "index is not an integer"},
         {"{\"rankings\":[{\"index\":-0,\"logit\":1},{\"index\":0,\"logit\":1}]}", "repeats"},
         {"{\"rankings\":[{\"index\":3,\"logit\":1}]}", "out of range"},
-        {"{\"rankings\":[{\"index\":0,\"logit\":1.}]}", "logit is not a finite number"},
+        {"{\"rankings\":[{\"index\":0,\"logit\":1.}]}", "not JSON"},
         {"{\"rankings\":[{\"index\":0,\"logit\":.5}]}", "not JSON"},
         {"{\"rankings\":[{\"index\":0,\"logit\":true}]}", "logit is not a finite number"},
         {"{\"rankings\":[{\"index\":0,\"logit\":1e400}]}", "logit is not a finite number"},
@@ -79,12 +83,29 @@ static void refused_answers_say_why(void) {
         {"{\"rankings\":[}", "not JSON"},
         {"{\"rankings\"}", "not JSON"},
         {"{\"rankings\":[{\"index\":0,\"logit\":1}", "not JSON"},
+        /* what a tokenizer alone lets through */
+        {"{\"rankings\":[{\"index\":0,\"logit\":1}{\"index\":1,\"logit\":2}]}", "not JSON"},
+        {"{\"rankings\":[{\"index\":0,\"logit\":1},,{\"index\":1,\"logit\":2}]}", "not JSON"},
+        {"{,\"rankings\":[]}", "not JSON"},
+        {"{\"rankings\":[],}", "not JSON"},
+        {"{\"rankings\":[,]}", "not JSON"},
+        {"{\"rankings\":[] \"id\":\"a\"}", "not JSON"},
+        {"{\"rankings\":[],\"x\":nonsense}", "not JSON"},
+        {"{\"rankings\":[],\"x\":tru}", "not JSON"},
+        {"{\"rankings\":[],\"x\":nulls}", "not JSON"},
+        {"{\"rankings\":[],\"x\":[1 2]}", "not JSON"},
+        {"{\"rankings\":[],\"x\":{\"a\":1 \"b\":2}}", "not JSON"},
+        {"{\"rankings\":[],\"x\":[1:2]}", "not JSON"},
+        {"{\"rankings\":[],\"x\":\"a\tb\"}", "not JSON"},
+        {"{\"rankings\":[],\"x\":-}", "not JSON"},
+        {"{\"rankings\":[],\"x\":1e}", "not JSON"},
+        {"{\"rankings\":[],\"x\":01}", "not JSON"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         nim_answer a;
         char err[256];
         int rc = read_answer(cases[i].body, 3, &a, err);
-        CHECK(rc == -1);
+        CHECK(rc == -1 && strstr(err, cases[i].why));
         if (rc != -1 || !strstr(err, cases[i].why))
             fprintf(stderr, "  body %s: got '%s', want '%s'\n", cases[i].body, err, cases[i].why);
     }

@@ -368,6 +368,37 @@ static void catalog_endpoint_path_without_leading_slash(void) {
     CHECK_STR(r.body_model, "custom-body");
 }
 
+/* A catalog path is appended to the base: nothing in it may move the request elsewhere. */
+static void catalog_paths_cannot_leave_their_place(void) {
+    static const char *const paths[] = {
+        "/v1/retrieval/acme/../../../admin/delete-everything",
+        "/v1/./x",
+        "/v1//x",
+        "//v1/x",
+        "/v1/x/",
+        "/v1/x?admin=1",
+        "/v1/x#f",
+        "/v1/x\r\nX-Injected: 1",
+        "/v1/x y",
+        "/v1/%2e%2e/x",
+        "",
+    };
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        nim_catalog_entry e = {paths[i], NULL};
+        nim_route r;
+        char err[256];
+        CHECK(nim_resolve("nvidia_nim/acme/x", "http://h", &e, fake_env, NULL, &r, err,
+                          sizeof err) == -1);
+        CHECK(strstr(err, "catalog['acme/x'].endpoint_path") != NULL);
+    }
+    nim_catalog_entry ctl = {NULL, "acme/reranker\x01"};
+    nim_route r;
+    char err[256];
+    CHECK(nim_resolve("nvidia_nim/acme/x", "http://h", &ctl, fake_env, NULL, &r, err, sizeof err) ==
+          -1);
+    CHECK(strstr(err, "body_model: has a control byte") != NULL);
+}
+
 static void builtin_catalog_has_no_duplicate_names(void) {
     for (const nim_catalog_builtin *a = nim_catalog_builtins; a->name; a++)
         for (const nim_catalog_builtin *b = a + 1; b->name; b++)
@@ -383,6 +414,7 @@ int main(void) {
     RUN(overlong_model_is_rejected);
     RUN(catalog_entry_with_empty_path_fails_closed);
     RUN(catalog_endpoint_path_without_leading_slash);
+    RUN(catalog_paths_cannot_leave_their_place);
     RUN(builtin_catalog_has_no_duplicate_names);
     return CTEST_SUMMARY("c/resolve");
 }

@@ -26,6 +26,7 @@
 --   !endless         a chunked body that never ends   !silent       never answers
 --   !redirect        302 to another host              !echo         200 whose body echoes the
 --   !bigheader=N     a response header of N bytes                    request's headers and body
+--   !manyheaders=K   K response headers of 35 000 bytes each
 --   !gzip=PATH       the answer is PATH's bytes, sent with Content-Encoding: gzip
 -- GET /_fake/last returns the last POST seen (headers and raw body) for assertions;
 -- GET /_fake/stats returns {connections = TCP connections accepted so far,
@@ -80,6 +81,21 @@ local BODIES = {
   nul_inside = '{"rankings":[]}\0',
   empty_list = '{"rankings":[],"usage":{"total_tokens":3}}',
   escaped_id = '{"id":"a\\"b\\u00e9","rankings":[{"index":0,"logit":2.5e0}]}',
+  -- JSON that a tokenizer alone lets through: separators and literals (all refused)
+  missing_comma = '{"rankings":[{"index":0,"logit":1.5}{"index":1,"logit":9}]}',
+  double_comma = '{"rankings":[{"index":0,"logit":1.5},,{"index":1,"logit":9}]}',
+  leading_comma = '{,"rankings":[{"index":0,"logit":1}]}',
+  trailing_comma = '{"rankings":[{"index":0,"logit":1}],}',
+  doubled_member_comma = '{"rankings":[{"index":0,"logit":1}],,"id":"a"}',
+  bare_word = '{"rankings":[{"index":0,"logit":1}],"x":nonsense}',
+  cut_literal = '{"rankings":[{"index":0,"logit":1}],"x":tru}',
+  spaced_list = '{"rankings":[{"index":0,"logit":1}],"x":[1 2 3]}',
+  spaced_members = '{"rankings":[{"index":0,"logit":1}],"x":{"a":1 "b":2}}',
+  trailing_comma_usage = '{"rankings":[{"index":0,"logit":1}],"usage":{"total_tokens":7,}}',
+  colon_in_list = '{"rankings":[{"index":0,"logit":1}],"x":[1:2]}',
+  raw_control = '{"rankings":[{"index":0,"logit":1}],"id":"a\tb"}',
+  -- and what a parser accepts must pass
+  literals = '{"rankings":[{"index":0,"logit":-1.5e+2}],"x":[true,false,null,{},[]],"y":"\\n"}',
 }
 
 local seen_counts = {}  -- query text -> requests seen (for !times)
@@ -232,6 +248,13 @@ local function hostile(d, req, answer)
   end
   if d.bigheader then
     return json(200, answer, "X-Big: " .. ("b"):rep(tonumber(d.bigheader)) .. "\n")
+  end
+  if d.manyheaders then
+    local hs = {}
+    for i = 1, tonumber(d.manyheaders) do
+      hs[i] = ("X-Many-%d: %s\n"):format(i, ("m"):rep(35000))
+    end
+    return json(200, answer, table.concat(hs))
   end
   if d.gzip then
     return { status = 200, body = "", file = d.gzip,

@@ -27,6 +27,8 @@ local FAULTS = {
   { "echoes the request (key included)", "!echo", "bad_response" },
   { "loops 202 Accepted", "!202-forever", "timeout" },
   { "sends a 200 KB header line", "!bigheader=200000", "bad_response" },
+  { "sends 350 KB of headers in 35 KB lines", "!manyheaders=10", "bad_response" },
+  { "fails its NVCF status poll", "!202-fail=503", "provider" },
   { "answers 429, Retry-After: 1e999", "!status=429 !retry-after=1e999", "rate_limit" },
   { "answers 429, Retry-After: 99999999999", "!status=429 !retry-after=99999999999",
     "rate_limit" },

@@ -270,6 +270,71 @@ test("malformed_catalog_entry_fails_closed", function()
   ok(not okc2 and tostring(err2):find("acme/bad", 1, true), "bad entry named")
 end)
 
+-- A catalog entry's path is appended to the base URL: nothing in it may move the request
+-- elsewhere on the server, and no NUL byte may cut it short.
+test("catalog_paths_and_models_cannot_redirect_a_request", function()
+  for _, entry in ipairs({
+    { endpoint_path = "/v1/retrieval/acme/../../../admin/delete-everything" },
+    { endpoint_path = "/v1/retrieval/acme/reranking\0/../../x" },
+    { endpoint_path = "/v1/retrieval/acme/reranking\r\nX-Injected: 1" },
+    { endpoint_path = "/v1/x?admin=1" },
+    { body_model = "acme/reranker\0-ignored" },
+  }) do
+    nim.catalog["acme/evil"] = entry
+    local valid, bad = nim.check(h.args({ model = "nvidia_nim/acme/evil" }))
+    local okc, err = pcall(nim.rerank, h.args({ model = "nvidia_nim/acme/evil" }))
+    nim.catalog["acme/evil"] = nil
+    local field = entry.endpoint_path and "endpoint_path" or "body_model"
+    eq(valid, nil, field .. " refused by nim.check")
+    spec.match(bad.message, field, "named")
+    ok(not okc and tostring(err):find(field, 1, true), "and by nim.rerank: " .. tostring(err))
+  end
+  nim.settings.ca_bundle = "/nonexistent/ca.pem\0/etc/ssl/certs/ca-certificates.crt"
+  local okc, err = pcall(nim.rerank, h.args())
+  nim.settings.ca_bundle = nil
+  ok(not okc and tostring(err):find("nim.settings.ca_bundle: contains a NUL byte", 1, true),
+    "a NUL in a setting is refused, not cut: " .. tostring(err))
+end)
+
+-- Polls go to <status url>/<request id>: a status URL with no host, a bad port, another
+-- scheme or a query would let the upstream's request id decide where the key goes.
+test("nvcf_status_url_is_checked_before_anything_is_sent", function()
+  for _, url in ipairs({ "http://", "http://127.0.0.1:99999/s", "ftp://h/s", "http://h/s#",
+    "http://h/s?id=", "http://h/a b" }) do
+    local valid, bad = nim.check(h.args({ nvcf_status_url = url }))
+    eq(valid, nil, url .. " refused")
+    eq(bad.field, "nvcf_status_url", url .. ": field")
+  end
+  local out = h.sh(("NIMRANK_NVCF_STATUS_URL=http:// %s -e %s 2>&1"):format(h.nimrank, h.q(
+    ("print(nim.check{ model = %q, query = 'q', documents = { 'd' }, api_base = %q })")
+      :format(h.RETRIEVAL, h.url))))
+  spec.match(out, "NIMRANK_NVCF_STATUS_URL", "the variable is named: " .. out)
+  local res = nim.rerank({ model = "local/bm25", query = "gpu", documents = h.DOCS,
+    nvcf_status_url = "http://" })
+  ok(res, "a local model never polls: its calls do not care")
+end)
+
+-- The API key travels as a header: held to a header's size, and named as the request's.
+test("an_oversized_api_key_is_refused_by_name", function()
+  local valid, bad = nim.check(h.args({ api_key = ("k"):rep(200000) }))
+  eq(valid, nil, "refused")
+  eq(bad.field, "api_key", "named")
+  spec.match(bad.message, "too large", "why")
+  local out = h.sh(("NVIDIA_NIM_API_KEY=%s %s rerank -m %s --api-base %s -q q d 2>&1"):format(
+    ("k"):rep(9000), h.nimrank, h.RETRIEVAL, h.q(h.url)))
+  spec.match(out, "NVIDIA_NIM_API_KEY: too large", "the variable is named")
+end)
+
+-- libcurl 7.88 runs a 1 ms limit as 200 ms: the engine gives it at least 2 ms.
+test("a_tiny_timeout_is_kept_not_rounded_up_to_200_ms", function()
+  for _, t in ipairs({ 0.001, 1e-9 }) do
+    local _, err = nim.rerank(h.args({ query = "!delay=2000 gpu tiny", timeout = t }))
+    eq(err.type, "timeout", t .. ": timeout")
+    local ms = tonumber(err.message:match("after (%d+) milli"))
+    ok(ms and ms < 200, t .. ": libcurl's own count: " .. err.message)
+  end
+end)
+
 test("resolve_exposes_route", function()
   local r = nim.resolve("nvidia_nim/ranking/nvidia/llama-3.2-nv-rerankqa-1b-v2",
     { api_base = "http://localhost:8000" })

@@ -84,9 +84,13 @@ test("wrong_shaped_answers_are_bad_responses", function()
   for name, why in pairs({
     array = "not a JSON object", rankings_object = "not a list", empty_object = "no 'rankings'",
     null_rankings = "not a list", string_index = "index is not an integer",
-    hex_string_index = "index is not an integer", hex_index = "index is not an integer",
+    hex_string_index = "index is not an integer", hex_index = "not JSON",
     float_index = "index is not an integer", negative_index = "out of range",
-    leading_zero_index = "not an integer", hex_logit = "logit is not a finite number",
+    missing_comma = "not JSON", double_comma = "not JSON", leading_comma = "not JSON",
+    trailing_comma = "not JSON", doubled_member_comma = "not JSON", bare_word = "not JSON",
+    cut_literal = "not JSON", spaced_list = "not JSON", spaced_members = "not JSON",
+    trailing_comma_usage = "not JSON", colon_in_list = "not JSON", raw_control = "not JSON",
+    leading_zero_index = "not JSON", hex_logit = "not JSON",
     string_logit = "logit is not a finite number", nan_logit = "not JSON",
     huge_logit = "logit is not a finite number", missing_logit = "logit is missing",
     key_without_value = "not JSON", trailing_garbage = "JSON", two_objects = "JSON",
@@ -95,6 +99,8 @@ test("wrong_shaped_answers_are_bad_responses", function()
     local err = fails({ query = "!body=" .. name .. " gpu" }, "bad_response", 200)
     match(err.message, why:gsub("%p", "%%%0"), name)
   end
+  local lit = assert(call({ query = "!body=literals gpu" }))
+  eq(lit.results[1].relevance_score, -150, "every literal and an exponent sign: accepted")
   local res = call({ query = "!body=escaped_id gpu" })
   eq(res.id, 'a"b\u{e9}', "an escaped id is decoded")
   eq(res.results[1].relevance_score, 2.5, "exponent")

@@ -1,0 +1,65 @@
+/* A call's secrets (secrets.c): which forms of a URL's credentials are kept for redaction,
+ * that redaction finds them, and which hosts count as this machine for the plain-http
+ * warning. */
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "../../src/binding.h"
+#include "ctest.h"
+
+/* Redacts s with the secrets of url in a fresh call user value; returns the result. */
+static const char *redacted(lua_State *L, const char *url, const char *s) {
+    lua_newtable(L); /* uv */
+    lua_newtable(L);
+    nim_secrets_add_url(L, lua_gettop(L), url);
+    lua_setfield(L, -2, "secrets");
+    lua_pushstring(L, s);
+    nim_redact(L, -1, lua_gettop(L) - 1);
+    return lua_tostring(L, -1); /* stays on the stack until the test's settop */
+}
+
+static void a_url_password_is_redacted_in_every_form_it_travels(void) {
+    lua_State *L = luaL_newstate();
+    const char *url = "http://ad%40min:p%3Ass%20word-0123@127.0.0.1:9/v1";
+    /* as written, decoded, and as libcurl's Basic credentials: base64("ad@min:p:ss word-0123") */
+    CHECK_STR(redacted(L, url, "x p%3Ass%20word-0123 y"), "x [redacted] y");
+    CHECK_STR(redacted(L, url, "x p:ss word-0123 y"), "x [redacted] y");
+    CHECK_STR(redacted(L, url, "Basic YWRAbWluOnA6c3Mgd29yZC0wMTIz"), "Basic [redacted]");
+    CHECK_STR(redacted(L, url, "ad@min:p:ss word-0123"), "[redacted]");
+    CHECK_STR(redacted(L, "http://h/v1", "nothing to hide"), "nothing to hide");
+    lua_close(L);
+}
+
+static void only_this_machine_counts_as_loopback(void) {
+    static const struct {
+        const char *url;
+        int loopback;
+    } cases[] = {
+        {"http://127.0.0.1:8000/v1", 1},
+        {"http://127.9.9.9/v1", 1},
+        {"http://localhost:8000", 1},
+        {"http://LOCALHOST", 1},
+        {"http://[::1]:8000/", 1},
+        {"http://user:pw@127.0.0.1:1/", 1},
+        {"http://localhost.attacker.example/", 0},
+        {"http://127.attacker.example/", 0},
+        {"http://127.0.0.1.nip.io/", 0},
+        {"http://localhostx/", 0},
+        {"http://[::1].example/", 0},
+        {"http://128.0.0.1/", 0},
+        {"http://2130706433/", 0}, /* 127.0.0.1 in decimal: not recognised, so warned */
+        {"http://127.0.0.1@evil.example/", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int got = nim_url_is_loopback(cases[i].url);
+        CHECK(got == cases[i].loopback);
+        if (got != cases[i].loopback) fprintf(stderr, "  %s: got %d\n", cases[i].url, got);
+    }
+}
+
+int main(void) {
+    RUN(a_url_password_is_redacted_in_every_form_it_travels);
+    RUN(only_this_machine_counts_as_loopback);
+    return CTEST_SUMMARY("c/secrets");
+}
