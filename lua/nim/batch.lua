@@ -13,6 +13,11 @@
 -- batch (err.batch, err.batches). The router's retry then sends the whole call again, to the
 -- deployment it picks: scores of two deployments (maybe two models) are never mixed.
 --
+-- The call's timeout (timeout, else request_timeout, else nim.settings.timeout) is its total
+-- time, as everywhere: a deadline is fixed when the batched call starts, each batch gets
+-- min(timeout, time left), and once the deadline has passed no batch starts: the call fails
+-- with a timeout error (err.batch, err.batches: the first batch not answered).
+--
 -- Options per call (or as config call defaults): batch_size (at most max_passages),
 -- concurrency, on_progress(done_documents, total_documents).
 local nim = require "nim"
@@ -45,19 +50,51 @@ function M.check(a, opts)
   return size or limit, conc, opts.on_progress
 end
 
+-- The call's total time in seconds: its timeout (or request_timeout), else nim.settings', by
+-- the binding's one rule for seconds (nim.native.seconds).
+local function total_time(a)
+  if a.timeout ~= nil then return native.seconds(a.timeout, "nim.rerank", "timeout") end
+  if a.request_timeout ~= nil then
+    return native.seconds(a.request_timeout, "nim.rerank", "request_timeout")
+  end
+  return native.seconds(nim.settings.timeout, "nim.settings", "timeout")
+end
+
 -- Runs the batches of a (documents 1..n, size per batch, conc at once). res | nil, err.
 local function run(a, n, size, conc, progress)
+  local total = total_time(a)
+  local deadline = nim.now() + total
   local batches = (n + size - 1) // size
   local pending, which, results = {}, {}, {}
-  local next_b, done_docs = 1, 0
+  local next_b, done_docs, answered = 1, 0, 0
+  -- each batch's own arguments: a's, with the time left as its timeout
+  local b_args = {}
+  for k, v in pairs(a) do b_args[k] = v end
+  b_args.request_timeout = nil
+  local function fail(err, b)
+    for _, p in ipairs(pending) do p:cancel() end
+    err.batch, err.batches = b, batches
+    return nil, err
+  end
+  -- the call's deadline passed: batch b is the first one not answered
+  local function deadline_error(b)
+    return fail(native.error({ type = "timeout", model = a.model,
+      message = ("no answer within the call's timeout of %.3g s (%d of %d batches answered)")
+        :format(total, answered, batches) }), b)
+  end
   local function start(b)
+    local left = deadline - nim.now()
+    if left <= 0 then return deadline_error(b) end
+    b_args.timeout = math.min(total, left)
     local first = (b - 1) * size + 1
     -- partial: the batch's rankings stay in C; merge builds the result tables once
-    pending[#pending + 1] = native.start(a, first, math.min(size, n - first + 1), true)
+    pending[#pending + 1] = native.start(b_args, first, math.min(size, n - first + 1), true)
     which[#which + 1] = b
+    return true
   end
   while next_b <= math.min(conc, batches) do
-    start(next_b)
+    local ok, err = start(next_b)
+    if not ok then return nil, err end
     next_b = next_b + 1
   end
   while #pending > 0 do
@@ -65,15 +102,18 @@ local function run(a, n, size, conc, progress)
     local t, b = table.remove(pending, i), table.remove(which, i)
     local res, err = t:result()
     if not res then
-      for _, p in ipairs(pending) do p:cancel() end
-      err.batch, err.batches = b, batches
-      return nil, err
+      -- a batch's timeout is the time the call had left: when it runs out (not a 408 of the
+      -- server's), the call's deadline has passed
+      if err.type == "timeout" and err.status ~= 408 then return deadline_error(b) end
+      return fail(err, b)
     end
     results[b] = res
+    answered = answered + 1
     done_docs = done_docs + math.min(size, n - (b - 1) * size)
     if progress then progress(done_docs, n) end
     if next_b <= batches then
-      start(next_b)
+      local ok, serr = start(next_b)
+      if not ok then return nil, serr end
       next_b = next_b + 1
     end
   end

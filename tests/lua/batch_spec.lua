@@ -1,0 +1,72 @@
+-- nim.batch: an auto-batched call's timeout is its total time, as every call's is. The fake
+-- holds each request 800 ms; eight batches one at a time would take 6.4 s. Bounds are
+-- generous (a slow machine must pass): timeout 1 s, asserted under 3 s.
+local spec = require "spec"
+local h = require "helpers"
+local nim = require "nim"
+local test, eq, ok = spec.test, spec.eq, spec.ok
+
+local function docs(n)
+  local t = {}
+  for i = 1, n do t[i] = "gpu memory doc " .. i end
+  return t
+end
+
+local function slow_args(over)
+  local a = { model = h.RETRIEVAL, api_base = h.open_url, documents = docs(8),
+    query = ("!delay=800 u%d gpu"):format(math.random(1, 1e9)), batch_size = 1,
+    concurrency = 1, timeout = 1 }
+  for k, v in pairs(over or {}) do a[k] = v end
+  return a
+end
+
+local function timed(fn)
+  local t0 = nim.now()
+  local res, err = fn()
+  return res, err, nim.now() - t0
+end
+
+test("batches_share_the_calls_timeout_and_fail_with_timeout_at_its_deadline", function()
+  local res, err, took = timed(function() return nim.rerank(slow_args()) end)
+  print(("     8 batches of 800 ms, one at a time, timeout 1 s: %.2f s"):format(took))
+  eq(res, nil, "no result: the time ran out")
+  eq(err.type, "timeout", "a timeout error")
+  eq(getmetatable(err), nim.error_mt, "an error object from the one constructor")
+  eq(err.retryable, true, "retryable, as every timeout")
+  eq(err.batches, 8, "names the batches")
+  ok(err.batch >= 2 and err.batch <= 8, "and the first batch not answered")
+  spec.match(tostring(err), "within the call's timeout of 1 s", "says whose deadline")
+  ok(took < 3, ("the timeout is the total (took %.2f s)"):format(took))
+end)
+
+test("a_routed_batched_call_keeps_the_deadline_too", function()
+  nim.load_config({ model_list = { { model_name = "slow", litellm_params = {
+    model = h.RETRIEVAL, api_base = h.open_url } } } })
+  local res, err, took = timed(function()
+    return nim.rerank(slow_args({ model = "slow", num_retries = 2 }))
+  end)
+  nim.load_config({})
+  print(("     routed, with retries: %.2f s"):format(took))
+  eq(res, nil, "no result")
+  eq(err.type, "timeout", "a timeout error")
+  ok(took < 3, ("retries fit in the same total (took %.2f s)"):format(took))
+end)
+
+test("the_cli_timeout_bounds_a_batched_call", function()
+  local t0 = nim.now()
+  local out, code = h.sh(("%s rerank -m %s --api-base %s --timeout 1 --batch-size 1 "
+    .. "--concurrency 1 -q %s a b c d e f 2>&1"):format(h.nimrank, h.RETRIEVAL,
+    h.q(h.open_url), h.q(("!delay=800 u%d gpu"):format(math.random(1, 1e9)))))
+  local took = nim.now() - t0
+  eq(code, 1, "a failure, not a late success: " .. out)
+  spec.match(out, "timeout", "a timeout")
+  ok(took < 3, ("--timeout is the total (took %.2f s)"):format(took))
+end)
+
+test("batches_that_fit_in_the_time_still_merge", function()
+  local res, err = nim.rerank(slow_args({ query = "!delay=50 gpu memory", timeout = 10,
+    concurrency = 4 }))
+  ok(res, "answered: " .. tostring(err))
+  eq(res.meta.batches, 8, "eight batches")
+  eq(#res.results, 8, "all merged")
+end)
