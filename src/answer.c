@@ -120,7 +120,8 @@ static int syntax(const reader *r, int *last, int *count) {
         }
         if (t[p].type == JSMN_STRING) { /* a value: its parent is its key */
             if (!gap_ok(js, tok_end(&t[p]), tok_begin(&t[j]), ':')) return -1;
-            int obj = t[p].parent;
+            int obj = t[p].parent; /* and the key's, an object ("a":1 alone is not JSON) */
+            if (obj < 0 || t[obj].type != JSMN_OBJECT) return -1;
             last[obj] = tok_end(&t[j]);
             continue;
         }

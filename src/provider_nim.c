@@ -354,11 +354,12 @@ static void success(lua_State *L, int idx, int uv, int body, long status, double
     nim_push_reg(L, nim_key_decode);
     nim_parsed p;
     if (!nim_wire_parse(L, body, lua_gettop(L), c->ndocs, &p)) {
-        nim_redact(L, body, uv); /* before the message takes its first part */
         lua_getfield(L, uv, "url");
         lua_pushfstring(L, "malformed response from %s: %s; body: ", lua_tostring(L, -1),
                         lua_tostring(L, -2));
-        lua_pushvalue(L, body); /* raw text: the first part of the body */
+        lua_pushvalue(L, body); /* its first part, escapes decoded, redacted before the cut */
+        nim_wire_unescape(L, -1);
+        nim_redact(L, -1, uv);
         nim_wire_one_line(L, -1);
         lua_concat(L, 2);
         settle_error(L, idx, uv, NIM_ERR_BAD_RESPONSE, status, 0);

@@ -308,6 +308,59 @@ void nim_wire_error_message(lua_State *L, int body_idx, int decode_idx) {
     }
     lua_settop(L, top);
     lua_pushvalue(L, body_idx);
+    nim_wire_unescape(L, -1);
+}
+
+static int hex4(const char *s, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0) return 0;
+        v = v * 16 + (unsigned)d;
+    }
+    *out = v;
+    return 1;
+}
+
+void nim_wire_unescape(lua_State *L, int idx) {
+    idx = lua_absindex(L, idx);
+    size_t len;
+    const char *s = lua_tolstring(L, idx, &len);
+    if (!memchr(s, '\\', len)) return; /* the usual text: nothing to do */
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < len; i++) {
+        unsigned u, lo;
+        const char *simple = i + 1 < len ? strchr("\"\\/bfnrt", s[i + 1]) : NULL;
+        if (s[i] != '\\' || i + 1 >= len) {
+            luaL_addchar(&b, s[i]);
+        } else if (simple && s[i + 1]) {
+            luaL_addchar(&b, "\"\\/\b\f\n\r\t"[simple - "\"\\/bfnrt"]);
+            i++;
+        } else if (s[i + 1] == 'u' && i + 6 <= len && hex4(s + i + 2, &u)) {
+            i += 5;
+            if (u >= 0xD800 && u < 0xDC00 && i + 7 <= len && s[i + 1] == '\\' && s[i + 2] == 'u' &&
+                hex4(s + i + 3, &lo) && lo >= 0xDC00 && lo < 0xE000) {
+                u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+                i += 6;
+            }
+            char utf8[8];
+            lua_pushfstring(L, "%U", (long)u); /* Lua's own UTF-8 encoder */
+            size_t n;
+            const char *e = lua_tolstring(L, -1, &n);
+            memcpy(utf8, e, n < sizeof utf8 ? n : sizeof utf8);
+            lua_pop(L, 1);
+            luaL_addlstring(&b, utf8, n < sizeof utf8 ? n : sizeof utf8);
+        } else {
+            luaL_addchar(&b, s[i]);
+        }
+    }
+    luaL_pushresult(&b);
+    lua_replace(L, idx);
 }
 
 void nim_wire_one_line(lua_State *L, int idx) {

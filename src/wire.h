@@ -50,6 +50,9 @@ int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, lua_Integer npass
 /* Pushes the message of an error body: its JSON detail/message/error/title, decoded, or else
  * the body's text; whole, so that secrets can be redacted before nim_wire_one_line cuts it. */
 void nim_wire_error_message(lua_State *L, int body_idx, int decode_idx);
+/* Replaces the string at idx with its JSON escapes (\\n, \\/, \\uXXXX, pairs) decoded, others
+ * left as they are: what a reader would see, so that redaction sees it too. */
+void nim_wire_unescape(lua_State *L, int idx);
 /* Replaces the string at idx with one line of at most 300 bytes, no control characters. */
 void nim_wire_one_line(lua_State *L, int idx);
 

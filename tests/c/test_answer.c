@@ -100,6 +100,8 @@ static void refused_answers_say_why(void) {
         {"{\"rankings\":[],\"x\":-}", "not JSON"},
         {"{\"rankings\":[],\"x\":1e}", "not JSON"},
         {"{\"rankings\":[],\"x\":01}", "not JSON"},
+        {"\"a\":1", "not JSON"},
+        {"{\"rankings\":[],\"x\":[\"a\":1]}", "not JSON"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         nim_answer a;

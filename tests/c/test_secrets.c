@@ -6,6 +6,7 @@
 #include <lualib.h>
 
 #include "../../src/binding.h"
+#include "../../src/wire.h"
 #include "ctest.h"
 
 /* Redacts s with the secrets of url in a fresh call user value; returns the result. */
@@ -28,6 +29,29 @@ static void a_url_password_is_redacted_in_every_form_it_travels(void) {
     CHECK_STR(redacted(L, url, "Basic YWRAbWluOnA6c3Mgd29yZC0wMTIz"), "Basic [redacted]");
     CHECK_STR(redacted(L, url, "ad@min:p:ss word-0123"), "[redacted]");
     CHECK_STR(redacted(L, "http://h/v1", "nothing to hide"), "nothing to hide");
+    lua_close(L);
+}
+
+/* What a reader of a raw body sees is what redaction must see: JSON escapes decoded. */
+static void escapes_are_decoded_before_redaction(void) {
+    lua_State *L = luaL_newstate();
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"plain", "plain"},
+        {"a\\u006e\\u0076b", "anvb"},
+        {"\\/\\\"\\\\\\n", "/\"\\\n"},
+        {"\\ud83d\\ude00", "\xf0\x9f\x98\x80"},
+        {"\\u00e9", "\xc3\xa9"},
+        {"\\u12", "\\u12"},
+        {"\\x\\", "\\x\\"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        lua_pushstring(L, cases[i].in);
+        nim_wire_unescape(L, -1);
+        CHECK_STR(lua_tostring(L, -1), cases[i].out);
+        lua_pop(L, 1);
+    }
     lua_close(L);
 }
 
@@ -60,6 +84,7 @@ static void only_this_machine_counts_as_loopback(void) {
 
 int main(void) {
     RUN(a_url_password_is_redacted_in_every_form_it_travels);
+    RUN(escapes_are_decoded_before_redaction);
     RUN(only_this_machine_counts_as_loopback);
     return CTEST_SUMMARY("c/secrets");
 }

@@ -13,6 +13,7 @@
 --   !id=X            response carries id X           !nousage / !norankings   omit those
 --   !usage=N         usage.total_tokens = N          !echo-auth      400 echoing Authorization
 --   !echo-escaped=N  400 {"detail": N x's, then Authorization with every byte \u-escaped}
+--                    (with !ok: status 200, so the body is shown raw as a bad_response)
 --   !202=N           NVCF: 202 with an NVCF-REQID; GET /v2/nvcf/pexec/status/{id} then
 --                    answers 202 N times before the result   !202-noid  202 without an id
 --   !202-forever     every status poll answers 202    !202-reqid=X  202 with NVCF-REQID X
@@ -220,7 +221,7 @@ local function injected(d, req)
     local esc = (req.headers["authorization"] or ""):gsub(".", function(c)
       return ("\\u%04x"):format(c:byte())
     end)
-    return { status = 400, headers = "Content-Type: application/json\n",
+    return { status = d.ok and 200 or 400, headers = "Content-Type: application/json\n",
              body = '{"detail":"' .. ("x"):rep(tonumber(d["echo-escaped"]) or 0) .. esc .. '"}' }
   end
   if d["202-noid"] then return { status = 202, body = "", headers = "" } end

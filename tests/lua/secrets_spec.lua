@@ -31,6 +31,7 @@ local PATHS = {
   "!echo-auth gpu",          -- 400 whose body echoes the Authorization header
   "!echo gpu",               -- 200 whose body echoes every header and the body
   "!echo-escaped=270 gpu",   -- the credential JSON-escaped, across the message's 300-byte cut
+  "!echo-escaped=150 !ok gpu", -- the same in a 2xx body that is shown raw (bad_response)
   "!status=500 gpu",         -- 5xx
   "!status=401 !text gpu",   -- 401 as text
   "!malformed gpu",          -- bad_response with the first part of the body
@@ -112,13 +113,16 @@ end
 
 test("nothing_that_came_out_holds_the_sentinel_or_a_piece_of_it", function()
   ok(#outputs > 50, "outputs collected: " .. #outputs)
-  local forms = { SENTINEL, base64("user:" .. SENTINEL) }
+  -- the key, its Basic form, and the key \u-escaped (pieces of two escaped characters)
+  local escaped = SENTINEL:gsub(".", function(c) return ("\\u%04x"):format(c:byte()) end)
+  local forms = { { SENTINEL, 8 }, { base64("user:" .. SENTINEL), 8 }, { escaped, 12 } }
   local leaks, pieces = {}, 0
-  for _, form in ipairs(forms) do pieces = pieces + #form - 7 end
+  for _, f in ipairs(forms) do pieces = pieces + #f[1] - f[2] + 1 end
   for _, o in ipairs(outputs) do
-    for _, form in ipairs(forms) do
-      for i = 1, #form - 7 do
-        if o[2]:find(form:sub(i, i + 7), 1, true) then
+    for _, f in ipairs(forms) do
+      local form, w = f[1], f[2]
+      for i = 1, #form - w + 1 do
+        if o[2]:find(form:sub(i, i + w - 1), 1, true) then
           leaks[#leaks + 1] = ("%s: %q"):format(o[1], o[2]:sub(1, 300))
           break
         end
@@ -131,8 +135,8 @@ test("nothing_that_came_out_holds_the_sentinel_or_a_piece_of_it", function()
     if o[2]:find("[redacted]", 1, true) then redacted = redacted + 1 end
   end
   ok(redacted >= 20, "echoed credentials were redacted in " .. redacted .. " outputs")
-  print(("     %d outputs searched for the sentinel, its Basic form and their %d "
-    .. "8-character pieces: none found"):format(#outputs, pieces))
+  print(("     %d outputs searched for the sentinel, its Basic and \\u-escaped forms and "
+    .. "their %d pieces: none found"):format(#outputs, pieces))
 end)
 
 test("the_environments_key_over_plain_http_to_another_host_is_warned_about", function()
