@@ -114,8 +114,8 @@ static int syntax(const reader *r, int *last, int *count) {
                 if ((unsigned char)*s < 0x20) return -1;
         }
         int p = t[j].parent;
-        if (p < 0) {
-            if (j != 0) return -1; /* a second top-level value */
+        if (p < 0) { /* the top-level value: first, with only white space before it */
+            if (j != 0 || !gap_ok(js, 0, tok_begin(&t[j]), 0)) return -1;
             continue;
         }
         if (t[p].type == JSMN_STRING) { /* a value: its parent is its key */

@@ -101,6 +101,8 @@ static void refused_answers_say_why(void) {
         {"{\"rankings\":[],\"x\":1e}", "not JSON"},
         {"{\"rankings\":[],\"x\":01}", "not JSON"},
         {"\"a\":1", "not JSON"},
+        {":{\"rankings\":[]}", "not JSON"},
+        {", {\"rankings\":[]}", "not JSON"},
         {"{\"rankings\":[],\"x\":[\"a\":1]}", "not JSON"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
