@@ -2,19 +2,95 @@
 -- validated and normalised. load(path_or_table) -> config, warnings. Invalid values raise an
 -- error naming the key path (model_list[2].litellm_params.model: expected string, got number);
 -- unknown keys become warnings. Values written os.environ/NAME are read from the environment;
--- a missing variable is an error naming it, and no value is ever printed.
+-- a missing variable is an error naming it, and no value is ever printed: every message that
+-- shows a config value goes through shown() (or, after the load, M.env_name and M.hide).
 --
 -- A deployment's string parameters (model_list[].litellm_params: model, api_key, api_base,
 -- ca_bundle) written os.environ/NAME are read when the deployment is used, not at load: a
 -- config whose offline group needs no key loads without NVIDIA_NIM_API_KEY set, and the
--- missing variable is reported by the call that needs it (M.env_value).
+-- missing variable is reported by the call that needs it (M.env_value). A group's name
+-- (model_name) and a deployment's id (model_info.id) are shown in results, errors and
+-- attempts, so they may not come from the environment.
+--
+-- Lua in a config (a .lua config file, nimrank_settings.scripts) runs on the instruction
+-- budget (M.budget) in an environment of its own (script_env).
 local M = {}
+
+-- Keys (and values) longer than this are cut where a message shows them: a 4 MB key must not
+-- become a 4 MB error line.
+local SHOWN_MAX = 64
+
+local function cut(s)
+  s = tostring(s)
+  if #s <= SHOWN_MAX then return s end
+  local n = SHOWN_MAX -- never half a UTF-8 sequence
+  while n > 0 and (s:byte(n + 1) or 0) & 0xC0 == 0x80 do n = n - 1 end
+  return ("%s...(%d bytes)"):format(s:sub(1, n), #s)
+end
 
 -- A deferred os.environ/NAME value.
 local EnvRef = {}
 EnvRef.__index = EnvRef
-EnvRef.__tostring = function(r) return "os.environ/" .. r.name end
+EnvRef.__tostring = function(r) return "os.environ/" .. cut(r.name) end
 local LAZY = { model = true, api_key = true, api_base = true, ca_bundle = true }
+
+-- Key paths are chains { up = parent, key = k } (a root is a plain string), formatted only when
+-- a message needs one: copying "a.b.c" strings for every value made a long key over many
+-- values quadratic. A key that is a table { text } is appended as it is (" key").
+local function at(up, key) return { up = up, key = key } end
+
+local function path_str(p)
+  if type(p) ~= "table" then return p end
+  local keys = {}
+  while type(p) == "table" do
+    keys[#keys + 1] = p.key
+    p = p.up
+  end
+  local out = { p }
+  for i = #keys, 1, -1 do
+    local k = keys[i]
+    if math.type(k) == "integer" then out[#out + 1] = ("[%d]"):format(k)
+    elseif type(k) == "table" then out[#out + 1] = k[1]
+    elseif #out == 0 then out[1] = cut(k)
+    else out[#out + 1] = "." .. cut(k) end
+  end
+  return table.concat(out)
+end
+
+local function fail(path, fmt, ...)
+  error(("%s: " .. fmt):format(path_str(path), ...), 0)
+end
+
+-- Values read from os.environ/ during this load (value -> true): never printed. Kept per
+-- config (ENV_VALUES) for what runs after the load (its scripts).
+local from_env = {}
+local ENV_VALUES = setmetatable({}, { __mode = "k" })
+
+-- How a message shows a config value: never one that came from the environment.
+local function shown(v, env)
+  if (env or from_env)[v] then return "a value from the environment" end
+  if type(v) == "string" then return ("%q"):format(cut(v)) end
+  return tostring(v)
+end
+
+-- shown(cfg, v): how a message shows a value of a loaded config.
+function M.shown(cfg, v) return shown(v, ENV_VALUES[cfg]) end
+
+-- Replaces every occurrence of value in s (plain text) with label.
+local function replace_plain(s, value, label)
+  if type(s) ~= "string" or value == "" then return s end
+  local out, i = {}, 1
+  while true do
+    local a, b = s:find(value, i, true)
+    if not a then break end
+    out[#out + 1] = s:sub(i, a - 1)
+    out[#out + 1] = label
+    i = b + 1
+  end
+  if i == 1 then return s end
+  out[#out + 1] = s:sub(i)
+  return table.concat(out)
+end
 
 -- env_value(v, field) -> v itself, or a deferred variable's value; nil, err when it is unset.
 function M.env_value(v, field)
@@ -24,7 +100,36 @@ function M.env_value(v, field)
   local nim = require "nim"
   return nil, nim.native.error({ type = field == "api_key" and "auth" or "bad_request",
     deployment = true, -- the router moves to a sibling deployment
-    message = ("%s: environment variable %s is not set"):format(v.path, v.name) })
+    message = ("%s: environment variable %s is not set"):format(v.path, cut(v.name)) })
+end
+
+-- env_name(v) -> "os.environ/NAME" for a deferred value (what is shown instead of it), else nil.
+function M.env_name(v)
+  if getmetatable(v) == EnvRef then return tostring(v) end
+  return nil
+end
+
+-- hide(s, params) -> s with the values of params' deferred os.environ/ fields (as read now)
+-- replaced by their os.environ/NAME: for messages of a call made with them (a model string
+-- in a URL or a misuse message). Values shorter than 4 bytes are left, as the binding leaves
+-- secrets that short (they would match everywhere).
+function M.hide(s, params)
+  for k in pairs(LAZY) do
+    local v = params[k]
+    if getmetatable(v) == EnvRef then
+      local value = os.getenv(v.name)
+      if value and #value >= 4 then s = replace_plain(s, value, tostring(v)) end
+    end
+  end
+  return s
+end
+
+-- Does a deployment's params hold a deferred value that a message could show?
+function M.has_env(params)
+  for k in pairs(LAZY) do
+    if getmetatable(params[k]) == EnvRef then return true end
+  end
+  return false
 end
 
 -- Keys understood in each section. Values: a checker, or true for "accepted, not used".
@@ -38,7 +143,7 @@ local function is(t)
     if not ok then
       local got = type(v)
       if got == "number" then got = math.type(v) end
-      error(("%s: expected %s, got %s"):format(path, t, got), 0)
+      fail(path, "expected %s, got %s", t, got)
     end
     return v
   end
@@ -51,8 +156,7 @@ local function number_at_least(min, strict)
   return function(v, path)
     is("number")(v, path)
     if v ~= v or (strict and v <= min) or (not strict and v < min) or v >= NUMBER_MAX then
-      error(("%s: must be %s %s, below %g"):format(path, strict and ">" or ">=", min,
-        NUMBER_MAX), 0)
+      fail(path, "must be %s %s, below %g", strict and ">" or ">=", min, NUMBER_MAX)
     end
     return v
   end
@@ -64,21 +168,17 @@ local function integer_at_least(min, max)
     if math.type(v) == "float" and v == math.floor(v) then v = math.tointeger(v) end
     is("integer")(v, path)
     if v < min or v >= max then
-      error(("%s: must be an integer >= %d, below %g"):format(path, min, max), 0)
+      fail(path, "must be an integer >= %d, below %g", min, max)
     end
     return v
   end
 end
 
--- Paths whose values came from os.environ/ during this load: never printed.
-local from_env = {}
-
 local function one_of(...)
   local allowed = { ... }
   return function(v, path)
     for _, a in ipairs(allowed) do if v == a then return v end end
-    local got = from_env[path] and "a value from the environment" or tostring(v)
-    error(("%s: must be one of %s (got %s)"):format(path, table.concat(allowed, ", "), got), 0)
+    fail(path, "must be one of %s (got %s)", table.concat(allowed, ", "), shown(v))
   end
 end
 
@@ -86,7 +186,7 @@ local function list_of(check)
   return function(v, path)
     is("list")(v, path)
     local out = {}
-    for i, x in ipairs(v) do out[i] = check(x, ("%s[%d]"):format(path, i)) end
+    for i, x in ipairs(v) do out[i] = check(x, at(path, i)) end
     return out
   end
 end
@@ -98,10 +198,10 @@ local function fallback_map(v, path)
   is("list")(v, path)
   local out = {}
   for i, entry in ipairs(v) do
-    local p = ("%s[%d]"):format(path, i)
+    local p = at(path, i)
     is("map")(entry, p)
     for group, targets in pairs(entry) do
-      out[is("string")(group, p .. " key")] = string_list(targets, p .. "." .. group)
+      out[is("string")(group, at(p, { " key" }))] = string_list(targets, at(p, group))
     end
   end
   return out
@@ -112,9 +212,9 @@ local function alias_map(v, path)
   is("map")(v, path)
   local out = {}
   for alias, target in pairs(v) do
-    local p = path .. "." .. tostring(alias)
+    local p = at(path, alias)
     if type(target) == "table" then
-      out[alias] = is("string")(target.model, p .. ".model")
+      out[alias] = is("string")(target.model, at(p, "model"))
     else
       out[alias] = is("string")(target, p)
     end
@@ -171,38 +271,58 @@ end
 -- them could otherwise grow exponentially ("billion laughs") or forever (a cycle).
 local MAX_DEPTH, MAX_VALUES, MAX_BYTES = 64, 100000, 4 * 1024 * 1024
 
+-- Where a value sits under model_list[i] (path model_list[i].<a>[.<b>]): a, b; else nil.
+local function deployment_key(path)
+  local keys = {}
+  while type(path) == "table" and #keys < 5 do
+    keys[#keys + 1] = path.key
+    path = path.up
+  end
+  local n = #keys
+  if path ~= nil or n < 3 or n > 4 then return nil end
+  if keys[n] ~= "model_list" or math.type(keys[n - 1]) ~= "integer" then return nil end
+  return keys[n - 2], keys[n - 3]
+end
+
+-- Shown in results, errors and attempts: never from the environment.
+local SHOWN_FIELDS = { model_name = "a group name", model_info = { id = "a deployment id" } }
+
 -- Replaces os.environ/NAME strings and lyaml's null, depth first, into fresh tables. Errors
 -- name the path. walk = { values = count, open = tables on the current path }.
 local function resolve_values(v, path, null, walk, depth)
   if v == null then return nil end
   walk.values = walk.values + 1
   if walk.values > MAX_VALUES then
-    error(("%s: the config expands to more than %d values (YAML aliases?)"):format(
-      path == "" and "config" or path, MAX_VALUES), 0)
+    fail(path or "config", "the config expands to more than %d values (YAML aliases?)",
+      MAX_VALUES)
   end
   if type(v) == "string" then
     local name = v:match("^os%.environ/(.+)$")
     if not name then return v end
-    local field = path:match("^model_list%[%d+%]%.litellm_params%.([%w_]+)$")
-    if field and LAZY[field] then return setmetatable({ name = name, path = path }, EnvRef) end
+    local a, b = deployment_key(path)
+    local what = SHOWN_FIELDS[a]
+    if type(what) == "table" then what = what[b] elseif b ~= nil then what = nil end
+    if what then
+      fail(path, "os.environ/ is not allowed here: %s is shown in results, errors and "
+        .. "attempts, so a value from the environment would be printed", what)
+    end
+    if a == "litellm_params" and LAZY[b] then
+      return setmetatable({ name = name, path = path_str(path) }, EnvRef)
+    end
     local value = os.getenv(name)
     if value == nil or value == "" then
-      error(("%s: environment variable %s is not set"):format(path, name), 0)
+      fail(path, "environment variable %s is not set", cut(name))
     end
-    from_env[path] = true
+    from_env[value] = true
     return value
   end
   if type(v) ~= "table" then return v end
-  if walk.open[v] then error(("%s: refers to itself (a YAML alias cycle)"):format(path), 0) end
-  if depth > MAX_DEPTH then
-    error(("%s: nested deeper than %d levels"):format(path, MAX_DEPTH), 0)
-  end
+  if walk.open[v] then fail(path, "refers to itself (a YAML alias cycle)") end
+  if depth > MAX_DEPTH then fail(path, "nested deeper than %d levels", MAX_DEPTH) end
   walk.open[v] = true
   local out = {}
   for k, x in pairs(v) do
-    local p = type(k) == "number" and ("%s[%d]"):format(path, k) or
-      (path == "" and tostring(k) or path .. "." .. tostring(k))
-    out[k] = resolve_values(x, p, null, walk, depth + 1)
+    out[k] = resolve_values(x, at(path, k), null, walk, depth + 1)
   end
   walk.open[v] = nil
   return out
@@ -215,11 +335,11 @@ local function check_section(t, schema, path, warnings)
   for k, v in pairs(t) do
     local check = schema[k]
     if check == nil then
-      warnings[#warnings + 1] = ("%s.%s: unknown key, ignored"):format(path, tostring(k))
+      warnings[#warnings + 1] = ("%s: unknown key, ignored"):format(path_str(at(path, k)))
     elseif check == true then
       out[k] = v
     else
-      out[k] = check(v, path .. "." .. k)
+      out[k] = check(v, at(path, k))
     end
   end
   return out
@@ -230,25 +350,25 @@ local function check_model_list(list, warnings)
   is("list")(list, "model_list")
   local out = {}
   for i, entry in ipairs(list) do
-    local p = ("model_list[%d]"):format(i)
+    local p = at("model_list", i)
     is("map")(entry, p)
     local d = {}
     for k in pairs(entry) do
       if k ~= "model_name" and k ~= "litellm_params" and k ~= "model_info" then
-        warnings[#warnings + 1] = ("%s.%s: unknown key, ignored"):format(p, tostring(k))
+        warnings[#warnings + 1] = ("%s: unknown key, ignored"):format(path_str(at(p, k)))
       end
     end
-    d.model_name = is("string")(entry.model_name, p .. ".model_name")
-    if entry.litellm_params == nil then error(p .. ".litellm_params: required", 0) end
-    d.params = check_section(entry.litellm_params, LITELLM_PARAMS, p .. ".litellm_params",
+    d.model_name = is("string")(entry.model_name, at(p, "model_name"))
+    if entry.litellm_params == nil then fail(at(p, "litellm_params"), "required") end
+    d.params = check_section(entry.litellm_params, LITELLM_PARAMS, at(p, "litellm_params"),
       warnings)
-    if d.params.model == nil then error(p .. ".litellm_params.model: required", 0) end
+    if d.params.model == nil then fail(at(at(p, "litellm_params"), "model"), "required") end
     d.info = {}
     if entry.model_info ~= nil then
-      is("map")(entry.model_info, p .. ".model_info")
+      is("map")(entry.model_info, at(p, "model_info"))
       for k, v in pairs(entry.model_info) do d.info[k] = v end -- free-form, as in LiteLLM
       if d.info.id ~= nil and type(d.info.id) ~= "string" then
-        d.info.id = tostring(is("number")(d.info.id, p .. ".model_info.id"))
+        d.info.id = tostring(is("number")(d.info.id, at(at(p, "model_info"), "id")))
       end
     end
     d.id = d.info.id or ("%s#%d"):format(d.model_name, i)
@@ -298,31 +418,130 @@ local function read_yaml(path, text)
   return doc, lyaml.null
 end
 
-local function read_file(path)
+-- The text of a file, at most MAX_BYTES: read with a bound, so a pipe or a device
+-- (/dev/zero, <(yes)) is never read whole. what: the messages' prefix; label: how they name
+-- the file (a path from the environment is not printed).
+local function read_text(path, what, label)
   local f, err = io.open(path, "rb")
-  if not f then error(("config: cannot open %s"):format(err), 0) end
+  if not f then
+    local why = err and err:sub(1, #path + 2) == path .. ": " and err:sub(#path + 3) or err
+    error(("%s: cannot open %s: %s"):format(what, label, replace_plain(why, path, label)), 0)
+  end
   local probe, perr = f:read(0) -- a directory opens, but cannot be read
-  if probe == nil and perr then
-    f:close()
-    error(("config: cannot read %s: %s"):format(path, perr), 0)
-  end
-  local size = f:seek("end")
-  if size and size > MAX_BYTES then
-    f:close()
-    error(("config: %s is larger than %d bytes"):format(path, MAX_BYTES), 0)
-  end
-  f:seek("set")
-  local text, rerr = f:read("a")
+  local text, rerr
+  if probe ~= nil or not perr then text, rerr = f:read(MAX_BYTES + 1) else rerr = perr end
   f:close()
-  if not text then error(("config: cannot read %s: %s"):format(path, rerr), 0) end
+  if text == nil and rerr then
+    error(("%s: cannot read %s: %s"):format(what, label, replace_plain(rerr, path, label)), 0)
+  end
+  text = text or "" -- an empty file
+  if #text > MAX_BYTES then
+    error(("%s: %s is larger than %d bytes"):format(what, label, MAX_BYTES), 0)
+  end
+  return text
+end
+
+-- ---- Lua in a config ---------------------------------------------------------------------
+
+-- budget() -> nim.settings.script_budget, checked where it is read: the VM instructions a
+-- filter or a config's Lua may run (nim.native.budget takes 1 .. 2^31-1).
+function M.budget()
+  local b = require("nim").settings.script_budget
+  local n = math.tointeger(b)
+  if not n or n < 1 or n > 0x7fffffff then
+    require("nim").native.misuse("nim.settings", "script_budget",
+      ("must be an integer between 1 and 2^31-1 (got %s)"):format(
+        type(b) == "number" and ("%.17g"):format(b) or type(b)))
+  end
+  return n
+end
+
+-- The environment a config's Lua runs in: the globals, read through, minus what would run code
+-- outside the instruction budget. Lua turns hooks off while a finalizer runs, so setmetatable
+-- refuses a __gc metamethod; collectgarbage and debug are absent; load, loadfile and dofile
+-- load text into this environment; require refuses debug, package and _G. (Modules a script
+-- requires run in the real globals, and nimrank's own objects are not wrapped: the budget
+-- stops runaway loops, it is not a sandbox for hostile code.)
+local HIDDEN = { collectgarbage = true, debug = true, package = true }
+local REFUSED_MODULES = { debug = true, package = true, _G = true }
+
+local function script_env()
+  local env = {}
+  local function load_here(chunk, name, mode, ...)
+    if mode ~= nil and mode ~= "t" then
+      error("load: only text chunks can be loaded in a config script", 2)
+    end
+    if select("#", ...) > 0 then return load(chunk, name, "t", ...) end
+    return load(chunk, name, "t", env)
+  end
+  local function loadfile_here(path, mode, ...)
+    local ok, text = pcall(read_text, path, "loadfile", path)
+    if not ok then return nil, text end
+    return load_here(text, "@" .. path, mode, ...)
+  end
+  local overrides = {
+    _G = env,
+    setmetatable = function(t, mt)
+      if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+        error("setmetatable: a __gc metamethod would run outside the instruction budget: "
+          .. "not allowed in a config's Lua", 2)
+      end
+      return setmetatable(t, mt)
+    end,
+    load = load_here,
+    loadfile = loadfile_here,
+    dofile = function(path)
+      local chunk, err = loadfile_here(path)
+      if not chunk then error(err, 2) end
+      return chunk()
+    end,
+    require = function(name)
+      if REFUSED_MODULES[name] then
+        error(("require: module %q is not available to a config's Lua"):format(
+          tostring(name)), 2)
+      end
+      return require(name)
+    end,
+  }
+  return setmetatable(env, { __index = function(_, k)
+    local o = overrides[k]
+    if o ~= nil then return o end
+    if HIDDEN[k] then return nil end
+    return _G[k]
+  end })
+end
+
+-- Runs a config's Lua file on the budget: results of the chunk. label names the file in
+-- messages, chunkname in the chunk's own errors; budget_name in the budget's.
+local function run_lua(path, what, label, chunkname, budget_name, ...)
+  local text = read_text(path, what, label)
+  local chunk, cerr = load(text, chunkname, "t", script_env())
+  if not chunk then error(("%s: %s"):format(what, replace_plain(cerr, path, label)), 0) end
+  local nim = require "nim"
+  return nim.native.budget(M.budget(), budget_name, chunk, ...)
+end
+
+-- run_scripts(cfg, ...): runs nimrank_settings.scripts in order, each with the arguments
+-- given (nim). A path that came from the environment is named by its key path.
+function M.run_scripts(cfg, ...)
+  local env = ENV_VALUES[cfg] or {}
+  for i, path in ipairs(cfg.nimrank.scripts or {}) do
+    local label, chunkname = path, "@" .. path
+    if env[path] then
+      label = ("nimrank_settings.scripts[%d] (a value from the environment)"):format(i)
+      chunkname = ("=nimrank_settings.scripts[%d]"):format(i)
+    end
+    run_lua(path, "nim", "script " .. label, chunkname, "script " .. label, ...)
+  end
+end
+
+local function read_file(path)
   if path:match("%.lua$") then
-    local chunk, cerr = load(text, "@" .. path, "t", setmetatable({}, { __index = _G }))
-    if not chunk then error(("config: %s"):format(cerr), 0) end
-    local t = chunk()
+    local t = run_lua(path, "config", path, "@" .. path, "config " .. path)
     if type(t) ~= "table" then error(("config: %s must return a table"):format(path), 0) end
     return t
   end
-  return read_yaml(path, text)
+  return read_yaml(path, read_text(path, "config", path))
 end
 
 -- A provider model string with its prefix (nvidia_nim/..., local/bm25): always servable.
@@ -339,27 +558,26 @@ local function check_names(cfg)
   local aliases = cfg.router.model_group_alias or {}
   for alias, target in pairs(aliases) do
     if not groups[target] then
-      error(("router_settings.model_group_alias.%s: %q is not a model_name of model_list%s")
-        :format(alias, target, aliases[target] and " (aliases name groups, not aliases)" or ""),
-        0)
+      fail(at("router_settings.model_group_alias", alias), "%s is not a model_name of "
+        .. "model_list%s", shown(target),
+        aliases[target] and " (aliases name groups, not aliases)" or "")
     end
   end
   local function check(name, path)
     if not (groups[name] or aliases[name] or provider_model(name)) then
-      error(("%s: %q is neither a model_name, an alias, nor a provider model with its "
-        .. "prefix (nvidia_nim/..., local/bm25)"):format(path, name), 0)
+      fail(path, "%s is neither a model_name, an alias, nor a provider model with its "
+        .. "prefix (nvidia_nim/..., local/bm25)", shown(name))
     end
   end
   for _, section in ipairs({ "router", "litellm" }) do
     local where = section == "router" and "router_settings" or "litellm_settings"
     for group, list in pairs(cfg[section].fallbacks or {}) do
-      check(group, ("%s.fallbacks.%s"):format(where, group))
-      for i, name in ipairs(list) do
-        check(name, ("%s.fallbacks.%s[%d]"):format(where, group, i))
-      end
+      local p = at(where .. ".fallbacks", group)
+      check(group, p)
+      for i, name in ipairs(list) do check(name, at(p, i)) end
     end
     for i, name in ipairs(cfg[section].default_fallbacks or {}) do
-      check(name, ("%s.default_fallbacks[%d]"):format(where, i))
+      check(name, at(where .. ".default_fallbacks", i))
     end
   end
 end
@@ -391,11 +609,11 @@ function check_raw(raw, null)
   if raw == nil or raw == null then raw = {} end
   is("map")(raw, "config")
   from_env = {}
-  raw = resolve_values(raw, "", null, { values = 0, open = {} }, 0)
+  raw = resolve_values(raw, nil, null, { values = 0, open = {} }, 0)
   local warnings = {}
   for k in pairs(raw) do
     if not known_top(k) then
-      warnings[#warnings + 1] = ("%s: unknown key, ignored"):format(tostring(k))
+      warnings[#warnings + 1] = ("%s: unknown key, ignored"):format(cut(k))
     end
   end
   if raw.environment_variables ~= nil then
@@ -412,10 +630,11 @@ function check_raw(raw, null)
   check_names(cfg)
   local strategy = cfg.router.routing_strategy
   if strategy and strategy ~= "simple-shuffle" then
-    warnings[#warnings + 1] = ("router_settings.routing_strategy: %q is not supported; "
-      .. "using simple-shuffle (weighted random)"):format(strategy)
+    warnings[#warnings + 1] = ("router_settings.routing_strategy: %s is not supported; "
+      .. "using simple-shuffle (weighted random)"):format(shown(strategy))
   end
   table.sort(warnings)
+  ENV_VALUES[cfg] = from_env
   return cfg, warnings
 end
 

@@ -39,19 +39,12 @@ function nim.check(args)
   return native.protect(function() nim.router:check(args) end)
 end
 
--- A config's script runs on an instruction budget (nim.settings.script_budget), as Redis runs
--- its scripts: a runaway one is stopped with an error naming it.
-local function run_script(path)
-  local chunk, err = loadfile(path)
-  if not chunk then error(("nim: script %s: %s"):format(path, err), 0) end
-  native.budget(nim.settings.script_budget, "script " .. path, chunk, nim)
-end
-
 -- nim.load_config(path_or_table [, router_opts]) -> config, warnings
 -- Replaces the router; applies litellm_settings (drop_params, request_timeout) to
 -- nim.settings; adds nimrank_settings.catalog entries; runs nimrank_settings.scripts.
 function nim.load_config(source, opts)
-  local cfg, warnings = require("nim.config").load(source)
+  local config = require "nim.config"
+  local cfg, warnings = config.load(source)
   for name, entry in pairs(cfg.nimrank.catalog or {}) do
     catalog.add(name, entry, "nimrank_settings.catalog")
   end
@@ -60,7 +53,8 @@ function nim.load_config(source, opts)
   if cfg.litellm.request_timeout then nim.settings.timeout = cfg.litellm.request_timeout end
   if cfg.nimrank.script_budget then nim.settings.script_budget = cfg.nimrank.script_budget end
   nim.router, nim.config = r, cfg
-  for _, path in ipairs(cfg.nimrank.scripts or {}) do run_script(path) end
+  -- each on the instruction budget (nim.settings.script_budget), as Redis runs its scripts
+  config.run_scripts(cfg, nim)
   return cfg, warnings
 end
 

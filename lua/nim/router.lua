@@ -28,7 +28,8 @@
 --   (litellm_params.timeout), never more than what is left; a wait that would pass the
 --   deadline is not waited; when it is spent the call ends with the last error (or a timeout).
 -- * A deployment's os.environ/NAME values are read when it is used: a config whose other
---   groups need a variable that is not set still loads and serves.
+--   groups need a variable that is not set still loads and serves. What the call shows of
+--   them is os.environ/NAME (err.model, meta.model, attempts), never a value (hide_env).
 local nim = require "nim"
 local filters = require "nim.filters"
 local catalog = require "nim.catalog"
@@ -90,8 +91,9 @@ function M.new(cfg, opts)
   for g, l in pairs(rs.fallbacks or {}) do r.fallbacks[g] = l end -- router_settings win
   r.default_fallbacks = rs.default_fallbacks or ls.default_fallbacks or {}
   r.group_filters = {}
+  local function shown(v) return config.shown(cfg, v) end -- never a value from os.environ/
   for g, pipeline in pairs(cfg.nimrank.filters or {}) do
-    filters.check(pipeline, ("nimrank_settings.filters.%s"):format(g))
+    filters.check(pipeline, ("nimrank_settings.filters.%s"):format(g), nil, shown)
     r.group_filters[g] = pipeline
   end
   r.groups = {}
@@ -234,6 +236,32 @@ local function batch_options(args)
   return b
 end
 
+-- Runs fn(...) for the call arguments a of deployment d. When d has os.environ/ values (read
+-- into a), misuse is raised with their os.environ/NAME in place of the values (a model string
+-- from the environment that the binding refuses, say), never with the values themselves.
+local function env_guard(d, a, fn, ...)
+  if not (d and config.has_env(d.params)) then return fn(...) end
+  local function settle(ok, ...)
+    if ok then return ... end
+    local bad = ...
+    native.misuse(bad.fn, bad.field, config.hide(bad.message, d.params))
+  end
+  return settle(native.protect(fn, ...))
+end
+
+-- What a call made with deployment d's os.environ/ values shows of them: os.environ/NAME as
+-- the model (err.model, meta.model, the attempt's), never the values (messages, warnings).
+-- Returns os.environ/NAME when the model is one.
+local function hide_env(d, res, err)
+  local env_model = config.env_name(d.params.model)
+  local t = res and res.meta or err
+  if not t then return env_model end
+  if env_model then t.model = env_model end
+  if err then err.message = config.hide(err.message, d.params) end
+  for i, w in ipairs(t.warnings or {}) do t.warnings[i] = config.hide(w, d.params) end
+  return env_model
+end
+
 -- One attempt's record: what was tried, how long it waited first, how it ended. No keys.
 local function record(attempts, group, d, model, wait, err, latency_ms)
   attempts[#attempts + 1] = {
@@ -293,9 +321,10 @@ function Router:try(name, args, attempts, num_retries, budget)
         -- an attempt gets its deployment's timeout, never more than the call has left
         a.timeout = math.min(d and d.params.timeout or math.huge, self:left(budget))
         a.request_timeout = nil
-        res, e = self.call(a, batch)
+        res, e = env_guard(d, a, self.call, a, batch)
       end
       local model = a and a.model or nil
+      if d and config.has_env(d.params) then model = hide_env(d, res, e) or model end
       record(attempts, group_name, d, model, wait, e, (self.clock() - t0) * 1000)
       if res then return res, d, g end
       err = e
@@ -342,9 +371,9 @@ function Router:check(args)
   check_options(args)
   if type(args.model) == "string" and self:unknown(args.model) then return true end
   local g = type(args.model) == "string" and self:group(args.model)
-  local a
-  for _, d in ipairs(g and g.deployments or {}) do
-    a = call_args(args, d, self.timeout)
+  local a, d
+  for _, dep in ipairs(g and g.deployments or {}) do
+    a, d = call_args(args, dep, self.timeout), dep
     if a then break end
   end
   if g and not a then -- no deployment can be resolved now: check the request's own options
@@ -352,8 +381,10 @@ function Router:check(args)
     return true
   end
   a = a or call_args(args, nil, self.timeout)
-  require("nim.batch").check(a, batch_options(args))
-  native.validate(a)
+  env_guard(d, a, function()
+    require("nim.batch").check(a, batch_options(args))
+    native.validate(a)
+  end)
   return true
 end
 

@@ -242,3 +242,170 @@ test("values_from_the_environment_are_never_printed", function()
   spec.match(tostring(err), "truncate: must be one of NONE, END", "says what is wrong")
   spec.no_match(tostring(err), h.key, "but not the value")
 end)
+
+-- Runs code in a fresh nimrank with extra environment; returns its output (stdout and
+-- stderr) and exit code.
+local function nimrank_env(env, code)
+  return h.sh(("env %s %s -e %s 2>&1"):format(env, h.nimrank, h.q(code)))
+end
+
+-- Every path by which a config value reaches a message: the value read from os.environ/ is
+-- never printed (nor an 8-byte piece of it), only the key path or os.environ/NAME.
+test("values_from_the_environment_are_never_printed_anywhere", function()
+  local secret = h.key -- FAKE_KEY: set in the environment by the test driver
+  local function no_secret(s, what)
+    for i = 1, #secret - 7 do spec.no_match(s, secret:sub(i, i + 7), what) end
+  end
+  local function refused(cfg, ...)
+    local err = raises(function() config.load(cfg) end, ...)
+    no_secret(err, table.concat({ ... }, " "))
+  end
+  local offline = { model_name = "rr", litellm_params = { model = "local/bm25" } }
+  refused({ model_list = { offline },
+    router_settings = { model_group_alias = { fast = "os.environ/FAKE_KEY" } } },
+    "router_settings.model_group_alias.fast: a value from the environment is not a model_name")
+  refused({ model_list = { offline }, router_settings = { model_group_alias = {
+    fast = { model = "os.environ/FAKE_KEY" } } } }, "model_group_alias.fast", "environment")
+  refused({ model_list = { offline },
+    router_settings = { fallbacks = { { rr = { "os.environ/FAKE_KEY" } } } } },
+    "router_settings.fallbacks.rr[1]: a value from the environment is neither")
+  refused({ model_list = { offline },
+    litellm_settings = { default_fallbacks = { "os.environ/FAKE_KEY" } } },
+    "litellm_settings.default_fallbacks[1]: a value from the environment")
+  -- a group name or a deployment id is shown everywhere: refused, naming the field
+  refused({ model_list = { { model_name = "os.environ/FAKE_KEY",
+    litellm_params = { model = "local/bm25" } } } },
+    "model_list[1].model_name: os.environ/ is not allowed here")
+  refused({ model_list = { { model_name = "rr", litellm_params = { model = "local/bm25" },
+    model_info = { id = "os.environ/FAKE_KEY" } } } },
+    "model_list[1].model_info.id: os.environ/ is not allowed here")
+  -- a warning
+  local _, warnings = config.load({ model_list = { offline },
+    router_settings = { routing_strategy = "os.environ/FAKE_KEY" } })
+  local all = table.concat(warnings, "\n")
+  spec.match(all, "routing_strategy: a value from the environment is not supported", "warned")
+  no_secret(all, "the warning")
+  -- a filter's name
+  local ferr = raises(function()
+    nim.load_config({ nimrank_settings = { filters = { rr = { "os.environ/FAKE_KEY" } } } })
+  end, "nimrank_settings.filters.rr[1]: unknown filter a value from the environment")
+  no_secret(ferr, "the filter's error")
+  -- a script path
+  local err = raises(function()
+    nim.load_config({ nimrank_settings = { scripts = { "os.environ/FAKE_KEY" } } })
+  end, "nimrank_settings.scripts[1] (a value from the environment)", "No such file")
+  no_secret(err, "the script's error")
+  nim.load_config({})
+end)
+
+test("a_model_from_the_environment_is_shown_as_its_variable", function()
+  local code = ([[
+    local json = require "nim.json"
+    nim.load_config({ model_list = { { model_name = "rr", litellm_params = {
+      model = "os.environ/MY_MODEL", api_base = %q } } } })
+    local res, err = nim.rerank({ model = "rr", query = "gpu", documents = { "gpu" } })
+    if res then
+      print("ok", res.meta.model, res.meta.attempts[1].model, json.encode(res.meta))
+    else
+      print("err", err.model, err.attempts[1].model, tostring(err), json.encode(err))
+    end
+    print(pcall(nim.rerank, { model = "rr", query = "gpu", documents = { "gpu" } }))
+    print(nim.check({ model = "rr", query = "gpu", documents = { "gpu" } }))
+  ]]):format(h.open_url)
+  -- answered: meta and attempts show the variable
+  local out, rc = nimrank_env("MY_MODEL=" .. h.RETRIEVAL, code)
+  eq(rc, 0, out)
+  spec.match(out, "^ok\tos%.environ/MY_MODEL\tos%.environ/MY_MODEL\t", "meta and attempts")
+  spec.no_match(out, "nemotron", "the value is not printed")
+  -- failed (404 unknown model from the fake): err.model, attempts and the message
+  local value = "nvidia_nim/nvidia/secret-model-0123456789"
+  out, rc = nimrank_env("MY_MODEL=" .. value, code)
+  eq(rc, 0, out)
+  spec.match(out, "^err\tos%.environ/MY_MODEL\tos%.environ/MY_MODEL\t", "err and attempts")
+  spec.no_match(out, "secret-model", "the value is not printed")
+  -- a value the binding refuses: misuse naming the variable, never the value
+  value = "c2VjcmV0LXRva2VuLXZhbHVl=="
+  out = nimrank_env("MY_MODEL=" .. value, code)
+  spec.match(out, "os%.environ/MY_MODEL", "names the variable")
+  spec.no_match(out, "c2VjcmV0", "the value is not printed")
+  out = h.sh(("MY_MODEL=%s %s --config /dev/stdin rerank -m rr -q q d 2>&1 <<'EOF'\n"
+    .. "model_list:\n  - model_name: rr\n    litellm_params: { model: os.environ/MY_MODEL }\n"
+    .. "EOF"):format(h.q(value), h.nimrank))
+  spec.match(out, "os%.environ/MY_MODEL", "the CLI names the variable")
+  spec.no_match(out, "c2VjcmV0", "the CLI does not print the value")
+end)
+
+-- Config bombs, second round: long keys, Lua configs, pipes, finalizers.
+test("key_paths_are_built_only_for_messages_and_long_keys_are_cut", function()
+  local key = ("k"):rep(1000000)
+  local list = {}
+  for i = 1, 20000 do list[i] = "x" end
+  local t0 = nim.now()
+  local okl, err = pcall(config.load, { nimrank_settings = { [key] = { list } },
+    router_settings = { fallbacks = { { [key] = list } } } })
+  local took = nim.now() - t0
+  eq(okl, false, "refused")
+  ok(#tostring(err) < 400, ("a short message (%d bytes)"):format(#tostring(err)))
+  spec.match(tostring(err), "^router_settings%.fallbacks%.kkkk+%.%.%.%(1000000 bytes%): ",
+    "the key is cut in the path")
+  ok(took < 2, ("no copy of the key per value (took %.2f s)"):format(took))
+  local _, warnings = config.load({ router_settings = { [key] = 1 } })
+  ok(#warnings[1] < 200, "a warning cuts it too")
+end)
+
+test("a_lua_config_runs_on_the_instruction_budget_and_a_pipe_is_read_with_a_bound", function()
+  local path = os.tmpname() .. ".lua"
+  local f = assert(io.open(path, "w"))
+  f:write("while true do end\n")
+  f:close()
+  local out, rc = h.sh(("timeout 20 %s --config %s -e 'print(1)' 2>&1"):format(h.nimrank, path))
+  os.remove(path)
+  eq(rc, 2, "stopped, not hung: " .. out)
+  spec.match(out, "config " .. path:gsub("%p", "%%%0") .. ": stopped after its instruction "
+    .. "budget", "named")
+  -- a device or a pipe is read up to the 4 MiB bound, never whole (a memory limit keeps a
+  -- regression from eating the machine; not under AddressSanitizer, which reserves more)
+  local limit = (os.getenv("NIMRANK_SANITIZE") or "") == "" and "ulimit -v 2000000; " or ""
+  for _, source in ipairs({ "/dev/zero", "<(yes '# padding')" }) do
+    out, rc = h.sh(("bash -c %s 2>&1"):format(h.q(("%stimeout 20 %s --config %s -e "
+      .. "'print(1)'"):format(limit, h.nimrank, source))))
+    eq(rc, 2, source .. ": refused: " .. out)
+    spec.match(out, "is larger than 4194304 bytes", source .. ": at the bound")
+  end
+end)
+
+test("config_lua_cannot_leave_the_budget_through_a_finalizer", function()
+  local function script(text)
+    local path = os.tmpname() .. ".lua"
+    local f = assert(io.open(path, "w"))
+    f:write(text)
+    f:close()
+    return path
+  end
+  local spin = script("setmetatable({}, { __gc = function() while true do end end })\n"
+    .. "collectgarbage()\nwhile true do end\n")
+  local out, rc = h.sh(("timeout 20 %s -e %s 2>&1"):format(h.nimrank, h.q(
+    ("nim.load_config({ nimrank_settings = { scripts = { %q } } })"):format(spin))))
+  os.remove(spin)
+  ok(rc ~= 124, "not hung: " .. out)
+  spec.match(out, "__gc", "the finalizer is refused")
+  -- what a config's Lua may still do; what it may not reach
+  local probe = script([[
+    local nim = ...
+    local t = setmetatable({}, { __index = function() return 7 end })
+    assert(t.x == 7, "setmetatable without __gc")
+    assert(load("return 1 + 1")() == 2, "load")
+    assert(collectgarbage == nil and debug == nil and package == nil, "hidden")
+    assert(not pcall(require, "debug") and not pcall(require, "_G"), "refused modules")
+    assert(not pcall(load("return setmetatable({}, { __gc = print })")), "load's env")
+    assert(not pcall(load, "\27Lua", "b", "b"), "no binary chunks")
+    require("nim.filters").register("probe_ok", function(r) return r end)
+    probed = true
+  ]])
+  nim.load_config({ nimrank_settings = { scripts = { probe } } })
+  os.remove(probe)
+  ok(require("nim.filters").names and nim.check({ model = "local/bm25", query = "q",
+    documents = { "d" }, filters = { "probe_ok" } }), "its filter is registered")
+  eq(rawget(_G, "probed"), nil, "its globals stay its own")
+  nim.load_config({})
+end)

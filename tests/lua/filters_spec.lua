@@ -117,3 +117,44 @@ test("a_runaway_filter_or_config_script_is_stopped_naming_it", function()
   nim.load_config({})
   ok(filters.apply(res, { "dedupe" }, {}), "ordinary filters run within it")
 end)
+
+-- A built-in filter's argument is checked before any request: by nim.check, and by
+-- nim.rerank before it sends anything (the fake sees no request with this query).
+test("built_in_filter_arguments_are_checked_before_anything_is_sent", function()
+  local h = require "helpers"
+  local bad = { { top_n = 0 }, { top_n = 1.5 }, "top_n", { min_score = "x" },
+    { min_score = 0 / 0 }, { normalize = "softmax" }, "normalize", { dedupe = "yes" },
+    { return_documents = 1 } }
+  for i, f in ipairs(bad) do
+    local name = type(f) == "string" and f or next(f)
+    local query = ("gpu never sent %d-%d"):format(i, math.random(1, 1e9))
+    local args = { model = h.RANKING, api_base = h.open_url, query = query,
+      documents = { "gpu" }, filters = { "dedupe", f } }
+    local valid, why = nim.check(args)
+    eq(valid, nil, name .. ": nim.check refuses it")
+    eq(why.field, "filters[2]." .. name, name .. ": names the entry and the filter")
+    local err = raises(function() nim.rerank(args) end, "nim.rerank: filters[2]." .. name)
+    spec.match(err, "^[^\n]*filters_spec%.lua:%d+: ", name .. ": at the caller's line")
+    local last = h.last(h.open_url)
+    spec.no_match(last and last.body or "", query, name .. ": nothing was sent")
+  end
+  ok(nim.check({ model = "local/bm25", query = "q", documents = { "d" }, filters = {
+    { top_n = 1 }, { min_score = -1 }, { normalize = "sigmoid" }, "dedupe",
+    { dedupe = false }, { return_documents = false } } }), "good arguments pass")
+end)
+
+test("a_bad_script_budget_is_misuse_naming_the_setting", function()
+  local before = nim.settings.script_budget
+  for _, v in ipairs({ 1e12, 0.5, 0, "x", 0 / 0 }) do
+    nim.settings.script_budget = v
+    local okr, err = pcall(run, { "dedupe" })
+    local valid, why = nim.check({ model = "local/bm25", query = "q", documents = { "d" },
+      filters = { "dedupe" } })
+    nim.settings.script_budget = before
+    eq(okr, false, tostring(v) .. ": refused")
+    spec.match(tostring(err), "^[^\n]*filters_spec%.lua:%d+: nim%.settings: script_budget: "
+      .. "must be an integer between 1 and 2%^31%-1", tostring(v) .. ": misuse at my line")
+    eq(valid, nil, tostring(v) .. ": nim.check refuses it too")
+    eq(why.fn .. "." .. why.field, "nim.settings.script_budget", tostring(v) .. ": named")
+  end
+end)
