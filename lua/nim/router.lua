@@ -30,6 +30,8 @@
 -- * A deployment's os.environ/NAME values are read when it is used: a config whose other
 --   groups need a variable that is not set still loads and serves. What the call shows of
 --   them is os.environ/NAME (err.model, meta.model, attempts), never a value (hide_env).
+-- * Misuse of the router's own options (fallbacks that are not model names, a built-in
+--   filter's argument) raises before anything is sent; nim.check returns it.
 local nim = require "nim"
 local filters = require "nim.filters"
 local catalog = require "nim.catalog"
@@ -299,7 +301,6 @@ function Router:try(name, args, attempts, num_retries, budget)
       if wait > self.max_retry_wait or wait >= self:left(budget) then break end
       if wait > 0 then self.sleep(wait) end
     end
-    if self:left(budget) <= 0 then break end
     local d, ready_in = nil, nil
     if g then d, ready_in = self:pick(g, tried) end
     if g and not d then
@@ -315,11 +316,15 @@ function Router:try(name, args, attempts, num_retries, budget)
     else
       local t0 = self.clock()
       local a, e = call_args(args, d, self.timeout)
+      -- The time left, read once: what decides whether to go and what the attempt gets agree,
+      -- so a deadline that passes meanwhile ends the call, never makes its timeout misuse.
+      local left = self:left(budget)
+      if a and left <= 0 then break end
       local res
       if a then
         if not d then a.model = name end
         -- an attempt gets its deployment's timeout, never more than the call has left
-        a.timeout = math.min(d and d.params.timeout or math.huge, self:left(budget))
+        a.timeout = math.min(d and d.params.timeout or math.huge, left)
         a.request_timeout = nil
         res, e = env_guard(d, a, self.call, a, batch)
       end
@@ -353,8 +358,17 @@ local function check_options(args)
   for _, k in ipairs({ "timeout", "request_timeout" }) do
     if args[k] ~= nil then native.seconds(args[k], "nim.rerank", k) end
   end
-  if args.fallbacks ~= nil and type(args.fallbacks) ~= "table" then
-    native.misuse("nim.rerank", "fallbacks", "expected a list of model names")
+  local fallbacks = args.fallbacks
+  if fallbacks ~= nil then
+    if type(fallbacks) ~= "table" then
+      native.misuse("nim.rerank", "fallbacks", "expected a list of model names")
+    end
+    for i, name in ipairs(fallbacks) do
+      if type(name) ~= "string" then
+        native.misuse("nim.rerank", ("fallbacks[%d]"):format(i),
+          ("expected a model name (string), got %s"):format(type(name)))
+      end
+    end
   end
   for _, k in ipairs({ "num_retries", "max_retries" }) do
     local v = args[k]

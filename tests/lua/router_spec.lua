@@ -398,3 +398,41 @@ test("an_unset_variable_moves_to_a_sibling_deployment", function()
   nim.load_config({})
   eq(valid, true, "an unset variable is no misuse: " .. tostring(bad and bad.message))
 end)
+
+-- The deadline passing between "is there time left?" and the attempt's timeout must end the
+-- call with the deadline's error, never raise misuse about the caller's (valid) timeout. A
+-- clock that jumps past the deadline after k readings puts the jump at every point of an
+-- attempt in turn; the real call (local/bm25) checks the timeout it is given.
+test("a_deadline_passing_mid_attempt_ends_the_call_never_raises_misuse", function()
+  local cfg = config.load({ model_list = { { model_name = "g",
+    litellm_params = { model = "local/bm25" } } } })
+  for k = 1, 12 do
+    local readings, now = 0, 1000
+    local r = router.new(cfg, { random = seeded(1), sleep = function() end,
+      clock = function()
+        readings = readings + 1
+        if readings > k then now = 1010 end -- past the 1 s deadline, for good
+        return now
+      end })
+    local okc, res, err = pcall(r.rerank, r, { model = "g", query = "gpu",
+      documents = { "gpu" }, timeout = 1, num_retries = 1 })
+    ok(okc, ("jump after %d readings: no raise (%s)"):format(k, tostring(res)))
+    ok(res or err.type == "timeout", ("jump after %d readings: %s"):format(k,
+      res and "answered" or tostring(err)))
+  end
+end)
+
+test("fallbacks_must_be_model_names_before_anything_is_sent", function()
+  for _, fbs in ipairs({ { 42 }, { "offline", {} }, { true } }) do
+    local valid, bad = nim.check({ model = "local/bm25", query = "q", documents = { "d" },
+      fallbacks = fbs })
+    eq(valid, nil, "nim.check refuses it")
+    spec.match(bad.field, "^fallbacks%[%d%]$", "names the entry")
+    spec.match(bad.message, "expected a model name", "says what is wrong")
+    local err = spec.raises(function()
+      nim.rerank({ model = h.RETRIEVAL, api_base = "http://127.0.0.1:1", query = "q",
+        documents = { "d" }, fallbacks = fbs })
+    end, "nim.rerank: fallbacks[")
+    spec.match(err, "^[^\n]*router_spec%.lua:%d+: ", "at the caller's line")
+  end
+end)
