@@ -1,5 +1,6 @@
 /* main.c: the `nimrank` host program. Creates the Lua state, opens `nim`, finds the Lua layer
  * and dispatches a subcommand. All set-up runs inside one protected call (as lua.c's pmain). */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -279,5 +280,10 @@ int main(int argc, char **argv) {
     report(L, status);
     lua_close(L);
     nimrank_global_cleanup();
+    if (status == LUA_OK && exit_code == 0 && (fflush(stdout) != 0 || ferror(stdout))) {
+        /* what print(), --help and --version wrote did not arrive: that is a failure */
+        fprintf(stderr, "%s: cannot write standard output: %s\n", progname, strerror(errno));
+        return 1;
+    }
     return status == LUA_OK ? exit_code : 1;
 }

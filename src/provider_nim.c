@@ -28,6 +28,16 @@ static void set_string(lua_State *L, int t, const char *k, const char *v) {
 
 /* ---- errors --------------------------------------------------------------------------------- */
 
+/* A duration for a message: "0.5", "60", "0.00186" (three significant digits). */
+typedef struct {
+    char s[32];
+} seconds_buf;
+static seconds_buf seconds_text(double seconds) {
+    seconds_buf b;
+    snprintf(b.s, sizeof b.s, "%.3g", seconds);
+    return b;
+}
+
 /* The call's warning (uv.warning: an API key sent in clear text), if any, as warnings = {w}
  * in the table on top: on its result's meta and on its error alike. */
 static void add_warning(lua_State *L, int uv) {
@@ -309,7 +319,8 @@ static void transport_error(lua_State *L, int idx, int uv, nim_transfer *t) {
     switch (nim_transfer_result(t)) {
     case NIM_XFER_TIMEOUT:
         type = NIM_ERR_TIMEOUT;
-        lua_pushfstring(L, "no response within %f s (%s)", c->timeout, nim_transfer_error(t));
+        lua_pushfstring(L, "no response within %s s (%s)", seconds_text(c->timeout).s,
+                        nim_transfer_error(t));
         break;
     case NIM_XFER_TOO_LARGE:
         type = NIM_ERR_BAD_RESPONSE;
@@ -479,8 +490,8 @@ static void complete(lua_State *L, int idx) {
             lua_pushvalue(L, -1);
             lua_setfield(L, uv, "nvcf_reqid"); /* queued: from now on nothing is retried */
             if (left <= 0) {
-                lua_pushfstring(L, "no result within %f s: NVIDIA's queue still holds it",
-                                c->timeout);
+                lua_pushfstring(L, "no result within %s s: NVIDIA's queue still holds it",
+                                seconds_text(c->timeout).s);
                 settle_error(L, idx, uv, NIM_ERR_TIMEOUT, 202, 0);
             } else if (start_poll(L, idx, uv, reqid, start, left) != 0) {
                 settle_error(L, idx, uv, NIM_ERR_CONNECTION, 0, 0);

@@ -73,20 +73,44 @@ int nim_l_task_of(lua_State *L) {
 
 /* ---- instruction budgets for scripts that must not hang the caller (as Redis does) -------- */
 
-static const char budget_key = 0; /* registry: the name of the budget being spent */
+/* The budget being spent, shared by every coroutine: a new thread inherits its creator's hook
+ * but counts afresh, so the hook fires every BUDGET_STEP instructions in any thread and takes
+ * from one shared count; creating coroutines cannot multiply a budget. */
+typedef struct {
+    lua_Integer left;
+    lua_State *owner; /* the thread that runs the budgeted function */
+} budget;
+#define BUDGET_STEP 1000
+
+static const char budget_key = 0; /* registry: the budget userdata (its name as user value) */
 
 static void budget_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1); /* every instruction now: pcall cannot
-                                                      swallow it for long */
     lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_key);
+    budget *b = lua_touserdata(L, -1);
+    if (!b) { /* a thread that outlived its budget's call: nothing to count against */
+        lua_pop(L, 1);
+        lua_sethook(L, NULL, 0, 0);
+        return;
+    }
+    b->left -= lua_gethookcount(L);
+    if (b->left > 0) {
+        lua_pop(L, 1);
+        return;
+    }
+    /* Every instruction now, here and in the budget's own thread (a coroutine's error would
+     * only come back from resume): pcall cannot swallow it for long. */
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    lua_sethook(b->owner, budget_hook, LUA_MASKCOUNT, 1);
+    lua_getiuservalue(L, -1, 1);
     luaL_error(L, "nim: %s: stopped after its instruction budget (a runaway loop?)",
                lua_tostring(L, -1));
 }
 
 /* nim.native.budget(instructions, name, fn, ...) -> fn's results: runs fn with a count hook
- * that raises, naming `name`, once it has run that many VM instructions. The caller's own
- * hook (a debugger's) is restored afterwards. Time spent inside C functions is not counted. */
+ * that raises, naming `name`, once it (and any coroutine it starts) has run that many VM
+ * instructions. The caller's own hook (a debugger's) is restored afterwards. Time spent
+ * inside C functions is not counted. */
 int nim_l_budget(lua_State *L) {
     lua_Integer count = luaL_checkinteger(L, 1);
     luaL_argcheck(L, count > 0 && count <= 0x7fffffff, 1, "must be between 1 and 2^31-1");
@@ -94,11 +118,15 @@ int nim_l_budget(lua_State *L) {
     luaL_checktype(L, 3, LUA_TFUNCTION);
     lua_Hook old = lua_gethook(L);
     int old_mask = lua_gethookmask(L), old_count = lua_gethookcount(L);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_key); /* the outer budget's name, if nested */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_key); /* the outer budget, if nested */
+    budget *b = lua_newuserdatauv(L, sizeof *b, 1);
+    b->left = count;
+    b->owner = L;
     lua_pushvalue(L, 2);
+    lua_setiuservalue(L, -2, 1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &budget_key);
-    lua_insert(L, 3); /* slot 3: the outer name; the function and its arguments above */
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, (int)count);
+    lua_insert(L, 3); /* slot 3: the outer budget; the function and its arguments above */
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, count < BUDGET_STEP ? (int)count : BUDGET_STEP);
     int status = lua_pcall(L, lua_gettop(L) - 4, LUA_MULTRET, 0);
     lua_sethook(L, old, old_mask, old_count);
     lua_pushvalue(L, 3);

@@ -278,7 +278,7 @@ function Router:left(budget) return budget.deadline - self.clock() end
 
 local function deadline_error(name, total)
   return native.error({ type = "timeout", model = name,
-    message = ("no answer within the call's timeout of %g s"):format(total) })
+    message = ("no answer within the call's timeout of %.3g s"):format(total) })
 end
 
 -- Tries one model name (a group, or a provider model string) with its retries, within the

@@ -262,3 +262,18 @@ test("merge_trusts_no_field_a_script_can_edit", function()
   raises(function() nim.native.merge({ { rankings = io.stderr, texts = {} } }, 0) end,
     "not a batch's partial result")
 end)
+
+-- A new coroutine inherits the budget's hook but counts afresh: the count is shared, so
+-- starting coroutines cannot multiply a budget, and their errors reach the budgeted code.
+test("a_budget_is_shared_by_the_coroutines_a_script_starts", function()
+  local spins = 0
+  local okc, err = pcall(nim.native.budget, 5000, "spinner", function()
+    for _ = 1, 1000 do
+      pcall(coroutine.wrap(function() for _ = 1, 450 do spins = spins + 1 end end))
+    end
+  end)
+  eq(okc, false, "stopped")
+  spec.match(tostring(err), "spinner: stopped after its instruction budget", "named")
+  ok(spins < 20000, "at most a few coroutines' worth ran: " .. spins)
+  eq(nim.native.budget(5000, "small", function() return 1 + 1 end), 2, "within budget")
+end)

@@ -365,4 +365,10 @@ test("help_and_version_into_a_full_disk_are_failures", function()
     local _, ok_code = sh(BIN .. " rerank " .. flag .. " >/dev/null")
     eq(ok_code, 0, flag .. " exits 0 when written")
   end
+  -- the host's own --help, --version and print() in a script: the same rule
+  for _, a in ipairs({ "--help", "--version", "-e 'print(1)'" }) do
+    local out, code = sh(BIN .. " " .. a .. " 2>&1 >/dev/full")
+    eq(code, 1, a .. " > /dev/full fails")
+    match(out, "cannot write standard output", a)
+  end
 end)
