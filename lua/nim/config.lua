@@ -118,7 +118,19 @@ function M.hide(s, params)
     local v = params[k]
     if getmetatable(v) == EnvRef then
       local value = os.getenv(v.name)
-      if value and #value >= 4 then s = replace_plain(s, value, tostring(v)) end
+      if value and #value >= 4 then
+        s = replace_plain(s, value, tostring(v))
+        -- a message cut short ("...") may end with the value's first part
+        if s:sub(-3) == "..." then
+          local body = s:sub(1, -4)
+          for n = #value - 1, 4, -1 do
+            if body:sub(-n) == value:sub(1, n) then
+              s = body:sub(1, -n - 1) .. tostring(v) .. "..."
+              break
+            end
+          end
+        end
+      end
     end
   end
   return s

@@ -409,3 +409,20 @@ test("config_lua_cannot_leave_the_budget_through_a_finalizer", function()
   eq(rawget(_G, "probed"), nil, "its globals stay its own")
   nim.load_config({})
 end)
+
+-- A message the binding cut at its 300 bytes ("...") may end with the first part of a value
+-- from the environment: that part is hidden too.
+test("a_cut_message_hides_the_first_part_of_an_environment_value", function()
+  local code = [[
+    local config = require "nim.config"
+    local cfg = config.load({ model_list = { { model_name = "rr", litellm_params = {
+      model = "os.environ/MY_MODEL" } } } })
+    local p = cfg.deployments[1].params
+    print(config.hide("x nvidia_nim/acme/secret-model-01234 y", p))
+    print(config.hide(("z"):rep(280) .. "nvidia_nim/acme/secret-mo...", p))
+    print(config.hide("ends with nvid...", p))
+  ]]
+  local out = nimrank_env("MY_MODEL=nvidia_nim/acme/secret-model-01234", code)
+  eq(out, "x os.environ/MY_MODEL y\n" .. ("z"):rep(280) .. "os.environ/MY_MODEL...\n"
+    .. "ends with os.environ/MY_MODEL...\n", "whole values and cut-off first parts")
+end)
