@@ -92,6 +92,33 @@ static int gap_ok(const char *js, int from, int to, char sep) {
     return seen == (sep != 0);
 }
 
+static unsigned hex4(const char *s) { /* jsmn has checked the four hex digits */
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++)
+        v = v * 16 + (unsigned)(s[i] <= '9' ? s[i] - '0' : (s[i] | 0x20) - 'a' + 10);
+    return v;
+}
+
+/* A string's text between its quotes: no raw control byte, and \u escapes that name
+ * characters (a surrogate only as a high-low pair, as UTF-16 and JSON readers require). */
+static int string_ok(const char *s, const char *e) {
+    for (; s < e; s++) {
+        if ((unsigned char)*s < 0x20) return -1;
+        if (*s != '\\') continue;
+        if (*++s != 'u') continue; /* a one-letter escape: jsmn checked the letter */
+        unsigned u = hex4(s + 1);
+        s += 4;
+        if (u >= 0xDC00 && u < 0xE000) return -1; /* a low half alone */
+        if (u >= 0xD800 && u < 0xDC00) {          /* a high half: its low half must follow */
+            if (e - s < 7 || s[1] != '\\' || s[2] != 'u') return -1;
+            unsigned lo = hex4(s + 3);
+            if (lo < 0xDC00 || lo >= 0xE000) return -1;
+            s += 6;
+        }
+    }
+    return 0;
+}
+
 /* What jsmn leaves unchecked, checked in one pass over the tokens: the separators between
  * values (',' and ':', none missing, none extra), keys that are strings with one value,
  * literals spelled exactly (true, false, null), numbers by JSON's grammar, and no raw control
@@ -109,9 +136,8 @@ static int syntax(const reader *r, int *last, int *count) {
             if (!((n == 4 && memcmp(s, "true", 4) == 0) || (n == 5 && memcmp(s, "false", 5) == 0) ||
                   (n == 4 && memcmp(s, "null", 4) == 0) || number_ok(s, e)))
                 return -1;
-        } else if (t[j].type == JSMN_STRING) {
-            for (; s < e; s++)
-                if ((unsigned char)*s < 0x20) return -1;
+        } else if (t[j].type == JSMN_STRING && string_ok(s, e) != 0) {
+            return -1;
         }
         int p = t[j].parent;
         if (p < 0) { /* the top-level value: first, with only white space before it */
