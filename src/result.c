@@ -248,6 +248,16 @@ static void merged_meta(lua_State *L, int list, size_t k, int first) {
     lua_setfield(L, -2, "latency_ms");
 }
 
+/* Pushes the merged result's table ({id = the first batch's id}) and its results list, to be
+ * filled with keep entries. */
+static void push_merged_shell(lua_State *L, int first, size_t keep) {
+    lua_createtable(L, 0, 3);
+    lua_getfield(L, first, "id");
+    lua_setfield(L, -2, "id");
+    lua_createtable(L, (int)keep, 0);
+    nim_mark_array(L, -1);
+}
+
 /* Merges partial results (a batch's rankings in C): a k-way merge by the ranking rule, then
  * one result table per entry kept, its text from its batch's texts. */
 static int merge_partial(lua_State *L, size_t k, lua_Integer top_n, int return_documents) {
@@ -284,11 +294,7 @@ static int merge_partial(lua_State *L, size_t k, lua_Integer top_n, int return_d
     lua_pushliteral(L, "relevance_score");
     lua_pushliteral(L, "document");
     lua_pushliteral(L, "text"); /* 10-13 */
-    lua_createtable(L, 0, 3);
-    lua_getfield(L, 9, "id");
-    lua_setfield(L, -2, "id");
-    lua_createtable(L, (int)keep, 0);
-    nim_mark_array(L, -1);
+    push_merged_shell(L, 9, keep);
     for (size_t i = 0; i < keep; i++) {
         const nim_ranking *r = &heads[refs[i].list][refs[i].pos];
         lua_createtable(L, 0, 3);
@@ -366,11 +372,7 @@ int nim_l_merge(lua_State *L) {
     }
 
     lua_rawgeti(L, 1, 1); /* 9: the first batch gives id and meta */
-    lua_createtable(L, 0, 3);
-    lua_getfield(L, 9, "id");
-    lua_setfield(L, -2, "id");
-    lua_createtable(L, (int)keep, 0);
-    nim_mark_array(L, -1);
+    push_merged_shell(L, 9, keep);
     for (size_t i = 0; i < keep; i++) {
         lua_rawgeti(L, 1, (lua_Integer)refs[i].list + 1);
         lua_getfield(L, -1, "results");

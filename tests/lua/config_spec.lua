@@ -5,8 +5,8 @@ local nim = require "nim"
 local config = require "nim.config"
 local test, eq, ok, raises = spec.test, spec.eq, spec.ok, spec.raises
 
-local function yaml_file(text)
-  local name = os.tmpname() .. ".yaml"
+local function temp_file(text, ext)
+  local name = os.tmpname() .. (ext or ".yaml")
   local f = assert(io.open(name, "wb"))
   f:write(text)
   f:close()
@@ -26,7 +26,7 @@ model_list:
 ]]
 
 test("seed_litellm_config_loads_unchanged", function()
-  local path = yaml_file(SEED)
+  local path = temp_file(SEED)
   local cfg, warnings = config.load(path)
   os.remove(path)
   eq(#cfg.deployments, 2, "deployments")
@@ -103,7 +103,7 @@ test("unknown_keys_are_warnings", function()
 end)
 
 test("yaml_syntax_error_is_reported", function()
-  local path = yaml_file("model_list: [unclosed\n")
+  local path = temp_file("model_list: [unclosed\n")
   raises(function() config.load(path) end, path, "not valid YAML")
   os.remove(path)
   raises(function() config.load("/nonexistent/config.yaml") end, "cannot open")
@@ -154,7 +154,7 @@ test("load_config_applies_litellm_settings_and_catalog", function()
 end)
 
 test("cli_config_option_routes_group_names", function()
-  local path = yaml_file([[
+  local path = temp_file([[
 model_list:
   - model_name: offline
     litellm_params: { model: local/bm25 }
@@ -178,7 +178,7 @@ end)
 -- Config bombs and wrong names: refused at load, in bounded time, naming the key path.
 test("config_bombs_are_refused_in_bounded_time", function()
   local function yaml(text)
-    local path = yaml_file(text)
+    local path = temp_file(text)
     local t0 = nim.now()
     local okl, err = pcall(config.load, path)
     os.remove(path)
@@ -230,7 +230,7 @@ test("references_to_unknown_names_and_non_finite_numbers_are_refused_at_load", f
     raises(function() config.load({ litellm_settings = { request_timeout = v } }) end,
       "litellm_settings.request_timeout")
   end
-  local path = yaml_file("litellm_settings:\n  request_timeout: .inf\n")
+  local path = temp_file("litellm_settings:\n  request_timeout: .inf\n")
   raises(function() config.load(path) end, "request_timeout")
   os.remove(path)
 end)
@@ -375,13 +375,7 @@ test("a_lua_config_runs_on_the_instruction_budget_and_a_pipe_is_read_with_a_boun
 end)
 
 test("config_lua_cannot_leave_the_budget_through_a_finalizer", function()
-  local function script(text)
-    local path = os.tmpname() .. ".lua"
-    local f = assert(io.open(path, "w"))
-    f:write(text)
-    f:close()
-    return path
-  end
+  local function script(text) return temp_file(text, ".lua") end
   local spin = script("setmetatable({}, { __gc = function() while true do end end })\n"
     .. "collectgarbage()\nwhile true do end\n")
   local out, rc = h.sh(("timeout 20 %s -e %s 2>&1"):format(h.nimrank, h.q(
