@@ -313,6 +313,15 @@ static double opt_seconds(lua_State *L, int args, const char *field, const char 
     return v;
 }
 
+/* nim.native.call_timeout(args) -> seconds: a call's total time by the binding's own rule
+ * (timeout, else request_timeout, else nim.settings.timeout, else the default); misuse names
+ * a bad value. The Lua layer asks this rather than repeat it. */
+int nim_l_call_timeout(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_pushnumber(L, opt_seconds(L, 1, "timeout", "request_timeout", NIM_DEFAULT_TIMEOUT_S));
+    return 1;
+}
+
 static int opt_bool(lua_State *L, int args, const char *field, int dflt) {
     int t = lua_getfield(L, args, field);
     int v = dflt;

@@ -103,10 +103,11 @@ typedef struct {
 void nim_check_args(lua_State *L, nim_args *a);
 /* The result count a call asks for: top_n, or its alias top_k; 0 = all. */
 lua_Integer nim_args_top_n(lua_State *L, int args);
-int nim_l_misuse(lua_State *L);   /* nim.native.misuse(fn, field, message) */
-int nim_l_seconds(lua_State *L);  /* nim.native.seconds(value, fn, field) */
-int nim_l_protect(lua_State *L);  /* nim.native.protect(fn, ...) */
-void nim_push_keys(lua_State *L); /* nim.native.keys = {request =, transport =, policy =} */
+int nim_l_misuse(lua_State *L);       /* nim.native.misuse(fn, field, message) */
+int nim_l_seconds(lua_State *L);      /* nim.native.seconds(value, fn, field) */
+int nim_l_call_timeout(lua_State *L); /* nim.native.call_timeout(args) -> total seconds */
+int nim_l_protect(lua_State *L);      /* nim.native.protect(fn, ...) */
+void nim_push_keys(lua_State *L);     /* nim.native.keys = {request =, transport =, policy =} */
 
 /* ---- providers ------------------------------------------------------------------------------ */
 typedef enum { NIM_PROVIDER_NVIDIA, NIM_PROVIDER_LOCAL } nim_provider;

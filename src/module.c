@@ -195,6 +195,7 @@ static const luaL_Reg native_funcs[] = {
     {"sleep", nim_l_sleep},
     {"misuse", nim_l_misuse},
     {"seconds", nim_l_seconds},
+    {"call_timeout", nim_l_call_timeout},
     {"protect", nim_l_protect},
     {"error", nim_l_error},
     {"cancelled", nim_l_cancelled},

@@ -489,7 +489,13 @@ static void complete(lua_State *L, int idx) {
         } else {
             lua_pushvalue(L, -1);
             lua_setfield(L, uv, "nvcf_reqid"); /* queued: from now on nothing is retried */
-            if (left <= 0) {
+            if (left <= 0 && start > now) {    /* known now: no need to wait for it */
+                lua_pushfstring(L,
+                                "still queued, and the next poll (nvcf_poll_interval %s s) would "
+                                "start after the call's timeout of %s s",
+                                seconds_text(c->poll_interval).s, seconds_text(c->timeout).s);
+                settle_error(L, idx, uv, NIM_ERR_TIMEOUT, 202, 0);
+            } else if (left <= 0) {
                 lua_pushfstring(L, "no result within %s s: NVIDIA's queue still holds it",
                                 seconds_text(c->timeout).s);
                 settle_error(L, idx, uv, NIM_ERR_TIMEOUT, 202, 0);

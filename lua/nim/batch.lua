@@ -50,15 +50,9 @@ function M.check(a, opts)
   return size or limit, conc, opts.on_progress
 end
 
--- The call's total time in seconds: its timeout (or request_timeout), else nim.settings', by
--- the binding's one rule for seconds (nim.native.seconds).
-local function total_time(a)
-  if a.timeout ~= nil then return native.seconds(a.timeout, "nim.rerank", "timeout") end
-  if a.request_timeout ~= nil then
-    return native.seconds(a.request_timeout, "nim.rerank", "request_timeout")
-  end
-  return native.seconds(nim.settings.timeout, "nim.settings", "timeout")
-end
+-- The call's total time in seconds: the binding's rule (timeout, else request_timeout, else
+-- nim.settings.timeout, else its default), asked, not repeated.
+local function total_time(a) return native.call_timeout(a) end
 
 -- Runs the batches of a (documents 1..n, size per batch, conc at once). res | nil, err.
 local function run(a, n, size, conc, progress)

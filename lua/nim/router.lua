@@ -419,8 +419,9 @@ function Router:rerank(args)
   end
 
   local num_retries = args.num_retries or args.max_retries or (g and self.num_retries or 0)
-  local total = args.timeout or args.request_timeout or self.timeout
-    or native.seconds(nim.settings.timeout, "nim.settings", "timeout")
+  -- the call's own timeout, else router_settings.timeout, else the binding's rule
+  local total = (args.timeout == nil and args.request_timeout == nil and self.timeout)
+    or native.call_timeout(args)
   local budget = { deadline = self.clock() + total, total = total }
   local attempts = nim.array{}
   local res, d_or_err, answered = self:try(name, args, attempts, num_retries, budget)

@@ -48,6 +48,8 @@ static void well_formed_answers(void) {
     CHECK(a.id && a.id_len == 3 && memcmp(a.id, "abc", 3) == 0 && !a.id_escaped);
     CHECK(read_answer(" {\"rankings\": [ ] } \n", 0, &a, err) == 0 && a.n == 0);
     CHECK(read_answer("{\"id\":\"\\ud83d\\ude00\\u00e9\",\"rankings\":[]}", 1, &a, err) == 0);
+    CHECK(read_answer("{\"id\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\",\"rankings\":[]}", 1, &a,
+                      err) == 0);
     CHECK(read_answer("{\"x\":[true,false,null,-0.5E-3,{},[],\"\\t\"],\"rankings\":[ {\"index\""
                       " : 0 , \"logit\" : 1 } ]}",
                       1, &a, err) == 0 &&
@@ -103,6 +105,10 @@ static void refused_answers_say_why(void) {
         {"{\"rankings\":[],\"x\":01}", "not JSON"},
         {"\"a\":1", "not JSON"},
         {"{\"rankings\":[],\"id\":\"\\ude1e\"}", "not JSON"},
+        {"{\"rankings\":[],\"id\":\"\xff\xfe\"}", "not JSON"},
+        {"{\"rankings\":[],\"id\":\"\xc3\"}", "not JSON"},
+        {"{\"rankings\":[],\"id\":\"\xc0\xaf\"}", "not JSON"},
+        {"{\"rankings\":[],\"id\":\"\xed\xa0\x80\"}", "not JSON"},
         {"{\"rankings\":[],\"id\":\"\\ud83d\"}", "not JSON"},
         {"{\"rankings\":[],\"id\":\"\\ud83dx\\ude00\"}", "not JSON"},
         {":{\"rankings\":[]}", "not JSON"},

@@ -277,3 +277,21 @@ test("a_budget_is_shared_by_the_coroutines_a_script_starts", function()
   ok(spins < 20000, "at most a few coroutines' worth ran: " .. spins)
   eq(nim.native.budget(5000, "small", function() return 1 + 1 end), 2, "within budget")
 end)
+
+-- A call's total time has one rule, the binding's: the router and batching ask it, so an
+-- unset nim.settings.timeout means the default there too, never an error.
+test("the_call_timeout_rule_is_asked_not_repeated", function()
+  local saved = nim.settings.timeout
+  nim.settings.timeout = nil
+  eq(nim.native.call_timeout({}), 60, "the default")
+  eq(nim.native.call_timeout({ request_timeout = 2 }), 2, "request_timeout")
+  eq(nim.native.call_timeout({ timeout = 1, request_timeout = 2 }), 1, "timeout first")
+  ok(nim.rerank({ model = "local/bm25", query = "gpu", documents = h.DOCS, num_retries = 1 }),
+    "routed")
+  ok(nim.rerank({ model = "local/bm25", query = "gpu", documents = h.DOCS, batch_size = 2 }),
+    "batched")
+  nim.settings.timeout = 5
+  eq(nim.native.call_timeout({}), 5, "the setting")
+  nim.settings.timeout = saved
+  raises(function() nim.native.call_timeout({ timeout = -1 }) end, "timeout")
+end)
