@@ -61,9 +61,11 @@ void nim_keep_caller_headers(lua_State *L, int headers, int uv) {
         if (framing_header(name))
             nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
                        "frames the HTTP message (the connection is shared): not settable");
-        if (lua_type(L, -1) != LUA_TSTRING)
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            const char *got = luaL_typename(L, -1); /* before anything else is pushed */
             nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
-                       "expected string, got %s", luaL_typename(L, -2));
+                       "expected string, got %s", got);
+        }
         size_t vlen;
         const char *v = lua_tolstring(L, -1, &vlen);
         if (!nim_header_value_ok(v, vlen) || strlen(v) != vlen)

@@ -383,7 +383,8 @@ static void success(lua_State *L, int idx, int uv, int body, long status, double
         p.rk, p.n, c->top_n, c->first, lua_gettop(L), c->return_documents, p.tokens, c->partial};
     nim_push_result(L, &s);
     if (!lua_isnil(L, id)) {
-        lua_pushvalue(L, id); /* the provider's id replaces the fresh one */
+        lua_pushvalue(L, id);  /* the provider's id replaces the fresh one */
+        nim_redact(L, -1, uv); /* an id that echoes a credential shows none */
         lua_setfield(L, -2, "id");
     }
     lua_getfield(L, uv, "family");

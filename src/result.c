@@ -186,60 +186,77 @@ static int entry_cmp(const void *a, const void *b) {
     return nim_ranking_before(&y->r, &x->r) ? 1 : 0;
 }
 
-/* Reads results[].index/relevance_score of every batch into C. Raises on a malformed list. */
-static size_t read_batches(lua_State *L, int list, size_t k, entry *all, size_t *lens,
-                           const nim_ranking **heads, nim_ranking *flat, int *sorted) {
+/* Pushes t[k] (t a table), read raw: merging runs no metamethod of the tables it is given,
+ * so no script runs while it holds pointers into them. */
+static int raw_field(lua_State *L, int t, const char *k) {
+    t = lua_absindex(L, t);
+    lua_pushstring(L, k);
+    return lua_rawget(L, t);
+}
+
+/* Reads results[].index/relevance_score of every batch into C, from the results lists the
+ * caller anchored in `lists` (read once: their lengths are lens[]). */
+static void read_batches(lua_State *L, int lists, size_t k, const size_t *lens, entry *all,
+                         const nim_ranking **heads, nim_ranking *flat, int *sorted) {
     size_t total = 0;
     *sorted = 1;
     for (size_t b = 0; b < k; b++) {
-        lua_rawgeti(L, list, (lua_Integer)b + 1);
-        if (lua_getfield(L, -1, "results") != LUA_TTABLE)
-            luaL_error(L, "nim.native.merge: [%d].results: expected a list", (int)b + 1);
-        lens[b] = lua_rawlen(L, -1);
+        lua_rawgeti(L, lists, (lua_Integer)b + 1);
         heads[b] = flat + total;
         for (size_t i = 0; i < lens[b]; i++) {
-            lua_rawgeti(L, -1, (lua_Integer)i + 1);
-            lua_getfield(L, -1, "index");
-            lua_getfield(L, -2, "relevance_score");
             entry *e = &all[total + i];
-            e->r.index = (size_t)lua_tointeger(L, -2);
-            e->r.score = lua_tonumber(L, -1);
+            e->r.index = 0;
+            e->r.score = 0;
+            if (lua_rawgeti(L, -1, (lua_Integer)i + 1) == LUA_TTABLE) {
+                raw_field(L, -1, "index");
+                raw_field(L, -2, "relevance_score");
+                e->r.index = (size_t)lua_tointeger(L, -2);
+                e->r.score = lua_tonumber(L, -1);
+                lua_pop(L, 2);
+            }
             e->ref.list = b;
             e->ref.pos = i;
             flat[total + i] = e->r;
-            lua_pop(L, 3);
+            lua_pop(L, 1);
         }
         if (!nim_rankings_sorted(heads[b], lens[b])) *sorted = 0;
         total += lens[b];
-        lua_pop(L, 2);
+        lua_pop(L, 1);
     }
-    return total;
 }
 
-/* Pushes the merged call's meta: the first batch's (at first), tokens summed over the k
- * batches of list, latency the slowest batch's. */
-static void merged_meta(lua_State *L, int list, size_t k, int first) {
+/* Pushes the merged call's meta: a copy of the first batch's (the table at batches[1]), tokens
+ * summed over the k batches, latency the slowest batch's. */
+static void merged_meta(lua_State *L, int batches, size_t k) {
     lua_Integer tokens = 0;
     lua_Number slowest = 0;
     for (size_t b = 1; b <= k; b++) {
-        lua_rawgeti(L, list, (lua_Integer)b);
-        if (lua_getfield(L, -1, "meta") == LUA_TTABLE) {
-            if (lua_getfield(L, -1, "billed_units") == LUA_TTABLE) {
-                lua_getfield(L, -1, "total_tokens");
+        lua_rawgeti(L, batches, (lua_Integer)b);
+        if (raw_field(L, -1, "meta") == LUA_TTABLE) {
+            if (raw_field(L, -1, "billed_units") == LUA_TTABLE) {
+                raw_field(L, -1, "total_tokens");
                 tokens += lua_tointeger(L, -1);
                 lua_pop(L, 1);
             }
             lua_pop(L, 1);
-            lua_getfield(L, -1, "latency_ms");
+            raw_field(L, -1, "latency_ms");
             if (lua_tonumber(L, -1) > slowest) slowest = lua_tonumber(L, -1);
             lua_pop(L, 1);
         }
         lua_pop(L, 2);
     }
-    if (lua_getfield(L, first, "meta") != LUA_TTABLE) {
-        lua_pop(L, 1);
-        lua_newtable(L);
+    lua_newtable(L);
+    int meta = lua_gettop(L);
+    lua_rawgeti(L, batches, 1);
+    if (raw_field(L, -1, "meta") == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, meta);
+        }
     }
+    lua_settop(L, meta);
     lua_createtable(L, 0, 1);
     lua_pushinteger(L, tokens);
     lua_setfield(L, -2, "total_tokens");
@@ -250,67 +267,69 @@ static void merged_meta(lua_State *L, int list, size_t k, int first) {
 
 /* Pushes the merged result's table ({id = the first batch's id}) and its results list, to be
  * filled with keep entries. */
-static void push_merged_shell(lua_State *L, int first, size_t keep) {
+static void push_merged_shell(lua_State *L, int batches, size_t keep) {
     lua_createtable(L, 0, 3);
-    lua_getfield(L, first, "id");
-    lua_setfield(L, -2, "id");
+    lua_rawgeti(L, batches, 1);
+    raw_field(L, -1, "id");
+    lua_setfield(L, -3, "id");
+    lua_pop(L, 1);
     lua_createtable(L, (int)keep, 0);
     nim_mark_array(L, -1);
 }
 
 /* Merges partial results (a batch's rankings in C): a k-way merge by the ranking rule, then
- * one result table per entry kept, its text from its batch's texts. */
+ * one result table per entry kept, its text from its batch's texts. The batches are in the
+ * private table at slot 3; their rankings and texts are anchored there too. */
 static int merge_partial(lua_State *L, size_t k, lua_Integer top_n, int return_documents) {
-    const nim_ranking **heads = lua_newuserdatauv(L, k * sizeof *heads, 0); /* 3 */
-    size_t *lens = lua_newuserdatauv(L, k * sizeof *lens, 0);               /* 4 */
-    size_t *cursor = lua_newuserdatauv(L, k * sizeof *cursor, 0);           /* 5 */
-    lua_createtable(L, (int)k, 0);                                          /* 6: texts */
-    lua_Integer *offsets = lua_newuserdatauv(L, k * sizeof *offsets, 0);    /* 7 */
+    const nim_ranking **heads = lua_newuserdatauv(L, k * sizeof *heads, 0); /* 4 */
+    size_t *lens = lua_newuserdatauv(L, k * sizeof *lens, 0);               /* 5 */
+    size_t *cursor = lua_newuserdatauv(L, k * sizeof *cursor, 0);           /* 6 */
+    lua_createtable(L, (int)k, 0);                                          /* 7: texts */
+    lua_Integer *offsets = lua_newuserdatauv(L, k * sizeof *offsets, 0);    /* 8 */
+    lua_createtable(L, (int)k, 0);                                          /* 9: rankings */
     size_t total = 0;
     for (size_t b = 0; b < k; b++) {
-        if (lua_rawgeti(L, 1, (lua_Integer)b + 1) != LUA_TTABLE)
-            return luaL_error(L, "nim.native.merge: [%d]: expected a batch's partial result",
-                              (int)b + 1);
-        lua_getfield(L, -1, "rankings");
+        lua_rawgeti(L, 3, (lua_Integer)b + 1);
+        raw_field(L, -1, "rankings");
         batch_rankings *br = to_batch_rankings(L, -1);
         if (!br)
             return luaL_error(L, "nim.native.merge: [%d]: not a batch's partial result",
                               (int)b + 1);
+        lua_rawseti(L, 9, (lua_Integer)b + 1); /* anchored while heads[b] points into it */
         lens[b] = br->n;
         offsets[b] = br->offset;
         nim_rankings_sort(br->rk, br->n); /* providers answer in rank order: usually a no-op */
         heads[b] = br->rk;
         total += lens[b];
-        if (lua_getfield(L, -2, "texts") != LUA_TTABLE)
+        if (raw_field(L, -1, "texts") != LUA_TTABLE)
             return luaL_error(L, "nim.native.merge: [%d].texts: expected a list", (int)b + 1);
-        lua_rawseti(L, 6, (lua_Integer)b + 1);
-        lua_pop(L, 2);
+        lua_rawseti(L, 7, (lua_Integer)b + 1);
+        lua_pop(L, 1);
     }
     size_t keep = (top_n > 0 && (size_t)top_n < total) ? (size_t)top_n : total;
-    nim_merge_ref *refs = lua_newuserdatauv(L, (keep ? keep : 1) * sizeof *refs, 0); /* 8 */
+    nim_merge_ref *refs = lua_newuserdatauv(L, (keep ? keep : 1) * sizeof *refs, 0); /* 10 */
     keep = nim_rankings_merge(heads, lens, k, keep, cursor, refs);
-    lua_rawgeti(L, 1, 1); /* 9: the first batch gives id and meta */
     lua_pushliteral(L, "index");
     lua_pushliteral(L, "relevance_score");
     lua_pushliteral(L, "document");
-    lua_pushliteral(L, "text"); /* 10-13 */
-    push_merged_shell(L, 9, keep);
+    lua_pushliteral(L, "text"); /* 11-14 */
+    push_merged_shell(L, 3, keep);
     for (size_t i = 0; i < keep; i++) {
         const nim_ranking *r = &heads[refs[i].list][refs[i].pos];
         lua_createtable(L, 0, 3);
-        lua_pushvalue(L, 10);
+        lua_pushvalue(L, 11);
         lua_pushinteger(L, (lua_Integer)r->index);
         lua_rawset(L, -3);
-        lua_pushvalue(L, 11);
+        lua_pushvalue(L, 12);
         lua_pushnumber(L, r->score);
         lua_rawset(L, -3);
         if (return_documents) {
-            lua_rawgeti(L, 6, (lua_Integer)refs[i].list + 1); /* that batch's texts */
+            lua_rawgeti(L, 7, (lua_Integer)refs[i].list + 1); /* that batch's texts */
             lua_Integer local = (lua_Integer)r->index - offsets[refs[i].list] + 1;
             if (lua_rawgeti(L, -1, local) == LUA_TSTRING) {
-                lua_pushvalue(L, 12);
-                lua_createtable(L, 0, 1);
                 lua_pushvalue(L, 13);
+                lua_createtable(L, 0, 1);
+                lua_pushvalue(L, 14);
                 lua_pushvalue(L, -4);
                 lua_rawset(L, -3);
                 lua_rawset(L, -5);
@@ -320,7 +339,7 @@ static int merge_partial(lua_State *L, size_t k, lua_Integer top_n, int return_d
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     lua_setfield(L, -2, "results");
-    merged_meta(L, 1, k, 9);
+    merged_meta(L, 3, k);
     lua_setfield(L, -2, "meta");
     return 1;
 }
@@ -328,41 +347,50 @@ static int merge_partial(lua_State *L, size_t k, lua_Integer top_n, int return_d
 /* nim.native.merge(results, top_n | args) -> one result (given the call's args, top_n is
  * read from them by the binding's own rule): the batches' results (indices already the
  * caller's) in rank order, cut to top_n; id and meta of the first batch, tokens summed,
- * latency the slowest batch's. */
+ * latency the slowest batch's. The batches are read raw, once, and anchored in private
+ * tables for the whole merge: nothing a script does meanwhile (a finalizer) can pull them
+ * away from under the pointers held. */
 int nim_l_merge(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_Integer top_n = lua_istable(L, 2) ? nim_args_top_n(L, 2) : luaL_optinteger(L, 2, 0);
+    int docs = 1;
+    if (lua_istable(L, 2) && lua_getfield(L, 2, "return_documents") == LUA_TBOOLEAN)
+        docs = lua_toboolean(L, -1);
     lua_settop(L, 2);
     size_t k = lua_rawlen(L, 1), total = 0;
     luaL_argcheck(L, k > 0, 1, "no results to merge");
     luaL_checkstack(L, NIM_STACK_NEED, NULL);
-    lua_rawgeti(L, 1, 1);
-    int partial = lua_istable(L, -1) && lua_getfield(L, -1, "rankings") == LUA_TUSERDATA;
-    lua_settop(L, 2);
-    if (partial) {
-        int docs = 1;
-        if (lua_istable(L, 2) && lua_getfield(L, 2, "return_documents") == LUA_TBOOLEAN)
-            docs = lua_toboolean(L, -1);
-        lua_settop(L, 2);
-        return merge_partial(L, k, top_n, docs);
-    }
+    lua_createtable(L, (int)k, 0); /* 3: the batches, as they are now */
     for (size_t b = 1; b <= k; b++) {
-        if (lua_rawgeti(L, 1, (lua_Integer)b) != LUA_TTABLE ||
-            lua_getfield(L, -1, "results") != LUA_TTABLE)
+        if (lua_rawgeti(L, 1, (lua_Integer)b) != LUA_TTABLE)
             return luaL_error(L, "nim.native.merge: [%d]: expected a result", (int)b);
-        total += lua_rawlen(L, -1);
-        lua_pop(L, 2);
+        lua_rawseti(L, 3, (lua_Integer)b);
     }
-    /* scratch owned by the GC (slots 3-7): a raise frees it */
+    lua_rawgeti(L, 3, 1);
+    int partial = raw_field(L, -1, "rankings") == LUA_TUSERDATA;
+    lua_settop(L, 3);
+    if (partial) return merge_partial(L, k, top_n, docs);
+
+    lua_createtable(L, (int)k, 0);                            /* 4: each batch's results list */
+    size_t *lens = lua_newuserdatauv(L, k * sizeof *lens, 0); /* 5 */
+    for (size_t b = 1; b <= k; b++) {
+        lua_rawgeti(L, 3, (lua_Integer)b);
+        if (raw_field(L, -1, "results") != LUA_TTABLE)
+            return luaL_error(L, "nim.native.merge: [%d].results: expected a list", (int)b);
+        lens[b - 1] = lua_rawlen(L, -1);
+        total += lens[b - 1];
+        lua_rawseti(L, 4, (lua_Integer)b);
+        lua_pop(L, 1);
+    }
+    /* scratch owned by the GC (slots 6-10): a raise frees it */
     entry *all = lua_newuserdatauv(L, (total ? total : 1) * sizeof *all, 0);
     nim_ranking *flat = lua_newuserdatauv(L, (total ? total : 1) * sizeof *flat, 0);
-    size_t *lens = lua_newuserdatauv(L, k * sizeof *lens, 0);
     size_t *cursor = lua_newuserdatauv(L, k * sizeof *cursor, 0);
     const nim_ranking **heads = lua_newuserdatauv(L, k * sizeof *heads, 0);
     int sorted;
-    read_batches(L, 1, k, all, lens, heads, flat, &sorted);
+    read_batches(L, 4, k, lens, all, heads, flat, &sorted);
     size_t keep = (top_n > 0 && (size_t)top_n < total) ? (size_t)top_n : total;
-    nim_merge_ref *refs = lua_newuserdatauv(L, (keep ? keep : 1) * sizeof *refs, 0); /* 8 */
+    nim_merge_ref *refs = lua_newuserdatauv(L, (keep ? keep : 1) * sizeof *refs, 0);
     if (sorted) { /* every provider answers in rank order: a k-way merge suffices */
         keep = nim_rankings_merge(heads, lens, k, keep, cursor, refs);
     } else {
@@ -371,17 +399,15 @@ int nim_l_merge(lua_State *L) {
             refs[i] = all[i].ref;
     }
 
-    lua_rawgeti(L, 1, 1); /* 9: the first batch gives id and meta */
-    push_merged_shell(L, 9, keep);
+    push_merged_shell(L, 3, keep);
     for (size_t i = 0; i < keep; i++) {
-        lua_rawgeti(L, 1, (lua_Integer)refs[i].list + 1);
-        lua_getfield(L, -1, "results");
+        lua_rawgeti(L, 4, (lua_Integer)refs[i].list + 1);
         lua_rawgeti(L, -1, (lua_Integer)refs[i].pos + 1);
-        lua_rawseti(L, -4, (lua_Integer)i + 1);
-        lua_pop(L, 2);
+        lua_rawseti(L, -3, (lua_Integer)i + 1);
+        lua_pop(L, 1);
     }
     lua_setfield(L, -2, "results");
-    merged_meta(L, 1, k, 9);
+    merged_meta(L, 3, k);
     lua_setfield(L, -2, "meta");
     return 1;
 }

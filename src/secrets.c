@@ -2,6 +2,7 @@
  * user value holds `secrets`: the key, the caller's header values, the userinfo of a URL.
  * Every message built from what a server said or from a URL passes through nim_redact()
  * before anyone sees it, and a URL is shown without its userinfo. */
+#define _GNU_SOURCE /* memmem */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <stdlib.h>
@@ -103,6 +104,27 @@ void nim_push_display_url(lua_State *L, const char *url) {
 }
 
 /* Replaces every secret of the call in the string at idx, longest first. */
+/* Does h[0..hn) hold n[0..nn)? Lengths, not C strings: a NUL byte hides nothing. */
+static int holds(const char *h, size_t hn, const char *n, size_t nn) {
+    return nn > 0 && nn <= hn && memmem(h, hn, n, nn) != NULL;
+}
+
+/* Replaces every secret[0..sn) in the string at idx by "[redacted]". */
+static void replace_all(lua_State *L, int idx, const char *secret, size_t sn) {
+    size_t len;
+    const char *s = lua_tolstring(L, idx, &len), *end = s + len, *hit;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    while ((hit = memmem(s, (size_t)(end - s), secret, sn))) {
+        luaL_addlstring(&b, s, (size_t)(hit - s));
+        luaL_addstring(&b, "[redacted]");
+        s = hit + sn;
+    }
+    luaL_addlstring(&b, s, (size_t)(end - s));
+    luaL_pushresult(&b);
+    lua_replace(L, idx);
+}
+
 void nim_redact(lua_State *L, int idx, int uv) {
     idx = lua_absindex(L, idx);
     lua_getfield(L, uv, "secrets");
@@ -110,18 +132,19 @@ void nim_redact(lua_State *L, int idx, int uv) {
     lua_Integer n = (lua_Integer)lua_rawlen(L, secrets);
     for (int pass = 0; pass < 2; pass++) { /* whole userinfo and keys, then their parts */
         for (lua_Integer i = 1; i <= n; i++) {
+            size_t sn, on, mn;
             lua_rawgeti(L, secrets, i);
-            const char *secret = lua_tostring(L, -1);
+            const char *secret = lua_tolstring(L, -1, &sn);
             int longest = 1;
             for (lua_Integer j = 1; j <= n && longest; j++) {
                 lua_rawgeti(L, secrets, j);
-                if (j != i && strstr(lua_tostring(L, -1), secret)) longest = 0;
+                const char *other = lua_tolstring(L, -1, &on);
+                if (j != i && holds(other, on, secret, sn)) longest = 0;
                 lua_pop(L, 1);
             }
-            if (longest == (pass == 0) && strstr(lua_tostring(L, idx), secret)) {
-                luaL_gsub(L, lua_tostring(L, idx), secret, "[redacted]");
-                lua_replace(L, idx);
-            }
+            const char *msg = lua_tolstring(L, idx, &mn);
+            if (longest == (pass == 0) && holds(msg, mn, secret, sn))
+                replace_all(L, idx, secret, sn);
             lua_pop(L, 1);
         }
     }

@@ -119,6 +119,19 @@ int nim_l_budget(lua_State *L) {
     lua_Hook old = lua_gethook(L);
     int old_mask = lua_gethookmask(L), old_count = lua_gethookcount(L);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_key); /* the outer budget, if nested */
+    budget *outer = lua_touserdata(L, -1);
+    if (outer) {
+        /* Nested (a filter's own budgeted call): setting our hook restarts the outer one's
+         * count, so the outer is charged a whole step for the instructions that loses, and
+         * the inner may spend no more than the outer has left. */
+        outer->left -= BUDGET_STEP;
+        if (outer->left <= 0) {
+            lua_getiuservalue(L, -1, 1);
+            return luaL_error(L, "nim: %s: stopped after its instruction budget (a runaway loop?)",
+                              lua_tostring(L, -1));
+        }
+        if (count > outer->left) count = outer->left;
+    }
     budget *b = lua_newuserdatauv(L, sizeof *b, 1);
     b->left = count;
     b->owner = L;
@@ -131,6 +144,10 @@ int nim_l_budget(lua_State *L) {
     lua_sethook(L, old, old_mask, old_count);
     lua_pushvalue(L, 3);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &budget_key);
+    if (outer) {
+        outer->left -= count - b->left; /* what the inner spent is the outer's too */
+        if (outer->left <= 0) lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1); /* stop it next */
+    }
     if (status != LUA_OK) return lua_error(L);
     return lua_gettop(L) - 3;
 }

@@ -29,6 +29,25 @@ static void a_url_password_is_redacted_in_every_form_it_travels(void) {
     CHECK_STR(redacted(L, url, "Basic YWRAbWluOnA6c3Mgd29yZC0wMTIz"), "Basic [redacted]");
     CHECK_STR(redacted(L, url, "ad@min:p:ss word-0123"), "[redacted]");
     CHECK_STR(redacted(L, "http://h/v1", "nothing to hide"), "nothing to hide");
+    /* a NUL byte before the secret hides nothing; a %00 in a password ends nothing */
+    lua_newtable(L);
+    lua_newtable(L);
+    nim_secrets_add_url(L, lua_gettop(L), "http://u:%00abcd@h/");
+    lua_setfield(L, -2, "secrets");
+    lua_pushlstring(L, "x\0y \0abcd z", 11);
+    nim_redact(L, -1, lua_gettop(L) - 1);
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    CHECK(n == 16 && memcmp(s, "x\0y [redacted] z", 16) == 0);
+    lua_settop(L, 0);
+    lua_newtable(L);
+    lua_newtable(L);
+    nim_secrets_add_url(L, lua_gettop(L), "http://u:p4ssw0rd-secret@h/");
+    lua_setfield(L, -2, "secrets");
+    lua_pushlstring(L, "a\0b p4ssw0rd-secret", 19);
+    nim_redact(L, -1, lua_gettop(L) - 1);
+    s = lua_tolstring(L, -1, &n);
+    CHECK(n == 14 && memcmp(s, "a\0b [redacted]", 14) == 0);
     lua_close(L);
 }
 

@@ -13,7 +13,8 @@
 --   !id=X            response carries id X           !nousage / !norankings   omit those
 --   !usage=N         usage.total_tokens = N          !echo-auth      400 echoing Authorization
 --   !echo-escaped=N  400 {"detail": N x's, then Authorization with every byte \u-escaped}
---                    (with !ok: status 200, so the body is shown raw as a bad_response)
+--                    (with !ok: status 200, so the body is shown raw as a bad_response;
+--                    with !nul: a \u0000 first, which a C-string search would stop at)
 --   !202=N           NVCF: 202 with an NVCF-REQID; GET /v2/nvcf/pexec/status/{id} then
 --                    answers 202 N times before the result   !202-noid  202 without an id
 --   !202-forever     every status poll answers 202    !202-reqid=X  202 with NVCF-REQID X
@@ -222,7 +223,8 @@ local function injected(d, req)
       return ("\\u%04x"):format(c:byte())
     end)
     return { status = d.ok and 200 or 400, headers = "Content-Type: application/json\n",
-             body = '{"detail":"' .. ("x"):rep(tonumber(d["echo-escaped"]) or 0) .. esc .. '"}' }
+             body = '{"detail":"' .. (d.nul and "x\\u0000" or "")
+               .. ("x"):rep(tonumber(d["echo-escaped"]) or 0) .. esc .. '"}' }
   end
   if d["202-noid"] then return { status = 202, body = "", headers = "" } end
   if d["202-reqid"] then

@@ -59,6 +59,7 @@ test("check_returns_misuse_as_fields", function()
     { { filters = { "nope" } }, "filters[1]", "unknown filter" },
     { { headers = { ["X-A"] = "a\nb" } }, "headers['X-A']", "control characters" },
     { { headers = { ["Content-Length"] = "0" } }, "headers['Content-Length']", "frames" },
+    { { headers = { ["X-A"] = 5 } }, "headers['X-A']", "expected string, got number" },
     { { timeout = 0 / 0 }, "timeout", "seconds" },
   }
   for _, c in ipairs(cases) do
@@ -248,17 +249,48 @@ test("checking_headers_keeps_their_values_as_secrets_safely", function()
   eq(code, 0, "the CLI with -H: " .. out)
 end)
 
--- A batch's partial result is a Lua table a script can edit; merge trusts only what C keeps.
+-- A batch's partial result is a Lua table a script can edit; merge trusts only what C keeps,
+-- reads every table raw and once, and anchors what it points into for the whole merge.
 test("merge_trusts_no_field_a_script_can_edit", function()
-  local a = { model = "local/bm25", query = "gpu", documents = h.DOCS }
-  local part = assert(nim.native.start(a, 1, 2, true):wait())
-  local want = assert(nim.native.merge({ part }, 0))
-  part.nrankings, part.offset = 1 << 40, -5
-  local got = assert(nim.native.merge({ part }, 0))
+  local docs = {}
+  for i = 1, 64 do docs[i] = "gpu memory " .. i end
+  local function part(first)
+    local t = nim.native.start({ model = h.RANKING, api_base = h.open_url, query = "gpu",
+      documents = docs }, first, 32, true)
+    return assert(t:wait())
+  end
+  local part1 = part(1)
+  eq(type(part1.rankings), "userdata", "a partial result holds its rankings in C")
+  local want = assert(nim.native.merge({ part1 }, 0))
+  part1.nrankings, part1.offset = 1 << 40, -5
+  local got = assert(nim.native.merge({ part1 }, 0))
   eq(#got.results, #want.results, "the count the binding kept")
   eq(got.results[1].index, want.results[1].index, "indices unchanged")
-  part.rankings = io.stdout
-  raises(function() nim.native.merge({ part }, 0) end, "not a batch's partial result")
+  -- a later batch whose metamethods drop an earlier batch's rankings and collect garbage
+  local p1, p2 = part(1), part(33)
+  local parts
+  local sneaky = setmetatable({ texts = p2.texts, id = p2.id, meta = p2.meta }, {
+    __index = function(_, k)
+      if k == "rankings" then
+        parts[1].rankings = nil
+        collectgarbage()
+        return p2.rankings
+      end
+    end })
+  parts = { p1, sneaky }
+  raises(function() nim.native.merge(parts, 0) end, "not a batch's partial result")
+  local merged = assert(nim.native.merge({ p1, p2 }, 0))
+  eq(#merged.results, 64, "two real batches merge")
+  -- results lists that change size or type between reads: read once, raw
+  local calls, small, big = 0, { { index = 0, relevance_score = 1 } }, {}
+  for i = 1, 1000 do big[i] = { index = i, relevance_score = -i } end
+  local shifty = setmetatable({ meta = {} }, { __index = function(_, k)
+    if k == "results" then calls = calls + 1; return calls == 1 and small or big end
+  end })
+  raises(function() nim.native.merge({ shifty }, 0) end, "results")
+  eq(#assert(nim.native.merge({ { results = big, meta = {} } }, 0)).results, 1000, "plain lists")
+  part1.rankings = io.stdout
+  raises(function() nim.native.merge({ part1 }, 0) end, "not a batch's partial result")
   raises(function() nim.native.merge({ { rankings = io.stderr, texts = {} } }, 0) end,
     "not a batch's partial result")
 end)
@@ -276,6 +308,24 @@ test("a_budget_is_shared_by_the_coroutines_a_script_starts", function()
   spec.match(tostring(err), "spinner: stopped after its instruction budget", "named")
   ok(spins < 20000, "at most a few coroutines' worth ran: " .. spins)
   eq(nim.native.budget(5000, "small", function() return 1 + 1 end), 2, "within budget")
+  -- nested budgets (a filter whose code makes its own budgeted call) spend the outer one too
+  local nested = 0
+  okc, err = pcall(nim.native.budget, 200000, "outer", function()
+    while true do
+      nested = nested + 1
+      nim.native.budget(100, "inner", function() end)
+    end
+  end)
+  eq(okc, false, "the outer budget ends a loop of nested budgets")
+  spec.match(tostring(err), "outer: stopped", "named: " .. tostring(err))
+  ok(nested <= 200, "each nested budget is charged to the outer: " .. nested)
+  okc, err = pcall(nim.native.budget, 100000, "outer2", function()
+    for _ = 1, 50 do nim.native.budget(100000, "inner2", function()
+      for _ = 1, 1000 do end
+    end) end
+  end)
+  eq(okc, false, "the inner's work counts against the outer")
+  spec.match(tostring(err), "stopped", tostring(err))
 end)
 
 -- A call's total time has one rule, the binding's: the router and batching ask it, so an

@@ -32,6 +32,7 @@ local PATHS = {
   "!echo gpu",               -- 200 whose body echoes every header and the body
   "!echo-escaped=270 gpu",   -- the credential JSON-escaped, across the message's 300-byte cut
   "!echo-escaped=150 !ok gpu", -- the same in a 2xx body that is shown raw (bad_response)
+  "!echo-escaped=270 !nul gpu", -- the same after a NUL byte (redaction is not a C-string search)
   "!status=500 gpu",         -- 5xx
   "!status=401 !text gpu",   -- 401 as text
   "!malformed gpu",          -- bad_response with the first part of the body
@@ -75,6 +76,11 @@ test("sentinel_through_every_entry_and_error_path", function()
   nim.load_config(cfg)
   run_paths("config", function() return { model = "g", documents = h.DOCS } end)
   nim.load_config({})
+  -- an answer whose id echoes the key: a result, so nothing else would redact it
+  local res = assert(nim.rerank(h.args({ api_key = SENTINEL, api_base = OPEN,
+    query = "!id=" .. SENTINEL .. " gpu" })))
+  spec.match(res.id, "%[redacted%]", "the id is redacted")
+  collect("id echo", res)
 end)
 
 test("sentinel_through_the_command_line_and_the_environment", function()
