@@ -222,7 +222,9 @@ local function call_args(args, d, timeout)
       a[k] = value
     end
   end
-  if a.timeout == nil then a.timeout = timeout end
+  -- router_settings.timeout is a default: a caller's request_timeout beats it, as on the
+  -- routed path (the binding reads timeout, else request_timeout)
+  if a.timeout == nil and a.request_timeout == nil then a.timeout = timeout end
   return a
 end
 

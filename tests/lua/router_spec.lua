@@ -436,3 +436,36 @@ test("fallbacks_must_be_model_names_before_anything_is_sent", function()
     spec.match(err, "^[^\n]*router_spec%.lua:%d+: ", "at the caller's line")
   end
 end)
+
+-- router_settings.timeout is a default: a caller's request_timeout beats it on the plain path
+-- (a provider model, no policy) as on the routed one (retries, fallbacks, groups).
+test("request_timeout_beats_router_settings_timeout_on_both_paths", function()
+  local cfg = { model_list = { dep("g", "local/bm25") }, router_settings = { timeout = 5 } }
+  local got = {}
+  local r = make(cfg, { call = function(a)
+    got[#got + 1] = nim.native.call_timeout(a)
+    return nil, nim.native.error({ type = "bad_request", status = 400, message = "no" })
+  end })
+  local base = { model = h.RETRIEVAL, query = QUERY, documents = h.DOCS, request_timeout = 0.3 }
+  r:rerank(base) -- plain
+  local routed = {}
+  for k, v in pairs(base) do routed[k] = v end
+  routed.num_retries = 0
+  r:rerank(routed)
+  eq(#got, 2, "one call each")
+  spec.near(got[1], 0.3, 1e-9, "plain path: the caller's request_timeout")
+  spec.near(got[2], 0.3, 1e-9, "routed path: the caller's request_timeout")
+  -- and for real: an answer 2 s late is a timeout after 0.3 s, on both paths
+  nim.load_config(cfg)
+  for _, extra in ipairs({ {}, { num_retries = 0 } }) do
+    local a = { model = h.RETRIEVAL, api_base = h.open_url, documents = { "gpu" },
+      query = unique("!delay=2000"), request_timeout = 0.3 }
+    for k, v in pairs(extra) do a[k] = v end
+    local res, err = nim.rerank(a)
+    local which = next(extra) and "routed" or "plain"
+    eq(res, nil, which .. ": no late answer")
+    eq(err.type, "timeout", which .. ": a timeout")
+    spec.match(tostring(err), "0%.3 s", which .. ": after the caller's 0.3 s")
+  end
+  nim.load_config({})
+end)
