@@ -16,7 +16,10 @@
 -- The call's timeout (timeout, else request_timeout, else nim.settings.timeout) is its total
 -- time, as everywhere: a deadline is fixed when the batched call starts, each batch gets
 -- min(timeout, time left), and once the deadline has passed no batch starts: the call fails
--- with a timeout error (err.batch, err.batches: the first batch not answered).
+-- with a timeout error (err.batch, err.batches: the first batch not answered). A batch's own
+-- error that is not retryable, or that names an NVCF request (err.nvcf_reqid: a job queued
+-- upstream), is the call's error as it is (with err.batch, err.batches): the router must not
+-- send the call again.
 --
 -- Options per call (or as config call defaults): batch_size (at most max_passages),
 -- concurrency, on_progress(done_documents, total_documents).
@@ -97,8 +100,14 @@ local function run(a, n, size, conc, progress)
     local res, err = t:result()
     if not res then
       -- a batch's timeout is the time the call had left: when it runs out (not a 408 of the
-      -- server's), the call's deadline has passed
-      if err.type == "timeout" and err.status ~= 408 then return deadline_error(b) end
+      -- server's), the call's deadline has passed. A batch's error that says more is kept:
+      -- one with an NVCF request id (the job is queued upstream: sending the call again would
+      -- queue another) or one that is not retryable; a non-retryable error never becomes a
+      -- retryable one.
+      if err.type == "timeout" and err.status ~= 408 and err.nvcf_reqid == nil
+        and err.retryable ~= false then
+        return deadline_error(b)
+      end
       return fail(err, b)
     end
     results[b] = res

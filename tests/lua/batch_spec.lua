@@ -70,3 +70,42 @@ test("batches_that_fit_in_the_time_still_merge", function()
   eq(res.meta.batches, 8, "eight batches")
   eq(#res.results, 8, "all merged")
 end)
+
+-- A batch's error that names an NVCF job (queued upstream) or is not retryable stays the
+-- call's error: turning it into a retryable timeout made the router POST the job again.
+test("a_batchs_nvcf_or_non_retryable_error_is_kept_and_not_retried", function()
+  local function queued()
+    return h.decode(h.sh("curl -s " .. h.q(h.open_url .. "/_fake/stats"))).nvcf_queued
+  end
+  nim.load_config({ model_list = { { model_name = "nvcf", litellm_params = {
+    model = h.RETRIEVAL, api_base = h.open_url, timeout = 2 } } },
+    router_settings = { num_retries = 2, timeout = 30 } })
+  -- every poll answers 202; the next one (5 s on) would pass the 2 s deadline: the call
+  -- ends at once with a timeout that is not retryable and names the job
+  local function call(batched)
+    local before = queued()
+    local res, err = nim.rerank({ model = "nvcf", documents = { "a gpu", "b gpu" },
+      query = ("!202-forever u%d gpu"):format(math.random(1, 1e9)),
+      nvcf_status_url = h.open_url .. "/v2/nvcf/pexec/status", nvcf_poll_interval = 5,
+      batch_size = batched and 1 or nil, concurrency = 1 })
+    return res, err, queued() - before
+  end
+  local ok1, single = pcall(function()
+    local res, err, jobs = call(false)
+    eq(res, nil, "single: no answer")
+    eq(jobs, 1, "single: one job queued")
+    return err
+  end)
+  local ok2, res, err, jobs = pcall(call, true)
+  nim.load_config({})
+  ok(ok1, tostring(single))
+  ok(ok2, tostring(res))
+  eq(res, nil, "batched: no answer")
+  eq(err.type, "timeout", "the batch's timeout")
+  eq(err.retryable, false, "still not retryable")
+  ok(single.nvcf_reqid and err.nvcf_reqid, "each names its job (an NVCF request id)")
+  eq(err.batch, 1, "the batch that failed")
+  eq(err.batches, 2, "of two")
+  eq(#err.attempts, 1, "one attempt: not retried")
+  eq(jobs, 1, "one job queued, as for the call in one request")
+end)
