@@ -9,8 +9,8 @@
 -- ca_bundle) written os.environ/NAME are read when the deployment is used, not at load: a
 -- config whose offline group needs no key loads without NVIDIA_NIM_API_KEY set, and the
 -- missing variable is reported by the call that needs it (M.env_value). A group's name
--- (model_name) and a deployment's id (model_info.id) are shown in results, errors and
--- attempts, so they may not come from the environment.
+-- (model_name), a deployment's id (model_info.id), fallbacks and alias targets are shown in
+-- results, errors and attempts, so they may not come from the environment.
 --
 -- Lua in a config (a .lua config file, nimrank_settings.scripts) runs on the instruction
 -- budget (M.budget) in an environment of its own (script_env).
@@ -298,6 +298,23 @@ end
 
 -- Shown in results, errors and attempts: never from the environment.
 local SHOWN_FIELDS = { model_name = "a group name", model_info = { id = "a deployment id" } }
+-- Model names a router section refers to (<section>.<key>...) are shown as well: a fallback
+-- in meta.fallback, attempts and the CLI's "fell back" line, an alias's target in
+-- meta.model and attempts.
+local SHOWN_SECTIONS = { router_settings = true, litellm_settings = true }
+local SHOWN_NAMES = { fallbacks = "a fallback", default_fallbacks = "a fallback",
+  model_group_alias = "an alias's target" }
+
+-- The first two keys of a path (section, key), or nil.
+local function section_key(path)
+  local a, b
+  while type(path) == "table" do
+    a, b = path.key, a
+    path = path.up
+  end
+  if path ~= nil then return nil end
+  return a, b
+end
 
 -- Replaces os.environ/NAME strings and lyaml's null, depth first, into fresh tables. Errors
 -- name the path. walk = { values = count, open = tables on the current path }.
@@ -314,6 +331,10 @@ local function resolve_values(v, path, null, walk, depth)
     local a, b = deployment_key(path)
     local what = SHOWN_FIELDS[a]
     if type(what) == "table" then what = what[b] elseif b ~= nil then what = nil end
+    if not what then
+      local section, key = section_key(path)
+      what = SHOWN_SECTIONS[section] and SHOWN_NAMES[key]
+    end
     if what then
       fail(path, "os.environ/ is not allowed here: %s is shown in results, errors and "
         .. "attempts, so a value from the environment would be printed", what)

@@ -263,15 +263,16 @@ test("values_from_the_environment_are_never_printed_anywhere", function()
   local offline = { model_name = "rr", litellm_params = { model = "local/bm25" } }
   refused({ model_list = { offline },
     router_settings = { model_group_alias = { fast = "os.environ/FAKE_KEY" } } },
-    "router_settings.model_group_alias.fast: a value from the environment is not a model_name")
+    "router_settings.model_group_alias.fast: os.environ/ is not allowed here")
   refused({ model_list = { offline }, router_settings = { model_group_alias = {
-    fast = { model = "os.environ/FAKE_KEY" } } } }, "model_group_alias.fast", "environment")
+    fast = { model = "os.environ/FAKE_KEY" } } } }, "model_group_alias.fast.model",
+    "os.environ/ is not allowed here")
   refused({ model_list = { offline },
     router_settings = { fallbacks = { { rr = { "os.environ/FAKE_KEY" } } } } },
-    "router_settings.fallbacks.rr[1]: a value from the environment is neither")
+    "router_settings.fallbacks[1].rr[1]: os.environ/ is not allowed here")
   refused({ model_list = { offline },
     litellm_settings = { default_fallbacks = { "os.environ/FAKE_KEY" } } },
-    "litellm_settings.default_fallbacks[1]: a value from the environment")
+    "litellm_settings.default_fallbacks[1]: os.environ/ is not allowed here")
   -- a group name or a deployment id is shown everywhere: refused, naming the field
   refused({ model_list = { { model_name = "os.environ/FAKE_KEY",
     litellm_params = { model = "local/bm25" } } } },
@@ -419,4 +420,37 @@ test("a_cut_message_hides_the_first_part_of_an_environment_value", function()
   local out = nimrank_env("MY_MODEL=nvidia_nim/acme/secret-model-01234", code)
   eq(out, "x os.environ/MY_MODEL y\n" .. ("z"):rep(280) .. "os.environ/MY_MODEL...\n"
     .. "ends with os.environ/MY_MODEL...\n", "whole values and cut-off first parts")
+end)
+
+-- A fallback or an alias's target is shown (meta.fallback, meta.model, attempts, the CLI's
+-- "fell back" line): os.environ/ is refused there even when its value names a model.
+test("fallbacks_and_alias_targets_may_not_come_from_the_environment", function()
+  local code = [[
+    local base = { model_list = { { model_name = "rr", litellm_params = {
+      model = "nvidia_nim/nvidia/llama-nemotron-rerank-1b-v2", api_base = "http://127.0.0.1:1",
+      api_key = "abcdefgh" } } } }
+    local function try(section, key, value)
+      local cfg = { model_list = base.model_list, [section] = { [key] = value } }
+      local ok, err = pcall(nim.load_config, cfg)
+      print(ok and "loaded" or tostring(err))
+    end
+    try("router_settings", "fallbacks", { { rr = { "os.environ/FB" } } })
+    try("litellm_settings", "fallbacks", { { rr = { "local/bm25", "os.environ/FB" } } })
+    try("router_settings", "default_fallbacks", { "os.environ/FB" })
+    try("litellm_settings", "default_fallbacks", { "os.environ/FB" })
+    try("router_settings", "model_group_alias", { fast = "os.environ/GROUP" })
+    try("router_settings", "model_group_alias", { fast = { model = "os.environ/GROUP" } })
+  ]]
+  local out = nimrank_env("FB=local/bm25 GROUP=rr", code)
+  local lines = {}
+  for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
+  local want = { "router_settings.fallbacks[1].rr[1]", "litellm_settings.fallbacks[1].rr[2]",
+    "router_settings.default_fallbacks[1]", "litellm_settings.default_fallbacks[1]",
+    "router_settings.model_group_alias.fast", "router_settings.model_group_alias.fast.model" }
+  eq(#lines, #want, "one line each: " .. out)
+  for i, path in ipairs(want) do
+    eq(lines[i]:sub(1, #path + 2), path .. ": ", "refused, naming the key path: " .. lines[i])
+    spec.match(lines[i], "os%.environ/ is not allowed here", "says why: " .. lines[i])
+    spec.no_match(lines[i], "bm25", "the value is not printed")
+  end
 end)
