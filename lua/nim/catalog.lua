@@ -51,11 +51,12 @@ function M.max_passages(model)
   return native.max_passages(model) or math.huge
 end
 
--- The deprecation notice for a model, or nil.
-function M.deprecation(name)
+-- The deprecation notice for a model, or nil. shown: how the notice names the model (default
+-- its catalog key; os.environ/NAME for a model string read from the environment).
+function M.deprecation(name, shown)
   local ok, e = pcall(native.catalog_entry, name)
   if ok and e and e.deprecated then
-    return ("%s is deprecated (%s)%s"):format(native.catalog_key(name), e.deprecated,
+    return ("%s is deprecated (%s)%s"):format(shown or native.catalog_key(name), e.deprecated,
       e.replacement and ("; use %s instead"):format(e.replacement) or "")
   end
 end

@@ -284,7 +284,8 @@ local function deadline_error(name, total)
 end
 
 -- Tries one model name (a group, or a provider model string) with its retries, within the
--- deadline. Returns res, deployment, group on success; nil, err on failure.
+-- deadline. Returns res, deployment, group, the model string called (perhaps a value from the
+-- environment: for lookups, never to be shown) on success; nil, err on failure.
 function Router:try(name, args, attempts, num_retries, budget)
   local unknown = self:unknown(name)
   if unknown then
@@ -333,7 +334,7 @@ function Router:try(name, args, attempts, num_retries, budget)
       local model = a and a.model or nil
       if d and config.has_env(d.params) then model = hide_env(d, res, e) or model end
       record(attempts, group_name, d, model, wait, e, (self.clock() - t0) * 1000)
-      if res then return res, d, g end
+      if res then return res, d, g, a.model end
       err = e
       if d then
         tried[d] = (tried[d] or 0) + 1
@@ -426,13 +427,13 @@ function Router:rerank(args)
     or native.call_timeout(args)
   local budget = { deadline = self.clock() + total, total = total }
   local attempts = nim.array{}
-  local res, d_or_err, answered = self:try(name, args, attempts, num_retries, budget)
+  local res, d_or_err, answered, called = self:try(name, args, attempts, num_retries, budget)
   local fallback
   if not res and not self:unknown(name) then
     local chain = args.fallbacks or self.fallbacks[g and g.name or name] or self.default_fallbacks
     for i = 1, math.min(#chain, self.max_fallbacks) do
       if self:left(budget) <= 0 then break end
-      res, d_or_err, answered = self:try(chain[i], args, attempts, num_retries, budget)
+      res, d_or_err, answered, called = self:try(chain[i], args, attempts, num_retries, budget)
       if res then
         fallback = chain[i]
         break
@@ -450,7 +451,11 @@ function Router:rerank(args)
   meta.model_group = answered and answered.name or nil
   meta.deployment = d and d.id or nil
   meta.fallback = fallback
-  local note = catalog.deprecation(attempts[#attempts].model)
+  -- looked up by the model called (the attempt shows os.environ/NAME for one from the
+  -- environment); a note about such a model names it os.environ/NAME, never by its value
+  local env_model = d and config.env_name(d.params.model)
+  local note = catalog.deprecation(called, env_model)
+  if note and d and config.has_env(d.params) then note = config.hide(note, d.params) end
   if note then
     meta.warnings = meta.warnings or nim.array{}
     meta.warnings[#meta.warnings + 1] = note

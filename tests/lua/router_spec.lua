@@ -469,3 +469,23 @@ test("request_timeout_beats_router_settings_timeout_on_both_paths", function()
   end
   nim.load_config({})
 end)
+
+-- A deprecated model read from os.environ/ still gets its note, looked up by the model called
+-- and naming it os.environ/NAME, never by its value.
+test("a_deprecated_model_from_the_environment_is_noted_by_its_variable", function()
+  local code = ([[
+    local json = require "nim.json"
+    nim.load_config({ model_list = { { model_name = "old", litellm_params = {
+      model = "os.environ/MY_MODEL", api_base = %q, api_key = "os.environ/FAKE_KEY" } } } })
+    local res, err = nim.rerank({ model = "old", query = "gpu", documents = { "gpu", "cpu" } })
+    print(res and json.encode(res.meta) or tostring(err))
+  ]]):format(h.url)
+  local out, rc = h.sh(("MY_MODEL=%s %s -e %s 2>&1"):format(h.q(h.RANKING), h.nimrank, h.q(code)))
+  eq(rc, 0, out)
+  local meta = h.decode(out)
+  eq(meta.model, "os.environ/MY_MODEL", "the model shown as its variable")
+  ok(meta.warnings and meta.warnings[1], "a deprecation note: " .. out)
+  spec.match(meta.warnings[1], "^os%.environ/MY_MODEL is deprecated", "naming the variable")
+  spec.match(meta.warnings[1], "llama%-nemotron%-rerank%-1b%-v2 instead", "and the replacement")
+  spec.no_match(out, "rerankqa", "never the value")
+end)
