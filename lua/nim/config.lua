@@ -13,7 +13,8 @@
 -- results, errors and attempts, so they may not come from the environment.
 --
 -- Lua in a config (a .lua config file, nimrank_settings.scripts) runs on the instruction
--- budget (M.budget) in an environment of its own (script_env).
+-- budget (M.budget) in an environment of its own (script_env); a .lua config's value is
+-- copied raw on the budget (raw_copy).
 local M = {}
 
 -- Keys (and values) longer than this are cut where a message shows them: a 4 MB key must not
@@ -490,16 +491,32 @@ function M.budget()
 end
 
 -- The environment a config's Lua runs in: the globals, read through, minus what would run code
--- outside the instruction budget. Lua turns hooks off while a finalizer runs, so setmetatable
--- refuses a __gc metamethod; collectgarbage and debug are absent; load, loadfile and dofile
--- load text into this environment; require refuses debug, package and _G. (Modules a script
--- requires run in the real globals, and nimrank's own objects are not wrapped: the budget
--- stops runaway loops, it is not a sandbox for hostile code.)
-local HIDDEN = { collectgarbage = true, debug = true, package = true }
+-- outside the instruction budget.
+-- * Finalizers: Lua turns hooks off while one runs, so setmetatable refuses a __gc
+--   metamethod, and getmetatable gives the metatables of tables only (nil for a string or a
+--   userdata: a file's __gc or the strings' __index must not be replaced; a __metatable field
+--   is honoured). collectgarbage and debug are absent.
+-- * Shared tables: the libraries a script may use (string, table, math, utf8, os, io) are its
+--   own copies, in its globals and from require, so what it changes in them stays its own and
+--   never runs later, outside any budget, in nimrank or the host.
+-- * Coroutines: each one counts its instructions afresh, so many short ones would multiply
+--   the budget: there is no coroutine library (config scripts do not need one).
+-- * load, loadfile and dofile load text into this environment; require refuses debug,
+--   package, _G and coroutine.
+-- (Modules a script requires run in the real globals, and nimrank's own objects are not
+-- wrapped: the budget stops runaway loops, it is not a sandbox for hostile code.)
+local HIDDEN = { collectgarbage = true, debug = true, package = true, coroutine = true }
 local REFUSED_MODULES = { debug = true, package = true, _G = true }
+local LIBRARIES = { "string", "table", "math", "utf8", "os", "io" }
 
 local function script_env()
   local env = {}
+  local libraries = {}
+  for _, name in ipairs(LIBRARIES) do
+    local copy = {}
+    for k, v in next, _G[name] do copy[k] = v end
+    libraries[name] = copy
+  end
   local function load_here(chunk, name, mode, ...)
     if mode ~= nil and mode ~= "t" then
       error("load: only text chunks can be loaded in a config script", 2)
@@ -521,6 +538,10 @@ local function script_env()
       end
       return setmetatable(t, mt)
     end,
+    getmetatable = function(v)
+      if type(v) ~= "table" then return nil end
+      return getmetatable(v)
+    end,
     load = load_here,
     loadfile = loadfile_here,
     dofile = function(path)
@@ -529,13 +550,18 @@ local function script_env()
       return chunk()
     end,
     require = function(name)
+      if name == "coroutine" then
+        error("require: a config's Lua has no coroutine library (config scripts do not need "
+          .. "one, and each coroutine would count its instructions afresh)", 2)
+      end
       if REFUSED_MODULES[name] then
         error(("require: module %q is not available to a config's Lua"):format(
           tostring(name)), 2)
       end
-      return require(name)
+      return libraries[name] or require(name)
     end,
   }
+  for name, copy in pairs(libraries) do overrides[name] = copy end
   return setmetatable(env, { __index = function(_, k)
     local o = overrides[k]
     if o ~= nil then return o end
@@ -544,14 +570,63 @@ local function script_env()
   end })
 end
 
--- Runs a config's Lua file on the budget: results of the chunk. label names the file in
--- messages, chunkname in the chunk's own errors; budget_name in the budget's.
-local function run_lua(path, what, label, chunkname, budget_name, ...)
+-- A .lua config's value, copied with raw access (on a budget, as run_lua's after). What the
+-- load reads afterwards is plain tables: a metamethod of the script's (__index, __pairs,
+-- __tostring of a key) would run outside the budget, so a table with a metatable is refused,
+-- naming its key path. Bounded as resolve_values is; walk = { values =, open = }.
+local RETURNED = "the returned table"
+
+local function raw_copy(v, path, walk, depth)
+  if type(v) ~= "table" then return v end
+  path = path or RETURNED
+  if getmetatable(v) ~= nil then
+    error(("%s has a metatable: a .lua config must return plain tables (a metamethod would "
+      .. "run outside the instruction budget)"):format(path_str(path)), 0)
+  end
+  if walk.open[v] then fail(path, "refers to itself (a cycle)") end
+  if depth > MAX_DEPTH then fail(path, "nested deeper than %d levels", MAX_DEPTH) end
+  walk.open[v] = true
+  local out = {}
+  for k, x in next, v do
+    walk.values = walk.values + 1
+    if walk.values > MAX_VALUES then fail(path, "holds more than %d values", MAX_VALUES) end
+    local kp = path ~= RETURNED and path or nil -- key paths start at the top-level key
+    if type(k) == "table" then k = raw_copy(k, at(kp, { " (a key)" }), walk, depth + 1) end
+    out[k] = raw_copy(x, at(kp, k), walk, depth + 1)
+  end
+  walk.open[v] = nil
+  return out
+end
+
+-- How an error a config's Lua raised is passed on: a string as it is; anything else (an
+-- object whose __tostring would run outside the budget) is turned into text, on a budget too.
+local function error_text(e)
+  local ok, text = pcall(tostring, e)
+  if ok and type(text) == "string" then return text end
+  return ("(an error object: %s)"):format(type(e))
+end
+
+-- Runs a config's Lua file on the budget: results of the chunk, or of after(its first result)
+-- when given (run on the budget too). label names the file in messages, chunkname in the chunk's
+-- own errors; budget_name in the budget's.
+local function run_lua(path, what, label, chunkname, budget_name, after, ...)
   local text = read_text(path, what, label)
   local chunk, cerr = load(text, chunkname, "t", script_env())
   if not chunk then error(("%s: %s"):format(what, replace_plain(cerr, path, label)), 0) end
   local nim = require "nim"
-  return nim.native.budget(M.budget(), budget_name, chunk, ...)
+  local function finish(ok, ...)
+    if ok then return ... end
+    local e = ...
+    if type(e) ~= "string" then e = nim.native.budget(M.budget(), budget_name, error_text, e) end
+    error(e, 0)
+  end
+  -- the chunk straight under the budget (no function of ours between them: a runaway loop's
+  -- message carries no position of ours); after gets a budget of its own
+  if after then
+    local value = finish(pcall(nim.native.budget, M.budget(), budget_name, chunk, ...))
+    return nim.native.budget(M.budget(), budget_name, after, value)
+  end
+  return finish(pcall(nim.native.budget, M.budget(), budget_name, chunk, ...))
 end
 
 -- run_scripts(cfg, ...): runs nimrank_settings.scripts in order, each with the arguments
@@ -564,15 +639,16 @@ function M.run_scripts(cfg, ...)
       label = ("nimrank_settings.scripts[%d] (a value from the environment)"):format(i)
       chunkname = ("=nimrank_settings.scripts[%d]"):format(i)
     end
-    run_lua(path, "nim", "script " .. label, chunkname, "script " .. label, ...)
+    run_lua(path, "nim", "script " .. label, chunkname, "script " .. label, nil, ...)
   end
 end
 
 local function read_file(path)
   if path:match("%.lua$") then
-    local t = run_lua(path, "config", path, "@" .. path, "config " .. path)
-    if type(t) ~= "table" then error(("config: %s must return a table"):format(path), 0) end
-    return t
+    return run_lua(path, "config", path, "@" .. path, "config " .. path, function(t)
+      if type(t) ~= "table" then error(("config: %s must return a table"):format(path), 0) end
+      return raw_copy(t, nil, { values = 0, open = {} }, 0)
+    end)
   end
   return read_yaml(path, read_text(path, "config", path))
 end

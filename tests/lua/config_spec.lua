@@ -454,3 +454,100 @@ test("fallbacks_and_alias_targets_may_not_come_from_the_environment", function()
     spec.no_match(lines[i], "bm25", "the value is not printed")
   end
 end)
+
+-- Runs code in a fresh nimrank, stopped after 20 s; returns its output and exit code (124:
+-- it hung).
+local function nimrank_bounded(code)
+  return h.sh(("timeout 20 %s -e %s 2>&1"):format(h.nimrank, h.q(code)))
+end
+
+-- What a config's Lua could reach to run code later, outside the budget: a userdata's or the
+-- strings' metatable, the shared library tables, coroutines (each counted afresh), the
+-- metamethods of what a .lua config returns or a script raises.
+test("config_lua_cannot_leave_the_budget_through_shared_tables_or_metatables", function()
+  local function script(text) return temp_file(text, ".lua") end
+  -- a file's finalizer replaced, then garbage: refused, never hung
+  local gc = script([[
+    getmetatable(io.stdout).__gc = function() while true do end end
+  ]])
+  local out, rc = nimrank_bounded(([[
+    print(pcall(nim.load_config, { nimrank_settings = { scripts = { %q } } }))
+    for i = 1, 50 do io.open("/dev/null") end
+    local t = {} for i = 1, 200000 do t[i] = { i } end t = nil
+    collectgarbage() collectgarbage()
+    print("done")
+  ]]):format(gc))
+  os.remove(gc)
+  eq(rc, 0, "not hung: " .. out)
+  spec.match(out, "^false\t[^\n]*attempt to index a nil value[^\n]*\ndone\n$", "refused: " .. out)
+  -- what the script sees, and that what it changes stays its own
+  local probe = script([[
+    assert(getmetatable("") == nil, "no string metatable")
+    assert(getmetatable(io.stdout) == nil, "no userdata metatable")
+    local mt = {}
+    assert(getmetatable(setmetatable({}, mt)) == mt, "a table's metatable")
+    assert(getmetatable(setmetatable({}, { __metatable = "locked" })) == "locked",
+      "__metatable honoured")
+    assert(coroutine == nil, "no coroutine library")
+    local okc, err = pcall(require, "coroutine")
+    assert(not okc and err:find("no coroutine library", 1, true), tostring(err))
+    assert(require("string") == string and require("io") == io, "require gives its copies")
+    local spin = function() while true do end end
+    string.rep, string.format, table.concat, math.floor = spin, spin, spin, spin
+    io.write, os.time, utf8.char = spin, spin, spin
+    assert(string.rep == spin and require("table").concat == spin, "its own copies changed")
+  ]])
+  out, rc = nimrank_bounded(([[
+    local okl, err = pcall(nim.load_config, { nimrank_settings = { scripts = { %q } } })
+    assert(okl, tostring(err))
+    print(("ab"):rep(2), string.rep("c", 2), table.concat({ "d", "e" }), math.floor(1.5),
+      utf8.char(65), type(os.time()), ("%%d"):format(7))
+    io.write("written\n")
+  ]]):format(probe))
+  os.remove(probe)
+  eq(rc, 0, "not hung: " .. out)
+  eq(out, "abab\tcc\tde\t1\tA\tnumber\t7\nwritten\n", "the real libraries untouched")
+  -- an error object whose __tostring spins: turned into text on the budget
+  local raiser = script([[
+    error(setmetatable({}, { __tostring = function() while true do end end }))
+  ]])
+  out, rc = nimrank_bounded(([[
+    local okl, err = pcall(nim.load_config, { nimrank_settings = { scripts = { %q } } })
+    print(okl, type(err), tostring(err))
+  ]]):format(raiser))
+  os.remove(raiser)
+  eq(rc, 0, "not hung: " .. out)
+  spec.match(out, "^false\tstring\tnim: script [^\n]*: stopped after its instruction budget",
+    "the budget stops it: " .. out)
+end)
+
+test("a_lua_configs_value_is_copied_raw_on_the_budget_and_metatables_are_refused", function()
+  local function config_file(text) return temp_file(text, ".lua") end
+  local cases = {
+    { "return setmetatable({}, { __index = function() while true do end end,\n"
+      .. "  __pairs = function() while true do end end })\n", "the returned table" },
+    { "return { model_list = { setmetatable({ model_name = 'x' },\n"
+      .. "  { __index = function() while true do end end }) } }\n", "model_list[1]" },
+    { "return { router_settings = { [setmetatable({}, { __tostring = function()\n"
+      .. "  while true do end end })] = 1 } }\n", "router_settings (a key)" },
+  }
+  for _, c in ipairs(cases) do
+    local path = config_file(c[1])
+    local out, rc = h.sh(("timeout 20 %s --config %s -e 'print(1)' 2>&1"):format(h.nimrank,
+      path))
+    os.remove(path)
+    eq(rc, 2, "refused, not hung: " .. out)
+    spec.match(out, "config " .. path:gsub("%p", "%%%0") .. ": "
+      .. c[2]:gsub("%p", "%%%0") .. " has a metatable", "names the key path: " .. out)
+  end
+  -- plain tables load as before; a cycle is refused naming its path
+  local path = config_file("local p = { model = 'local/bm25' }\n"
+    .. "return { model_list = { { model_name = 'a', litellm_params = p },\n"
+    .. "  { model_name = 'b', litellm_params = p } } }\n")
+  local cfg = config.load(path)
+  os.remove(path)
+  eq(#cfg.deployments, 2, "shared plain tables are fine")
+  path = config_file("local t = { a = {} } t.a.b = t return t\n")
+  raises(function() config.load(path) end, "a.b: refers to itself")
+  os.remove(path)
+end)
