@@ -182,7 +182,7 @@ test("config_bombs_are_refused_in_bounded_time", function()
     local t0 = nim.now()
     local okl, err = pcall(config.load, path)
     os.remove(path)
-    ok(nim.now() - t0 < 5, "bounded time")
+    ok(nim.now() - t0 < 20, "bounded time") -- unbounded, they took hours or memory
     eq(okl, false, "refused")
     return tostring(err)
   end
@@ -337,19 +337,27 @@ test("a_model_from_the_environment_is_shown_as_its_variable", function()
 end)
 
 -- Config bombs, second round: long keys, Lua configs, pipes, finalizers.
+-- Timed against the same config with a one-byte key, so a slow or loaded machine slows both:
+-- a path copied per value (the bug) costs 40,000 copies of the 4 MB key: 160 GB, many seconds
+-- on any machine.
 test("key_paths_are_built_only_for_messages_and_long_keys_are_cut", function()
-  local key = ("k"):rep(1000000)
   local list = {}
   for i = 1, 20000 do list[i] = "x" end
-  local t0 = nim.now()
-  local okl, err = pcall(config.load, { nimrank_settings = { [key] = { list } },
-    router_settings = { fallbacks = { { [key] = list } } } })
-  local took = nim.now() - t0
+  local function load_with(key)
+    local t0 = nim.now()
+    local okl, err = pcall(config.load, { nimrank_settings = { [key] = { list } },
+      router_settings = { fallbacks = { { [key] = list } } } })
+    return okl, err, nim.now() - t0
+  end
+  local _, _, short = load_with("k")
+  local key = ("k"):rep(4000000)
+  local okl, err, took = load_with(key)
   eq(okl, false, "refused")
   ok(#tostring(err) < 400, ("a short message (%d bytes)"):format(#tostring(err)))
-  spec.match(tostring(err), "^router_settings%.fallbacks%.kkkk+%.%.%.%(1000000 bytes%): ",
+  spec.match(tostring(err), "^router_settings%.fallbacks%.kkkk+%.%.%.%(4000000 bytes%): ",
     "the key is cut in the path")
-  ok(took < 2, ("no copy of the key per value (took %.2f s)"):format(took))
+  ok(took < 10 * short + 1, ("no copy of the key per value (took %.2f s; %.2f s with a "
+    .. "one-byte key)"):format(took, short))
   local _, warnings = config.load({ router_settings = { [key] = 1 } })
   ok(#warnings[1] < 200, "a warning cuts it too")
 end)
