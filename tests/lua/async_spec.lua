@@ -85,15 +85,15 @@ test("spawned_tasks_run_concurrently", function()
   local t0 = nim.now()
   for i = 1, 20 do
     nim.spawn(function()
-      assert(nim.rerank(args(uniq("!delay=200 q" .. i))))
+      assert(nim.rerank(args(uniq("!delay=500 q" .. i))))
       done = done + 1
     end)
   end
   ok(nim.run(10), "all finished")
   local took = nim.now() - t0
-  print(("     20 tasks x 200 ms: %.3f s"):format(took))
+  print(("     20 tasks x 500 ms: %.3f s"):format(took))
   eq(done, 20, "all ran")
-  ok(took < 2, "overlapped")
+  ok(took < 5, "overlapped (serially: 10 s)")
 end)
 
 test("retry_backoff_inside_a_task_does_not_block_others", function()
@@ -121,9 +121,9 @@ end)
 
 test("sleep_yields_inside_tasks", function()
   local t0 = nim.now()
-  for _ = 1, 10 do nim.spawn(function() nim.sleep(0.2) end) end
+  for _ = 1, 10 do nim.spawn(function() nim.sleep(0.5) end) end
   nim.run(10)
-  ok(nim.now() - t0 < 1.5, "ten 0.2 s sleeps overlapped (serially: 2 s)")
+  ok(nim.now() - t0 < 3, "ten 0.5 s sleeps overlapped (serially: 5 s)")
 end)
 
 test("outside_a_task_calls_block_and_user_coroutines_are_not_yielded_through", function()
@@ -163,14 +163,14 @@ test("wait_with_timeout_then_without", function()
 end)
 
 test("cancel_stops_the_request", function()
-  local req = nim.rerank_async(args(uniq("!delay=2000 gpu")))
+  local req = nim.rerank_async(args(uniq("!delay=10000 gpu")))
   local t0 = nim.now()
   req:cancel()
   local res, err = req:wait()
   eq(res, nil, "no result")
   eq(err.type, "cancelled", "cancelled")
   eq(tostring(req), "nim.Request (cancelled)", "tostring")
-  ok(nim.now() - t0 < 1, "did not wait for the server")
+  ok(nim.now() - t0 < 5, "did not wait for the server (10 s)")
   req:cancel() -- idempotent
 end)
 
@@ -288,7 +288,7 @@ end)
 
 test("cancelling_a_batched_request_cancels_its_batches", function()
   local docs = big_docs(2000)
-  local req = nim.rerank_async({ model = M, query = uniq("!delay=3000 gpu"), documents = docs,
+  local req = nim.rerank_async({ model = M, query = uniq("!delay=10000 gpu"), documents = docs,
     api_base = h.open_url, concurrency = 4 })
   nim.poll()
   ok(nim.poll() > 1, "batches in flight")
@@ -297,7 +297,7 @@ test("cancelling_a_batched_request_cancels_its_batches", function()
   eq(nim.poll(), 0, "no task left: every batch stopped")
   local _, err = req:wait()
   eq(err.type, "cancelled", "cancelled")
-  ok(nim.now() - t0 < 1, "did not wait for the server")
+  ok(nim.now() - t0 < 5, "did not wait for the server (10 s)")
 end)
 
 test("native_transfer_primitives", function()
