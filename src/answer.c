@@ -83,6 +83,7 @@ static int tok_end(const jsmntok_t *t) { return t->type == JSMN_STRING ? t->end 
 
 /* Are the bytes [from, to) white space around exactly one `sep` (or none when sep is 0)? */
 static int gap_ok(const char *js, int from, int to, char sep) {
+    if (to - from == (sep != 0)) return sep == 0 || js[from] == sep; /* compact JSON */
     int seen = 0;
     for (int i = from; i < to; i++) {
         char c = js[i];
@@ -104,6 +105,7 @@ static unsigned hex4(const char *s) { /* jsmn has checked the four hex digits */
 static int string_ok(const char *s, const char *e) {
     for (; s < e; s++) {
         unsigned char c = (unsigned char)*s;
+        if (c >= 0x20 && c < 0x80 && c != '\\') continue; /* the usual byte */
         if (c < 0x20) return -1;
         if (c >= 0x80) { /* UTF-8 (RFC 8259 section 8.1): shortest form, no surrogates */
             int n = c >= 0xC2 && c <= 0xDF   ? 1
@@ -261,13 +263,13 @@ static int ranking(reader *r, int e, size_t k, size_t npassages, unsigned char *
     return 0;
 }
 
-static int rankings(reader *r, int a, size_t npassages, nim_alloc_fn alloc, void *ud,
+static int rankings(reader *r, int a, size_t npassages, const nim_answer_mem *mem,
                     nim_answer *out) {
     if (r->t[a].type != JSMN_ARRAY) return fail(r, "'rankings' is not a list");
     size_t n = (size_t)r->t[a].size;
     if (n > npassages) return fail(r, "'rankings' has more entries than passages were sent");
-    out->rk = alloc(ud, (n ? n : 1) * sizeof *out->rk);
-    unsigned char *seen = alloc(ud, npassages ? npassages : 1);
+    out->rk = mem->keep(mem->keep_ud, (n ? n : 1) * sizeof *out->rk);
+    unsigned char *seen = mem->tmp(mem->tmp_ud, npassages ? npassages : 1);
     if (!out->rk || !seen) return fail(r, "out of memory");
     memset(seen, 0, npassages ? npassages : 1);
     int e = a + 1;
@@ -328,16 +330,16 @@ static int tokenize(reader *r, const char *js, size_t len, size_t npassages, nim
     return 0;
 }
 
-int nim_answer_read(const char *js, size_t len, size_t npassages, nim_alloc_fn alloc, void *ud,
+int nim_answer_read(const char *js, size_t len, size_t npassages, const nim_answer_mem *mem,
                     nim_answer *out, char *err, size_t errlen) {
     reader r = {js, NULL, 0, err, errlen};
     memset(out, 0, sizeof *out);
-    if (tokenize(&r, js, len, npassages, alloc, ud) != 0) return -1;
+    if (tokenize(&r, js, len, npassages, mem->tmp, mem->tmp_ud) != 0) return -1;
     int found = 0;
     for (int i = 1; i < r.n; i = skip(&r, i + 1)) { /* key, value, key, value ... */
         if (!key_with_value(&r, i)) return fail(&r, "body is not JSON");
         if (is_key(&r, i, "rankings")) {
-            if (rankings(&r, i + 1, npassages, alloc, ud, out) != 0) return -1;
+            if (rankings(&r, i + 1, npassages, mem, out) != 0) return -1;
             found = 1;
         } else if (is_key(&r, i, "usage")) {
             usage(&r, i + 1, out);

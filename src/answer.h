@@ -11,9 +11,16 @@
 
 #include "ranking.h"
 
-/* Memory for the reader, owned by the caller (a Lua userdata in the binding, so a raise frees
- * it); NULL when there is none. */
+/* Memory for the reader, owned by the caller; NULL when there is none. `keep` holds what the
+ * answer returns (its rankings: a Lua userdata in the binding, so a raise frees it); `tmp`
+ * what only the reading needs (tokens, bookkeeping: scratch.h's reusable blocks there). */
 typedef void *(*nim_alloc_fn)(void *ud, size_t size);
+typedef struct {
+    nim_alloc_fn keep;
+    void *keep_ud;
+    nim_alloc_fn tmp;
+    void *tmp_ud;
+} nim_answer_mem;
 
 typedef struct {
     nim_ranking *rk; /* n rankings in the provider's order */
@@ -26,7 +33,7 @@ typedef struct {
 
 /* 0, or -1 with err saying what is wrong ("rankings[3].index is out of range"). npassages:
  * passages that were sent (indices must be below it). */
-int nim_answer_read(const char *js, size_t len, size_t npassages, nim_alloc_fn alloc, void *ud,
+int nim_answer_read(const char *js, size_t len, size_t npassages, const nim_answer_mem *mem,
                     nim_answer *out, char *err, size_t errlen);
 
 #endif

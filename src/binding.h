@@ -1,6 +1,6 @@
 /* binding.h: what the files of the `nim` Lua binding share. Only these files (and server
- * code) touch the Lua API; below them resolve.c, answer.c, engine.c, bm25.c and ranking.c are
- * plain C. One file per kind of thing:
+ * code) touch the Lua API; below them resolve.c, answer.c, scratch.c, engine.c, bm25.c and
+ * ranking.c are plain C. One file per kind of thing:
  *   module.c          luaopen_nim: registration, metatables, the per-state context
  *   args.c            argument checking; misuse errors at the caller's line
  *   error.c           error objects (error.h)
@@ -28,6 +28,7 @@
 #include "error.h"
 #include "ranking.h"
 #include "resolve.h"
+#include "scratch.h"
 
 /* Registry keys: the addresses of these, so no other library's key can collide. */
 extern const char nim_key_ctx, nim_key_module, nim_key_managed, nim_key_transfer_mt,
@@ -57,6 +58,7 @@ typedef struct {
     nim_engine *engine;
     char lib_source[PATH_MAX + 8];    /* "@<dir>/nim/": chunk names of the Lua layer's frames */
     unsigned long long uuid_state[2]; /* seeded from getrandom once: fresh ids need no syscall */
+    nim_scratch scratch;              /* the answer reader's working memory, reused */
 } nim_ctx;
 
 nim_ctx *nim_ctx_get(lua_State *L);

@@ -64,6 +64,7 @@ static int ctx_gc(lua_State *L) {
     nim_ctx *c = lua_touserdata(L, 1);
     nim_engine_free(c->engine); /* cancels transfers still owned by calls */
     c->engine = NULL;
+    nim_scratch_free(&c->scratch);
     return 0;
 }
 

@@ -231,15 +231,16 @@ static int decode(lua_State *L, int body_idx, int decode_idx) {
     return 1;
 }
 
-/* Memory for the answer reader: userdata kept in the anchor table (at ud), so the GC owns
- * it and a raise cannot leak it. */
+/* Memory for the answer reader: the rankings it returns in userdata kept in the anchor table
+ * (at ud), so the GC owns them and a raise cannot leak them; what only the reading needs in
+ * the state's reusable scratch (no Lua code runs while the reader works). */
 typedef struct {
     lua_State *L;
     int anchor;
-} scratch;
+} keep_in_lua;
 
-static void *scratch_alloc(void *ud, size_t size) {
-    scratch *s = ud;
+static void *keep_alloc(void *ud, size_t size) {
+    keep_in_lua *s = ud;
     void *p = lua_newuserdatauv(s->L, size, 0);
     lua_rawseti(s->L, s->anchor, (lua_Integer)lua_rawlen(s->L, s->anchor) + 1);
     return p;
@@ -251,10 +252,14 @@ int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, lua_Integer npass
     size_t len;
     const char *js = lua_tolstring(L, body_idx, &len);
     lua_newtable(L);
-    scratch s = {L, top + 1};
+    keep_in_lua keep = {L, top + 1};
+    nim_scratch *tmp = &nim_ctx_get(L)->scratch;
+    nim_answer_mem mem = {keep_alloc, &keep, nim_scratch_alloc, tmp};
     nim_answer a;
     char err[256];
-    if (nim_answer_read(js, len, (size_t)npassages, scratch_alloc, &s, &a, err, sizeof err) != 0) {
+    int rc = nim_answer_read(js, len, (size_t)npassages, &mem, &a, err, sizeof err);
+    nim_scratch_reset(tmp);
+    if (rc != 0) {
         lua_settop(L, top);
         lua_pushstring(L, err);
         return 0;

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "../../src/answer.h"
+#include "../../src/scratch.h"
 #include "ctest.h"
 
 typedef struct {
@@ -22,10 +23,14 @@ static void arena_free(arena *a) {
     a->n = 0;
 }
 
+static nim_scratch tmp; /* reused across reads, as the binding reuses its state's */
+
 static int read_answer(const char *body, size_t np, nim_answer *out, char *err) {
     arena a = {{0}, 0};
     err[0] = '\0';
-    int rc = nim_answer_read(body, strlen(body), np, arena_alloc, &a, out, err, 256);
+    nim_answer_mem mem = {arena_alloc, &a, nim_scratch_alloc, &tmp};
+    int rc = nim_answer_read(body, strlen(body), np, &mem, out, err, 256);
+    nim_scratch_reset(&tmp);
     if (rc == 0 && out->n > 0) { /* keep the rankings past the arena */
         static nim_ranking keep[16];
         memcpy(keep, out->rk, out->n * sizeof *keep);
@@ -145,5 +150,6 @@ int main(void) {
     RUN(well_formed_answers);
     RUN(refused_answers_say_why);
     RUN(a_flood_of_values_is_refused_before_memory_is_taken);
+    nim_scratch_free(&tmp);
     return CTEST_SUMMARY("c/answer");
 }

@@ -29,8 +29,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     arena a = {{0}, 0};
     nim_answer out;
     char err[256];
-    if (nim_answer_read((const char *)data + 1, size - 1, np, take, &a, &out, err, sizeof err) ==
-        0) {
+    /* every block its own malloc (not the binding's scratch): ASan sees each one's bounds */
+    nim_answer_mem mem = {take, &a, take, &a};
+    int rc = nim_answer_read((const char *)data + 1, size - 1, np, &mem, &out, err, sizeof err);
+    if (rc == 0) {
         FUZZ_ASSERT(out.n <= np);
         unsigned char seen[256] = {0};
         for (size_t i = 0; i < out.n; i++) {
