@@ -9,15 +9,21 @@
 #include "../../src/wire.h"
 #include "ctest.h"
 
-/* Redacts s with the secrets of url in a fresh call user value; returns the result. */
-static const char *redacted(lua_State *L, const char *url, const char *s) {
+/* Redacts s[0..n) with the secrets of url in a fresh call user value; returns the result (its
+ * length in *out_n when asked), which stays on the stack until the test's settop. */
+static const char *redacted_n(lua_State *L, const char *url, const char *s, size_t n,
+                              size_t *out_n) {
     lua_newtable(L); /* uv */
     lua_newtable(L);
     nim_secrets_add_url(L, lua_gettop(L), url);
     lua_setfield(L, -2, "secrets");
-    lua_pushstring(L, s);
+    lua_pushlstring(L, s, n);
     nim_redact(L, -1, lua_gettop(L) - 1);
-    return lua_tostring(L, -1); /* stays on the stack until the test's settop */
+    return lua_tolstring(L, -1, out_n);
+}
+
+static const char *redacted(lua_State *L, const char *url, const char *s) {
+    return redacted_n(L, url, s, strlen(s), NULL);
 }
 
 static void a_url_password_is_redacted_in_every_form_it_travels(void) {
@@ -30,23 +36,10 @@ static void a_url_password_is_redacted_in_every_form_it_travels(void) {
     CHECK_STR(redacted(L, url, "ad@min:p:ss word-0123"), "[redacted]");
     CHECK_STR(redacted(L, "http://h/v1", "nothing to hide"), "nothing to hide");
     /* a NUL byte before the secret hides nothing; a %00 in a password ends nothing */
-    lua_newtable(L);
-    lua_newtable(L);
-    nim_secrets_add_url(L, lua_gettop(L), "http://u:%00abcd@h/");
-    lua_setfield(L, -2, "secrets");
-    lua_pushlstring(L, "x\0y \0abcd z", 11);
-    nim_redact(L, -1, lua_gettop(L) - 1);
     size_t n;
-    const char *s = lua_tolstring(L, -1, &n);
+    const char *s = redacted_n(L, "http://u:%00abcd@h/", "x\0y \0abcd z", 11, &n);
     CHECK(n == 16 && memcmp(s, "x\0y [redacted] z", 16) == 0);
-    lua_settop(L, 0);
-    lua_newtable(L);
-    lua_newtable(L);
-    nim_secrets_add_url(L, lua_gettop(L), "http://u:p4ssw0rd-secret@h/");
-    lua_setfield(L, -2, "secrets");
-    lua_pushlstring(L, "a\0b p4ssw0rd-secret", 19);
-    nim_redact(L, -1, lua_gettop(L) - 1);
-    s = lua_tolstring(L, -1, &n);
+    s = redacted_n(L, "http://u:p4ssw0rd-secret@h/", "a\0b p4ssw0rd-secret", 19, &n);
     CHECK(n == 14 && memcmp(s, "a\0b [redacted]", 14) == 0);
     lua_close(L);
 }
