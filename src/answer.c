@@ -93,11 +93,19 @@ static int gap_ok(const char *js, int from, int to, char sep) {
     return seen == (sep != 0);
 }
 
-static unsigned hex4(const char *s) { /* jsmn has checked the four hex digits */
+int nim_json_hex4(const char *s, unsigned *out) {
     unsigned v = 0;
-    for (int i = 0; i < 4; i++)
-        v = v * 16 + (unsigned)(s[i] <= '9' ? s[i] - '0' : (s[i] | 0x20) - 'a' + 10);
-    return v;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0) return 0;
+        v = v * 16 + (unsigned)d;
+    }
+    *out = v;
+    return 1;
 }
 
 /* A string's text between its quotes: valid UTF-8, no raw control byte, and \u escapes that
@@ -122,15 +130,14 @@ static int string_ok(const char *s, const char *e) {
             s += n;
             continue;
         }
-        if (c != '\\') continue;
-        if (*++s != 'u') continue; /* a one-letter escape: jsmn checked the letter */
-        unsigned u = hex4(s + 1);
+        if (*++s != 'u') continue; /* c is '\\': a one-letter escape, jsmn checked the letter */
+        unsigned u, lo;
+        if (!nim_json_hex4(s + 1, &u)) return -1; /* jsmn has checked; cheap to be sure */
         s += 4;
         if (u >= 0xDC00 && u < 0xE000) return -1; /* a low half alone */
         if (u >= 0xD800 && u < 0xDC00) {          /* a high half: its low half must follow */
             if (e - s < 7 || s[1] != '\\' || s[2] != 'u') return -1;
-            unsigned lo = hex4(s + 3);
-            if (lo < 0xDC00 || lo >= 0xE000) return -1;
+            if (!nim_json_hex4(s + 3, &lo) || lo < 0xDC00 || lo >= 0xE000) return -1;
             s += 6;
         }
     }

@@ -31,6 +31,10 @@ typedef struct {
     int id_escaped; /* the id has backslash escapes: decode it before use */
 } nim_answer;
 
+/* The value of the four hex digits at s (a JSON \u escape's) in *out: 1, or 0 if one is not
+ * a hex digit. */
+int nim_json_hex4(const char *s, unsigned *out);
+
 /* 0, or -1 with err saying what is wrong ("rankings[3].index is out of range"). npassages:
  * passages that were sent (indices must be below it). */
 int nim_answer_read(const char *js, size_t len, size_t npassages, const nim_answer_mem *mem,

@@ -316,21 +316,6 @@ void nim_wire_error_message(lua_State *L, int body_idx, int decode_idx) {
     nim_wire_unescape(L, -1);
 }
 
-static int hex4(const char *s, unsigned *out) {
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        char c = s[i];
-        int d = c >= '0' && c <= '9'   ? c - '0'
-                : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                       : -1;
-        if (d < 0) return 0;
-        v = v * 16 + (unsigned)d;
-    }
-    *out = v;
-    return 1;
-}
-
 void nim_wire_unescape(lua_State *L, int idx) {
     idx = lua_absindex(L, idx);
     size_t len;
@@ -346,10 +331,10 @@ void nim_wire_unescape(lua_State *L, int idx) {
         } else if (simple && s[i + 1]) {
             luaL_addchar(&b, "\"\\/\b\f\n\r\t"[simple - "\"\\/bfnrt"]);
             i++;
-        } else if (s[i + 1] == 'u' && i + 6 <= len && hex4(s + i + 2, &u)) {
+        } else if (s[i + 1] == 'u' && i + 6 <= len && nim_json_hex4(s + i + 2, &u)) {
             i += 5;
             if (u >= 0xD800 && u < 0xDC00 && i + 7 <= len && s[i + 1] == '\\' && s[i + 2] == 'u' &&
-                hex4(s + i + 3, &lo) && lo >= 0xDC00 && lo < 0xE000) {
+                nim_json_hex4(s + i + 3, &lo) && lo >= 0xDC00 && lo < 0xE000) {
                 u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
                 i += 6;
             }

@@ -53,13 +53,11 @@ function M.check(a, opts)
   return size or limit, conc, opts.on_progress
 end
 
--- The call's total time in seconds: the binding's rule (timeout, else request_timeout, else
--- nim.settings.timeout, else its default), asked, not repeated.
-local function total_time(a) return native.call_timeout(a) end
-
 -- Runs the batches of a (documents 1..n, size per batch, conc at once). res | nil, err.
 local function run(a, n, size, conc, progress)
-  local total = total_time(a)
+  -- the call's total time: the binding's rule (timeout, else request_timeout, else
+  -- nim.settings.timeout, else its default), asked, not repeated
+  local total = native.call_timeout(a)
   local deadline = nim.now() + total
   local batches = (n + size - 1) // size
   local pending, which, results = {}, {}, {}

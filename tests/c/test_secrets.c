@@ -14,7 +14,7 @@
 static const char *redacted_n(lua_State *L, const char *url, const char *s, size_t n,
                               size_t *out_n) {
     luaL_checkstack(L, 8, NULL); /* results pile up on the stack within a test */
-    lua_newtable(L); /* uv */
+    lua_newtable(L);             /* uv */
     lua_newtable(L);
     nim_secrets_add_url(L, lua_gettop(L), url);
     lua_setfield(L, -2, "secrets");
