@@ -29,8 +29,12 @@ CJSON_A  := -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic
 CJSON_SO := -llua5.4-cjson
 SYS_LIBS := -ldl -lpthread -lm
 LUA_LIBS := $(shell pkg-config --libs lua5.4 2>/dev/null)
+MHD_LIBS := $(shell pkg-config --libs libmicrohttpd 2>/dev/null)
 
-LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))
+# The gateway (`nimrank serve`) is the program's only: the library never links libmicrohttpd.
+SERVE_SRC := src/serve.c src/server.c src/board.c
+LIB_SRC  := $(filter-out src/main.c $(SERVE_SRC),$(wildcard src/*.c))
+SERVE_OBJ := $(SERVE_SRC:src/%.c=$(BUILD)/obj/%.o)
 LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/lua_dir.o
 C_TESTS  := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 FUZZ_TARGETS := resolve answer bm25 config docs
@@ -101,9 +105,9 @@ $(BUILD)/libnimrank.a: $(LIB_OBJ)
 $(BUILD)/nim.so: $(LIB_OBJ)
 	$(CC) $(CFLAGS) -shared -o $@ $^ $(CJSON_SO) $(SYS_LIBS) $(LDFLAGS) -Wl,--exclude-libs,ALL
 
-$(BUILD)/nimrank: src/main.c $(BUILD)/libnimrank.a
-	$(CC) $(ALL_CFLAGS) -o $@ src/main.c $(BUILD)/libnimrank.a $(CJSON_A) $(LUA_LIBS) \
-	    $(SYS_LIBS) $(LDFLAGS) -Wl,-E
+$(BUILD)/nimrank: src/main.c $(SERVE_OBJ) $(BUILD)/libnimrank.a
+	$(CC) $(ALL_CFLAGS) -o $@ src/main.c $(SERVE_OBJ) $(BUILD)/libnimrank.a $(CJSON_A) \
+	    $(LUA_LIBS) $(MHD_LIBS) $(SYS_LIBS) $(LDFLAGS) -Wl,-E
 
 # The compiled embedding example (examples/frameloop.c): a C host with its own poll loop.
 $(BUILD)/frameloop: examples/frameloop.c $(BUILD)/libnimrank.a
@@ -112,7 +116,7 @@ $(BUILD)/frameloop: examples/frameloop.c $(BUILD)/libnimrank.a
 
 $(BUILD)/fakenim: tests/fake/fakenim.c | $(BUILD)/obj
 	$(CC) $(ALL_CFLAGS) -DFAKENIM_SCRIPT='"$(CURDIR)/tests/fake/fakenim.lua"' -o $@ $< \
-	    $(CJSON_A) $(LUA_LIBS) $(shell pkg-config --libs libmicrohttpd) $(SYS_LIBS) $(LDFLAGS)
+	    $(CJSON_A) $(LUA_LIBS) $(MHD_LIBS) $(SYS_LIBS) $(LDFLAGS)
 
 $(BUILD)/tests/test_%: tests/c/test_%.c $(BUILD)/libnimrank.a | $(BUILD)/tests
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libnimrank.a $(CJSON_A) $(LUA_LIBS) $(SYS_LIBS) \

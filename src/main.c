@@ -13,6 +13,7 @@
 #include <lua-cjson.h>
 
 #include "nimrank.h"
+#include "serve.h"
 
 static const char *progname = "nimrank";
 
@@ -25,6 +26,8 @@ static const char usage[] =
     "Commands:\n"
     "  rerank           rerank documents against a query and print JSON\n"
     "                   (nimrank rerank --help for its options)\n"
+    "  serve            a LiteLLM-compatible rerank gateway (POST /rerank)\n"
+    "                   (nimrank serve --help for its options)\n"
     "\n"
     "Options:\n"
     "  --config FILE    load a LiteLLM-style config.yaml (or .lua) first; works with every\n"
@@ -129,7 +132,9 @@ static int run_command(lua_State *L, char **argv, int argc, int *exit_code) {
     return status;
 }
 
-static int is_command(const char *s) { return strcmp(s, "rerank") == 0; }
+static int is_command(const char *s) { return strcmp(s, "rerank") == 0 || strcmp(s, "serve") == 0; }
+
+static const char *config_path; /* what --config (or NIMRANK_CONFIG) named: serve reloads it */
 
 /* nim.load_config(path): warnings go to stderr; an invalid config is an error (exit 2). */
 static int load_config(lua_State *L, const char *path) {
@@ -227,6 +232,7 @@ static int pmain(lua_State *L) {
         return 0;
     }
     if (!config) config = getenv("NIMRANK_CONFIG");
+    config_path = config && *config ? config : NULL;
     if (config && *config && !load_config(L, config)) {
         *exit_code = 2;
         return 0;
@@ -251,6 +257,9 @@ static int pmain(lua_State *L) {
         create_arg_table(L, argv, argc, 0);
         status = luaL_loadbuffer(L, argv[2], strlen(argv[2]), "=(command line)");
         if (status == LUA_OK) status = docall(L, 0, 0);
+    } else if (strcmp(argv[1], "serve") == 0) {
+        *exit_code = nim_serve_main(L, config_path, argc - 1, argv + 1);
+        return 0;
     } else if (is_command(argv[1])) {
         status = run_command(L, argv, argc, exit_code);
     } else if (argv[1][0] == '-' && argv[1][1] != '\0') {

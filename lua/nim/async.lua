@@ -288,6 +288,22 @@ function M.spawn(fn, ...)
   return native.handle(task)
 end
 
+-- start(fn, ...) -> nim.Request: a spawned task that runs at once, until its first wait (or
+-- to its end), instead of on the next round. For nim.proxy: a request that needs no network
+-- is answered before the server returns to its loop.
+function M.start(fn, ...)
+  local handle = M.spawn(fn, ...)
+  local task = native.task_of(handle)
+  for i = #ready, 1, -1 do
+    if ready[i] == task then
+      table.remove(ready, i)
+      break
+    end
+  end
+  resume(task)
+  return handle
+end
+
 -- nim.run([timeout]) -> true when every task finished, false if the time ran out.
 function M.run(timeout)
   if timeout ~= nil then wait_seconds(timeout, "nim.run", "timeout") end

@@ -1,0 +1,478 @@
+-- nim.proxy: the request handling of `nimrank serve` (src/server.c runs it; one lua_State and
+-- one event loop per worker, one nim task per request). Routes, auth, body checks, the router
+-- call, error mapping, metrics and the log line are here, in Lua, so they can be read and
+-- extended: a script listed under nimrank_settings.scripts can add a route or a middleware:
+--
+--   local proxy = require "nim.proxy"
+--   proxy.route("GET", "/hello", function(req) return 200, { hello = "world" } end)
+--   proxy.use("tenant-header", function(req)         -- runs before every route's handler
+--     if not req.headers["x-tenant"] then return proxy.error(400, "invalid_request_error",
+--       "x-tenant header is required", "x-tenant") end
+--   end)
+--
+-- A handler gets req = { method, path, headers (lower-case names), body, id, json() } and
+-- returns status, body (a table, encoded as JSON, or a string) [, headers]. A middleware
+-- returns nothing to go on, or a response to answer with instead.
+--
+-- Contract: shared/spec/LITELLM_COMPAT.md section 4. Choices where it is silent:
+-- * Every error is {"error": {"message", "type", "param", "code"}}, code = the HTTP status as
+--   a string. Errors of the HTTP layer have types auth_error (401), invalid_request_error
+--   (400), not_found_error (404), method_not_allowed (405), request_too_large (413),
+--   unsupported_media_type (415), internal_error (500), service_unavailable (503); errors of
+--   the routed call keep nim's type (auth, bad_request, not_found, rate_limit, timeout,
+--   connection, provider, bad_response).
+-- * Statuses of the routed call: an upstream 4xx and 5xx pass through; "no deployments" is
+--   429 with Retry-After; an upstream timeout is 504 (the gateway's wait ran out, not the
+--   client's: 408 would tell the client to resend); a connection failure or an unreadable
+--   answer is 502.
+-- * A request may carry the request keys of nim.rerank (model, query, documents, top_n,
+--   top_k, truncate, return_documents) and provider extras (which the call refuses, or drops
+--   with drop_params, by name). Keys that steer the gateway itself (api_key, api_base,
+--   timeout, headers, fallbacks, num_retries, ...) belong to config.yaml: a request that
+--   sends them gets 400 naming them. `user` and `metadata` are accepted and ignored.
+-- * Content-Type may be absent (read as JSON, as LiteLLM does); one that is not JSON is 415.
+local nim = require "nim"
+local json = require "nim.json"
+local metrics = require "nim.metrics"
+
+local native = nim.native
+local M = {}
+
+local VERSION = nim.version or "0"
+local DEFAULT_MAX_MB = 10
+
+-- ---- settings (from the loaded config; M.setup re-reads them) -------------------------------
+local settings = { master_key = nil, max_body = DEFAULT_MAX_MB * 1024 * 1024, log_level = 1 }
+M.settings = settings
+
+-- setup(config_path [, reload]) -> info: what the gateway needs of nim.config, checked. With
+-- reload, the file is loaded first (nim.load_config raises on a bad one: the old stays).
+function M.setup(path, reload)
+  if reload and path and path ~= "" then nim.load_config(path) end
+  local cfg = nim.config
+  local general = cfg and cfg.general or {}
+  local key = general.master_key
+  if key ~= nil and (type(key) ~= "string" or key == "") then
+    error("general_settings.master_key: must be a non-empty string", 0)
+  end
+  local mb = general.max_request_size_mb
+  if mb ~= nil and (type(mb) ~= "number" or not (mb > 0 and mb <= 4096)) then
+    error("general_settings.max_request_size_mb: must be a number of MiB above 0, at most "
+      .. "4096", 0)
+  end
+  settings.master_key = key
+  settings.max_body = math.floor((mb or DEFAULT_MAX_MB) * 1024 * 1024)
+  local groups, deployments = #nim.router:group_names(), 0
+  for _ in pairs(nim.router.state) do deployments = deployments + 1 end
+  return {
+    master_key = key ~= nil,
+    max_body = settings.max_body,
+    summary = ("%d model name%s (groups and aliases), %d deployment%s, master key %s"):format(
+      groups, groups == 1 and "" or "s", deployments, deployments == 1 and "" or "s",
+      key and "set" or "not set"),
+  }
+end
+
+-- ---- responses ------------------------------------------------------------------------------
+-- error(status, type, message [, param] [, headers]) -> a response for a handler to return.
+function M.error(status, etype, message, param, headers)
+  return status, { error = { message = message, type = etype, param = param or json.null,
+    code = tostring(status) } }, headers
+end
+local fail = M.error
+
+-- ---- routes and middleware ------------------------------------------------------------------
+local routes = {}      -- path -> { METHOD = handler, open = bool }
+local middleware = {}  -- { {name, fn}, ... } in the order added
+M.routes = routes
+
+-- route(method, path, handler [, opts]): opts.open = true skips the master key check.
+function M.route(method, path, handler, opts)
+  assert(type(method) == "string" and type(path) == "string" and type(handler) == "function",
+    "proxy.route(method, path, handler [, opts])")
+  local r = routes[path] or {}
+  r[method:upper()] = handler
+  if opts and opts.open ~= nil then r.open = opts.open end
+  routes[path] = r
+end
+
+-- use(name, fn): adds (or, by the same name, replaces: a reload runs scripts again) a
+-- middleware.
+function M.use(name, fn)
+  assert(type(name) == "string" and type(fn) == "function", "proxy.use(name, fn)")
+  for _, m in ipairs(middleware) do
+    if m[1] == name then
+      m[2] = fn
+      return
+    end
+  end
+  middleware[#middleware + 1] = { name, fn }
+end
+
+-- ---- metrics --------------------------------------------------------------------------------
+local registry = metrics.new()
+local LATENCY = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+  10, 30, 60 }
+registry:counter("nimrank_requests_total", "Requests answered, by route, model group and "
+  .. "HTTP status.")
+registry:histogram("nimrank_request_duration_seconds", "Time from a request's first line to "
+  .. "its answer.", LATENCY)
+registry:histogram("nimrank_upstream_duration_seconds", "Time spent in upstream calls "
+  .. "(all attempts) per request.", LATENCY)
+registry:histogram("nimrank_gateway_duration_seconds", "The gateway's own time per request "
+  .. "(total minus upstream).", LATENCY)
+registry:counter("nimrank_upstream_errors_total", "Failed upstream attempts, by model group "
+  .. "and error type.")
+registry:counter("nimrank_retries_total", "Attempts beyond the first, by model group.")
+registry:counter("nimrank_fallbacks_total", "Requests answered by a fallback, by model group "
+  .. "and fallback.")
+registry:gauge("nimrank_requests_in_flight", "Requests received and not yet answered.")
+registry:gauge("nimrank_cooldowns_active", "Deployments cooling down (summed over workers: "
+  .. "each worker keeps its own router state).")
+local dirty = true
+
+-- ---- the rerank route -----------------------------------------------------------------------
+local REQUEST_KEYS, REFUSED = {}, {}
+for _, k in ipairs(native.keys.request) do REQUEST_KEYS[k] = true end
+for _, list in ipairs({ native.keys.transport, native.keys.policy }) do
+  for _, k in ipairs(list) do REFUSED[k] = true end
+end
+local IGNORED = { user = true, metadata = true }
+REFUSED.user, REFUSED.metadata = nil, nil
+
+-- The body as a JSON object, or an error response.
+local function json_body(req)
+  local ctype = req.headers["content-type"]
+  if ctype and not ctype:lower():find("json", 1, true) then
+    return nil, { fail(415, "unsupported_media_type", ("Content-Type %q is not JSON: send "
+      .. "application/json"):format(ctype:sub(1, 100)), "Content-Type") }
+  end
+  local body = req.body or ""
+  if body == "" then
+    return nil, { fail(400, "invalid_request_error", "the request has no body: expected a "
+      .. "JSON object") }
+  end
+  local ok_utf8, bad_at = utf8.len(body)
+  if not ok_utf8 then
+    return nil, { fail(400, "invalid_request_error", ("the body is not valid UTF-8 (byte %d)")
+      :format(bad_at)) }
+  end
+  local ok, v = pcall(json.decode, body)
+  if not ok then
+    local why = tostring(v):gsub("^.-: ", "")
+    return nil, { fail(400, "invalid_request_error", "the body is not valid JSON: " .. why) }
+  end
+  if type(v) ~= "table" or (next(v) ~= nil and v[1] ~= nil) then
+    return nil, { fail(400, "invalid_request_error", "the body must be a JSON object") }
+  end
+  return v
+end
+M.json_body = json_body
+
+-- Statuses for the routed call's errors (the choices in the header).
+local PASS = { auth = true, bad_request = true, not_found = true, rate_limit = true,
+  provider = true }
+local FALLBACK_STATUS = { auth = 401, bad_request = 400, not_found = 404, rate_limit = 429,
+  timeout = 504, connection = 502, provider = 502, bad_response = 502, cancelled = 499 }
+
+local function call_error(err)
+  local s = err.status
+  local status = (PASS[err.type] and math.type(s) == "integer" and s >= 400 and s <= 599) and s
+    or FALLBACK_STATUS[err.type] or 502
+  local headers
+  if status == 429 or status == 503 then
+    local ra = tonumber(err.retry_after)
+    if ra and ra >= 0 then headers = { ["Retry-After"] = tostring(math.ceil(ra)) } end
+  end
+  return fail(status, err.type or "provider", tostring(err.message or err), err.field,
+    headers)
+end
+
+local function rerank_route(req, ctx)
+  local body, bad = json_body(req)
+  if not body then return table.unpack(bad) end
+  local args, refused = {}, {}
+  for k, v in pairs(body) do
+    if type(k) ~= "string" then
+      return fail(400, "invalid_request_error", "the body must be a JSON object")
+    end
+    if REFUSED[k] then
+      refused[#refused + 1] = k
+    elseif not IGNORED[k] and v ~= json.null then
+      args[k] = v
+    end
+  end
+  if #refused > 0 then
+    table.sort(refused)
+    return fail(400, "invalid_request_error", ("%s: set by the gateway's config, not by a "
+      .. "request"):format(table.concat(refused, ", ")), refused[1])
+  end
+  if type(args.model) ~= "string" or args.model == "" then
+    return fail(400, "invalid_request_error", args.model == nil and "model: required"
+      or "model: must be a non-empty string", "model")
+  end
+  ctx.model = args.model
+  local t0 = nim.now()
+  local ok, res, err = native.protect(nim.rerank, args)
+  ctx.call_s = nim.now() - t0
+  if not ok then -- misuse: the call names the field
+    local m = res
+    return fail(400, "invalid_request_error", m.field and ("%s: %s"):format(m.field, m.message)
+      or m.message, m.field)
+  end
+  local meta = res and res.meta or err
+  ctx.attempts = meta and meta.attempts
+  ctx.group = meta and meta.model_group
+  ctx.deployment = meta and meta.deployment
+  ctx.fallback = meta and meta.fallback
+  if not res then
+    ctx.error_type = err.type
+    return call_error(err)
+  end
+  local out_meta = { billed_units = res.meta.billed_units, api_version = { version = "1" } }
+  if res.meta.warnings and #res.meta.warnings > 0 then out_meta.warnings = res.meta.warnings end
+  return 200, { id = res.id, results = res.results, meta = out_meta }
+end
+
+for _, path in ipairs({ "/rerank", "/v1/rerank", "/v2/rerank" }) do
+  M.route("POST", path, rerank_route)
+end
+
+-- ---- the other routes -----------------------------------------------------------------------
+local server -- the C side (server.c), given to start_worker
+
+M.route("GET", "/health/liveliness", function() return 200, { status = "I'm alive!" } end,
+  { open = true })
+M.route("GET", "/health/liveness", function() return 200, { status = "I'm alive!" } end,
+  { open = true })
+M.route("GET", "/health/readiness", function()
+  if server and server.draining() then
+    return fail(503, "service_unavailable", "draining: this worker is shutting down")
+  end
+  return 200, { status = "healthy", nimrank_version = VERSION }
+end, { open = true })
+
+local function models_route()
+  local data = {}
+  for i, name in ipairs(nim.router:group_names()) do
+    data[i] = { id = name, object = "model", created = 0, owned_by = "nimrank" }
+  end
+  return 200, { object = "list", data = json.array(data) }
+end
+M.route("GET", "/v1/models", models_route)
+M.route("GET", "/models", models_route)
+
+local function cooldowns_active()
+  local r, n, now = nim.router, 0, nim.now()
+  for _, st in pairs(r.state or {}) do
+    if st.cooldown_until and st.cooldown_until > now then n = n + 1 end
+  end
+  return n
+end
+
+local function render_own()
+  registry:set("nimrank_requests_in_flight", nil, server and server.stats().inflight or 0)
+  registry:set("nimrank_cooldowns_active", nil, cooldowns_active())
+  return registry:render()
+end
+
+M.route("GET", "/metrics", function()
+  local texts = { render_own() }
+  for _, t in ipairs(server and server.peers() or {}) do texts[#texts + 1] = t end
+  return 200, metrics.merge(texts), { ["Content-Type"] = "text/plain; version=0.0.4" }
+end)
+
+-- ---- auth -----------------------------------------------------------------------------------
+local function presented_key(headers)
+  local auth = headers["authorization"]
+  if auth then
+    local token = auth:match("^[Bb]earer%s+(.-)%s*$")
+    if token then return token end
+  end
+  return headers["x-api-key"]
+end
+
+local function authorized(req)
+  local key = settings.master_key
+  if not key then return true end
+  local given = presented_key(req.headers)
+  return given ~= nil and server.same_secret(given, key)
+end
+
+-- ---- one request ----------------------------------------------------------------------------
+local function request_id(headers)
+  local id = headers["x-request-id"]
+  if id and #id <= 128 and id:match("^[%w%-_.:/=+]+$") then return id end
+  return nil
+end
+
+local function handle(req, ctx)
+  local route = routes[req.path]
+  if not route then
+    return fail(404, "not_found_error", ("no route %s %s"):format(req.method, req.path:sub(1,
+      200)))
+  end
+  ctx.route = req.path
+  local handler = route[req.method]
+  if not handler then
+    local allowed = {}
+    for m in pairs(route) do if m ~= "open" then allowed[#allowed + 1] = m end end
+    table.sort(allowed)
+    return fail(405, "method_not_allowed", ("%s %s: use %s"):format(req.method, req.path,
+      table.concat(allowed, " or ")), nil, { Allow = table.concat(allowed, ", ") })
+  end
+  if not route.open and not authorized(req) then
+    return fail(401, "auth_error", "missing or wrong key: send 'Authorization: Bearer <key>' "
+      .. "or 'x-api-key: <key>' with general_settings.master_key")
+  end
+  if req.too_large then
+    return fail(413, "request_too_large", ("the body is larger than %d bytes "
+      .. "(general_settings.max_request_size_mb)"):format(settings.max_body))
+  end
+  for _, m in ipairs(middleware) do
+    local status, body, headers = m[2](req, ctx)
+    if status ~= nil then return status, body, headers end
+  end
+  return handler(req, ctx)
+end
+
+local LEVEL = { debug = 0, info = 1, warn = 2, error = 3 }
+
+local function ms(s) return math.floor(s * 1e6 + 0.5) / 1e3 end
+
+local function upstream_seconds(ctx)
+  local a = ctx.attempts
+  if type(a) ~= "table" or #a == 0 then return ctx.call_s or 0 end
+  local sum = 0
+  for _, at in ipairs(a) do sum = sum + (at.latency_ms or 0) / 1000 end
+  return sum
+end
+
+local function record(req, ctx, status)
+  local total = nim.now() - req.t0
+  local up = upstream_seconds(ctx)
+  if up > total then up = total end
+  local own = total - up
+  local route = ctx.route or "unmatched"
+  -- labels name configured groups only: a model name a client made up must not add series
+  local asked = ctx.model and nim.router:group(ctx.model)
+  local group = ctx.group or (asked and asked.name) or (ctx.model and "other") or "none"
+  registry:inc("nimrank_requests_total", { route = route, model = group,
+    status = tostring(status) })
+  registry:observe("nimrank_request_duration_seconds", { route = route }, total)
+  registry:observe("nimrank_gateway_duration_seconds", { route = route }, own)
+  if ctx.attempts then
+    registry:observe("nimrank_upstream_duration_seconds", { model = group }, up)
+    local seen = {}
+    for _, at in ipairs(ctx.attempts) do
+      local g = at.model_group or group
+      if at.error then
+        registry:inc("nimrank_upstream_errors_total", { model = g, type = at.error })
+      end
+      if seen[g] then registry:inc("nimrank_retries_total", { model = g }) end
+      seen[g] = true
+    end
+  end
+  if ctx.fallback then
+    registry:inc("nimrank_fallbacks_total", { model = asked and asked.name or "other",
+      fallback = ctx.fallback })
+  end
+  dirty = true
+  if settings.log_level <= LEVEL.info then
+    server.log(json.encode({
+      time = server.time(), level = status >= 500 and "error" or "info", request_id = ctx.id,
+      method = req.method, route = route, model = ctx.model, model_group = ctx.group,
+      deployment = ctx.deployment, status = status, total_ms = ms(total),
+      upstream_ms = ms(up), own_ms = ms(own), attempts = ctx.attempts and #ctx.attempts or 0,
+      fallback = ctx.fallback, error = ctx.error_type, remote = req.remote,
+    }))
+  end
+  return own
+end
+
+local inflight = {} -- handle -> the task's nim.Request (for cancel)
+
+local function serve(req)
+  local ctx = { id = request_id(req.headers) or server.new_id() }
+  req.id = ctx.id
+  local ok, status, body, headers = xpcall(handle, debug.traceback, req, ctx)
+  if not ok or math.type(status) ~= "integer" or status < 100 or status > 599 then
+    server.log(json.encode({ time = server.time(), level = "error", request_id = ctx.id,
+      event = "handler_error", route = ctx.route,
+      message = ok and ("the handler returned status %s"):format(tostring(status))
+        or tostring(status) }))
+    status, body, headers = fail(500, "internal_error", "the gateway failed to handle this "
+      .. "request (request id " .. ctx.id .. ")")
+  end
+  local text, ctype = body, "application/json"
+  if type(body) == "table" then
+    local enc_ok, encoded = pcall(json.encode, body)
+    if not enc_ok then
+      status, text = 500, select(2, fail(500, "internal_error", "the answer could not be "
+        .. "encoded as JSON"))
+      text = json.encode(text)
+    else
+      text = encoded
+    end
+  elseif type(body) ~= "string" then
+    text = body == nil and "" or tostring(body)
+  end
+  local out = { ["Content-Type"] = ctype, ["x-request-id"] = ctx.id }
+  for k, v in pairs(headers or {}) do out[k] = tostring(v) end
+  inflight[req.handle] = nil
+  local own = record(req, ctx, status)
+  out["x-nimrank-overhead-ms"] = ("%.3f"):format(own * 1000)
+  server.respond(req.handle, status, out, text)
+end
+
+-- ---- the worker's entry points (server.c) ---------------------------------------------------
+local async
+
+function M.dispatch(req)
+  local json_req = req
+  function json_req.json() return json_body(req) end
+  local h = async.start(serve, req)
+  if not h:done() then inflight[req.handle] = h end
+end
+
+-- The client went away: the task (and its upstream transfer) stops; the request is counted.
+function M.cancel(handle)
+  local h = inflight[handle]
+  inflight[handle] = nil
+  if h then h:cancel() end
+  registry:inc("nimrank_requests_total", { route = "cancelled", model = "none",
+    status = "499" })
+  dirty = true
+end
+
+function M.reload(path)
+  local ok, info = pcall(M.setup, path, true)
+  if not ok then
+    server.log(json.encode({ time = server.time(), level = "error", event = "reload_failed",
+      message = tostring(info) }))
+    return 0
+  end
+  server.log(json.encode({ time = server.time(), level = "info", event = "reloaded",
+    message = info.summary }))
+  return settings.max_body
+end
+
+-- Once a second: the worker's figures go on the board for the others' /metrics.
+function M.tick()
+  if dirty or next(inflight) then
+    server.pin(render_own())
+    dirty = false
+  end
+end
+
+-- start_worker(server) -> the entry points server.c keeps.
+function M.start_worker(native_server)
+  server = native_server
+  settings.log_level = server.log_level or 1
+  math.randomseed() -- each worker its own random sequence (they are forks of one process)
+  async = require "nim.async"
+  return { dispatch = M.dispatch, cancel = M.cancel, reload = M.reload, tick = M.tick,
+    max_body = settings.max_body }
+end
+
+return M
