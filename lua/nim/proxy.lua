@@ -144,8 +144,11 @@ REFUSED.user, REFUSED.metadata = nil, nil
 local function json_body(req)
   local ctype = req.headers["content-type"]
   if ctype and not ctype:lower():find("json", 1, true) then
-    return nil, { fail(415, "unsupported_media_type", ("Content-Type %q is not JSON: send "
-      .. "application/json"):format(ctype:sub(1, 100)), "Content-Type") }
+    -- named by its media type only: a header's bytes are not echoed into answers
+    local media = ctype:match("^%s*([%w!#$&^_.+%-]+/[%w!#$&^_.+%-]+)")
+    return nil, { fail(415, "unsupported_media_type", ("Content-Type %s is not JSON: send "
+      .. "application/json"):format(media and media:sub(1, 80) or "(not a media type)"),
+      "Content-Type") }
   end
   local body = req.body or ""
   if body == "" then
@@ -240,6 +243,7 @@ end
 
 -- ---- the other routes -----------------------------------------------------------------------
 local server -- the C side (server.c), given to start_worker
+local log_line
 
 M.route("GET", "/health/liveliness", function() return 200, { status = "I'm alive!" } end,
   { open = true })
@@ -348,6 +352,20 @@ local function upstream_seconds(ctx)
   return sum
 end
 
+-- A log line: one JSON object, its keys in this order (time first, as people read logs).
+local LOG_KEYS = { "time", "level", "event", "request_id", "method", "route", "model",
+  "model_group", "deployment", "status", "total_ms", "upstream_ms", "own_ms", "attempts",
+  "fallback", "error", "message", "remote" }
+local encode_value = require("cjson").encode
+log_line = function(fields)
+  local parts = {}
+  for _, k in ipairs(LOG_KEYS) do
+    local v = fields[k]
+    if v ~= nil then parts[#parts + 1] = ('"%s":%s'):format(k, encode_value(v)) end
+  end
+  server.log("{" .. table.concat(parts, ",") .. "}")
+end
+
 local function record(req, ctx, status)
   local total = nim.now() - req.t0
   local up = upstream_seconds(ctx)
@@ -379,13 +397,12 @@ local function record(req, ctx, status)
   end
   dirty = true
   if settings.log_level <= LEVEL.info then
-    server.log(json.encode({
-      time = server.time(), level = status >= 500 and "error" or "info", request_id = ctx.id,
-      method = req.method, route = route, model = ctx.model, model_group = ctx.group,
-      deployment = ctx.deployment, status = status, total_ms = ms(total),
-      upstream_ms = ms(up), own_ms = ms(own), attempts = ctx.attempts and #ctx.attempts or 0,
-      fallback = ctx.fallback, error = ctx.error_type, remote = req.remote,
-    }))
+    log_line({ time = server.time(), level = status >= 500 and "error" or "info",
+      request_id = ctx.id, method = req.method, route = route, model = ctx.model,
+      model_group = ctx.group, deployment = ctx.deployment, status = status,
+      total_ms = ms(total), upstream_ms = ms(up), own_ms = ms(own),
+      attempts = ctx.attempts and #ctx.attempts or 0, fallback = ctx.fallback,
+      error = ctx.error_type, remote = req.remote })
   end
   return own
 end
@@ -397,10 +414,10 @@ local function serve(req)
   req.id = ctx.id
   local ok, status, body, headers = xpcall(handle, debug.traceback, req, ctx)
   if not ok or math.type(status) ~= "integer" or status < 100 or status > 599 then
-    server.log(json.encode({ time = server.time(), level = "error", request_id = ctx.id,
+    log_line({ time = server.time(), level = "error", request_id = ctx.id,
       event = "handler_error", route = ctx.route,
       message = ok and ("the handler returned status %s"):format(tostring(status))
-        or tostring(status) }))
+        or tostring(status) })
     status, body, headers = fail(500, "internal_error", "the gateway failed to handle this "
       .. "request (request id " .. ctx.id .. ")")
   end
@@ -448,12 +465,11 @@ end
 function M.reload(path)
   local ok, info = pcall(M.setup, path, true)
   if not ok then
-    server.log(json.encode({ time = server.time(), level = "error", event = "reload_failed",
-      message = tostring(info) }))
+    log_line({ time = server.time(), level = "error", event = "reload_failed",
+      message = tostring(info) })
     return 0
   end
-  server.log(json.encode({ time = server.time(), level = "info", event = "reloaded",
-    message = info.summary }))
+  log_line({ time = server.time(), level = "info", event = "reloaded", message = info.summary })
   return settings.max_body
 end
 

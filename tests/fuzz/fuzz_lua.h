@@ -37,7 +37,10 @@ static int fuzz_lua_run(const char *code, const uint8_t *data, size_t size) {
     lua_State *L = fuzz_state(code, &fn);
     lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
     lua_pushlstring(L, (const char *)data, size);
-    FUZZ_ASSERT(lua_pcall(L, 1, 1, 0) == LUA_OK);
+    int rc = lua_pcall(L, 1, 1, 0);
+    if (rc != LUA_OK) /* the finding, in Lua's words */
+        fprintf(stderr, "fuzz: %s\n", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error)");
+    FUZZ_ASSERT(rc == LUA_OK);
     FUZZ_ASSERT(lua_toboolean(L, -1));
     lua_pop(L, 1);
     lua_gc(L, LUA_GCCOLLECT);
