@@ -12,6 +12,7 @@
  *   secrets.c         a call's credentials, redacted from every message
  *   provider_local.c  local/bm25
  *   result.c          the result envelope, for every provider and for batching
+ *   encode.c          results as JSON text, fast (the gateway's answers); UTF-8 checks
  *   catalog.c         the model catalog bridge (keys, limits, entries)
  *   layer.c           finding and loading the Lua layer (lua/nim)
  *   hostloop.c        the C API for a host's own event loop (nimrank.h)
@@ -29,6 +30,7 @@
 #include "ranking.h"
 #include "resolve.h"
 #include "scratch.h"
+#include "wire.h"
 
 /* Registry keys: the addresses of these, so no other library's key can collide. */
 extern const char nim_key_ctx, nim_key_module, nim_key_managed, nim_key_transfer_mt,
@@ -59,6 +61,7 @@ typedef struct {
     char lib_source[PATH_MAX + 8];    /* "@<dir>/nim/": chunk names of the Lua layer's frames */
     unsigned long long uuid_state[2]; /* seeded from getrandom once: fresh ids need no syscall */
     nim_scratch scratch;              /* the answer reader's working memory, reused */
+    nim_buf out;                      /* encode.c's output buffer, reused */
 } nim_ctx;
 
 nim_ctx *nim_ctx_get(lua_State *L);
@@ -211,6 +214,8 @@ int nim_l_catalog_key(lua_State *L);
 int nim_l_catalog_entry(lua_State *L);
 int nim_l_max_passages(lua_State *L);
 int nim_l_provider_of(lua_State *L);
+int nim_l_encode_results(lua_State *L); /* encode.c */
+int nim_l_utf8_error(lua_State *L);
 
 /* ---- the rest ------------------------------------------------------------------------------ */
 int nim_l_rerank(lua_State *L);

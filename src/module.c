@@ -65,6 +65,8 @@ static int ctx_gc(lua_State *L) {
     nim_engine_free(c->engine); /* cancels transfers still owned by calls */
     c->engine = NULL;
     nim_scratch_free(&c->scratch);
+    free(c->out.p);
+    c->out = (nim_buf){0};
     return 0;
 }
 
@@ -206,6 +208,8 @@ static const luaL_Reg native_funcs[] = {
     {"catalog_entry", nim_l_catalog_entry},
     {"max_passages", nim_l_max_passages},
     {"provider_of", nim_l_provider_of},
+    {"encode_results", nim_l_encode_results},
+    {"utf8_error", nim_l_utf8_error},
     {NULL, NULL},
 };
 

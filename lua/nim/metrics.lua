@@ -48,12 +48,12 @@ local function label_text(labels)
 end
 M.label_text = label_text
 
-local function series(f, labels)
-  local key = label_text(labels)
+-- A series by its key (label_text's form). Callers on a hot path keep keys, not labels.
+local function series_at(f, key)
   local s = f.series[key]
   if not s then
     if f.kind == "histogram" then
-      s = { counts = {}, sum = 0, count = 0 }
+      s = { counts = {}, sum = 0, count = 0 } -- counts per bucket, not yet cumulative
       for i = 1, #f.buckets do s.counts[i] = 0 end
     else
       s = { value = 0 }
@@ -64,20 +64,27 @@ local function series(f, labels)
   return s
 end
 
-function Registry:inc(name, labels, by)
-  local s = series(self.families[name], labels)
+function Registry:inc(name, labels, by) self:inc_key(name, label_text(labels), by) end
+function Registry:set(name, labels, v)
+  series_at(self.families[name], label_text(labels)).value = v
+end
+function Registry:observe(name, labels, v) self:observe_key(name, label_text(labels), v) end
+
+function Registry:inc_key(name, key, by)
+  local s = series_at(self.families[name], key)
   s.value = s.value + (by or 1)
 end
 
-function Registry:set(name, labels, v)
-  series(self.families[name], labels).value = v
-end
-
-function Registry:observe(name, labels, v)
+-- One bucket counted (the first that holds v); render adds them up.
+function Registry:observe_key(name, key, v)
   local f = self.families[name]
-  local s = series(f, labels)
-  for i, le in ipairs(f.buckets) do
-    if v <= le then s.counts[i] = s.counts[i] + 1 end
+  local s = series_at(f, key)
+  local b = f.buckets
+  for i = 1, #b do
+    if v <= b[i] then
+      s.counts[i] = s.counts[i] + 1
+      break
+    end
   end
   s.sum = s.sum + v
   s.count = s.count + 1
@@ -104,9 +111,11 @@ function Registry:render()
       for _, key in ipairs(f.keys) do
         local s = f.series[key]
         if f.kind == "histogram" then
+          local cumulative = 0
           for i, le in ipairs(f.buckets) do
+            cumulative = cumulative + s.counts[i]
             out[#out + 1] = ("%s_bucket%s %s\n"):format(name, with(key, ('le="%s"'):format(
-              num(le))), num(s.counts[i]))
+              num(le))), num(cumulative))
           end
           out[#out + 1] = ("%s_bucket%s %s\n"):format(name, with(key, 'le="+Inf"'), num(s.count))
           local lbl = key == "" and "" or "{" .. key .. "}"

@@ -30,12 +30,15 @@
 --   with drop_params, by name). Keys that steer the gateway itself (api_key, api_base,
 --   timeout, headers, fallbacks, num_retries, ...) belong to config.yaml: a request that
 --   sends them gets 400 naming them. `user` and `metadata` are accepted and ignored.
+-- * /v2/rerank answers without documents unless the request sets return_documents (Cohere's
+--   v2 has no such field and returns none); /rerank and /v1/rerank return them by default.
 -- * Content-Type may be absent (read as JSON, as LiteLLM does); one that is not JSON is 415.
 local nim = require "nim"
 local json = require "nim.json"
 local metrics = require "nim.metrics"
 
 local native = nim.native
+local encode_value = require("cjson").encode
 local M = {}
 
 local VERSION = nim.version or "0"
@@ -131,6 +134,38 @@ registry:gauge("nimrank_cooldowns_active", "Deployments cooling down (summed ove
   .. "each worker keeps its own router state).")
 local dirty = true
 
+-- Series keys, made once per combination of label values (metrics.label_text sorts and
+-- escapes: not a thing to do for every request). names: a constant list, one per use site.
+local key_cache = setmetatable({}, { __mode = "k" })
+local function key_of(names, ...)
+  local node = key_cache[names]
+  if not node then
+    node = {}
+    key_cache[names] = node
+  end
+  local n = select("#", ...)
+  for i = 1, n - 1 do
+    local v = select(i, ...)
+    local nxt = node[v]
+    if not nxt then
+      nxt = {}
+      node[v] = nxt
+    end
+    node = nxt
+  end
+  local last = select(n, ...)
+  local key = node[last]
+  if not key then
+    local labels = {}
+    for i, name in ipairs(names) do labels[name] = select(i, ...) end
+    key = metrics.label_text(labels)
+    node[last] = key
+  end
+  return key
+end
+local BY_REQUEST, BY_ROUTE, BY_MODEL = { "model", "route", "status" }, { "route" }, { "model" }
+local BY_ERROR, BY_FALLBACK = { "model", "type" }, { "fallback", "model" }
+
 -- ---- the rerank route -----------------------------------------------------------------------
 local REQUEST_KEYS, REFUSED = {}, {}
 for _, k in ipairs(native.keys.request) do REQUEST_KEYS[k] = true end
@@ -155,8 +190,8 @@ local function json_body(req)
     return nil, { fail(400, "invalid_request_error", "the request has no body: expected a "
       .. "JSON object") }
   end
-  local ok_utf8, bad_at = utf8.len(body)
-  if not ok_utf8 then
+  local bad_at = native.utf8_error(body)
+  if bad_at then
     return nil, { fail(400, "invalid_request_error", ("the body is not valid UTF-8 (byte %d)")
       :format(bad_at)) }
   end
@@ -215,6 +250,10 @@ local function rerank_route(req, ctx)
       or "model: must be a non-empty string", "model")
   end
   ctx.model = args.model
+  -- Cohere's v2 answers carry no documents (its SDK has no field for them) unless asked
+  if req.path == "/v2/rerank" and args.return_documents == nil then
+    args.return_documents = false
+  end
   local t0 = nim.now()
   local ok, res, err = native.protect(nim.rerank, args)
   ctx.call_s = nim.now() - t0
@@ -234,7 +273,11 @@ local function rerank_route(req, ctx)
   end
   local out_meta = { billed_units = res.meta.billed_units, api_version = { version = "1" } }
   if res.meta.warnings and #res.meta.warnings > 0 then out_meta.warnings = res.meta.warnings end
-  return 200, { id = res.id, results = res.results, meta = out_meta }
+  -- the results (mostly documents) written by C; any shape it does not know goes to cjson
+  local results = native.encode_results(res.results)
+  if not results then return 200, { id = res.id, results = res.results, meta = out_meta } end
+  return 200, ('{"id":%s,"results":%s,"meta":%s}'):format(encode_value(res.id), results,
+    json.encode(out_meta))
 end
 
 for _, path in ipairs({ "/rerank", "/v1/rerank", "/v2/rerank" }) do
@@ -356,7 +399,6 @@ end
 local LOG_KEYS = { "time", "level", "event", "request_id", "method", "route", "model",
   "model_group", "deployment", "status", "total_ms", "upstream_ms", "own_ms", "attempts",
   "fallback", "error", "message", "remote" }
-local encode_value = require("cjson").encode
 log_line = function(fields)
   local parts = {}
   for _, k in ipairs(LOG_KEYS) do
@@ -365,6 +407,9 @@ log_line = function(fields)
   end
   server.log("{" .. table.concat(parts, ",") .. "}")
 end
+
+local enc = json.encode -- cjson's, without its "\/"
+local function opt(k, v) return v == nil and "" or (',"%s":%s'):format(k, enc(v)) end
 
 local function record(req, ctx, status)
   local total = nim.now() - req.t0
@@ -375,34 +420,36 @@ local function record(req, ctx, status)
   -- labels name configured groups only: a model name a client made up must not add series
   local asked = ctx.model and nim.router:group(ctx.model)
   local group = ctx.group or (asked and asked.name) or (ctx.model and "other") or "none"
-  registry:inc("nimrank_requests_total", { route = route, model = group,
-    status = tostring(status) })
-  registry:observe("nimrank_request_duration_seconds", { route = route }, total)
-  registry:observe("nimrank_gateway_duration_seconds", { route = route }, own)
+  registry:inc_key("nimrank_requests_total", key_of(BY_REQUEST, group, route, status))
+  local by_route = key_of(BY_ROUTE, route)
+  registry:observe_key("nimrank_request_duration_seconds", by_route, total)
+  registry:observe_key("nimrank_gateway_duration_seconds", by_route, own)
   if ctx.attempts then
-    registry:observe("nimrank_upstream_duration_seconds", { model = group }, up)
+    registry:observe_key("nimrank_upstream_duration_seconds", key_of(BY_MODEL, group), up)
     local seen = {}
     for _, at in ipairs(ctx.attempts) do
       local g = at.model_group or group
       if at.error then
-        registry:inc("nimrank_upstream_errors_total", { model = g, type = at.error })
+        registry:inc_key("nimrank_upstream_errors_total", key_of(BY_ERROR, g, at.error))
       end
-      if seen[g] then registry:inc("nimrank_retries_total", { model = g }) end
+      if seen[g] then registry:inc_key("nimrank_retries_total", key_of(BY_MODEL, g)) end
       seen[g] = true
     end
   end
   if ctx.fallback then
-    registry:inc("nimrank_fallbacks_total", { model = asked and asked.name or "other",
-      fallback = ctx.fallback })
+    registry:inc_key("nimrank_fallbacks_total", key_of(BY_FALLBACK, ctx.fallback,
+      asked and asked.name or "other"))
   end
   dirty = true
   if settings.log_level <= LEVEL.info then
-    log_line({ time = server.time(), level = status >= 500 and "error" or "info",
-      request_id = ctx.id, method = req.method, route = route, model = ctx.model,
-      model_group = ctx.group, deployment = ctx.deployment, status = status,
-      total_ms = ms(total), upstream_ms = ms(up), own_ms = ms(own),
-      attempts = ctx.attempts and #ctx.attempts or 0, fallback = ctx.fallback,
-      error = ctx.error_type, remote = req.remote })
+    -- the request line, in LOG_KEYS' order; strings a client or a config chose are encoded
+    server.log(('{"time":"%s","level":"%s","request_id":"%s","method":%s,"route":%s%s%s%s'
+      .. ',"status":%d,"total_ms":%.3f,"upstream_ms":%.3f,"own_ms":%.3f,"attempts":%d%s%s%s}')
+      :format(server.time(), status >= 500 and "error" or "info", ctx.id, enc(req.method),
+        enc(route), opt("model", ctx.model), opt("model_group", ctx.group),
+        opt("deployment", ctx.deployment), status, total * 1000, up * 1000, own * 1000,
+        ctx.attempts and #ctx.attempts or 0, opt("fallback", ctx.fallback),
+        opt("error", ctx.error_type), opt("remote", req.remote)))
   end
   return own
 end
@@ -457,8 +504,7 @@ function M.cancel(handle)
   local h = inflight[handle]
   inflight[handle] = nil
   if h then h:cancel() end
-  registry:inc("nimrank_requests_total", { route = "cancelled", model = "none",
-    status = "499" })
+  registry:inc_key("nimrank_requests_total", key_of(BY_REQUEST, "none", "cancelled", 499))
   dirty = true
 end
 

@@ -64,12 +64,22 @@ function M.deep_eq(a, b, what, path)
   end
 end
 
+-- skip(reason): ends the test as skipped (neither passed nor failed), with the reason
+-- printed. Only for what the machine cannot offer (a registry that cannot be reached).
+local SKIP = {}
+function M.skip(reason) error(setmetatable({ reason = reason }, SKIP), 0) end
+
 -- Runs every registered test; prints one line each and a summary; returns passed, failed.
 function M.run(suite)
   local passed, failed = 0, 0
   for _, t in ipairs(M.tests) do
-    local ok, err = xpcall(t.fn, function(e) return debug.traceback(tostring(e), 2) end)
-    if ok then
+    local ok, err = xpcall(t.fn, function(e)
+      if getmetatable(e) == SKIP then return e end
+      return debug.traceback(tostring(e), 2)
+    end)
+    if not ok and getmetatable(err) == SKIP then
+      print("skip " .. t.name .. ": " .. tostring(err.reason))
+    elseif ok then
       passed = passed + 1
       print("ok   " .. t.name)
     else
