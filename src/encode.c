@@ -41,23 +41,23 @@ static int add_number(nim_buf *b, lua_State *L, int idx) {
     return add(b, tmp, (size_t)n);
 }
 
-/* Does table t (absolute index) hold string keys from allowed only? */
+/* Does table t (absolute index) hold no keys but those of allowed? Counted, not compared:
+ * the keys found by raw lookup must be all the keys there are. */
 static int only_keys(lua_State *L, int t, const char *const *allowed) {
+    int present = 0, total = 0;
+    for (const char *const *a = allowed; *a; a++) {
+        present += lua_getfield(L, t, *a) != LUA_TNIL; /* t has no metatable: a raw read */
+        lua_pop(L, 1);
+    }
     lua_pushnil(L);
     while (lua_next(L, t)) {
         lua_pop(L, 1);
-        int ok = 0;
-        if (lua_type(L, -1) == LUA_TSTRING) {
-            const char *k = lua_tostring(L, -1);
-            for (const char *const *a = allowed; *a; a++)
-                if (strcmp(k, *a) == 0) ok = 1;
-        }
-        if (!ok) {
+        if (++total > present) {
             lua_pop(L, 1);
             return 0;
         }
     }
-    return 1;
+    return total == present;
 }
 
 /* Appends the field of table t as a JSON string; -1 when it is not a string. */
