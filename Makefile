@@ -208,7 +208,8 @@ rock-install:
 FMT_C   := $(wildcard src/*.c src/*.h tests/c/*.c tests/c/*.h tests/fake/*.c examples/*.c bench/*.c bench/*.h \
            tests/fuzz/*.c tests/fuzz/*.h)
 FMT_TXT := $(wildcard lua/nim/*.lua tests/lua/*.lua tests/lua/module/*.lua tests/fake/*.lua \
-           bench/*.lua examples/*.lua tests/*.sh tests/fuzz/*.sh bench/*.sh .ci/run .ci/deps.sh \
+           bench/*.lua examples/*.lua examples/proxy/*.lua examples/proxy/*.sh tests/*.sh \
+           tests/fuzz/*.sh tests/compat/*.sh tests/compat/*.mjs bench/*.sh .ci/run .ci/deps.sh \
            rockspecs/*)
 fmt-check:
 	@clang-format --dry-run --Werror $(FMT_C)

@@ -41,6 +41,26 @@ test("example_offline", function()
   match(out, "^1%. [%d.]+  Accelerated servers with H100", "H100 first")
 end)
 
+test("example_proxy_serves_the_documents_config_and_curl", function()
+  -- a port of its own, so a gateway already on 4000 (the document's port) does not matter
+  local port = 20000 + math.random(0, 9999)
+  local out, code = sh(("PORT=%d sh examples/proxy/run.sh 2>&1"):format(port))
+  eq(code, 0, "exit: " .. out)
+  local answers = {}
+  for line in out:gmatch("[^\n]+") do
+    if line:sub(1, 1) == "{" and line:find('"results"', 1, true) then
+      answers[#answers + 1] = h.decode(line)
+    end
+  end
+  eq(#answers, 2, "the two curl answers: " .. out)
+  eq(#answers[1].results, 2, "top_n 2")
+  match(answers[1].results[1].document.text, "^H100", "H100 first")
+  match(out, '"names":%[', "the route tenant.lua adds")
+  match(out, '"route":"/rerank"', "a log line per request")
+  eq(out:find("sk-1234", 1, true), nil, "the master key is never printed or logged")
+  eq(out:find("nvapi-demo-key", 1, true), nil, "nor the upstream key")
+end)
+
 test("main_job_command", function()
   local out, code = sh(BIN .. " rerank --query 'What is the GPU memory bandwidth of H100 SXM?' "
     .. "--docs examples/docs.txt --top-n 3 2>/dev/null")

@@ -56,4 +56,49 @@ function M.words(n, len)
   return t
 end
 
+-- Starts `nimrank serve` with a config (YAML text) on a free port; returns a server table
+-- { url, pid, log (the log file), dir, stop() } once it says it is listening, or raises with
+-- its stderr. The server runs in the background of a shell that records its PID, never in
+-- a command substitution; stop() (SIGTERM, then SIGKILL) is for a `finally`.
+function M.serve(config_yaml, extra)
+  local dir = M.sh("mktemp -d"):gsub("%s+$", "")
+  local cfg = io.open(dir .. "/config.yaml", "w")
+  cfg:write(config_yaml)
+  cfg:close()
+  -- every standard stream redirected: a server holding popen's pipe would block this read
+  M.sh(("%s serve --config %s --port 0 --log %s %s </dev/null >/dev/null 2>%s & echo $! >%s")
+    :format(
+    M.nimrank, shell_quote(dir .. "/config.yaml"), shell_quote(dir .. "/log"), extra or "",
+    shell_quote(dir .. "/err"), shell_quote(dir .. "/pid")))
+  local srv = { dir = dir, log = dir .. "/log", config = dir .. "/config.yaml" }
+  srv.pid = tonumber((io.open(dir .. "/pid"):read("a")))
+  function srv.stop()
+    if srv.pid then
+      M.sh(("kill %d 2>/dev/null; i=0; while kill -0 %d 2>/dev/null && [ $i -lt 100 ]; do "
+        .. "sleep 0.05; i=$((i+1)); done; kill -9 %d 2>/dev/null; pkill -9 -P %d 2>/dev/null")
+        :format(srv.pid, srv.pid, srv.pid, srv.pid))
+      srv.pid = nil
+    end
+    M.sh("rm -rf " .. shell_quote(dir))
+  end
+  local deadline = os.time() + 15
+  while os.time() <= deadline do
+    local f = io.open(dir .. "/err")
+    local err = f and f:read("a") or ""
+    if f then f:close() end
+    local url = err:match("listening on (http://[^%s]+)")
+    if url then
+      srv.url = url:gsub("0%.0%.0%.0", "127.0.0.1")
+      return srv
+    end
+    if M.sh(("kill -0 %d 2>/dev/null && echo up"):format(srv.pid)) == "" then
+      srv.stop()
+      error("nimrank serve did not start: " .. err, 2)
+    end
+    M.sh("sleep 0.05")
+  end
+  srv.stop()
+  error("nimrank serve did not say it was listening within 15 s", 2)
+end
+
 return M
