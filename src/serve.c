@@ -166,8 +166,9 @@ static int parse_opts(int argc, char **argv, nim_serve_opts *o, int *check) {
     return -1; /* go on */
 }
 
-/* proxy.setup(config_path) -> info table on the stack; or the error message and -1. */
-static int proxy_setup(lua_State *L, const char *config_path) {
+/* proxy.setup(config_path, reload) -> info table on the stack; or the error message and -1.
+ * With reload the file is loaded again first (a bad one raises and the old config stays). */
+static int proxy_setup(lua_State *L, const char *config_path, int reload) {
     lua_getglobal(L, "require");
     lua_pushliteral(L, "nim.proxy");
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) return -1;
@@ -177,7 +178,8 @@ static int proxy_setup(lua_State *L, const char *config_path) {
         lua_pushstring(L, config_path);
     else
         lua_pushnil(L);
-    return lua_pcall(L, 1, 1, 0) == LUA_OK ? 0 : -1;
+    lua_pushboolean(L, reload);
+    return lua_pcall(L, 2, 1, 0) == LUA_OK ? 0 : -1;
 }
 
 /* More connections need more descriptors: the soft limit goes up to the hard one. */
@@ -270,7 +272,7 @@ int nim_serve_main(lua_State *L, const char *config_path, int argc, char **argv)
     int rc = parse_opts(argc, argv, &o, &check);
     if (rc >= 0) return rc;
     o.config_path = config_path;
-    if (proxy_setup(L, config_path) != 0) {
+    if (proxy_setup(L, config_path, 0) != 0) {
         fprintf(stderr, "nimrank serve: %s\n", lua_tostring(L, -1));
         return 2;
     }
@@ -357,7 +359,8 @@ int nim_serve_main(lua_State *L, const char *config_path, int argc, char **argv)
         struct signalfd_siginfo si;
         while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
             if (si.ssi_signo == SIGHUP && !stopping) {
-                if (proxy_setup(L, config_path) != 0) {
+                /* loaded here too: a worker started later is a fork of this state */
+                if (proxy_setup(L, config_path, 1) != 0) {
                     say(NIM_LOG_ERROR, "reload_refused", "the config was not reloaded: %s",
                         lua_tostring(L, -1));
                 } else {

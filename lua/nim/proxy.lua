@@ -200,7 +200,8 @@ local function json_body(req)
     local why = tostring(v):gsub("^.-: ", "")
     return nil, { fail(400, "invalid_request_error", "the body is not valid JSON: " .. why) }
   end
-  if type(v) ~= "table" or (next(v) ~= nil and v[1] ~= nil) then
+  -- (an empty list decodes as an empty table, as {} does: the text tells them apart)
+  if type(v) ~= "table" or body:find("^%s*%[") or (next(v) ~= nil and v[1] ~= nil) then
     return nil, { fail(400, "invalid_request_error", "the body must be a JSON object") }
   end
   return v
@@ -250,6 +251,13 @@ local function rerank_route(req, ctx)
       or "model: must be a non-empty string", "model")
   end
   ctx.model = args.model
+  -- nothing to rank is a bad request here (nim.rerank answers it with no results); an object
+  -- decodes as a table too, so this is also where {"documents": {...}} is refused
+  local docs = args.documents
+  if type(docs) == "table" and #docs == 0 then
+    return fail(400, "invalid_request_error", "documents: must be a non-empty list",
+      "documents")
+  end
   -- Cohere's v2 answers carry no documents (its SDK has no field for them) unless asked
   if req.path == "/v2/rerank" and args.return_documents == nil then
     args.return_documents = false
@@ -265,7 +273,9 @@ local function rerank_route(req, ctx)
   local meta = res and res.meta or err
   ctx.attempts = meta and meta.attempts
   ctx.group = meta and meta.model_group
-  ctx.deployment = meta and meta.deployment
+  -- an error's `deployment` is a flag (the error belongs to one): its attempts name the id
+  local last = type(ctx.attempts) == "table" and ctx.attempts[#ctx.attempts]
+  ctx.deployment = res and res.meta.deployment or (last and last.deployment) or nil
   ctx.fallback = meta and meta.fallback
   if not res then
     ctx.error_type = err.type

@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -25,6 +26,7 @@
 static lua_State *L;
 static pthread_mutex_t lua_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long connections_opened; /* under lua_lock */
+static unsigned long delays_aborted;     /* under lua_lock: delays whose client hung up */
 static char *canned;       /* --canned N: "{index,logit}," for 0..N-1, the answer to every POST */
 static size_t *canned_end; /* canned_end[k]: the bytes of the first k entries */
 static long canned_max;
@@ -59,6 +61,25 @@ static void pause_ms(long ms) {
         while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
         }
     }
+}
+
+/* Waits ms before an answer; a client that hangs up meanwhile ends the wait early (counted,
+ * so tests can see that a cancelled call really closed its connection). 1 when it hung up. */
+static int delay_answer(struct MHD_Connection *c, long ms) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    int fd = ci ? ci->connect_fd : -1;
+    for (long waited = 0; waited < ms && !stopping; waited += 20) {
+        pause_ms(ms - waited < 20 ? ms - waited : 20);
+        struct pollfd p = {fd, POLLRDHUP, 0};
+        if (fd >= 0 && poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+            pthread_mutex_lock(&lua_lock);
+            delays_aborted++;
+            pthread_mutex_unlock(&lua_lock);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* A body sent by a reader callback: trickled, cut off mid-way, or endless. */
@@ -241,7 +262,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     } else {
         run_handler(c, method, url, u, &r);
     }
-    if (r.delay_ms > 0) pause_ms(r.delay_ms);
+    if (r.delay_ms > 0 && delay_answer(c, r.delay_ms)) r.drop = 1;
     if (r.file) load_file(&r);
     enum MHD_Result ret = MHD_NO;
     struct MHD_Response *resp = (!r.drop && !stopping) ? make_response(&r) : NULL;
@@ -292,6 +313,12 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
 /* FAKE.connections() -> connections accepted so far (called with lua_lock held) */
 static int lua_connections(lua_State *S) {
     lua_pushinteger(S, (lua_Integer)connections_opened);
+    return 1;
+}
+
+/* FAKE.aborted() -> delayed answers whose client hung up first (called with lua_lock held) */
+static int lua_aborted(lua_State *S) {
+    lua_pushinteger(S, (lua_Integer)delays_aborted);
     return 1;
 }
 
@@ -388,6 +415,8 @@ int main(int argc, char **argv) {
     lua_setfield(L, -2, "now_ms");
     lua_pushcfunction(L, lua_connections);
     lua_setfield(L, -2, "connections");
+    lua_pushcfunction(L, lua_aborted);
+    lua_setfield(L, -2, "aborted");
     lua_setglobal(L, "FAKE");
     if (luaL_dofile(L, script) != LUA_OK) {
         fprintf(stderr, "fakenim: %s\n", lua_tostring(L, -1));

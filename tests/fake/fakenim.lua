@@ -32,7 +32,8 @@
 --   !gzip=PATH       the answer is PATH's bytes, sent with Content-Encoding: gzip
 -- GET /_fake/last returns the last POST seen (headers and raw body) for assertions;
 -- GET /_fake/stats returns {connections = TCP connections accepted so far,
---   nvcf_queued = NVCF jobs queued so far}.
+--   nvcf_queued = NVCF jobs queued so far, aborted = answers held by !delay whose client hung
+--   up during the delay (the wait then ends at once and nothing is sent)}.
 local cjson = require "cjson"
 
 local API_KEY = FAKE.api_key
@@ -384,7 +385,8 @@ local function route(req)
       nvcf_jobs[id] = nil
       return { status = 200, body = job.body, headers = "Content-Type: application/json\n" }
     elseif path == "/_fake/stats" then
-      return json(200, { connections = FAKE.connections(), nvcf_queued = nvcf_next })
+      return json(200, { connections = FAKE.connections(), nvcf_queued = nvcf_next,
+                         aborted = FAKE.aborted() })
     end
     return text(404, "404 page not found")
   end
