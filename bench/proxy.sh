@@ -25,46 +25,7 @@ OUT=bench/out
 sh .ci/deps.sh wrk nginx-light gnuplot-nox
 [ -x "$BUILD/nimrank" ] || make -s
 mkdir -p "$OUT"
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-TMP=$(mktemp -d)
-PIDS=""
-# Every server is started in this shell (never inside $(...), where its PID would be lost)
-# and stopped however the script ends; nimrank's workers are found through their parent.
-started() { PIDS="$PIDS $1"; [ -z "$BENCH_PIDS" ] || echo "$1" >>"$BENCH_PIDS"; }
-alive() { for p in "$@"; do ! kill -0 "$p" 2>/dev/null || return 0; done; return 1; }
-stop() {
-    kids=""
-    for p in $PIDS; do kids="$kids $(ps -o pid= --ppid "$p" 2>/dev/null || true)"; done
-    [ -z "$PIDS" ] || kill $PIDS $kids 2>/dev/null || true
-    n=0
-    while [ $n -lt 50 ] && alive $PIDS $kids; do sleep 0.1; n=$((n + 1)); done
-    ! alive $PIDS $kids || kill -9 $PIDS $kids 2>/dev/null || true
-    wait 2>/dev/null
-    rm -rf "$TMP"
-}
-trap stop EXIT
-trap 'exit 1' INT TERM
-
-# A port nothing uses, below the ephemeral range (the clients' own ports come from there).
-TAKEN=""
-pick_port() {
-    while :; do
-        PORT=$((20000 + $(od -An -N2 -tu2 /dev/urandom) % 12000))
-        case " $TAKEN " in *" $PORT "*) continue ;; esac
-        ss -Htan 2>/dev/null | awk '{n = split($4, a, ":"); print a[n]}' | grep -qx "$PORT" ||
-            break
-    done
-    TAKEN="$TAKEN $PORT"
-}
-# Waits until URL answers at all (any status) while PID lives; fails after ~10 s.
-wait_http() {
-    n=0
-    until curl -s -o /dev/null -m 1 "$1"; do
-        kill -0 "$2" 2>/dev/null || return 1
-        n=$((n + 1)); [ $n -lt 100 ] || return 1
-        sleep 0.1
-    done
-}
+. bench/servers.sh # $TMP, started/stop, pick_port, wait_http, rss_tree
 
 # The documents, the Cohere-style body every target gets, and the canned NIM answers.
 for N in 10 100; do

@@ -1,0 +1,82 @@
+# servers.sh: sourced by the gateway benches (proxy.sh, proxy_rss.sh, soak.sh). Raises the
+# open-file limit, makes $TMP, and stops every server recorded with started() however the
+# script ends; pick_port, wait_http, and the RSS/PSS of a process tree.
+# 1000 connections in, as many out, plus the upstream's: more descriptors than the default.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+TMP=$(mktemp -d)
+PIDS=""
+# Every server is started in this shell (never inside $(...), where its PID would be lost)
+# and stopped however the script ends; nimrank's workers are found through their parent.
+started() { PIDS="$PIDS $1"; [ -z "$BENCH_PIDS" ] || echo "$1" >>"$BENCH_PIDS"; }
+alive() { for p in "$@"; do ! kill -0 "$p" 2>/dev/null || return 0; done; return 1; }
+stop() {
+    kids=""
+    for p in $PIDS; do kids="$kids $(ps -o pid= --ppid "$p" 2>/dev/null || true)"; done
+    [ -z "$PIDS" ] || kill $PIDS $kids 2>/dev/null || true
+    n=0
+    while [ $n -lt 50 ] && alive $PIDS $kids; do sleep 0.1; n=$((n + 1)); done
+    ! alive $PIDS $kids || kill -9 $PIDS $kids 2>/dev/null || true
+    wait 2>/dev/null
+    rm -rf "$TMP"
+}
+trap stop EXIT
+trap 'exit 1' INT TERM
+
+# A port nothing uses, below the ephemeral range (the clients' own ports come from there).
+TAKEN=""
+pick_port() {
+    while :; do
+        PORT=$((20000 + $(od -An -N2 -tu2 /dev/urandom) % 12000))
+        case " $TAKEN " in *" $PORT "*) continue ;; esac
+        ss -Htan 2>/dev/null | awk '{n = split($4, a, ":"); print a[n]}' | grep -qx "$PORT" ||
+            break
+    done
+    TAKEN="$TAKEN $PORT"
+}
+wait_http() { # URL PID: until URL answers at all, while PID lives; fails after ~10 s
+    n=0
+    until curl -s -o /dev/null -m 1 "$1"; do
+        kill -0 "$2" 2>/dev/null || return 1
+        n=$((n + 1)); [ $n -lt 100 ] || return 1
+        sleep 0.1
+    done
+}
+# RSS in KB of PID and all its descendants: "total own child1 child2 ..."
+rss_tree() {
+    ps -e -o pid=,ppid=,rss= | awk -v root="$1" '{ pp[$1] = $2; r[$1] = $3 }
+        END { t[root] = 1; more = 1
+            while (more) { more = 0
+                for (p in pp) if (!(p in t) && (pp[p] in t)) { t[p] = 1; more = 1 } }
+            sum = 0; kids = ""
+            for (p in t) if (p in r) { sum += r[p]; if (p != root) kids = kids " " r[p] }
+            print sum, r[root] + 0 kids }'
+}
+# PSS in KB of PID and all its descendants: shared pages split among those sharing them.
+pss_tree() {
+    pids=$(ps -e -o pid=,ppid= | awk -v root="$1" '{ pp[$1] = $2 }
+        END { t[root] = 1; more = 1
+            while (more) { more = 0
+                for (p in pp) if (!(p in t) && (pp[p] in t)) { t[p] = 1; more = 1 } }
+            for (p in t) print p }')
+    for p in $pids; do cat "/proc/$p/smaps_rollup" 2>/dev/null; done |
+        awk '/^Pss:/ { k += $2 } END { print k + 0 }'
+}
+# Starts `nimrank serve` on $TMP/config.yaml (a free port: $NIM; supervisor: $SERVE), its
+# log in $TMP/serve.log; waits until it says it is listening, or exits 1.
+start_nimrank() {
+    pick_port; NIM=$PORT
+    : >"$TMP/serve.err" # there before the first look at it
+    "$BUILD/nimrank" serve --config "$TMP/config.yaml" --host 127.0.0.1 --port "$NIM" \
+        --workers "$WORKERS" --log "$TMP/serve.log" \
+        ${NIMRANK_LOG_LEVEL:+--log-level "$NIMRANK_LOG_LEVEL"} $NIMRANK_SERVE_ARGS \
+        2>"$TMP/serve.err" &
+    SERVE=$!
+    started $SERVE
+    n=0
+    while ! grep -q "listening on" "$TMP/serve.err" && kill -0 $SERVE 2>/dev/null &&
+        [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+    if ! grep -q "listening on" "$TMP/serve.err"; then
+        echo "nimrank serve: did not start:"; tail -n 5 "$TMP/serve.err"
+        exit 1
+    fi
+}
