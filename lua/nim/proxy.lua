@@ -20,7 +20,8 @@
 --   (400), not_found_error (404), method_not_allowed (405), request_too_large (413),
 --   unsupported_media_type (415), internal_error (500), service_unavailable (503); errors of
 --   the routed call keep nim's type (auth, bad_request, not_found, rate_limit, timeout,
---   connection, provider, bad_response).
+--   connection, provider, bad_response). A deployment whose os.environ/ variable is unset is
+--   the gateway's fault, not the client's: 500 internal_error, naming the variable.
 -- * Statuses of the routed call: an upstream 4xx and 5xx pass through; "no deployments" is
 --   429 with Retry-After; an upstream timeout is 504 (the gateway's wait ran out, not the
 --   client's: 408 would tell the client to resend); a connection failure or an unreadable
@@ -215,6 +216,9 @@ local FALLBACK_STATUS = { auth = 401, bad_request = 400, not_found = 404, rate_l
   timeout = 504, connection = 502, provider = 502, bad_response = 502, cancelled = 499 }
 
 local function call_error(err)
+  if err.deployment == true then -- a deployment's os.environ/ variable is unset: ours to fix
+    return fail(500, "internal_error", "the gateway's config: " .. tostring(err.message))
+  end
   local s = err.status
   local status = (PASS[err.type] and math.type(s) == "integer" and s >= 400 and s <= 599) and s
     or FALLBACK_STATUS[err.type] or 502

@@ -117,6 +117,13 @@ local function main_config(o)
     deployment("slow", { more = "      timeout: 0.5\n" }),
     deployment("refused", { api_base = "http://127.0.0.1:1" }),
     [[
+  - model_name: unset-key
+    litellm_params:
+      model: nvidia_nim/nvidia/llama-nemotron-rerank-1b-v2
+      api_key: os.environ/NIMRANK_SERVE_SPEC_UNSET
+      api_base: os.environ/FAKE_URL
+]],
+    [[
   - model_name: offline
     litellm_params:
       model: local/bm25
@@ -678,6 +685,14 @@ test("serve_connection_refused_upstream_is_502", function()
     local e = is_error(post(srv, "/rerank", { model = "refused", query = "q",
       documents = { "a" } }), 502, "connection")
     ok(#e.message > 0, "message")
+  end)
+end)
+
+test("serve_a_deployment_with_an_unset_variable_is_500_not_the_clients_fault", function()
+  with_server({}, function(srv)
+    local e = is_error(post(srv, "/rerank", { model = "unset-key", query = "q",
+      documents = { "a" } }), 500, "internal_error")
+    match(e.message, "NIMRANK_SERVE_SPEC_UNSET is not set", "names the variable")
   end)
 end)
 
