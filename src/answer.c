@@ -108,6 +108,24 @@ int nim_json_hex4(const char *s, unsigned *out) {
     return 1;
 }
 
+int nim_utf8_seq(const char *s, const char *e) {
+    unsigned char c = (unsigned char)*s;
+    if (c < 0x80) return 1;
+    int n = c >= 0xC2 && c <= 0xDF   ? 1
+            : c >= 0xE0 && c <= 0xEF ? 2
+            : c >= 0xF0 && c <= 0xF4 ? 3
+                                     : -1;
+    if (n < 0 || e - s <= n) return -1;
+    unsigned char c1 = (unsigned char)s[1];
+    /* the second byte's range carries the overlong, surrogate and past-U+10FFFF rules */
+    if ((c == 0xE0 && c1 < 0xA0) || (c == 0xED && c1 > 0x9F) || (c == 0xF0 && c1 < 0x90) ||
+        (c == 0xF4 && c1 > 0x8F))
+        return -1;
+    for (int i = 1; i <= n; i++)
+        if (((unsigned char)s[i] & 0xC0) != 0x80) return -1;
+    return n + 1;
+}
+
 /* A string's text between its quotes: valid UTF-8, no raw control byte, and \u escapes that
  * name characters (a surrogate only as a high-low pair, as UTF-16 and JSON readers require). */
 static int string_ok(const char *s, const char *e) {
@@ -116,18 +134,9 @@ static int string_ok(const char *s, const char *e) {
         if (c >= 0x20 && c < 0x80 && c != '\\') continue; /* the usual byte */
         if (c < 0x20) return -1;
         if (c >= 0x80) { /* UTF-8 (RFC 8259 section 8.1): shortest form, no surrogates */
-            int n = c >= 0xC2 && c <= 0xDF   ? 1
-                    : c >= 0xE0 && c <= 0xEF ? 2
-                    : c >= 0xF0 && c <= 0xF4 ? 3
-                                             : -1;
-            if (n < 0 || e - s <= n) return -1;
-            unsigned char c1 = (unsigned char)s[1];
-            if ((c == 0xE0 && c1 < 0xA0) || (c == 0xED && c1 > 0x9F) || (c == 0xF0 && c1 < 0x90) ||
-                (c == 0xF4 && c1 > 0x8F))
-                return -1;
-            for (int i = 1; i <= n; i++)
-                if (((unsigned char)s[i] & 0xC0) != 0x80) return -1;
-            s += n;
+            int n = nim_utf8_seq(s, e);
+            if (n < 0) return -1;
+            s += n - 1;
             continue;
         }
         if (*++s != 'u') continue; /* c is '\\': a one-letter escape, jsmn checked the letter */

@@ -40,4 +40,8 @@ int nim_json_hex4(const char *s, unsigned *out);
 int nim_answer_read(const char *js, size_t len, size_t npassages, const nim_answer_mem *mem,
                     nim_answer *out, char *err, size_t errlen);
 
+/* The length of the UTF-8 sequence at s (before e): 1 to 4, or -1 when it is not valid UTF-8
+ * (overlong forms, surrogates, past U+10FFFF, cut short). The one UTF-8 rule of nimrank. */
+int nim_utf8_seq(const char *s, const char *e);
+
 #endif

@@ -68,6 +68,9 @@ nim_ctx *nim_ctx_get(lua_State *L);
 /* The state's engine, created (and libcurl loaded) on the first network call: scripts that
  * never reach the network start fast. NULL with err filled on failure. */
 nim_engine *nim_ctx_engine(lua_State *L, char *err, size_t errlen);
+/* Frees the state's engine, if it has one (`nimrank serve` before it forks: a worker must not
+ * share the supervisor's sockets and epoll set). */
+void nim_ctx_drop_engine(lua_State *L);
 
 /* ---- arguments (args.c) --------------------------------------------------------------------
  * Misuse raises "<position>fn: field: what", the position being the first stack frame outside

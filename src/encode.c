@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "answer.h"
 #include "binding.h"
 #include "wire.h"
 
@@ -138,8 +139,8 @@ int nim_l_encode_results(lua_State *L) {
 }
 
 /* nim.native.utf8_error(s) -> nil when s is valid UTF-8, else the 1-based position of the
- * first byte that is not (overlong forms, surrogates and code points past U+10FFFF included).
- * Runs of ASCII are skipped eight bytes at a time. */
+ * first byte that is not (answer.c's rule: nim_utf8_seq). Runs of ASCII are skipped eight
+ * bytes at a time. */
 int nim_l_utf8_error(lua_State *L) {
     size_t n;
     const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
@@ -153,23 +154,9 @@ int nim_l_utf8_error(lua_State *L) {
                 continue;
             }
         }
-        unsigned c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
-        if (c > 0xF4 || len == 0 || i + len > n) break;
-        unsigned c1 = s[i + 1];
-        /* the second byte's range carries the overlong, surrogate and > U+10FFFF rules */
-        unsigned lo = (c == 0xE0) ? 0xA0 : (c == 0xF0) ? 0x90 : 0x80;
-        unsigned hi = (c == 0xED) ? 0x9F : (c == 0xF4) ? 0x8F : 0xBF;
-        if (c1 < lo || c1 > hi) break;
-        size_t k = 2;
-        while (k < len && (s[i + k] & 0xC0) == 0x80)
-            k++;
-        if (k < len) break;
-        i += len;
+        int len = nim_utf8_seq((const char *)s + i, (const char *)s + n);
+        if (len < 0) break;
+        i += (size_t)len;
     }
     if (i >= n) {
         lua_pushnil(L);

@@ -60,6 +60,13 @@ nim_engine *nim_ctx_engine(lua_State *L, char *err, size_t errlen) {
     return c->engine;
 }
 
+void nim_ctx_drop_engine(lua_State *L) {
+    nim_ctx *c = nim_ctx_get(L);
+    if (!c || !c->engine) return;
+    nim_engine_free(c->engine); /* cancels what it still holds; the next call makes another */
+    c->engine = NULL;
+}
+
 static int ctx_gc(lua_State *L) {
     nim_ctx *c = lua_touserdata(L, 1);
     nim_engine_free(c->engine); /* cancels transfers still owned by calls */

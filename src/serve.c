@@ -33,6 +33,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "binding.h"
 #include "clock.h"
 #include "serve.h"
 
@@ -40,10 +41,10 @@ static const char serve_usage[] =
     "usage: nimrank serve [--config FILE] [options]\n"
     "\n"
     "A LiteLLM-compatible rerank gateway: POST /rerank, /v1/rerank, /v2/rerank (Cohere-style),\n"
-    "GET /health/liveliness, /health/readiness, /v1/models, /metrics. Reads LiteLLM's\n"
-    "config.yaml: model_list, router_settings, litellm_settings, general_settings.master_key\n"
-    "(clients send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY') and\n"
-    "general_settings.max_request_size_mb (default 10).\n"
+    "GET /health/liveliness (/health/liveness), /health/readiness, /v1/models (/models),\n"
+    "/metrics. Reads LiteLLM's config.yaml: model_list, router_settings, litellm_settings,\n"
+    "general_settings.master_key (clients send it as 'Authorization: Bearer KEY' or\n"
+    "'x-api-key: KEY') and general_settings.max_request_size_mb (default 10).\n"
     "\n"
     "Options:\n"
     "  --config FILE        the config (also NIMRANK_CONFIG)\n"
@@ -68,18 +69,21 @@ static const char serve_usage[] =
 
 static const char *const LEVEL_NAMES[] = {"debug", "info", "warn", "error"};
 
-static int parse_number(const char *opt, const char *s, double min, double max, double *out) {
+static int parse_value(const char *opt, const char *s, double min, double max, int integer,
+                       double *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= min && v <= max)) {
-        fprintf(stderr, "nimrank serve: %s: expected a number from %g to %g, got '%s'\n", opt, min,
-                max, s);
+    if (errno || end == s || *end || !(v >= min && v <= max) || (integer && v != (long)v)) {
+        fprintf(stderr, "nimrank serve: %s: expected %s from %g to %g, got '%s'\n", opt,
+                integer ? "an integer" : "a number", min, max, s);
         return -1;
     }
     *out = v;
     return 0;
 }
+#define parse_number(opt, s, min, max, out) parse_value(opt, s, min, max, 0, out)
+#define parse_int(opt, s, min, max, out) parse_value(opt, s, min, max, 1, out)
 
 static int parse_opts(int argc, char **argv, nim_serve_opts *o, int *check) {
     static const struct option longs[] = {{"host", required_argument, NULL, 'H'},
@@ -112,11 +116,11 @@ static int parse_opts(int argc, char **argv, nim_serve_opts *o, int *check) {
         switch (c) {
         case 'H': o->host = optarg, o->host_given = 1; break;
         case 'p':
-            if (parse_number("--port", optarg, 0, 65535, &v)) return 2;
+            if (parse_int("--port", optarg, 0, 65535, &v)) return 2;
             o->port = (int)v;
             break;
         case 'w':
-            if (parse_number("--workers", optarg, 1, 256, &v)) return 2;
+            if (parse_int("--workers", optarg, 1, 256, &v)) return 2;
             o->workers = (int)v;
             break;
         case 'c': *check = 1; break;
@@ -145,11 +149,11 @@ static int parse_opts(int argc, char **argv, nim_serve_opts *o, int *check) {
             if (parse_number("--body-timeout", optarg, 0.1, 3600, &o->body_timeout_s)) return 2;
             break;
         case 'i':
-            if (parse_number("--idle-timeout", optarg, 1, 86400, &v)) return 2;
+            if (parse_int("--idle-timeout", optarg, 1, 86400, &v)) return 2;
             o->idle_timeout_s = (unsigned)v;
             break;
         case 'm':
-            if (parse_number("--max-connections", optarg, 1, 1e6, &v)) return 2;
+            if (parse_int("--max-connections", optarg, 1, 1e6, &v)) return 2;
             o->max_connections = (unsigned)v;
             break;
         case 'h': fputs(serve_usage, stdout); return 0;
@@ -237,13 +241,17 @@ typedef struct {
 
 /* Forks worker i. In the child this never returns: it serves, then exits. */
 static pid_t spawn_worker(lua_State *L, const nim_serve_opts *o, nim_board *board, int i,
-                          int ready_fd, int hold_fd, const sigset_t *old) {
+                          int ready_fd, int hold_fd) {
+    /* A config script (or NIMRANK_INIT) that made a call left the state an engine: a worker
+     * must not share its sockets and epoll set with the others. */
+    nim_ctx_drop_engine(L);
     fflush(NULL);
+    pid_t parent = getpid();
     pid_t pid = fork();
-    if (pid != 0) return pid;
+    if (pid != 0) return pid; /* -1: counted as a worker that died at once */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() == 1) _exit(0); /* the supervisor is already gone */
-    sigprocmask(SIG_SETMASK, old, NULL);
+    if (getppid() != parent) _exit(0); /* the supervisor is already gone */
+    /* the signals stay blocked: the worker takes them from its own signalfd */
     close(hold_fd);
     char err[256];
     int fd = bind_port(o->host, o->port, 1, err, sizeof err);
@@ -255,6 +263,44 @@ static pid_t spawn_worker(lua_State *L, const nim_serve_opts *o, nim_board *boar
     lua_close(L); /* cancels what is left and closes the engine */
     fflush(NULL);
     _exit(code);
+}
+
+static void say(int level, const char *event, const char *fmt, ...);
+
+/* Worker i is gone (or never forked): it is started again after a pause that doubles, up to
+ * 6.4 s, while it keeps dying within 5 s of its start. */
+static void replace_later(worker_t *w, int i, const char *how, int code) {
+    double lived = nim_now() - w[i].started;
+    int pid = w[i].pid;
+    w[i].pid = 0;
+    w[i].fails = lived < 5.0 ? w[i].fails + 1 : 0;
+    double pause = w[i].fails ? 0.1 * (1 << (w[i].fails < 6 ? w[i].fails : 6)) : 0;
+    w[i].restart_at = nim_now() + pause;
+    say(NIM_LOG_ERROR, "worker_died", "worker %d (pid %d) %s %d; replacing it in %.1f s", i, pid,
+        how, code, pause);
+}
+
+/* A dead worker's counters stay in the sums: its last figures are added to the board's last
+ * slot (which no worker writes), its gauges dropped (nim.metrics.retire). */
+static void retire_metrics(lua_State *L, nim_board *board, int i, int nworkers) {
+    static char dead[NIM_BOARD_SLOT_BYTES], kept[NIM_BOARD_SLOT_BYTES];
+    size_t nd = nim_board_read(board, i, dead, sizeof dead);
+    nim_board_clear(board, i);
+    if (nd == 0) return;
+    size_t nk = nim_board_read(board, nworkers, kept, sizeof kept);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "nim.metrics");
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
+        lua_getfield(L, -1, "retire");
+        lua_pushlstring(L, kept, nk);
+        lua_pushlstring(L, dead, nd);
+        if (lua_pcall(L, 2, 1, 0) == LUA_OK) {
+            size_t n;
+            const char *text = lua_tolstring(L, -1, &n);
+            if (text) nim_board_pin(board, nworkers, text, n);
+        }
+    }
+    lua_settop(L, 0);
 }
 
 static void say(int level, const char *event, const char *fmt, ...) {
@@ -295,9 +341,13 @@ int nim_serve_main(lua_State *L, const char *config_path, int argc, char **argv)
             "listening on 127.0.0.1 only (give --host to choose)");
     } else if (!o.host_given) {
         o.host = "0.0.0.0";
+        /* every address, because of the key: a reload may not take the key away */
+        (void)luaL_dostring(L, "require('nim.proxy').settings.key_required = true");
+        lua_settop(L, 0);
     }
     unsigned fds = raise_fd_limit();
-    if (!o.max_connections) o.max_connections = fds > 256 ? fds - 128 : fds / 2;
+    /* half the descriptors for clients: the other half is the engine's (its default) */
+    if (!o.max_connections) o.max_connections = fds / 2 > 64 ? fds / 2 - 32 : 32;
 
     char err[256];
     int hold = bind_port(o.host, o.port, 0, err, sizeof err);
@@ -306,7 +356,7 @@ int nim_serve_main(lua_State *L, const char *config_path, int argc, char **argv)
         return 1;
     }
     o.port = bound_port(hold);
-    nim_board *board = nim_board_new(o.workers);
+    nim_board *board = nim_board_new(o.workers + 1); /* + the retired workers' counters */
     int ready[2];
     if (!board || pipe2(ready, O_CLOEXEC) != 0) {
         fprintf(stderr, "nimrank serve: cannot set up: %s\n", strerror(errno));
@@ -326,8 +376,9 @@ int nim_serve_main(lua_State *L, const char *config_path, int argc, char **argv)
 
     worker_t *w = calloc((size_t)o.workers, sizeof *w);
     for (int i = 0; i < o.workers; i++) {
-        w[i].pid = spawn_worker(L, &o, board, i, ready[1], hold, &old);
+        w[i].pid = spawn_worker(L, &o, board, i, ready[1], hold);
         w[i].started = nim_now();
+        if (w[i].pid < 0) replace_later(w, i, "could not be forked", errno);
     }
     int announced = 0, readied = 0, stopping = 0, status = 0;
     double kill_at = 0;
@@ -383,42 +434,46 @@ int nim_serve_main(lua_State *L, const char *config_path, int argc, char **argv)
         while ((pid = waitpid(-1, &wst, WNOHANG)) > 0) {
             for (int i = 0; i < o.workers; i++) {
                 if (w[i].pid != pid) continue;
-                w[i].pid = 0;
-                nim_board_clear(board, i);
                 int clean = WIFEXITED(wst) && WEXITSTATUS(wst) == 0;
                 if (stopping) {
+                    w[i].pid = 0;
+                    nim_board_clear(board, i);
                     if (!clean) status = 1;
                     break;
                 }
-                double lived = nim_now() - w[i].started;
-                w[i].fails = lived < 5.0 ? w[i].fails + 1 : 0;
-                double pause = w[i].fails ? 0.1 * (1 << (w[i].fails < 6 ? w[i].fails : 6)) : 0;
-                w[i].restart_at = nim_now() + pause;
-                if (WIFSIGNALED(wst))
-                    say(NIM_LOG_ERROR, "worker_died",
-                        "worker %d (pid %d) killed by signal %d; "
-                        "replacing it in %.1f s",
-                        i, (int)pid, WTERMSIG(wst), pause);
-                else
-                    say(NIM_LOG_ERROR, "worker_died",
-                        "worker %d (pid %d) exited with %d; "
-                        "replacing it in %.1f s",
-                        i, (int)pid, WEXITSTATUS(wst), pause);
+                retire_metrics(L, board, i, o.workers);
+                replace_later(w, i, WIFSIGNALED(wst) ? "was killed by signal" : "exited with",
+                              WIFSIGNALED(wst) ? WTERMSIG(wst) : WEXITSTATUS(wst));
+                if (!announced && w[i].fails >= 5) { /* it cannot start: say so and stop */
+                    say(NIM_LOG_ERROR, "start_failed",
+                        "worker %d failed %d times in a row "
+                        "before serving; stopping",
+                        i, w[i].fails);
+                    stopping = 1;
+                    status = 1;
+                    kill_at = nim_now() + o.grace_s + 5.0;
+                    for (int k = 0; k < o.workers; k++)
+                        if (w[k].pid > 0) kill(w[k].pid, SIGTERM);
+                }
             }
         }
         now = nim_now();
         for (int i = 0; i < o.workers && !stopping; i++) {
             if (w[i].pid == 0 && w[i].restart_at > 0 && w[i].restart_at <= now) {
                 w[i].restart_at = 0;
-                w[i].pid = spawn_worker(L, &o, board, i, -1, hold, &old);
+                w[i].pid = spawn_worker(L, &o, board, i, -1, hold);
                 w[i].started = now;
-                say(NIM_LOG_INFO, "worker_started", "worker %d is pid %d", i, (int)w[i].pid);
+                if (w[i].pid < 0)
+                    replace_later(w, i, "could not be forked", errno);
+                else
+                    say(NIM_LOG_INFO, "worker_started", "worker %d is pid %d", i, (int)w[i].pid);
             }
         }
         if (stopping && now >= kill_at) {
             for (int i = 0; i < o.workers; i++)
                 if (w[i].pid > 0) kill(w[i].pid, SIGKILL);
             status = 1;
+            kill_at = now + 1.0;
         }
     }
     say(NIM_LOG_INFO, "stopped", "all workers stopped");

@@ -58,6 +58,15 @@ typedef struct srv_req {
     unsigned status;
 } srv_req;
 
+/* A connection: when it came or last finished a request, and the request it is on. */
+typedef struct srv_conn {
+    struct srv_conn *prev, *next;
+    int fd;
+    unsigned served; /* requests answered on it */
+    double t_mark;   /* accepted, or the last request finished */
+    srv_req *cur;
+} srv_conn;
+
 typedef struct {
     srv_req *req;
     uint32_t gen;
@@ -74,12 +83,13 @@ typedef struct {
     slot_t *slots;
     uint32_t nslots, free_head;
     srv_req reading; /* list head */
+    srv_conn conns;  /* list head: every open connection */
     size_t inflight; /* requests whose body is complete and answer not yet sent */
     size_t live;     /* requests alive at all (for draining) */
     size_t max_body;
     int draining;
     double drain_deadline;
-    int ref_dispatch, ref_cancel, ref_reload, ref_tick;
+    int ref_dispatch, ref_cancel, ref_reload, ref_tick, ref_precheck;
     int ref_traceback;
 } server;
 
@@ -216,7 +226,8 @@ static int slot_take(srv_req *r) {
 static void slot_give(srv_req *r) {
     slot_t *s = &S->slots[r->slot];
     s->req = NULL;
-    s->gen++; /* every handle of this request is stale from now on */
+    s->gen = (s->gen + 1) & 0x7fffffffu; /* every handle of this request is stale now; */
+    if (s->gen == 0) s->gen = 1;         /* 31 bits: a handle is never negative */
     s->next_free = S->free_head;
     S->free_head = r->slot;
 }
@@ -335,9 +346,8 @@ static int l_pin(lua_State *L) {
 
 /* peers() -> { text, ... }: what the other workers last pinned. */
 static int l_peers(lua_State *L) {
+    static char buf[NIM_BOARD_SLOT_BYTES]; /* not malloc'ed: a raise below would leak it */
     lua_newtable(L);
-    char *buf = malloc(NIM_BOARD_SLOT_BYTES);
-    if (!buf) return 1;
     int k = 0;
     for (int i = 0; i < nim_board_slots(S->board); i++) {
         if (i == S->worker) continue;
@@ -346,7 +356,6 @@ static int l_peers(lua_State *L) {
         lua_pushlstring(L, buf, n);
         lua_rawseti(L, -2, ++k);
     }
-    free(buf);
     return 1;
 }
 
@@ -435,6 +444,10 @@ static void *uri_started(void *cls, const char *uri, struct MHD_Connection *c) {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     r->fd = ci ? ci->connect_fd : -1;
+    const union MHD_ConnectionInfo *sc =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    srv_conn *conn = sc ? sc->socket_context : NULL;
+    if (conn) conn->cur = r;
     r->next = S->reading.next;
     r->prev = &S->reading;
     S->reading.next->prev = r;
@@ -465,30 +478,34 @@ static enum MHD_Result push_header(void *cls, enum MHD_ValueKind kind, const cha
     return MHD_YES;
 }
 
-/* Starts the request's task: proxy.dispatch(req). 0, or -1 (answered 500 by us). */
-static int dispatch(srv_req *r, const char *method, const char *url, const char *version) {
-    lua_State *L = S->L;
-    lua_createtable(L, 0, 9);
+typedef struct {
+    srv_req *r;
+    const char *method, *url, *version;
+    int head_only; /* the request's head only: the body is still to come */
+} req_view;
+
+/* Pushes the request table Lua sees; run under lua_pcall (memory errors stay ours). */
+static int push_request(lua_State *L) {
+    const req_view *v = lua_touserdata(L, 1);
+    srv_req *r = v->r;
+    lua_createtable(L, 0, 10);
     lua_pushinteger(L, handle_of(r));
     lua_setfield(L, -2, "handle");
-    lua_pushstring(L, method);
+    lua_pushstring(L, v->method);
     lua_setfield(L, -2, "method");
-    lua_pushstring(L, url);
+    lua_pushstring(L, v->url);
     lua_setfield(L, -2, "path");
-    lua_pushstring(L, version);
+    lua_pushstring(L, v->version);
     lua_setfield(L, -2, "version");
     lua_pushnumber(L, r->t0);
     lua_setfield(L, -2, "t0");
     if (r->too_large) {
         lua_pushboolean(L, 1);
         lua_setfield(L, -2, "too_large");
-    } else {
+    } else if (!v->head_only) {
         lua_pushlstring(L, r->body ? r->body : "", r->len);
         lua_setfield(L, -2, "body");
     }
-    free(r->body); /* Lua has its copy */
-    r->body = NULL;
-    r->len = r->cap = 0;
     lua_newtable(L);
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, push_header, L);
     lua_setfield(L, -2, "headers");
@@ -504,7 +521,30 @@ static int dispatch(srv_req *r, const char *method, const char *url, const char 
         lua_pushstring(L, host);
         lua_setfield(L, -2, "remote");
     }
-    return call_ref(S->ref_dispatch, 1, 0, "dispatch_failed");
+    return 1;
+}
+
+/* Hands the request to Lua: proxy.dispatch(req) starts its task; with head_only,
+ * proxy.precheck(req) answers at once what the head decides (route, method, key). 0, or -1
+ * (logged; the caller answers 500). */
+static int to_lua(srv_req *r, const char *method, const char *url, const char *version,
+                  int head_only) {
+    lua_State *L = S->L;
+    req_view v = {r, method, url, version, head_only};
+    lua_pushcfunction(L, push_request);
+    lua_pushlightuserdata(L, &v);
+    int rc = lua_pcall(L, 1, 1, 0);
+    if (!head_only) { /* Lua has its copy (or it failed): the body is done with */
+        free(r->body);
+        r->body = NULL;
+        r->len = r->cap = 0;
+    }
+    if (rc != LUA_OK) {
+        nim_serve_log(NIM_LOG_ERROR, "dispatch_failed", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    return call_ref(head_only ? S->ref_precheck : S->ref_dispatch, 1, 0, "dispatch_failed");
 }
 
 static enum MHD_Result queue(srv_req *r) {
@@ -524,11 +564,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->phase = PH_BODY;
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > S->max_body) r->too_large = 1;
+        /* A large body (or one of unknown length) is read only for a request its head allows:
+         * the route, the method and the key are decided first. */
+        if (!r->too_large && (!cl || strtoull(cl, NULL, 10) > 65536) &&
+            strcmp(method, "GET") != 0) {
+            r->phase = PH_RUNNING;
+            S->inflight++;
+            if (to_lua(r, method, url, version, 1) != 0 && !r->resp)
+                r->resp = plain_response(500, "internal_error", "the gateway failed", &r->status);
+            if (r->resp) {
+                reading_unlink(r);
+                return queue(r); /* the body is never read: MHD closes the connection */
+            }
+            S->inflight--;
+            r->phase = PH_BODY;
+        }
         if (r->too_large) { /* answered before the body is read; MHD then closes */
             reading_unlink(r);
             S->inflight++;
             r->phase = PH_RUNNING;
-            if (dispatch(r, method, url, version) != 0 || !r->resp)
+            if (to_lua(r, method, url, version, 0) != 0 || !r->resp)
                 r->resp = plain_response(500, "internal_error", "the gateway failed", &r->status);
             return r->resp ? queue(r) : MHD_NO;
         }
@@ -560,7 +615,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         reading_unlink(r);
         S->inflight++;
         r->phase = PH_RUNNING;
-        if (dispatch(r, method, url, version) != 0 && !r->resp)
+        if (to_lua(r, method, url, version, 0) != 0 && !r->resp)
             r->resp = plain_response(500, "internal_error", "the gateway failed", &r->status);
         if (r->resp) return queue(r);
         /* waiting for the upstream: park the connection, listen for a hang-up */
@@ -578,10 +633,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 /* The request is over: answered, or the client went away, or the daemon stops. */
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
-    (void)cls, (void)c, (void)toe;
+    (void)cls, (void)toe;
     srv_req *r = *con_cls;
     if (!r) return;
     *con_cls = NULL;
+    const union MHD_ConnectionInfo *sc =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    srv_conn *conn = sc ? sc->socket_context : NULL;
+    if (conn && conn->cur == r) {
+        conn->cur = NULL;
+        conn->served++;
+        conn->t_mark = nim_now(); /* the next request's line is due within --idle-timeout */
+    }
     reading_unlink(r);
     unwatch(r);
     if (r->phase == PH_RUNNING || r->phase == PH_SUSPENDED) { /* its task still runs: stop it */
@@ -594,6 +657,31 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     free(r->body);
     free(r);
     S->live--;
+}
+
+/* A connection opens or closes: kept in a list, for the first-request and idle timeouts. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    (void)cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        srv_conn *conn = calloc(1, sizeof *conn);
+        if (!conn) return;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        conn->fd = ci ? ci->connect_fd : -1;
+        conn->t_mark = nim_now();
+        conn->next = S->conns.next;
+        conn->prev = &S->conns;
+        S->conns.next->prev = conn;
+        S->conns.next = conn;
+        *socket_context = conn;
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        srv_conn *conn = *socket_context;
+        conn->prev->next = conn->next;
+        conn->next->prev = conn->prev;
+        free(conn);
+        *socket_context = NULL;
+    }
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
@@ -643,6 +731,14 @@ static void sweep_slow(double now) {
         double limit = S->o->header_timeout_s + (r->phase == PH_BODY ? S->o->body_timeout_s : 0);
         if (now - r->t0 > limit && r->fd >= 0) shutdown(r->fd, SHUT_RDWR);
     }
+    /* Between requests: a new connection's first request line is due within the header
+     * timeout; a kept-alive one's next, within the idle timeout, however slowly it trickles
+     * (libmicrohttpd's own timeout counts silence only). */
+    for (srv_conn *c = S->conns.next; c != &S->conns; c = c->next) {
+        if (c->cur || c->fd < 0) continue;
+        double limit = c->served ? (double)S->o->idle_timeout_s : S->o->header_timeout_s;
+        if (now - c->t_mark > limit) shutdown(c->fd, SHUT_RDWR);
+    }
 }
 
 static void reload(void) {
@@ -672,6 +768,8 @@ static int setup_lua(lua_State *L) {
     luaL_newlib(L, server_fns);
     lua_pushinteger(L, S->o->log_level);
     lua_setfield(L, -2, "log_level");
+    lua_pushinteger(L, (lua_Integer)getpid());
+    lua_setfield(L, -2, "pid");
     if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
         nim_serve_log(NIM_LOG_ERROR, "start_failed",
                       lua_isstring(L, -1) ? lua_tostring(L, -1) : "proxy.start_worker failed");
@@ -687,6 +785,8 @@ static int setup_lua(lua_State *L) {
     S->ref_reload = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "tick");
     S->ref_tick = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "precheck");
+    S->ref_precheck = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "max_body");
     S->max_body = (size_t)luaL_optinteger(L, -1, 10 * 1024 * 1024);
     lua_settop(L, 0);
@@ -705,6 +805,7 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
     srv.L = L, srv.o = o, srv.board = board, srv.worker = worker, srv.listen_fd = listen_fd;
     srv.free_head = UINT32_MAX;
     srv.reading.next = srv.reading.prev = &srv.reading;
+    srv.conns.next = srv.conns.prev = &srv.conns;
     /* workers are forks of one process: each seeds its own result ids */
     nim_ctx *ctx = nim_ctx_get(L);
     if (ctx) ctx->uuid_state[1] = 0;
@@ -727,8 +828,8 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
         on_request, NULL, MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_URI_LOG_CALLBACK,
         uri_started, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-        MHD_OPTION_CONNECTION_TIMEOUT, o->idle_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-        o->max_connections,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
+        o->idle_timeout_s, MHD_OPTION_CONNECTION_LIMIT, o->max_connections,
         /* 16 KB a connection (MHD's default is 32): request heads up to about 8 KB, and a
          * thousand connections cost 16 MB less (bench/proxy_rss.sh) */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
@@ -816,7 +917,8 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
             }
         }
         if (srv.live > peak_live) peak_live = srv.live;
-        if (srv.draining && (srv.inflight == 0 || now >= srv.drain_deadline)) break;
+        /* drained: no request left, answered or still arriving (idle connections do not count) */
+        if (srv.draining && (srv.live == 0 || now >= srv.drain_deadline)) break;
     }
     if (srv.inflight)
         nim_serve_log(NIM_LOG_WARN, "drain_timeout",

@@ -194,4 +194,18 @@ function M.merge(texts)
   return table.concat(out)
 end
 
+-- retire(kept, dead) -> what a dead worker leaves to the sums: its counters and histograms
+-- added to those kept from workers before it; gauges (things in flight) go with it.
+function M.retire(kept, dead)
+  local gauges, out, skip = {}, {}, false
+  local merged = M.merge({ kept, dead })
+  for fam in merged:gmatch("# TYPE (%S+) gauge") do gauges[fam] = true end
+  for line in merged:gmatch("[^\n]+") do
+    local fam = line:match("^# %u+ (%S+)") or line:match("^([%w_:]+)")
+    skip = gauges[fam] == true
+    if not skip then out[#out + 1] = line .. "\n" end
+  end
+  return table.concat(out)
+end
+
 return M

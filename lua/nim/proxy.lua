@@ -49,23 +49,37 @@ local DEFAULT_MAX_MB = 10
 local settings = { master_key = nil, max_body = DEFAULT_MAX_MB * 1024 * 1024, log_level = 1 }
 M.settings = settings
 
--- setup(config_path [, reload]) -> info: what the gateway needs of nim.config, checked. With
--- reload, the file is loaded first (nim.load_config raises on a bad one: the old stays).
-function M.setup(path, reload)
-  if reload and path and path ~= "" then nim.load_config(path) end
-  local cfg = nim.config
-  local general = cfg and cfg.general or {}
+-- The gateway's own settings of a config (general_settings), checked.
+local function check_general(general)
   local key = general.master_key
   if key ~= nil and (type(key) ~= "string" or key == "") then
     error("general_settings.master_key: must be a non-empty string", 0)
+  end
+  if key == nil and settings.key_required then
+    error("general_settings.master_key: required: the gateway listens on every address "
+      .. "(it had a master key when it started, and no --host was given)", 0)
   end
   local mb = general.max_request_size_mb
   if mb ~= nil and (type(mb) ~= "number" or not (mb > 0 and mb <= 4096)) then
     error("general_settings.max_request_size_mb: must be a number of MiB above 0, at most "
       .. "4096", 0)
   end
-  settings.master_key = key
-  settings.max_body = math.floor((mb or DEFAULT_MAX_MB) * 1024 * 1024)
+  return key, math.floor((mb or DEFAULT_MAX_MB) * 1024 * 1024)
+end
+
+-- setup(config_path [, reload]) -> info: what the gateway needs of nim.config, checked. With
+-- reload the file is read again: checked whole first (nim.config.load, and the gateway's own
+-- settings), then loaded; a bad file raises and changes nothing.
+function M.setup(path, reload)
+  local key, max_body
+  if reload and path and path ~= "" then
+    local cfg = require("nim.config").load(path)
+    key, max_body = check_general(cfg.general)
+    nim.load_config(path)
+  else
+    key, max_body = check_general(nim.config and nim.config.general or {})
+  end
+  settings.master_key, settings.max_body = key, max_body
   local groups, deployments = #nim.router:group_names(), 0
   for _ in pairs(nim.router.state) do deployments = deployments + 1 end
   return {
@@ -174,6 +188,7 @@ for _, list in ipairs({ native.keys.transport, native.keys.policy }) do
   for _, k in ipairs(list) do REFUSED[k] = true end
 end
 local IGNORED = { user = true, metadata = true }
+local MAX_MODEL_NAME = 256
 REFUSED.user, REFUSED.metadata = nil, nil
 
 -- The body as a JSON object, or an error response.
@@ -254,7 +269,18 @@ local function rerank_route(req, ctx)
     return fail(400, "invalid_request_error", args.model == nil and "model: required"
       or "model: must be a non-empty string", "model")
   end
+  if #args.model > MAX_MODEL_NAME then -- logs and messages show it: its length is bounded
+    return fail(400, "invalid_request_error", ("model: longer than %d bytes"):format(
+      MAX_MODEL_NAME), "model")
+  end
   ctx.model = args.model
+  -- With a config, a request names one of its models (LiteLLM's proxy does the same): a
+  -- provider model string would spend the gateway's keys on models nobody configured.
+  if nim.router.configured and not nim.router:group(args.model) then
+    return fail(404, "not_found", ("model %q is not a model name of this gateway "
+      .. "(configured: %s)"):format(args.model, table.concat(nim.router:group_names(), ", ")),
+      "model")
+  end
   -- nothing to rank is a bad request here (nim.rerank answers it with no results); an object
   -- decodes as a table too, so this is also where {"documents": {...}} is refused
   local docs = args.documents
@@ -367,11 +393,14 @@ local function request_id(headers)
   return nil
 end
 
-local function handle(req, ctx)
+-- What a request's head decides (route, method, key): an error response, or nothing.
+local function gate(req, ctx)
   local route = routes[req.path]
   if not route then
-    return fail(404, "not_found_error", ("no route %s %s"):format(req.method, req.path:sub(1,
-      200)))
+    -- the path is shown when it is text (an answer must be valid UTF-8), and cut
+    local shown = native.utf8_error(req.path) and "(a path that is not UTF-8)"
+      or req.path:sub(1, 200)
+    return fail(404, "not_found_error", ("no route %s %s"):format(req.method, shown))
   end
   ctx.route = req.path
   local handler = route[req.method]
@@ -386,6 +415,12 @@ local function handle(req, ctx)
     return fail(401, "auth_error", "missing or wrong key: send 'Authorization: Bearer <key>' "
       .. "or 'x-api-key: <key>' with general_settings.master_key")
   end
+  ctx.handler = handler
+end
+
+local function handle(req, ctx)
+  local status, body, headers = gate(req, ctx)
+  if status then return status, body, headers end
   if req.too_large then
     return fail(413, "request_too_large", ("the body is larger than %d bytes "
       .. "(general_settings.max_request_size_mb)"):format(settings.max_body))
@@ -394,7 +429,7 @@ local function handle(req, ctx)
     local status, body, headers = m[2](req, ctx)
     if status ~= nil then return status, body, headers end
   end
-  return handler(req, ctx)
+  return ctx.handler(req, ctx)
 end
 
 local LEVEL = { debug = 0, info = 1, warn = 2, error = 3 }
@@ -410,14 +445,16 @@ local function upstream_seconds(ctx)
 end
 
 -- A log line: one JSON object, its keys in this order (time first, as people read logs).
-local LOG_KEYS = { "time", "level", "event", "request_id", "method", "route", "model",
+local LOG_KEYS = { "time", "level", "pid", "event", "request_id", "method", "route", "model",
   "model_group", "deployment", "status", "total_ms", "upstream_ms", "own_ms", "attempts",
   "fallback", "error", "message", "remote" }
 log_line = function(fields)
+  if (LEVEL[fields.level] or LEVEL.info) < settings.log_level then return end
+  fields.pid = server.pid
   local parts = {}
   for _, k in ipairs(LOG_KEYS) do
     local v = fields[k]
-    if v ~= nil then parts[#parts + 1] = ('"%s":%s'):format(k, encode_value(v)) end
+    if v ~= nil then parts[#parts + 1] = ('"%s":%s'):format(k, json.encode(v)) end
   end
   server.log("{" .. table.concat(parts, ",") .. "}")
 end
@@ -427,8 +464,7 @@ local function opt(k, v) return v == nil and "" or (',"%s":%s'):format(k, enc(v)
 
 local function record(req, ctx, status)
   local total = nim.now() - req.t0
-  local up = upstream_seconds(ctx)
-  if up > total then up = total end
+  local up = math.min(upstream_seconds(ctx), total)
   local own = total - up
   local route = ctx.route or "unmatched"
   -- labels name configured groups only: a model name a client made up must not add series
@@ -457,50 +493,110 @@ local function record(req, ctx, status)
   dirty = true
   if settings.log_level <= LEVEL.info then
     -- the request line, in LOG_KEYS' order; strings a client or a config chose are encoded
-    server.log(('{"time":"%s","level":"%s","request_id":"%s","method":%s,"route":%s%s%s%s'
-      .. ',"status":%d,"total_ms":%.3f,"upstream_ms":%.3f,"own_ms":%.3f,"attempts":%d%s%s%s}')
-      :format(server.time(), status >= 500 and "error" or "info", ctx.id, enc(req.method),
+    server.log(('{"time":"%s","level":"%s","pid":%d,"request_id":"%s","method":%s,"route":%s'
+      .. '%s%s%s,"status":%d,"total_ms":%.3f,"upstream_ms":%.3f,"own_ms":%.3f,"attempts":%d'
+      .. '%s%s%s}')
+      :format(server.time(), status >= 500 and "error" or "info", server.pid or 0, ctx.id,
+        enc(req.method),
         enc(route), opt("model", ctx.model), opt("model_group", ctx.group),
         opt("deployment", ctx.deployment), status, total * 1000, up * 1000, own * 1000,
         ctx.attempts and #ctx.attempts or 0, opt("fallback", ctx.fallback),
         opt("error", ctx.error_type), opt("remote", req.remote)))
   end
-  return own
 end
 
 local inflight = {} -- handle -> the task's nim.Request (for cancel)
 
-local function serve(req)
-  local ctx = { id = request_id(req.headers) or server.new_id() }
-  req.id = ctx.id
-  local ok, status, body, headers = xpcall(handle, debug.traceback, req, ctx)
-  if not ok or math.type(status) ~= "integer" or status < 100 or status > 599 then
-    log_line({ time = server.time(), level = "error", request_id = ctx.id,
-      event = "handler_error", route = ctx.route,
-      message = ok and ("the handler returned status %s"):format(tostring(status))
-        or tostring(status) })
-    status, body, headers = fail(500, "internal_error", "the gateway failed to handle this "
-      .. "request (request id " .. ctx.id .. ")")
-  end
-  local text, ctype = body, "application/json"
+-- The answer as bytes and headers: (status, body, headers) from a handler, checked.
+local function encode_answer(ctx, status, body, headers)
+  local text = body
   if type(body) == "table" then
-    local enc_ok, encoded = pcall(json.encode, body)
-    if not enc_ok then
-      status, text = 500, select(2, fail(500, "internal_error", "the answer could not be "
-        .. "encoded as JSON"))
-      text = json.encode(text)
-    else
-      text = encoded
+    local ok, encoded = pcall(json.encode, body)
+    if not ok then
+      return encode_answer(ctx, fail(500, "internal_error", "the answer could not be encoded "
+        .. "as JSON"))
     end
+    text = encoded
   elseif type(body) ~= "string" then
     text = body == nil and "" or tostring(body)
   end
-  local out = { ["Content-Type"] = ctype, ["x-request-id"] = ctx.id }
-  for k, v in pairs(headers or {}) do out[k] = tostring(v) end
+  local out = { ["x-request-id"] = ctx.id }
+  local typed = false
+  if type(headers) == "table" then
+    for k, v in pairs(headers) do
+      if type(k) == "string" then
+        out[k] = tostring(v)
+        typed = typed or k:lower() == "content-type"
+      end
+    end
+  end
+  if not typed then out["Content-Type"] = "application/json" end
+  return status, text, out
+end
+
+-- Answers the request (exactly once), then counts and logs it.
+local function finish(req, ctx, status, body, headers)
+  local ok, s2, text, out = pcall(encode_answer, ctx, status, body, headers)
+  if not ok then
+    s2, text, out = encode_answer(ctx, fail(500, "internal_error", "the gateway failed to "
+      .. "answer this request (request id " .. ctx.id .. ")"))
+  end
   inflight[req.handle] = nil
-  local own = record(req, ctx, status)
-  out["x-nimrank-overhead-ms"] = ("%.3f"):format(own * 1000)
-  server.respond(req.handle, status, out, text)
+  local total = nim.now() - req.t0
+  local up = math.min(upstream_seconds(ctx), total)
+  out["x-nimrank-overhead-ms"] = ("%.3f"):format((total - up) * 1000)
+  local sent = server.respond(req.handle, s2, out, text)
+  record(req, ctx, sent and s2 or 499)
+end
+
+-- Per-request Lua runs on the instruction budget (nim.settings.script_budget): a handler or a
+-- middleware that loops is stopped with an error (500) instead of freezing the worker. It
+-- counts the request's own coroutine; time spent in C (the network, JSON) is not counted.
+local BUDGET_STEP = 10000
+local function on_budget(ctx)
+  local co = coroutine.running()
+  local used, limit = 0, nim.settings.script_budget
+  debug.sethook(co, function()
+    used = used + BUDGET_STEP
+    if used > limit then
+      debug.sethook(co)
+      error(("request %s ran more than %d Lua instructions (nim.settings.script_budget)")
+        :format(ctx.id, limit), 2)
+    end
+  end, "", BUDGET_STEP)
+end
+
+local function failed(req, ctx, message)
+  log_line({ time = server.time(), level = "error", request_id = ctx.id,
+    event = "handler_error", route = ctx.route, message = message })
+  return fail(500, "internal_error", "the gateway failed to handle this request (request id "
+    .. ctx.id .. ")")
+end
+
+local function serve(req)
+  local ctx = { id = request_id(req.headers) or server.new_id() }
+  req.id = ctx.id
+  local ok, status, body, headers = xpcall(function()
+    on_budget(ctx)
+    return handle(req, ctx)
+  end, debug.traceback)
+  debug.sethook((coroutine.running())) -- the budget ends with the handler
+  if not ok then
+    status, body, headers = failed(req, ctx, tostring(status))
+  elseif math.type(status) ~= "integer" or status < 100 or status > 599 then
+    status, body, headers = failed(req, ctx, ("the handler returned status %s"):format(
+      tostring(status)))
+  end
+  finish(req, ctx, status, body, headers)
+end
+
+-- The request's head alone (its body is large or of unknown length, still to come): answered
+-- at once when the route, the method or the key refuse it; otherwise nothing happens.
+function M.precheck(req)
+  local ctx = { id = request_id(req.headers) or server.new_id() }
+  local ok, status, body, headers = pcall(gate, req, ctx)
+  if not ok then status, body, headers = failed(req, ctx, tostring(status)) end
+  if status then finish(req, ctx, status, body, headers) end
 end
 
 -- ---- the worker's entry points (server.c) ---------------------------------------------------
@@ -509,7 +605,16 @@ local async
 function M.dispatch(req)
   local json_req = req
   function json_req.json() return json_body(req) end
-  local h = async.start(serve, req)
+  local h = async.start(function()
+    local ok, err = pcall(serve, req)
+    if not ok then -- only a failure of finish itself gets here: answer all the same
+      server.respond(req.handle, 500, { ["Content-Type"] = "application/json" },
+        '{"error":{"message":"the gateway failed","type":"internal_error","param":null,'
+        .. '"code":"500"}}')
+      server.log(encode_value({ level = "error", event = "serve_failed",
+        message = tostring(err) }))
+    end
+  end)
   if not h:done() then inflight[req.handle] = h end
 end
 
@@ -548,7 +653,7 @@ function M.start_worker(native_server)
   math.randomseed() -- each worker its own random sequence (they are forks of one process)
   async = require "nim.async"
   return { dispatch = M.dispatch, cancel = M.cancel, reload = M.reload, tick = M.tick,
-    max_body = settings.max_body }
+    precheck = M.precheck, max_body = settings.max_body }
 end
 
 return M

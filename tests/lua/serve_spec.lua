@@ -696,6 +696,35 @@ test("serve_a_deployment_with_an_unset_variable_is_500_not_the_clients_fault", f
   end)
 end)
 
+test("serve_only_configured_model_names_are_served_and_names_are_bounded", function()
+  with_server({}, function(srv)
+    -- a provider model string would spend the gateway's keys on a model nobody configured
+    is_error(post(srv, "/rerank", { model = RETRIEVAL, query = "q", documents = { "a" } }),
+      404, "not_found", "model")
+    is_error(post(srv, "/rerank", { model = "local/bm25", query = "q", documents = { "a" } }),
+      404, "not_found", "model")
+    local e = is_error(post(srv, "/rerank", { model = ("m"):rep(5000), query = "q",
+      documents = { "a" } }), 400, "invalid_request_error", "model")
+    ok(#e.message < 300, "the message does not repeat the name")
+    is_error(get(srv, "/%ff%fe"), 404, "not_found_error") -- JSON (is_error decodes it)
+  end)
+end)
+
+test("serve_a_large_body_without_the_key_is_refused_before_it_is_read", function()
+  with_server({}, function(srv)
+    local big = srv.dir .. "/big.json"
+    write(big, '{"model":"offline","query":"q","documents":["' .. ("x"):rep(3 * 1024 * 1024)
+      .. '"]}')
+    local out = sh(("curl -s -o /dev/null -w '%%{http_code} %%{size_upload}' --max-time 20 "
+      .. "-H 'Content-Type: application/json' --data-binary @%s %s/rerank"):format(q(big),
+      srv.base))
+    local status, sent = out:match("^(%d+) (%d+)")
+    eq(status, "401", "refused on its head")
+    ok(tonumber(sent) < 3 * 1024 * 1024, "the body was not all taken: " .. out)
+    rerank_ok(post(srv, "/rerank", SEED), "served after")
+  end)
+end)
+
 test("serve_invalid_utf8_is_400", function()
   with_server({}, function(srv)
     local e = is_error(post(srv, "/rerank",
@@ -816,6 +845,11 @@ proxy.route("GET", "/hello", function(req)
   return 200, { hello = "world", tenant = req.headers["x-tenant"] }
 end)
 proxy.route("GET", "/badstatus", function() return "nope" end)
+proxy.route("GET", "/spin", function() while true do end end)
+proxy.route("GET", "/oddheaders", function() return 200, "hi", "not a table" end)
+proxy.route("GET", "/typed", function()
+  return 200, "plain", { ["content-type"] = "text/plain" }
+end)
 proxy.use("tenant", function(req)
   if req.path == "/hello" and not req.headers["x-tenant"] then
     return proxy.error(400, "invalid_request_error", "x-tenant header is required", "x-tenant")
@@ -839,6 +873,13 @@ test("serve_a_raising_lua_handler_is_500_and_the_worker_keeps_serving", function
     match(e.message, "boom%-1", "the message gives the request id")
     ok(not e.message:find("routes.lua", 1, true), "no traceback to the client")
     is_error(get(srv, "/badstatus"), 500, "internal_error")
+    -- a handler that never ends runs out of its instruction budget: 500, the worker lives
+    is_error(get(srv, "/spin"), 500, "internal_error")
+    local odd = get(srv, "/oddheaders")
+    eq(odd.status, 200, "headers that are not a table are left out")
+    eq(odd.body, "hi", "the body still goes")
+    local typed = get(srv, "/typed")
+    eq(typed.headers["content-type"], "text/plain", "a handler's Content-Type, any case, wins")
     is_error(get(srv, "/boom", { key = false }), 401, "auth_error") -- auth first
     for _ = 1, 3 do
       eq(get(srv, "/hello", { headers = { "x-tenant: t1" } }).status, 200, "serving")
@@ -955,12 +996,19 @@ end
 test("serve_a_killed_worker_is_replaced_while_the_other_serves", function()
   with_server({ workers = 2 }, function(srv)
     rerank_ok(post(srv, "/rerank", SEED))
+    sleep(2.5) -- workers publish their figures once a second: this one is on the board
     local victim, before = kill_worker(srv)
     for i = 1, 10 do rerank_ok(post(srv, "/rerank", SEED), "request " .. i .. " after kill") end
     local now = replaced(srv, victim)
     ok(now[1] ~= before[1] or now[2] ~= before[2], "a new pid")
     local l = log_event(srv, '"event":"worker_died"')
     match(l, "signal 9", "killed by SIGKILL")
+    -- what the dead worker counted is still in the sums (the supervisor keeps it)
+    poll("the dead worker's requests still counted", 15, function()
+      local m = get(srv, "/metrics")
+      return metric(m.body, "nimrank_requests_total",
+        { route = "/rerank", model = "nvidia-rerank", status = "200" }) == 11
+    end)
     log_event(srv, '"event":"worker_started"')
     for i = 1, 10 do rerank_ok(post(srv, "/rerank", SEED), "request " .. i .. " after") end
     eq(get(srv, "/health/readiness").status, 200, "ready")
