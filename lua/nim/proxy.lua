@@ -387,9 +387,18 @@ local function authorized(req)
 end
 
 -- ---- one request ----------------------------------------------------------------------------
+-- What a client sent, as logs show it: the master key, sent where it does not belong (a
+-- model name, a request id), never reaches a log line.
+local function scrub(s)
+  local key = settings.master_key
+  if type(s) ~= "string" or not key or not s:find(key, 1, true) then return s end
+  local out = s:gsub(key:gsub("%W", "%%%0"), "[redacted]")
+  return out
+end
+
 local function request_id(headers)
   local id = headers["x-request-id"]
-  if id and #id <= 128 and id:match("^[%w%-_.:/=+]+$") then return id end
+  if id and #id <= 128 and id:match("^[%w%-_.:/=+]+$") and scrub(id) == id then return id end
   return nil
 end
 
@@ -451,6 +460,7 @@ local LOG_KEYS = { "time", "level", "pid", "event", "request_id", "method", "rou
 log_line = function(fields)
   if (LEVEL[fields.level] or LEVEL.info) < settings.log_level then return end
   fields.pid = server.pid
+  fields.message = scrub(fields.message)
   local parts = {}
   for _, k in ipairs(LOG_KEYS) do
     local v = fields[k]
@@ -498,7 +508,7 @@ local function record(req, ctx, status)
       .. '%s%s%s}')
       :format(server.time(), status >= 500 and "error" or "info", server.pid or 0, ctx.id,
         enc(req.method),
-        enc(route), opt("model", ctx.model), opt("model_group", ctx.group),
+        enc(route), opt("model", scrub(ctx.model)), opt("model_group", ctx.group),
         opt("deployment", ctx.deployment), status, total * 1000, up * 1000, own * 1000,
         ctx.attempts and #ctx.attempts or 0, opt("fallback", ctx.fallback),
         opt("error", ctx.error_type), opt("remote", req.remote)))
