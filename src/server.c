@@ -88,6 +88,7 @@ typedef struct {
     size_t live;     /* requests alive at all (for draining) */
     size_t max_body;
     int draining;
+    int dispatched; /* a task started this turn: its transfer goes out in the same turn */
     double drain_deadline;
     int ref_dispatch, ref_cancel, ref_reload, ref_tick, ref_precheck;
     int ref_traceback;
@@ -544,6 +545,7 @@ static int to_lua(srv_req *r, const char *method, const char *url, const char *v
         lua_pop(L, 1);
         return -1;
     }
+    S->dispatched = 1;
     return call_ref(head_only ? S->ref_precheck : S->ref_dispatch, 1, 0, "dispatch_failed");
 }
 
@@ -899,12 +901,16 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
             }
         }
         MHD_run(srv.d);
-        (void)engine_ready; /* the engine is stepped every turn: cheap when idle */
-        if (nimrank_poll(L) < 0) {
-            nim_serve_log(NIM_LOG_ERROR, "poll_failed", lua_tostring(L, -1));
-            lua_settop(L, 0);
+        /* The scheduler runs when the network moved, a request started a call (its transfer
+         * goes out now, not a turn later), or a timer (curl's, a task's sleep) is due. */
+        if (engine_ready || srv.dispatched || (nt >= 0 && (nim_now() - now) * 1000.0 >= nt)) {
+            srv.dispatched = 0;
+            if (nimrank_poll(L) < 0) {
+                nim_serve_log(NIM_LOG_ERROR, "poll_failed", lua_tostring(L, -1));
+                lua_settop(L, 0);
+            }
+            MHD_run(srv.d); /* answers the poll produced go out in this turn */
         }
-        MHD_run(srv.d); /* answers the poll produced go out in this turn */
         now = nim_now();
         if (now >= next_tick) {
             sweep_slow(now);
