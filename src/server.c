@@ -854,6 +854,7 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
 
     double next_tick = nim_now() + 1.0;
     size_t peak_live = 0;
+    int gc_floor_kb = 32 * 1024; /* an idle worker's Lua heap above this is collected */
     struct epoll_event evs[256];
     int code = 0;
     for (;;) {
@@ -916,10 +917,16 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
             sweep_slow(now);
             tick();
             next_tick = now + 1.0;
-            /* a burst over: what it took goes back to the system (glibc keeps freed heap) */
-            if (srv.inflight == 0 && srv.live == 0 && peak_live > 64) {
+            /* A burst, or one large request, over: what it took goes back to the system. Lua's
+             * collector runs only as Lua allocates, so an idle worker would keep the garbage;
+             * glibc keeps freed heap. */
+            if (srv.inflight == 0 && srv.live == 0 &&
+                (peak_live > 64 || lua_gc(L, LUA_GCCOUNT) > gc_floor_kb)) {
+                lua_gc(L, LUA_GCCOLLECT);
                 malloc_trim(0);
                 peak_live = 0;
+                int live_kb = lua_gc(L, LUA_GCCOUNT); /* what stays: collect again at twice */
+                gc_floor_kb = live_kb * 2 > 32 * 1024 ? live_kb * 2 : 32 * 1024;
             }
         }
         if (srv.live > peak_live) peak_live = srv.live;

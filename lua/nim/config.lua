@@ -268,7 +268,7 @@ local LITELLM_SETTINGS = {
   default_fallbacks = string_list, set_verbose = true, json_logs = true,
 }
 local GENERAL_SETTINGS = { master_key = is("string"),
-  max_request_size_mb = number_at_least(0, true) }
+  max_request_size_mb = number_at_least(0, true), max_documents = integer_at_least(1) }
 local NIMRANK_SETTINGS = {
   filters = is("map"), catalog = is("map"), scripts = string_list,
   script_budget = integer_at_least(1000, 2 ^ 31),

@@ -44,6 +44,7 @@ local M = {}
 
 local VERSION = nim.version or "0"
 local DEFAULT_MAX_MB = 10
+local DEFAULT_MAX_DOCUMENTS = 100000 -- a request's share of a worker's time and memory
 
 -- ---- settings (from the loaded config; M.setup re-reads them) -------------------------------
 local settings = { master_key = nil, max_body = DEFAULT_MAX_MB * 1024 * 1024, log_level = 1 }
@@ -64,22 +65,23 @@ local function check_general(general)
     error("general_settings.max_request_size_mb: must be a number of MiB above 0, at most "
       .. "4096", 0)
   end
-  return key, math.floor((mb or DEFAULT_MAX_MB) * 1024 * 1024)
+  return key, math.floor((mb or DEFAULT_MAX_MB) * 1024 * 1024),
+    general.max_documents or DEFAULT_MAX_DOCUMENTS
 end
 
 -- setup(config_path [, reload]) -> info: what the gateway needs of nim.config, checked. With
 -- reload the file is read again: checked whole first (nim.config.load, and the gateway's own
 -- settings), then loaded; a bad file raises and changes nothing.
 function M.setup(path, reload)
-  local key, max_body
+  local key, max_body, max_docs
   if reload and path and path ~= "" then
     local cfg = require("nim.config").load(path)
-    key, max_body = check_general(cfg.general)
+    key, max_body, max_docs = check_general(cfg.general)
     nim.load_config(path)
   else
-    key, max_body = check_general(nim.config and nim.config.general or {})
+    key, max_body, max_docs = check_general(nim.config and nim.config.general or {})
   end
-  settings.master_key, settings.max_body = key, max_body
+  settings.master_key, settings.max_body, settings.max_documents = key, max_body, max_docs
   local groups, deployments = #nim.router:group_names(), 0
   for _ in pairs(nim.router.state) do deployments = deployments + 1 end
   return {
@@ -100,7 +102,7 @@ end
 local fail = M.error
 
 -- ---- routes and middleware ------------------------------------------------------------------
-local routes = {}      -- path -> { METHOD = handler, open = bool }
+local routes = {}      -- path -> { methods = { METHOD = handler }, open = bool }
 local middleware = {}  -- { {name, fn}, ... } in the order added
 M.routes = routes
 
@@ -108,8 +110,8 @@ M.routes = routes
 function M.route(method, path, handler, opts)
   assert(type(method) == "string" and type(path) == "string" and type(handler) == "function",
     "proxy.route(method, path, handler [, opts])")
-  local r = routes[path] or {}
-  r[method:upper()] = handler
+  local r = routes[path] or { methods = {} }
+  r.methods[method:upper()] = handler
   if opts and opts.open ~= nil then r.open = opts.open end
   routes[path] = r
 end
@@ -288,6 +290,11 @@ local function rerank_route(req, ctx)
     return fail(400, "invalid_request_error", "documents: must be a non-empty list",
       "documents")
   end
+  if type(docs) == "table" and #docs > settings.max_documents then
+    return fail(400, "invalid_request_error", ("documents: %d of them, more than "
+      .. "general_settings.max_documents (%d)"):format(#docs, settings.max_documents),
+      "documents")
+  end
   -- Cohere's v2 answers carry no documents (its SDK has no field for them) unless asked
   if req.path == "/v2/rerank" and args.return_documents == nil then
     args.return_documents = false
@@ -373,7 +380,7 @@ end)
 local function presented_key(headers)
   local auth = headers["authorization"]
   if auth then
-    local token = auth:match("^[Bb]earer%s+(.-)%s*$")
+    local token = auth:match("^[Bb][Ee][Aa][Rr][Ee][Rr]%s+(.-)%s*$") -- the scheme: any case
     if token then return token end
   end
   return headers["x-api-key"]
@@ -412,13 +419,13 @@ local function gate(req, ctx)
     return fail(404, "not_found_error", ("no route %s %s"):format(req.method, shown))
   end
   ctx.route = req.path
-  local handler = route[req.method]
+  local handler = route.methods[req.method]
   if not handler then
     local allowed = {}
-    for m in pairs(route) do if m ~= "open" then allowed[#allowed + 1] = m end end
+    for m in pairs(route.methods) do allowed[#allowed + 1] = m end
     table.sort(allowed)
-    return fail(405, "method_not_allowed", ("%s %s: use %s"):format(req.method, req.path,
-      table.concat(allowed, " or ")), nil, { Allow = table.concat(allowed, ", ") })
+    return fail(405, "method_not_allowed", ("%s %s: use %s"):format(req.method:sub(1, 32),
+      req.path, table.concat(allowed, " or ")), nil, { Allow = table.concat(allowed, ", ") })
   end
   if not route.open and not authorized(req) then
     return fail(401, "auth_error", "missing or wrong key: send 'Authorization: Bearer <key>' "
@@ -461,6 +468,9 @@ log_line = function(fields)
   if (LEVEL[fields.level] or LEVEL.info) < settings.log_level then return end
   fields.pid = server.pid
   fields.message = scrub(fields.message)
+  if type(fields.message) == "string" and #fields.message > 3000 then -- a line stays whole
+    fields.message = fields.message:sub(1, 3000) .. "..."
+  end
   local parts = {}
   for _, k in ipairs(LOG_KEYS) do
     local v = fields[k]
@@ -507,7 +517,7 @@ local function record(req, ctx, status)
       .. '%s%s%s,"status":%d,"total_ms":%.3f,"upstream_ms":%.3f,"own_ms":%.3f,"attempts":%d'
       .. '%s%s%s}')
       :format(server.time(), status >= 500 and "error" or "info", server.pid or 0, ctx.id,
-        enc(req.method),
+        enc(req.method:sub(1, 32)),
         enc(route), opt("model", scrub(ctx.model)), opt("model_group", ctx.group),
         opt("deployment", ctx.deployment), status, total * 1000, up * 1000, own * 1000,
         ctx.attempts and #ctx.attempts or 0, opt("fallback", ctx.fallback),
@@ -585,7 +595,7 @@ end
 
 local function serve(req)
   local ctx = { id = request_id(req.headers) or server.new_id() }
-  req.id = ctx.id
+  req.id, req.ctx = ctx.id, ctx
   local ok, status, body, headers = xpcall(function()
     on_budget(ctx)
     return handle(req, ctx)
@@ -625,16 +635,19 @@ function M.dispatch(req)
         message = tostring(err) }))
     end
   end)
-  if not h:done() then inflight[req.handle] = h end
+  if not h:done() then inflight[req.handle] = { task = h, req = req } end
 end
 
 -- The client went away: the task (and its upstream transfer) stops; the request is counted.
 function M.cancel(handle)
-  local h = inflight[handle]
+  local entry = inflight[handle]
   inflight[handle] = nil
-  if h then h:cancel() end
-  registry:inc_key("nimrank_requests_total", key_of(BY_REQUEST, "none", "cancelled", 499))
-  dirty = true
+  if not entry then return end
+  entry.task:cancel()
+  local req = entry.req
+  local ctx = req.ctx or { id = req.id or "-" }
+  ctx.error_type = "client_closed"
+  record(req, ctx, 499) -- counted and logged as any request: status 499, client closed
 end
 
 function M.reload(path)

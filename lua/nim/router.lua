@@ -18,7 +18,8 @@
 --   Errors that belong to one deployment (auth, not_found, bad_response) are not retried on
 --   it, but do move to a sibling that has not failed yet; bad_request ends the group's turn.
 -- * A deployment cools down (cooldown_time, default 5 s) at once after a 429, 401, 404 or 408,
---   or after more than allowed_fails (default 3) failures within a minute.
+--   or after more than allowed_fails (default 3) failures within a minute; a bad_request
+--   (the provider refused the request itself: 400, 413, 422) is not the deployment's failure.
 -- * When a model's own attempts fail, its fallbacks run in order (per request, else the
 --   group's, else the default list), at most max_fallbacks (5). Fallbacks do not chain.
 -- * Every attempt is recorded in res.meta.attempts (or err.attempts); keys never are.
@@ -180,6 +181,9 @@ end
 
 -- Records a failure; cools the deployment down when the rules say so.
 function Router:fail(d, err)
+  -- A request the provider refused as malformed (400, 413, 422) says nothing about the
+  -- deployment: counting it would let one client cool a deployment down for everyone.
+  if err.type == "bad_request" then return end
   local st, now = self.state[d.id], self.clock()
   local s = err.status
   if s == 429 or s == 401 or s == 404 or s == 408 then

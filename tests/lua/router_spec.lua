@@ -166,6 +166,18 @@ test("non_retryable_errors_are_not_retried", function()
   eq(#t.slept, 0, "no wait")
 end)
 
+test("a_bad_request_is_not_the_deployments_failure", function()
+  local r = make({ model_list = { dep("g", h.RETRIEVAL, nil, "only") },
+    router_settings = { allowed_fails = 1, num_retries = 0 } })
+  for _ = 1, 4 do -- the provider refuses the request itself, four times
+    local res, err = r:rerank({ model = "g", query = unique("!status=422"), documents = h.DOCS })
+    eq(res, nil, "refused")
+    eq(err.type, "bad_request", "the client's fault")
+  end
+  local res = assert(r:rerank({ model = "g", query = QUERY, documents = h.DOCS }))
+  eq(res.meta.deployment, "only", "not cooling down")
+end)
+
 test("cooldown_skips_failing_deployment_and_it_returns", function()
   local r, t = make({ model_list = {
     dep("g", "nvidia_nim/nvidia/no-such-model", nil, "broken"),

@@ -710,6 +710,41 @@ test("serve_only_configured_model_names_are_served_and_names_are_bounded", funct
   end)
 end)
 
+test("serve_documents_over_max_documents_are_400", function()
+  with_server({ general = "  max_documents: 3\n" }, function(srv)
+    is_error(post(srv, "/rerank", { model = "offline", query = "q",
+      documents = { "a", "b", "c", "d" } }), 400, "invalid_request_error", "documents")
+    eq(post(srv, "/rerank", { model = "offline", query = "q", documents = { "a", "b", "c" } })
+      .status, 200, "at the limit")
+  end)
+end)
+
+test("serve_client_refused_requests_do_not_cool_the_deployment_down", function()
+  with_server({}, function(srv)
+    for i = 1, 5 do -- more than allowed_fails (3) upstream 400s, all the client's doing
+      is_error(post(srv, "/rerank", { model = "solo", query = "!status=400 bad " .. i,
+        documents = { "a" } }), 400)
+    end
+    rerank_ok(post(srv, "/rerank", { model = "solo", query = "fine", documents = { "a" } }),
+      "the deployment still serves others")
+  end)
+end)
+
+test("serve_method_names_are_not_route_fields_and_the_bearer_scheme_is_any_case", function()
+  with_server({}, function(srv)
+    local probe = srv.dir .. "/open.sh"
+    write(probe, [[
+exec 3<>/dev/tcp/127.0.0.1/$1 || exit 1
+printf 'open /health/liveliness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3
+head -n 1 <&3
+]])
+    match(sh(("bash %s %s 2>&1"):format(q(probe), srv.port)), "^HTTP/1%.1 405",
+      "an unknown method is 405, not a handler call")
+    eq(get(srv, "/v1/models", { key = false, headers = { "Authorization: BEARER " .. MASTER } })
+      .status, 200, "BEARER")
+  end)
+end)
+
 test("serve_a_large_body_without_the_key_is_refused_before_it_is_read", function()
   with_server({}, function(srv)
     local big = srv.dir .. "/big.json"
@@ -829,10 +864,12 @@ test("serve_client_disconnect_cancels_the_upstream_call_and_counts_499", functio
     end)
     local m = poll("/metrics counting the 499", 10, function()
       local mr = get(srv, "/metrics")
-      return metric(mr.body, "nimrank_requests_total", { route = "cancelled",
-        status = "499" }) == 1 and mr
+      return metric(mr.body, "nimrank_requests_total", { route = "/rerank",
+        model = "nvidia-rerank", status = "499" }) == 1 and mr
     end)
     ok(m, "counted")
+    local l = log_event(srv, '"status":499')
+    match(l, '"error":"client_closed"', "logged as any request, with why")
     rerank_ok(post(srv, "/rerank", SEED), "still serving")
     eq(get(srv, "/health/readiness").status, 200, "ready")
   end)
