@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <time.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/signalfd.h>
@@ -50,6 +51,7 @@ typedef struct srv_req {
     int fd;
     int watched; /* the socket is in our epoll set, for hang-ups */
     int too_large;
+    const char *bad_head; /* why the head is refused (a static message), or NULL */
     uint32_t slot;
     double t0; /* the request line arrived */
     char *body;
@@ -479,6 +481,43 @@ static enum MHD_Result push_header(void *cls, enum MHD_ValueKind kind, const cha
     return MHD_YES;
 }
 
+/* What a head must not have (RFC 9112 section 6): two different Content-Lengths, a
+ * Content-Length beside a Transfer-Encoding, a coding other than chunked (libmicrohttpd reads
+ * the first and ignores the rest, which is how requests are smuggled past a proxy), or a NUL
+ * or bare CR in a value (a C string would end, or split, there). */
+typedef struct {
+    const char *cl; /* the first Content-Length */
+    size_t cl_len;
+    int te, bad_cl;
+    const char *bad;
+} head_scan;
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   size_t key_size, const char *value, size_t value_size) {
+    (void)kind;
+    head_scan *h = cls;
+    if (value && (memchr(value, '\0', value_size) || memchr(value, '\r', value_size)))
+        h->bad = "a header value holds a NUL or CR byte";
+    if (key_size == 14 && strncasecmp(key, "Content-Length", 14) == 0) {
+        if (h->cl && (value_size != h->cl_len || memcmp(value, h->cl, value_size) != 0))
+            h->bad_cl = 1;
+        h->cl = value, h->cl_len = value_size;
+    } else if (key_size == 17 && strncasecmp(key, "Transfer-Encoding", 17) == 0) {
+        h->te = 1;
+        if (!value || value_size != 7 || strncasecmp(value, "chunked", 7) != 0)
+            h->bad = "Transfer-Encoding: only chunked is taken";
+    }
+    return MHD_YES;
+}
+
+static const char *head_problem(struct MHD_Connection *c) {
+    head_scan h = {0};
+    MHD_get_connection_values_n(c, MHD_HEADER_KIND, scan_header, &h);
+    if (h.bad_cl) return "two different Content-Length headers";
+    if (h.te && h.cl) return "Content-Length and Transfer-Encoding together";
+    return h.bad;
+}
+
 typedef struct {
     srv_req *r;
     const char *method, *url, *version;
@@ -500,6 +539,10 @@ static int push_request(lua_State *L) {
     lua_setfield(L, -2, "version");
     lua_pushnumber(L, r->t0);
     lua_setfield(L, -2, "t0");
+    if (r->bad_head) {
+        lua_pushstring(L, r->bad_head);
+        lua_setfield(L, -2, "bad_head");
+    }
     if (r->too_large) {
         lua_pushboolean(L, 1);
         lua_setfield(L, -2, "too_large");
@@ -566,10 +609,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->phase = PH_BODY;
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > S->max_body) r->too_large = 1;
+        r->bad_head = head_problem(c); /* answered 400 on its head (precheck), body unread */
         /* A large body (or one of unknown length) is read only for a request its head allows:
          * the route, the method and the key are decided first. */
-        if (!r->too_large && (!cl || strtoull(cl, NULL, 10) > 65536) &&
-            strcmp(method, "GET") != 0) {
+        if (r->bad_head || (!r->too_large && (!cl || strtoull(cl, NULL, 10) > 65536) &&
+                            strcmp(method, "GET") != 0)) {
             r->phase = PH_RUNNING;
             S->inflight++;
             if (to_lua(r, method, url, version, 1) != 0 && !r->resp)

@@ -411,6 +411,9 @@ end
 
 -- What a request's head decides (route, method, key): an error response, or nothing.
 local function gate(req, ctx)
+  if req.bad_head then -- what server.c refused in the head, before anything else
+    return fail(400, "invalid_request_error", "the request's head: " .. req.bad_head)
+  end
   local route = routes[req.path]
   if not route then
     -- the path is shown when it is text (an answer must be valid UTF-8), and cut

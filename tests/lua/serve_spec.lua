@@ -745,6 +745,28 @@ head -n 1 <&3
   end)
 end)
 
+test("serve_heads_that_could_smuggle_a_request_are_400", function()
+  with_server({}, function(srv)
+    local probe = srv.dir .. "/smuggle.sh"
+    write(probe, [[
+exec 3<>/dev/tcp/127.0.0.1/$1 || exit 1
+printf "POST /rerank HTTP/1.1\r\nHost: x\r\n$2\r\nConnection: close\r\n\r\n0\r\n\r\n" >&3
+timeout 10 cat <&3
+]])
+    local cases = {
+      { "Content-Length: 5\r\nContent-Length: 59", "two different Content%-Length" },
+      { "Content-Length: 5\r\nTransfer-Encoding: chunked", "Content%-Length and Transfer" },
+      { "Transfer-Encoding: gzip, chunked", "only chunked" },
+    }
+    for _, c in ipairs(cases) do
+      local out = sh(("bash %s %s %s 2>/dev/null"):format(q(probe), srv.port, q(c[1])))
+      match(out, "^HTTP/1%.1 400", c[1])
+      match(out, c[2], c[1] .. ": says why")
+    end
+    rerank_ok(post(srv, "/rerank", SEED), "served after")
+  end)
+end)
+
 test("serve_a_large_body_without_the_key_is_refused_before_it_is_read", function()
   with_server({}, function(srv)
     local big = srv.dir .. "/big.json"
