@@ -125,14 +125,7 @@ EOF
     fi
 fi
 
-cat >"$TMP/post.lua" <<'EOF'
--- One fixed POST (the body from $BENCH_BODY); done() prints one line for the shell.
-local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
+{ wrk_post; cat <<'EOF'; } >"$TMP/post.lua"
 function done(s, lat)
   local e = s.errors
   io.write(("RESULT %d %.6f %d %d %d\n"):format(s.requests, s.duration / 1e6,

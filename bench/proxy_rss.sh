@@ -52,14 +52,7 @@ wait_http "http://127.0.0.1:$UP/" $! || { cat "$TMP/ngx/up.err" >&2; exit 1; }
 
 printf '{"model":"slow","query":"gpu memory bandwidth","top_n":3,"documents":[%s]}' \
     '"gpu memory bandwidth","cats","tensor cores and memory"' >"$TMP/body.json"
-cat >"$TMP/post.lua" <<'EOF'
--- One fixed POST (the body from $BENCH_BODY); done() prints one line for the shell.
-local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
+{ wrk_post; cat <<'EOF'; } >"$TMP/post.lua"
 function done(s, lat)
   local e = s.errors
   io.write(("RESULT %d %.6f %d %d %d %d %d %d %d %d %d\n"):format(s.requests,

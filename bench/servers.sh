@@ -80,3 +80,15 @@ start_nimrank() {
         exit 1
     fi
 }
+# The head of a wrk script posting $BENCH_BODY with key $BENCH_KEY; each bench adds its done().
+wrk_post() {
+    cat <<'EOF'
+-- One fixed POST (the body from $BENCH_BODY); done() prints one line for the shell.
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
+EOF
+}
