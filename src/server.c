@@ -748,7 +748,8 @@ static void abandon(lua_Integer h, unsigned status, const char *type, const char
     if (!r || r->phase != PH_SUSPENDED) return;
     unwatch(r);
     lua_pushinteger(S->L, h);
-    call_ref(S->ref_cancel, 1, 0, "cancel_failed");
+    lua_pushinteger(S->L, status); /* what the client is told (or would be): for the log */
+    call_ref(S->ref_cancel, 2, 0, "cancel_failed");
     r = req_of(h);
     if (!r || r->phase != PH_SUSPENDED) return; /* cancel answered it */
     r->resp = plain_response(status, type, msg, &r->status);

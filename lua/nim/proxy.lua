@@ -641,16 +641,18 @@ function M.dispatch(req)
   if not h:done() then inflight[req.handle] = { task = h, req = req } end
 end
 
--- The client went away: the task (and its upstream transfer) stops; the request is counted.
-function M.cancel(handle)
+-- The client went away (status 499), or the worker stops with the request still waiting
+-- (503): the task and its upstream transfer stop; the request is counted and logged.
+function M.cancel(handle, status)
   local entry = inflight[handle]
   inflight[handle] = nil
   if not entry then return end
   entry.task:cancel()
   local req = entry.req
   local ctx = req.ctx or { id = req.id or "-" }
-  ctx.error_type = "client_closed"
-  record(req, ctx, 499) -- counted and logged as any request: status 499, client closed
+  status = math.tointeger(status) or 499
+  ctx.error_type = status == 499 and "client_closed" or "shutting_down"
+  record(req, ctx, status) -- counted and logged as any request
 end
 
 function M.reload(path)
