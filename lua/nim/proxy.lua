@@ -626,16 +626,15 @@ end
 local async
 
 function M.dispatch(req)
-  local json_req = req
-  function json_req.json() return json_body(req) end
+  function req.json() return json_body(req) end -- for handlers of routes scripts add
   local h = async.start(function()
     local ok, err = pcall(serve, req)
     if not ok then -- only a failure of finish itself gets here: answer all the same
       server.respond(req.handle, 500, { ["Content-Type"] = "application/json" },
         '{"error":{"message":"the gateway failed","type":"internal_error","param":null,'
         .. '"code":"500"}}')
-      server.log(encode_value({ level = "error", event = "serve_failed",
-        message = tostring(err) }))
+      log_line({ time = server.time(), level = "error", event = "serve_failed",
+        request_id = req.id, message = tostring(err) })
     end
   end)
   if not h:done() then inflight[req.handle] = { task = h, req = req } end
