@@ -410,8 +410,10 @@ static void check_transport(lua_State *L, nim_args *a, int args) {
         a->nvcf_status_url = getenv("NIMRANK_NVCF_STATUS_URL");
         a->nvcf_status_source = "NIMRANK_NVCF_STATUS_URL";
     }
-    if (!a->nvcf_status_url || !*a->nvcf_status_url)
+    if (!a->nvcf_status_url || !*a->nvcf_status_url) {
         a->nvcf_status_url = "https://api.nvcf.nvidia.com/v2/nvcf/pexec/status";
+        a->nvcf_status_default = 1;
+    }
     a->api_key = opt_string(L, args, "api_key");
     if (!a->api_key || !*a->api_key) {
         a->api_key = getenv("NVIDIA_NIM_API_KEY");

@@ -100,6 +100,7 @@ typedef struct {
     int key_from_env; /* api_key came from NVIDIA_NIM_API_KEY */
     const char *nvcf_status_url;
     const char *nvcf_status_source; /* "nvcf_status_url" or the variable it came from */
+    int nvcf_status_default;        /* neither gave one: NVIDIA's own, for its hosted API */
     double nvcf_poll_interval;
     int bm25; /* stack slot of the bm25 options table, or 0 */
 } nim_args;

@@ -133,7 +133,10 @@ static void describe(lua_State *L, int uv, const nim_args *a, const nim_route *r
     set_string(L, uv, "route_model", route->model);
     set_string(L, uv, "body_model", route->body_model);
     set_string(L, uv, "family", nim_family_name(route->family));
-    set_string(L, uv, "status_url", a->nvcf_status_url);
+    /* NVIDIA's status host is polled (with this call's key) only for NVIDIA's hosted API: a
+     * server elsewhere that answers 202 is not followed there unless a status URL is given. */
+    if (route->hosted || !a->nvcf_status_default)
+        set_string(L, uv, "status_url", a->nvcf_status_url);
     set_string(L, uv, "ca_bundle", a->ca_bundle);
     set_string(L, uv, "key", a->api_key);
     lua_pushvalue(L, a->dropped);
@@ -482,7 +485,15 @@ static void complete(lua_State *L, int idx) {
         double now = nim_now(), start = c->sent_at + c->poll_interval;
         if (start < now) start = now;
         double left = c->deadline - start;
-        if (!reqid_ok(reqid)) {
+        lua_getfield(L, uv, "status_url");
+        int pollable = lua_isstring(L, -1);
+        lua_pop(L, 1);
+        if (!pollable) {
+            lua_pushliteral(L, "202 Accepted (NVCF queued) from a server that is not NVIDIA's "
+                               "hosted API: not polled at NVIDIA's status host with this "
+                               "call's key (set nvcf_status_url to poll it)");
+            settle_error(L, idx, uv, NIM_ERR_BAD_RESPONSE, 202, 0);
+        } else if (!reqid_ok(reqid)) {
             lua_pushliteral(L, "202 Accepted with an NVCF-REQID that is not a request id "
                                "(characters outside [A-Za-z0-9_-])");
             settle_error(L, idx, uv, NIM_ERR_BAD_RESPONSE, 202, 0);

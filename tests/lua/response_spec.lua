@@ -214,6 +214,13 @@ test("error_bodies_text_and_empty", function()
   match(err.message, "HTTP 503", "empty body still says something")
 end)
 
+test("nvcf_202_from_a_server_not_nvidias_is_not_followed_to_nvidias_status_host", function()
+  -- without a status URL, polling would carry this call's key to api.nvcf.nvidia.com
+  local err = fails({ query = "!202=1 gpu elsewhere" }, "bad_response", 202)
+  match(err.message, "not NVIDIA's hosted API", "says why")
+  match(err.message, "nvcf_status_url", "and what to set")
+end)
+
 test("nvcf_202_is_polled_until_the_result_arrives", function()
   local status_url = h.url .. "/v2/nvcf/pexec/status"
   local res, err = call({ query = "!202=2 " .. h.QUERY, nvcf_status_url = status_url,
