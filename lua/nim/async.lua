@@ -276,14 +276,21 @@ function M.poll()
   return n
 end
 
-function M.spawn(fn, ...)
-  if type(fn) ~= "function" then native.misuse("nim.spawn", nil, "expected a function") end
+-- A task of the caller's function, its error raised with a traceback (from run or poll when
+-- nobody waits for it).
+local function spawned(fn, ...)
   local task = new_task(function(...)
     local r = table.pack(xpcall(fn, debug.traceback, ...))
     if not r[1] then error(r[2], 0) end
     return table.unpack(r, 2, r.n)
   end, ...)
   task.spawned = true
+  return task
+end
+
+function M.spawn(fn, ...)
+  if type(fn) ~= "function" then native.misuse("nim.spawn", nil, "expected a function") end
+  local task = spawned(fn, ...)
   ready[#ready + 1] = task
   return native.handle(task)
 end
@@ -292,14 +299,8 @@ end
 -- to its end), instead of on the next round. For nim.proxy: a request that needs no network
 -- is answered before the server returns to its loop.
 function M.start(fn, ...)
-  local handle = M.spawn(fn, ...)
-  local task = native.task_of(handle)
-  for i = #ready, 1, -1 do
-    if ready[i] == task then
-      table.remove(ready, i)
-      break
-    end
-  end
+  local task = spawned(fn, ...)
+  local handle = native.handle(task)
   resume(task)
   return handle
 end
