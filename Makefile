@@ -181,13 +181,14 @@ $(BUILD)/nimrank.pc: FORCE | $(BUILD)/gen
 install: all $(BUILD)/nimrank.pc
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
 	    $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/lua/5.4 \
-	    $(DESTDIR)$(LUA_DIR)/nim
+	    $(DESTDIR)$(LUA_DIR)/nim/providers
 	install -m 755 $(BUILD)/nimrank $(DESTDIR)$(PREFIX)/bin/nimrank
 	install -m 644 $(BUILD)/libnimrank.a $(DESTDIR)$(PREFIX)/lib/libnimrank.a
 	install -m 644 $(BUILD)/nimrank.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/nimrank.pc
 	install -m 644 src/nimrank.h $(DESTDIR)$(PREFIX)/include/nimrank.h
 	install -m 755 $(BUILD)/nim.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/nim.so
 	install -m 644 lua/nim/*.lua $(DESTDIR)$(LUA_DIR)/nim/
+	install -m 644 lua/nim/providers/*.lua $(DESTDIR)$(LUA_DIR)/nim/providers/
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/nimrank $(DESTDIR)$(PREFIX)/lib/libnimrank.a \
@@ -199,15 +200,16 @@ uninstall:
 rock:
 	@$(MAKE) --no-print-directory $(BUILD)/nim.so
 rock-install:
-	install -d $(INST_LIBDIR) $(INST_LUADIR)/nim
+	install -d $(INST_LIBDIR) $(INST_LUADIR)/nim/providers
 	install -m 755 $(BUILD)/nim.so $(INST_LIBDIR)/nim.so
 	install -m 644 lua/nim/*.lua $(INST_LUADIR)/nim/
+	install -m 644 lua/nim/providers/*.lua $(INST_LUADIR)/nim/providers/
 
 # ---- style ---------------------------------------------------------------------------------
 # One style (STYLE.md): clang-format for C; no tabs and at most 100 columns for Lua and shell.
 FMT_C   := $(wildcard src/*.c src/*.h tests/c/*.c tests/c/*.h tests/fake/*.c examples/*.c bench/*.c bench/*.h \
            tests/fuzz/*.c tests/fuzz/*.h)
-FMT_TXT := $(wildcard lua/nim/*.lua tests/lua/*.lua tests/lua/module/*.lua tests/fake/*.lua \
+FMT_TXT := $(wildcard lua/nim/*.lua lua/nim/providers/*.lua tests/lua/*.lua tests/lua/module/*.lua tests/fake/*.lua \
            bench/*.lua examples/*.lua examples/proxy/*.lua examples/proxy/*.sh tests/*.sh \
            tests/fuzz/*.sh tests/compat/*.sh tests/compat/*.mjs bench/*.sh .ci/run .ci/deps.sh \
            rockspecs/*)

@@ -18,12 +18,17 @@
 #define TOKENS_PER_PASSAGE 8
 #define TOKENS_SLACK 4096
 
+const nim_answer_shape nim_answer_nim_shape = {
+    "rankings", "index", "logit", {"usage", "total_tokens", NULL, NULL}, "id"};
+
 typedef struct {
     const char *js;
     const jsmntok_t *t;
     int n;
     char *err;
     size_t errlen;
+    const nim_answer_shape *shape;
+    const char *list; /* the list's name in messages: its key, or "answer" for a bare list */
 } reader;
 
 static int fail(reader *r, const char *fmt, ...) {
@@ -252,28 +257,30 @@ static int number(const reader *r, int i, double *out, int *integer) {
     return isfinite(*out) ? 0 : -1;
 }
 
-/* Reads one {"index": i, "logit": x} at token e into *rk; k names it in errors. */
+/* Reads one {"index": i, "<score>": x} at token e into *rk; k names it in errors. */
 static int ranking(reader *r, int e, size_t k, size_t npassages, unsigned char *seen,
                    nim_ranking *rk) {
-    if (r->t[e].type != JSMN_OBJECT) return fail(r, "rankings[%zu] is not an object", k);
-    int index_tok = -1, logit_tok = -1;
+    const char *list = r->list, *index = r->shape->index, *score = r->shape->score;
+    if (r->t[e].type != JSMN_OBJECT) return fail(r, "%s[%zu] is not an object", list, k);
+    int index_tok = -1, score_tok = -1;
     for (int i = e + 1; i < r->n && r->t[i].start < r->t[e].end; i = skip(r, i + 1)) {
-        if (!key_with_value(r, i)) return fail(r, "rankings[%zu] is not an object", k);
-        if (is_key(r, i, "index")) index_tok = i + 1;
-        if (is_key(r, i, "logit")) logit_tok = i + 1;
+        if (!key_with_value(r, i)) return fail(r, "%s[%zu] is not an object", list, k);
+        if (is_key(r, i, index)) index_tok = i + 1;
+        if (is_key(r, i, score)) score_tok = i + 1;
     }
     double v;
     int integer;
-    if (index_tok < 0) return fail(r, "rankings[%zu].index is missing", k);
+    if (index_tok < 0) return fail(r, "%s[%zu].%s is missing", list, k, index);
     if (number(r, index_tok, &v, &integer) != 0 || !integer)
-        return fail(r, "rankings[%zu].index is not an integer", k);
-    if (v < 0 || v >= (double)npassages) return fail(r, "rankings[%zu].index is out of range", k);
+        return fail(r, "%s[%zu].%s is not an integer", list, k, index);
+    if (v < 0 || v >= (double)npassages)
+        return fail(r, "%s[%zu].%s is out of range", list, k, index);
     size_t idx = (size_t)v;
-    if (seen[idx]) return fail(r, "rankings[%zu].index repeats an earlier index", k);
+    if (seen[idx]) return fail(r, "%s[%zu].%s repeats an earlier index", list, k, index);
     seen[idx] = 1;
-    if (logit_tok < 0) return fail(r, "rankings[%zu].logit is missing", k);
-    if (r->t[logit_tok].type != JSMN_PRIMITIVE || number(r, logit_tok, &v, &integer) != 0)
-        return fail(r, "rankings[%zu].logit is not a finite number", k);
+    if (score_tok < 0) return fail(r, "%s[%zu].%s is missing", list, k, score);
+    if (r->t[score_tok].type != JSMN_PRIMITIVE || number(r, score_tok, &v, &integer) != 0)
+        return fail(r, "%s[%zu].%s is not a finite number", list, k, score);
     rk->index = idx;
     rk->score = v;
     return 0;
@@ -281,9 +288,9 @@ static int ranking(reader *r, int e, size_t k, size_t npassages, unsigned char *
 
 static int rankings(reader *r, int a, size_t npassages, const nim_answer_mem *mem,
                     nim_answer *out) {
-    if (r->t[a].type != JSMN_ARRAY) return fail(r, "'rankings' is not a list");
+    if (r->t[a].type != JSMN_ARRAY) return fail(r, "'%s' is not a list", r->list);
     size_t n = (size_t)r->t[a].size;
-    if (n > npassages) return fail(r, "'rankings' has more entries than passages were sent");
+    if (n > npassages) return fail(r, "'%s' has more entries than passages were sent", r->list);
     out->rk = mem->keep(mem->keep_ud, (n ? n : 1) * sizeof *out->rk);
     unsigned char *seen = mem->tmp(mem->tmp_ud, npassages ? npassages : 1);
     if (!out->rk || !seen) return fail(r, "out of memory");
@@ -297,19 +304,23 @@ static int rankings(reader *r, int a, size_t npassages, const nim_answer_mem *me
     return 0;
 }
 
-static void usage(const reader *r, int u, nim_answer *out) {
+/* The token count at the shape's path below the object at u (depth: the key to match). */
+static void usage(const reader *r, int u, int depth, nim_answer *out) {
     if (r->t[u].type != JSMN_OBJECT) return;
+    const char *key = r->shape->tokens[depth], *next = r->shape->tokens[depth + 1];
     for (int i = u + 1; i < r->n && r->t[i].start < r->t[u].end; i = skip(r, i + 1)) {
-        if (!key_with_value(r, i)) return;
+        if (!key_with_value(r, i) || !is_key(r, i, key)) continue;
         double v;
         int integer;
-        if (is_key(r, i, "total_tokens") && number(r, i + 1, &v, &integer) == 0 && v > 0 &&
-            v < 9e15)
+        if (next && depth < 2)
+            usage(r, i + 1, depth + 1, out);
+        else if (!next && number(r, i + 1, &v, &integer) == 0 && v > 0 && v < 9e15)
             out->tokens = (long long)v;
     }
 }
 
-/* Checks the top level: one object, nothing after it but white space. */
+/* Checks the top level: one object (a list, for a bare-list shape), nothing after it but white
+ * space. */
 static int tokenize(reader *r, const char *js, size_t len, size_t npassages, nim_alloc_fn alloc,
                     void *ud) {
     if (len > 0x7fffffff) return fail(r, "body is too large");
@@ -339,32 +350,41 @@ static int tokenize(reader *r, const char *js, size_t len, size_t npassages, nim
     int *scratch = alloc(ud, 2 * (size_t)count * sizeof *scratch);
     if (!scratch) return fail(r, "out of memory");
     if (syntax(r, scratch, scratch + count) != 0) return fail(r, "body is not JSON");
-    if (t[0].type != JSMN_OBJECT) return fail(r, "body is not a JSON object");
+    int bare = r->shape->list == NULL;
+    if (t[0].type != (bare ? JSMN_ARRAY : JSMN_OBJECT))
+        return fail(r, bare ? "body is not a JSON list" : "body is not a JSON object");
     for (size_t i = (size_t)t[0].end; i < len; i++)
         if (js[i] != ' ' && js[i] != '\t' && js[i] != '\r' && js[i] != '\n')
-            return fail(r, "body has bytes after its JSON object");
+            return fail(r, "body has bytes after its JSON %s", bare ? "list" : "object");
     return 0;
 }
 
-int nim_answer_read(const char *js, size_t len, size_t npassages, const nim_answer_mem *mem,
-                    nim_answer *out, char *err, size_t errlen) {
-    reader r = {js, NULL, 0, err, errlen};
+int nim_answer_read(const char *js, size_t len, size_t npassages, const nim_answer_shape *shape,
+                    const nim_answer_mem *mem, nim_answer *out, char *err, size_t errlen) {
+    if (!shape) shape = &nim_answer_nim_shape;
+    reader r = {js, NULL, 0, err, errlen, shape, shape->list ? shape->list : "answer"};
     memset(out, 0, sizeof *out);
     if (tokenize(&r, js, len, npassages, mem->tmp, mem->tmp_ud) != 0) return -1;
+    if (!shape->list) return rankings(&r, 0, npassages, mem, out);
     int found = 0;
     for (int i = 1; i < r.n; i = skip(&r, i + 1)) { /* key, value, key, value ... */
         if (!key_with_value(&r, i)) return fail(&r, "body is not JSON");
-        if (is_key(&r, i, "rankings")) {
+        if (is_key(&r, i, shape->list)) {
             if (rankings(&r, i + 1, npassages, mem, out) != 0) return -1;
             found = 1;
-        } else if (is_key(&r, i, "usage")) {
-            usage(&r, i + 1, out);
-        } else if (is_key(&r, i, "id") && r.t[i + 1].type == JSMN_STRING) {
+        } else if (shape->tokens[0] && is_key(&r, i, shape->tokens[0])) {
+            double v;
+            int integer;
+            if (shape->tokens[1])
+                usage(&r, i + 1, 1, out);
+            else if (number(&r, i + 1, &v, &integer) == 0 && v > 0 && v < 9e15)
+                out->tokens = (long long)v;
+        } else if (shape->id && is_key(&r, i, shape->id) && r.t[i + 1].type == JSMN_STRING) {
             out->id = js + r.t[i + 1].start;
             out->id_len = (size_t)(r.t[i + 1].end - r.t[i + 1].start);
             out->id_escaped = memchr(out->id, '\\', out->id_len) != NULL;
         }
     }
-    if (!found) return fail(&r, "no 'rankings' list in the answer");
+    if (!found) return fail(&r, "no '%s' list in the answer", shape->list);
     return 0;
 }

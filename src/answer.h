@@ -1,5 +1,6 @@
 /* answer.h: reads a reranker's 2xx answer, {"rankings": [{"index": i, "logit": x}, ...],
- * "usage": {"total_tokens": n}, "id": "..."}, straight into C rankings. Pure C: no Lua, no
+ * "usage": {"total_tokens": n}, "id": "..."} or another provider's shape of the same thing
+ * (nim_answer_shape), straight into C rankings. Pure C: no Lua, no
  * curl. Strict where a lenient reader would turn garbage into a plausible ranking: the body
  * must be one JSON object holding a "rankings" list; every index an integer literal in range
  * and not repeated, every logit a finite number literal (no hex, no NaN, no strings); JSON's
@@ -31,14 +32,27 @@ typedef struct {
     int id_escaped; /* the id has backslash escapes: decode it before use */
 } nim_answer;
 
+/* Where an answer keeps its rankings: NIM's is {"rankings": [{"index", "logit"}], "usage":
+ * {"total_tokens"}, "id"}; other providers name the list and fields otherwise, or answer a
+ * bare list (list NULL). tokens: the path of object keys to a token count (NULL-terminated,
+ * at most 3 keys; tokens[0] NULL: none). */
+typedef struct {
+    const char *list;
+    const char *index, *score;
+    const char *tokens[4];
+    const char *id; /* NULL: the answer carries no id */
+} nim_answer_shape;
+
+extern const nim_answer_shape nim_answer_nim_shape;
+
 /* The value of the four hex digits at s (a JSON \u escape's) in *out: 1, or 0 if one is not
  * a hex digit. */
 int nim_json_hex4(const char *s, unsigned *out);
 
 /* 0, or -1 with err saying what is wrong ("rankings[3].index is out of range"). npassages:
- * passages that were sent (indices must be below it). */
-int nim_answer_read(const char *js, size_t len, size_t npassages, const nim_answer_mem *mem,
-                    nim_answer *out, char *err, size_t errlen);
+ * passages that were sent (indices must be below it). shape NULL: NIM's. */
+int nim_answer_read(const char *js, size_t len, size_t npassages, const nim_answer_shape *shape,
+                    const nim_answer_mem *mem, nim_answer *out, char *err, size_t errlen);
 
 /* The length of the UTF-8 sequence at s (before e): 1 to 4, or -1 when it is not valid UTF-8
  * (overlong forms, surrogates, past U+10FFFF, cut short). The one UTF-8 rule of nimrank. */

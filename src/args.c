@@ -165,9 +165,10 @@ static const char *const transport_options[] = {"api_key",
                                                 NULL};
 /* Policy options: the Lua layer's (router, batching). The native call refuses them rather
  * than ignore them; nim.rerank strips them before calling it. */
-static const char *const policy_options[] = {"filters",     "fallbacks",   "num_retries",
-                                             "max_retries", "metadata",    "batch_size",
-                                             "concurrency", "on_progress", NULL};
+static const char *const policy_options[] = {"filters",  "fallbacks",  "num_retries", "max_retries",
+                                             "metadata", "batch_size", "concurrency", "on_progress",
+                                             "models",   "fusion",     "rrf_k",       "weights",
+                                             NULL};
 
 static int in_list(const char *const *list, const char *s) {
     for (; *list; list++)
@@ -197,14 +198,18 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-static int is_unsupported(const char *k) {
+/* desc: the stack slot of the model's provider descriptor, or 0. A descriptor's own
+ * parameters are supported; truncate only where it says how to send it. */
+static int is_unsupported(lua_State *L, int desc, const char *k) {
+    if (desc && strcmp(k, "truncate") == 0) return !nim_descriptor_has_truncate(L, desc);
+    if (desc && nim_descriptor_supports(L, desc, k)) return 0;
     return !in_list(request_params, k) && !in_list(transport_options, k) &&
            !in_list(policy_options, k);
 }
 
 /* Pushes the sorted names of unsupported keys (a table; empty if none). Names only: values
  * are never printed. Raises on a policy key and on a key that is not a string. */
-static void unsupported_params(lua_State *L, int args) {
+static void unsupported_params(lua_State *L, int args, int desc) {
     size_t n = 0;
     lua_pushnil(L);
     while (lua_next(L, args)) {
@@ -217,7 +222,7 @@ static void unsupported_params(lua_State *L, int args) {
             nim_misuse(L, "nim.native.rerank", k,
                        "a routing or batching option, handled by nim.rerank (the Lua layer), "
                        "not by the native call");
-        if (is_unsupported(k)) n++;
+        if (is_unsupported(L, desc, k)) n++;
     }
     lua_createtable(L, (int)n, 0);
     if (n == 0) return;
@@ -228,7 +233,7 @@ static void unsupported_params(lua_State *L, int args) {
     while (lua_next(L, args)) {
         lua_pop(L, 1);
         const char *k = lua_tostring(L, -1);
-        if (is_unsupported(k)) names[i++] = k;
+        if (is_unsupported(L, desc, k)) names[i++] = k;
     }
     qsort(names, n, sizeof names[0], cmp_str);
     for (i = 0; i < n; i++) {
@@ -415,12 +420,15 @@ static void check_transport(lua_State *L, nim_args *a, int args) {
         a->nvcf_status_default = 1;
     }
     a->api_key = opt_string(L, args, "api_key");
+    a->key_source = "api_key";
     if (!a->api_key || !*a->api_key) {
-        a->api_key = getenv("NVIDIA_NIM_API_KEY");
+        const char *var = "NVIDIA_NIM_API_KEY";
+        a->api_key = a->desc ? nim_descriptor_key(L, a->desc, &var) : getenv(var);
         a->key_from_env = a->api_key != NULL;
+        if (a->key_from_env) a->key_source = var;
     }
     if (a->api_key && !*a->api_key) a->api_key = NULL;
-    const char *key_field = a->key_from_env ? "NVIDIA_NIM_API_KEY" : "api_key";
+    const char *key_field = a->key_source;
     if (a->api_key && !nim_header_value_ok(a->api_key, strlen(a->api_key)))
         nim_misuse(L, "nim.rerank", key_field, "contains control characters");
     if (a->api_key && strlen(a->api_key) > NIM_HEADER_VALUE_MAX) /* what a caller's header may be */
@@ -449,11 +457,22 @@ void nim_check_args(lua_State *L, nim_args *a) {
     lua_settop(L, 1);
     lua_createtable(L, 0, 8); /* slot 2: ANCHOR */
 
-    unsupported_params(L, args); /* slot 3 */
+    /* The model's provider decides which parameters are supported: found first, kept in the
+     * anchor until it takes slot 8. */
+    a->model = opt_string(L, args, "model");
+    int desc = 0;
+    if (a->model && nim_descriptor_push(L, a->model)) {
+        lua_pushvalue(L, -1);
+        lua_setfield(L, ANCHOR, "descriptor");
+        desc = lua_gettop(L);
+    } else if (a->model) {
+        lua_pop(L, 1);
+    }
+    unsupported_params(L, args, desc); /* slot 3 */
+    if (desc) lua_remove(L, desc);
     a->dropped = 3;
     check_dropped(L, a, args);
 
-    a->model = opt_string(L, args, "model");
     if (!a->model)
         nim_misuse(L, "nim.rerank", "model", "required (e.g. \"nvidia_nim/nvidia/...\")");
 
@@ -477,7 +496,6 @@ void nim_check_args(lua_State *L, nim_args *a) {
         nim_misuse(L, "nim.rerank", "truncate", "must be \"NONE\" or \"END\" (got \"%s\")",
                    a->truncate);
     a->return_documents = opt_bool(L, args, "return_documents", 1);
-    check_transport(L, a, args);
 
     int ht = lua_getfield(L, args, "headers"); /* slot 6 */
     if (ht != LUA_TNIL && ht != LUA_TTABLE) type_error(L, "headers", "table", -1);
@@ -485,4 +503,6 @@ void nim_check_args(lua_State *L, nim_args *a) {
     int bt = lua_getfield(L, args, "bm25"); /* slot 7 */
     if (bt != LUA_TNIL && bt != LUA_TTABLE) type_error(L, "bm25", "table", -1);
     a->bm25 = bt == LUA_TTABLE ? 7 : 0;
+    a->desc = lua_getfield(L, ANCHOR, "descriptor") == LUA_TTABLE ? 8 : 0; /* slot 8 */
+    check_transport(L, a, args);
 }

@@ -6,7 +6,9 @@
  *   error.c           error objects (error.h)
  *   call.c            nim.native.rerank/start/validate/resolve: dispatch to a provider
  *   transfer.c        the nim.Transfer userdata; blocking, yielding and awaiting
- *   provider_nim.c    NVIDIA NIM: start, NVCF polling, finish
+ *   provider_http.c   HTTP providers: NVIDIA NIM (its routes, NVCF polling) and every
+ *                     provider a descriptor describes: start, finish, errors
+ *   descriptor.c      provider descriptors (lua/nim/providers/): route, body, answer shape
  *   wire.c            the NIM wire format: request body, documents' texts, reading answers
  *   headers.c         a call's HTTP headers: the caller's checked, ours added
  *   secrets.c         a call's credentials, redacted from every message
@@ -35,7 +37,8 @@
 /* Registry keys: the addresses of these, so no other library's key can collide. */
 extern const char nim_key_ctx, nim_key_module, nim_key_managed, nim_key_transfer_mt,
     nim_key_error_mt, nim_key_misuse_mt, nim_key_request_mt, nim_key_await_mt, nim_key_array_mt,
-    nim_key_encode, nim_key_decode, nim_key_catalog, nim_key_settings, nim_key_rankings_mt;
+    nim_key_encode, nim_key_decode, nim_key_catalog, nim_key_settings, nim_key_rankings_mt,
+    nim_key_providers;
 
 /* Pushes the registry value stored under key. */
 #define nim_push_reg(L, key) lua_rawgetp((L), LUA_REGISTRYINDEX, &(key))
@@ -97,7 +100,9 @@ typedef struct {
     lua_Integer max_response;
     const char *api_base;
     const char *api_key;
-    int key_from_env; /* api_key came from NVIDIA_NIM_API_KEY */
+    int key_from_env;       /* api_key came from the environment */
+    const char *key_source; /* "api_key", or the variable it came from */
+    int desc;               /* stack slot of the provider descriptor, or 0 (NIM, local) */
     const char *nvcf_status_url;
     const char *nvcf_status_source; /* "nvcf_status_url" or the variable it came from */
     int nvcf_status_default;        /* neither gave one: NVIDIA's own, for its hosted API */
@@ -108,7 +113,7 @@ typedef struct {
 /* Checks everything common to every provider; raises on misuse naming the field. Expects the
  * args table at slot 1 and optional (first, count) at 2 and 3; leaves slots 1 (args),
  * 2 (anchor: the strings the struct points to), 3 (dropped), 4 (query), 5 (documents),
- * 6 (headers or nil), 7 (bm25 or nil). */
+ * 6 (headers or nil), 7 (bm25 or nil), 8 (the model's provider descriptor or nil). */
 void nim_check_args(lua_State *L, nim_args *a);
 /* The result count a call asks for: top_n, or its alias top_k; 0 = all. */
 lua_Integer nim_args_top_n(lua_State *L, int args);
@@ -119,16 +124,58 @@ int nim_l_protect(lua_State *L);      /* nim.native.protect(fn, ...) */
 void nim_push_keys(lua_State *L);     /* nim.native.keys = {request =, transport =, policy =} */
 
 /* ---- providers ------------------------------------------------------------------------------ */
-typedef enum { NIM_PROVIDER_NVIDIA, NIM_PROVIDER_LOCAL } nim_provider;
+typedef enum { NIM_PROVIDER_NVIDIA, NIM_PROVIDER_LOCAL, NIM_PROVIDER_API } nim_provider;
 /* The provider of a model string; raises naming the model when it cannot be served. */
 nim_provider nim_provider_of(lua_State *L, const char *model);
 const char *nim_provider_name(nim_provider p);
 
 /* Pushes a nim.Transfer that is pending, or already settled (no documents, too many, no key,
- * engine failure). Raises on misuse. Never blocks. */
-void nim_nvidia_start(lua_State *L, const nim_args *a);
+ * engine failure) for NIM or, when a->desc is set, the provider it describes. Raises on
+ * misuse. Never blocks. */
+void nim_http_start(lua_State *L, const nim_args *a);
 /* Checks what starting would check (route, headers, documents) without sending. */
-void nim_nvidia_validate(lua_State *L, const nim_args *a);
+void nim_http_validate(lua_State *L, const nim_args *a);
+
+/* ---- provider descriptors (descriptor.c) --------------------------------------------------
+ * A descriptor is a Lua table (lua/nim/providers/<name>.lua) registered in
+ * nim.native.providers under its name, the model prefix. Its strings are anchored by it. */
+typedef struct {
+    const char *name;                      /* the prefix: "cohere" for "cohere/<model>" */
+    const char *path;                      /* appended to the base URL: "/v2/rerank" */
+    const char *default_base;              /* NULL: api_base (or a base variable) is required */
+    const char *auth_header, *auth_prefix; /* "Authorization", "Bearer " */
+    int key_required;
+    lua_Integer max_passages;                  /* 0: no limit */
+    const char *model_field;                   /* NULL: the model is not sent */
+    const char *query_field, *documents_field; /* "query", "documents" */
+    const char *top_n_field;                   /* NULL: top_n applied here only */
+    const char *truncate_field;                /* NULL: truncate is unsupported */
+    int document_objects;                      /* {"text": ...} rather than strings */
+    nim_answer_shape answer;
+    const char *billed_as; /* the meta.billed_units key of the count read: "total_tokens" */
+} nim_descriptor;
+
+/* Pushes the descriptor a model string's prefix names (1), or nil (0: NIM, local or none). */
+int nim_descriptor_push(lua_State *L, const char *model);
+void nim_descriptor_read(lua_State *L, int idx, nim_descriptor *d); /* raises naming a field */
+/* The key from the descriptor's key_env variables (NULL if none is set); *var names the one
+ * used, or the first when none is. */
+const char *nim_descriptor_key(lua_State *L, int desc, const char **var);
+void nim_descriptor_env_names(lua_State *L, int desc, const char *k); /* pushes "A or B" */
+/* The route of a model; args: the call's arguments (slot, or 0), for path_params. 0, or -1
+ * with err naming the field. */
+int nim_descriptor_route(lua_State *L, int desc, const nim_descriptor *d, const char *model,
+                         const char *api_base, int args, nim_route *r, char *err, size_t errlen);
+/* Checks the call's values of the parameters the provider takes (raises naming one) and
+ * copies them into the table at out. */
+void nim_descriptor_params(lua_State *L, int desc, int args, int out);
+int nim_descriptor_supports(lua_State *L, int desc, const char *key); /* a params key */
+int nim_descriptor_has_truncate(lua_State *L, int desc);
+/* Pushes the JSON value truncate ("NONE"/"END") maps to, or nil (0). */
+int nim_descriptor_truncate(lua_State *L, int desc, const char *truncate);
+/* Writes the request body. Raw reads only, nothing raises: 0, or -1 out of memory. */
+int nim_descriptor_body(lua_State *L, nim_buf *b, const nim_descriptor *d, int texts, int query_idx,
+                        const char *body_model, lua_Integer top_n, int truncate_v, int params);
 /* Ranks with the embedded scorer and pushes the result. */
 void nim_local_rerank(lua_State *L, const nim_args *a);
 /* Checks a local model's own options (bm25 = {...}) and its documents, without ranking. */

@@ -5,24 +5,38 @@
 #include "binding.h"
 
 const char *nim_provider_name(nim_provider p) {
-    return p == NIM_PROVIDER_LOCAL ? "local" : "nvidia_nim";
+    return p == NIM_PROVIDER_LOCAL ? "local" : p == NIM_PROVIDER_API ? "api" : "nvidia_nim";
 }
 
-/* The one place that reads a provider prefix: "local/" is the embedded reranker;
- * "nvidia_nim/" or no known prefix is NVIDIA NIM. */
+/* The one place that reads a provider prefix: "local/" is the embedded reranker; a prefix
+ * that names a registered descriptor (nim.providers: "cohere/", "jina_ai/", ...) is that
+ * provider; "nvidia_nim/" or no known prefix is NVIDIA NIM. */
 static int has_prefix(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
 
 nim_provider nim_provider_of(lua_State *L, const char *model) {
-    if (!has_prefix(model, "local/")) return NIM_PROVIDER_NVIDIA;
-    if (strcmp(model, "local/bm25") != 0)
-        nim_misuse(L, "nim.rerank", "model", "unknown local model '%s' (known: local/bm25)", model);
-    return NIM_PROVIDER_LOCAL;
+    if (has_prefix(model, "local/")) {
+        if (strcmp(model, "local/bm25") != 0)
+            nim_misuse(L, "nim.rerank", "model", "unknown local model '%s' (known: local/bm25)",
+                       model);
+        return NIM_PROVIDER_LOCAL;
+    }
+    int api = nim_descriptor_push(L, model);
+    lua_pop(L, 1);
+    return api ? NIM_PROVIDER_API : NIM_PROVIDER_NVIDIA;
 }
 
 /* nim.native.provider_of(model) -> provider name, whether the model names it by prefix */
 int nim_l_provider_of(lua_State *L) {
     const char *model = luaL_checkstring(L, 1);
     nim_provider p = nim_provider_of(L, model);
+    if (p == NIM_PROVIDER_API) {
+        nim_descriptor_push(L, model);
+        nim_descriptor d;
+        nim_descriptor_read(L, -1, &d);
+        lua_pushstring(L, d.name);
+        lua_pushboolean(L, 1);
+        return 2;
+    }
     lua_pushstring(L, nim_provider_name(p));
     lua_pushboolean(L, p == NIM_PROVIDER_LOCAL || has_prefix(model, "nvidia_nim/"));
     return 2;
@@ -38,7 +52,7 @@ int nim_l_rerank(lua_State *L) {
         nim_local_rerank(L, &a);
         return 1;
     }
-    nim_nvidia_start(L, &a);
+    nim_http_start(L, &a);
     return nim_call_finish(L, lua_gettop(L));
 }
 
@@ -56,7 +70,7 @@ int nim_l_start(lua_State *L) {
         nim_call_push_settled(L, "res");
         return 1;
     }
-    nim_nvidia_start(L, &a);
+    nim_http_start(L, &a);
     ((nim_call *)lua_touserdata(L, -1))->partial = partial;
     return 1;
 }
@@ -69,8 +83,37 @@ int nim_l_validate(lua_State *L) {
     if (nim_provider_of(L, a.model) == NIM_PROVIDER_LOCAL)
         nim_local_validate(L, &a);
     else
-        nim_nvidia_validate(L, &a);
+        nim_http_validate(L, &a);
     lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* The route table of a descriptor's model (the descriptor on top). */
+static int resolve_descriptor(lua_State *L, const char *model, const char *api_base) {
+    int desc = lua_gettop(L);
+    nim_descriptor d;
+    nim_descriptor_read(L, desc, &d);
+    nim_route r;
+    char err[512];
+    if (nim_descriptor_route(L, desc, &d, model, api_base, 0, &r, err, sizeof err) != 0)
+        return nim_misuse(L, "nim.resolve", NULL, "%s", err);
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, r.url);
+    lua_setfield(L, -2, "url");
+    lua_pushstring(L, r.body_model);
+    lua_setfield(L, -2, "body_model");
+    lua_pushstring(L, r.model);
+    lua_setfield(L, -2, "model");
+    lua_pushboolean(L, r.hosted);
+    lua_setfield(L, -2, "needs_key");
+    lua_pushstring(L, r.base_source);
+    lua_setfield(L, -2, "base_source");
+    if (d.max_passages > 0) {
+        lua_pushinteger(L, d.max_passages);
+        lua_setfield(L, -2, "max_passages");
+    }
+    lua_pushstring(L, d.name);
+    lua_setfield(L, -2, "provider");
     return 1;
 }
 
@@ -96,6 +139,9 @@ int nim_l_resolve(lua_State *L) {
     nim_family family;
     const char *clean;
     char err[512];
+    if (nim_descriptor_push(L, model)) /* slot 4 */
+        return resolve_descriptor(L, model, api_base);
+    lua_pop(L, 1);
     if (nim_model_parse(model, &family, &clean, err, sizeof err) != 0)
         return nim_misuse(L, "nim.resolve", NULL, "%s", err);
     nim_catalog_entry entry;

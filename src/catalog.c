@@ -119,8 +119,19 @@ int nim_l_catalog_entry(lua_State *L) {
 /* nim.native.max_passages(model) -> documents one request may carry, or nil (no limit) */
 int nim_l_max_passages(lua_State *L) {
     const char *model = luaL_checkstring(L, 1);
-    if (nim_provider_of(L, model) == NIM_PROVIDER_LOCAL) {
+    nim_provider p = nim_provider_of(L, model);
+    if (p == NIM_PROVIDER_LOCAL) {
         lua_pushnil(L);
+        return 1;
+    }
+    if (p == NIM_PROVIDER_API) { /* the descriptor's limit, or none */
+        nim_descriptor_push(L, model);
+        nim_descriptor d;
+        nim_descriptor_read(L, -1, &d);
+        if (d.max_passages > 0)
+            lua_pushinteger(L, d.max_passages);
+        else
+            lua_pushnil(L);
         return 1;
     }
     nim_catalog_entry entry;

@@ -103,6 +103,14 @@ static int caller_set(lua_State *L, int names, const char *lower) {
     return set;
 }
 
+/* Did the caller set this header (any spelling)? */
+static int caller_set_any(lua_State *L, int names, const char *name) {
+    push_lower(L, name);
+    int set = caller_set(L, names, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return set;
+}
+
 /* "User-Agent: nimrank/0.1.0 (libcurl/7.88.1)", made once per process. */
 static char user_agent[160];
 static pthread_once_t user_agent_once = PTHREAD_ONCE_INIT;
@@ -129,9 +137,19 @@ void nim_set_headers(lua_State *L, int uv, int poll, int poll_s, nim_request *r)
     if (!poll && (!any || !caller_set(L, names, "content-type")))
         p[n++] = "Content-Type: application/json";
     if (!any || !caller_set(L, names, "user-agent")) p[n++] = user_agent;
-    if ((!any || !caller_set(L, names, "authorization")) &&
-        lua_getfield(L, uv, "key") == LUA_TSTRING) {
-        p[n++] = lua_pushfstring(L, "Authorization: Bearer %s", lua_tostring(L, -1));
+    /* The key's header: Authorization: Bearer, unless the provider's descriptor names
+     * another (uv.auth_header, uv.auth_prefix). */
+    int custom = lua_getfield(L, uv, "auth_header") == LUA_TSTRING;
+    const char *auth = custom ? lua_tostring(L, -1) : "Authorization"; /* anchored by uv */
+    lua_pop(L, 1);
+    if ((!any || !caller_set_any(L, names, auth)) && lua_getfield(L, uv, "key") == LUA_TSTRING) {
+        if (!custom) {
+            p[n++] = lua_pushfstring(L, "Authorization: Bearer %s", lua_tostring(L, -1));
+        } else {
+            lua_getfield(L, uv, "auth_prefix");
+            const char *prefix = lua_isstring(L, -1) ? lua_tostring(L, -1) : "";
+            p[n++] = lua_pushfstring(L, "%s: %s%s", auth, prefix, lua_tostring(L, -2));
+        }
     }
     if (poll) p[n++] = lua_pushfstring(L, "NVCF-POLL-SECONDS: %d", poll_s);
     for (size_t i = 1; i <= nc; i++) { /* anchored by hlines, which stays pushed */

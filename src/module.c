@@ -15,7 +15,7 @@
 
 const char nim_key_ctx, nim_key_module, nim_key_managed, nim_key_transfer_mt, nim_key_error_mt,
     nim_key_misuse_mt, nim_key_request_mt, nim_key_await_mt, nim_key_array_mt, nim_key_encode,
-    nim_key_decode, nim_key_catalog, nim_key_settings, nim_key_rankings_mt;
+    nim_key_decode, nim_key_catalog, nim_key_settings, nim_key_rankings_mt, nim_key_providers;
 
 int nimrank_global_init(void) { return nim_curl_load(NULL, 0); }
 
@@ -236,6 +236,11 @@ static void push_native(lua_State *L) {
     lua_setfield(L, t, "keys");
     lua_pushinteger(L, NIM_DEFAULT_MAX_PASSAGES);
     lua_setfield(L, t, "default_max_passages");
+    /* name -> descriptor: what nim.providers (lua/nim/providers.lua) registers, read by C */
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &nim_key_providers);
+    lua_setfield(L, t, "providers");
 }
 
 int luaopen_nim(lua_State *L) {

@@ -150,6 +150,10 @@ static int check_base(const char *base, const char *field, char *err, size_t err
     return -1;
 }
 
+int nim_check_base_url(const char *url, const char *field, char *err, size_t errlen) {
+    return check_base(url, field, err, errlen);
+}
+
 int nim_check_status_url(const char *url, const char *field, char *err, size_t errlen) {
     if (check_base(url, field, err, errlen) != 0) return -1;
     if (strchr(url, '?')) { /* the request id is appended as a path segment */

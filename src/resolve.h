@@ -39,6 +39,10 @@ int nim_model_parse(const char *model, nim_family *family, const char **clean, c
 int nim_resolve(const char *model, const char *api_base, const nim_catalog_entry *entry,
                 nim_getenv_fn getenv_fn, void *ud, nim_route *out, char *err, size_t errlen);
 
+/* Checks a base URL nimrank sends a key to (http(s)://, a host, a valid port, no space,
+ * control byte or '#'). 0, or -1 with err naming field. */
+int nim_check_base_url(const char *url, const char *field, char *err, size_t errlen);
+
 /* Checks an NVCF status URL as a base URL (http(s)://, a host, a valid port, no space, control
  * byte or '#') with no query: polls go to <url>/<request id>. 0, or -1 with err naming field. */
 int nim_check_status_url(const char *url, const char *field, char *err, size_t errlen);

@@ -26,14 +26,14 @@ int nim_buf_reserve(nim_buf *b, size_t extra) {
     return 0;
 }
 
-static int buf_add(nim_buf *b, const char *s, size_t n) {
+int nim_buf_add(nim_buf *b, const char *s, size_t n) {
     if (nim_buf_reserve(b, n)) return -1;
     memcpy(b->p + b->n, s, n);
     b->n += n;
     return 0;
 }
 
-#define BUF_ADD_LIT(b, lit) buf_add((b), (lit), sizeof(lit) - 1)
+#define BUF_ADD_LIT(b, lit) nim_buf_add((b), (lit), sizeof(lit) - 1)
 
 /* Appends s as a JSON string literal (RFC 8259). Hand-written on purpose: cjson.encode runs at
  * about 270 MB/s here, which cost more than the whole HTTP exchange of a 1 MB request. Eight
@@ -211,7 +211,7 @@ int nim_wire_body(lua_State *L, nim_buf *b, int texts, nim_family family, const 
     if (top_k > 0) {
         char num[40];
         int k = snprintf(num, sizeof num, ",\"top_k\":%lld", (long long)top_k);
-        if (buf_add(b, num, (size_t)k)) return -1;
+        if (nim_buf_add(b, num, (size_t)k)) return -1;
     }
     if (truncate &&
         (BUF_ADD_LIT(b, ",\"truncate\":") || nim_buf_json_string(b, truncate, strlen(truncate))))
@@ -247,7 +247,7 @@ static void *keep_alloc(void *ud, size_t size) {
 }
 
 int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, lua_Integer npassages,
-                   nim_parsed *out) {
+                   const nim_answer_shape *shape, nim_parsed *out) {
     int top = lua_gettop(L);
     size_t len;
     const char *js = lua_tolstring(L, body_idx, &len);
@@ -257,7 +257,7 @@ int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, lua_Integer npass
     nim_answer_mem mem = {keep_alloc, &keep, nim_scratch_alloc, tmp};
     nim_answer a;
     char err[256];
-    int rc = nim_answer_read(js, len, (size_t)npassages, &mem, &a, err, sizeof err);
+    int rc = nim_answer_read(js, len, (size_t)npassages, shape, &mem, &a, err, sizeof err);
     nim_scratch_reset(tmp);
     if (rc != 0) {
         lua_settop(L, top);

@@ -7,6 +7,7 @@
 #include <lua.h>
 #include <lauxlib.h>
 
+#include "answer.h"
 #include "ranking.h"
 #include "resolve.h"
 
@@ -23,7 +24,8 @@ typedef struct {
     size_t n, cap;
 } nim_buf;
 
-int nim_buf_reserve(nim_buf *b, size_t extra); /* 0, or -1 when out of memory */
+int nim_buf_reserve(nim_buf *b, size_t extra);        /* 0, or -1 when out of memory */
+int nim_buf_add(nim_buf *b, const char *s, size_t n); /* the same */
 /* Appends s as a JSON string literal. 0, or -1 when out of memory. */
 int nim_buf_json_string(nim_buf *b, const char *s, size_t n);
 
@@ -41,11 +43,12 @@ typedef struct {
     lua_Integer tokens; /* usage.total_tokens when > 0, else the number of rankings */
 } nim_parsed;
 
-/* Decodes a 2xx body (string at body_idx) sent with npassages passages. On success pushes two
+/* Decodes a 2xx body (string at body_idx) sent with npassages passages, in the provider's
+ * shape (NULL: NIM's). On success pushes two
  * values (the scratch that owns out->rk, and the provider's id or nil) and returns 1. On a
  * body that is not JSON or has the wrong shape pushes a message and returns 0. */
 int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, lua_Integer npassages,
-                   nim_parsed *out);
+                   const nim_answer_shape *shape, nim_parsed *out);
 
 /* Pushes the message of an error body: its JSON detail/message/error/title, decoded, or else
  * the body's text; whole, so that secrets can be redacted before nim_wire_one_line cuts it. */

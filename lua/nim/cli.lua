@@ -20,14 +20,16 @@ per line, or JSON lines ({"text": ...}). Blank lines are skipped.
 
 Options:
       --config FILE     LiteLLM-style config.yaml: then --model may name a model_name group
-  -m, --model M         model, e.g. nvidia_nim/nvidia/llama-nemotron-rerank-1b-v2 or
-                        nvidia_nim/ranking/<model>. Default: $NIMRANK_MODEL, else
+  -m, --model M         model, e.g. nvidia_nim/nvidia/llama-nemotron-rerank-1b-v2,
+                        nvidia_nim/ranking/<model>, or another provider's (cohere/...,
+                        jina_ai/, voyage/, together_ai/, azure_ai/, infinity/,
+                        hosted_vllm/, huggingface/). Default: $NIMRANK_MODEL, else
                         ]] .. M.DEFAULT_NIM_MODEL .. [[ when NVIDIA_NIM_API_KEY
                         is set, else the embedded offline reranker local/bm25
   -q, --query Q         the query (required)
   -n, --top-n N         return the N best results
       --truncate MODE   END or NONE
-      --api-base URL    base URL or full endpoint URL of the NIM service
+      --api-base URL    base URL or full endpoint URL of the provider's service
       --docs FILE       read documents from FILE ('-' = stdin)
       --no-documents    leave the document text out of the results
       --json            JSON even on a terminal
@@ -42,8 +44,9 @@ Options:
   -h, --help            show this help
   -v, --version         print the version
 
-The API key is read from NVIDIA_NIM_API_KEY (never from the command line, where other users
-could see it). Exit status: 0 success, 1 provider or network failure, 2 usage error.
+The API key is read from NVIDIA_NIM_API_KEY, or the provider's own variable (COHERE_API_KEY,
+...: README "Other providers"), never from the command line, where other users could see
+it. Exit status: 0 success, 1 provider or network failure, 2 usage error.
 ]]
 
 -- A one-line progress bar on stderr; finish() clears it (on a terminal) or ends the line.

@@ -252,6 +252,8 @@ local LITELLM_PARAMS = {
   connect_timeout = number_at_least(0, true),
   max_response_bytes = integer_at_least(1), return_documents = is("boolean"), bm25 = is("map"),
   top_n = integer_at_least(1), ca_bundle = string_or_env,
+  -- model: hybrid's options, checked by nim.hybrid (check_hybrid)
+  models = true, fusion = true, rrf_k = true, weights = true,
 }
 
 local ROUTER_SETTINGS = {
@@ -380,6 +382,37 @@ local function check_section(t, schema, path, warnings)
   return out
 end
 
+-- A deployment's hybrid options (model: hybrid): checked by nim.hybrid's rule, errors naming the
+-- key path. Its components are shown in results (meta.components, warnings), so they may not
+-- come from the environment; that they name something is checked with the other names
+-- (check_names). On any other deployment the options are ignored, with a warning.
+local function check_hybrid(d, path, warnings)
+  local router = require "nim.router"
+  if d.params.model ~= router.HYBRID then
+    for _, k in ipairs(router.HYBRID_KEYS) do
+      if d.params[k] ~= nil then
+        warnings[#warnings + 1] = ("%s: only used with model: %s, ignored"):format(
+          path_str(at(path, k)), router.HYBRID)
+        d.params[k] = nil
+      end
+    end
+    return
+  end
+  local function not_env(v, p)
+    if from_env[v] then
+      fail(p, "os.environ/ is not allowed here: a hybrid's options are shown in results and "
+        .. "messages, so a value from the environment would be printed")
+    end
+  end
+  for _, k in ipairs(router.HYBRID_KEYS) do not_env(d.params[k], at(path, k)) end
+  for i, name in ipairs(type(d.params.models) == "table" and d.params.models or {}) do
+    not_env(name, at(at(path, "models"), i))
+  end
+  require("nim.hybrid").options(d.params, function(field, msg)
+    fail(("%s.%s"):format(path_str(path), field), "%s", msg)
+  end)
+end
+
 local function check_model_list(list, warnings)
   if list == nil then return {} end
   is("list")(list, "model_list")
@@ -398,6 +431,7 @@ local function check_model_list(list, warnings)
     d.params = check_section(entry.litellm_params, LITELLM_PARAMS, at(p, "litellm_params"),
       warnings)
     if d.params.model == nil then fail(at(at(p, "litellm_params"), "model"), "required") end
+    check_hybrid(d, at(p, "litellm_params"), warnings)
     d.info = {}
     if entry.model_info ~= nil then
       is("map")(entry.model_info, at(p, "model_info"))
@@ -654,8 +688,10 @@ local function read_file(path)
   return read_yaml(path, read_text(path, "config", path))
 end
 
--- A provider model string with its prefix (nvidia_nim/..., local/bm25): always servable.
+-- A provider model string with its prefix (nvidia_nim/..., local/bm25), or the pseudo-model
+-- hybrid: always servable.
 local function provider_model(name)
+  if name == require("nim.router").HYBRID then return true end
   local ok, _, explicit = pcall(require("nim").native.provider_of, name)
   return ok and explicit
 end
@@ -688,6 +724,21 @@ local function check_names(cfg)
     end
     for i, name in ipairs(cfg[section].default_fallbacks or {}) do
       check(name, at(where .. ".default_fallbacks", i))
+    end
+  end
+  -- a hybrid deployment's components: known names, none of them hybrid (a recursion)
+  local hybrid = require("nim.router").HYBRID
+  local hybrid_group = {}
+  for _, d in ipairs(cfg.deployments) do
+    if d.params.model == hybrid then hybrid_group[d.model_name] = true end
+  end
+  for i, d in ipairs(cfg.deployments) do
+    for j, name in ipairs(d.params.model == hybrid and d.params.models or {}) do
+      local p = at(at(at(at("model_list", i), "litellm_params"), "models"), j)
+      if name == hybrid or hybrid_group[name] or hybrid_group[aliases[name] or false] then
+        fail(p, "%s is hybrid itself: a hybrid's component may not be", shown(name))
+      end
+      check(name, p)
     end
   end
 end

@@ -8,10 +8,12 @@ local nim = require "nim"
 local router = require "nim.router"
 local filters = require "nim.filters"
 local catalog = require "nim.catalog"
+local providers = require "nim.providers"
 
 local native = nim.native
 
 nim.filters = filters
+nim.providers = providers
 -- The scheduler (lua/nim/async.lua) loads on the first use of any of these, so scripts that
 -- never go asynchronous do not compile it at start-up. nim.sleep yields inside nim's tasks
 -- and blocks elsewhere.

@@ -33,6 +33,9 @@
 --   them is os.environ/NAME (err.model, meta.model, attempts), never a value (hide_env).
 -- * Misuse of the router's own options (fallbacks that are not model names, a built-in
 --   filter's argument) raises before anything is sent; nim.check returns it.
+-- * model = "hybrid" (or a deployment with model: hybrid) fuses the answers of several
+--   models, each routed by this router on its own (lua/nim/hybrid.lua); it is always a
+--   servable name, as a provider model with its prefix is.
 local nim = require "nim"
 local filters = require "nim.filters"
 local catalog = require "nim.catalog"
@@ -53,6 +56,12 @@ local DEPLOYMENT_WINS = { model = true, api_key = true, api_base = true }
 local CALL_DEFAULTS = { "truncate", "drop_params", "headers", "connect_timeout", "ca_bundle",
   "max_response_bytes", "return_documents", "bm25", "top_n", "api_key", "api_base" }
 local NO_CONFIG = { deployments = {}, router = {}, litellm = {}, nimrank = {} }
+-- The pseudo-model nim.hybrid serves. Its options (models, fusion, rrf_k, weights) are read
+-- by nim.hybrid; they are policy keys of the binding's list, so never passed to a provider.
+local HYBRID = "hybrid"
+M.HYBRID = HYBRID
+M.HYBRID_KEYS = { "models", "fusion", "rrf_k", "weights" }
+for _, k in ipairs(M.HYBRID_KEYS) do assert(POLICY[k], k .. " missing from native.keys.policy") end
 
 -- The provider call: the native call, split into batches when too large (nim.batch, loaded
 -- on first use so start-up stays fast).
@@ -130,7 +139,7 @@ end
 -- nil when the name can be served; else the not_found error. With configured groups, only
 -- they, their aliases and provider model strings with an explicit prefix can be.
 function Router:unknown(name)
-  if not self.configured or self:group(name) then return nil end
+  if not self.configured or self:group(name) or name == HYBRID then return nil end
   local ok, _, explicit = pcall(native.provider_of, name)
   if ok and explicit then return nil end
   return native.error({ type = "not_found", status = 404, model = name,
@@ -270,6 +279,15 @@ local function hide_env(d, res, err)
   return env_model
 end
 
+-- The call behind an attempt: the provider call, or for model "hybrid" nim.hybrid's fusion
+-- of its components' routed calls (options from the deployment d, else the request args).
+function Router:invoke(a, batch, d, args)
+  if a.model == HYBRID then
+    return require("nim.hybrid").call(self, a, d and d.params or args, args)
+  end
+  return self.call(a, batch)
+end
+
 -- One attempt's record: what was tried, how long it waited first, how it ended. No keys.
 local function record(attempts, group, d, model, wait, err, latency_ms)
   attempts[#attempts + 1] = {
@@ -333,7 +351,7 @@ function Router:try(name, args, attempts, num_retries, budget)
         -- an attempt gets its deployment's timeout, never more than the call has left
         a.timeout = math.min(d and d.params.timeout or math.huge, left)
         a.request_timeout = nil
-        res, e = env_guard(d, a, self.call, a, batch)
+        res, e = env_guard(d, a, self.invoke, self, a, batch, d, args)
       end
       local model = a and a.model or nil
       if d and config.has_env(d.params) then model = hide_env(d, res, e) or model end
@@ -403,6 +421,9 @@ function Router:check(args)
   end
   a = a or call_args(args, nil, self.timeout)
   env_guard(d, a, function()
+    if a.model == HYBRID then
+      return require("nim.hybrid").check(self, a, d and d.params or args)
+    end
     require("nim.batch").check(a, batch_options(args))
     native.validate(a)
   end)
@@ -422,7 +443,7 @@ function Router:rerank(args)
   if plain then
     local unknown = self:unknown(name)
     if unknown then return nil, unknown end
-    return self.call(call_args(args, nil, self.timeout), batch_options(args))
+    return self:invoke(call_args(args, nil, self.timeout), batch_options(args), nil, args)
   end
 
   local num_retries = args.num_retries or args.max_retries or (g and self.num_retries or 0)

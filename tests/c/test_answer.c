@@ -25,11 +25,12 @@ static void arena_free(arena *a) {
 
 static nim_scratch tmp; /* reused across reads, as the binding reuses its state's */
 
-static int read_answer(const char *body, size_t np, nim_answer *out, char *err) {
+static int read_shaped(const char *body, size_t np, const nim_answer_shape *shape, nim_answer *out,
+                       char *err) {
     arena a = {{0}, 0};
     err[0] = '\0';
     nim_answer_mem mem = {arena_alloc, &a, nim_scratch_alloc, &tmp};
-    int rc = nim_answer_read(body, strlen(body), np, &mem, out, err, 256);
+    int rc = nim_answer_read(body, strlen(body), np, shape, &mem, out, err, 256);
     nim_scratch_reset(&tmp);
     if (rc == 0 && out->n > 0) { /* keep the rankings past the arena */
         static nim_ranking keep[16];
@@ -38,6 +39,43 @@ static int read_answer(const char *body, size_t np, nim_answer *out, char *err) 
     }
     arena_free(&a);
     return rc;
+}
+
+static int read_answer(const char *body, size_t np, nim_answer *out, char *err) {
+    return read_shaped(body, np, NULL, out, err);
+}
+
+/* Other providers' shapes: Cohere's (results, relevance_score, meta.billed_units.search_units),
+ * TEI's bare list of {index, score}; the same strictness, messages in their own names. */
+static void other_shapes(void) {
+    const nim_answer_shape cohere = {
+        "results", "index", "relevance_score", {"meta", "billed_units", "search_units"}, "id"};
+    const nim_answer_shape tei = {NULL, "index", "score", {NULL}, NULL};
+    nim_answer a;
+    char err[256];
+    CHECK(read_shaped("{\"id\":\"x1\",\"results\":[{\"index\":1,\"relevance_score\":0.9},"
+                      "{\"index\":0,\"relevance_score\":0.1}],\"meta\":{\"api_version\":"
+                      "{\"version\":\"2\"},\"billed_units\":{\"search_units\":1}}}",
+                      2, &cohere, &a, err) == 0);
+    CHECK(a.n == 2 && a.rk[0].index == 1 && a.rk[0].score == 0.9 && a.tokens == 1);
+    CHECK(a.id_len == 2);
+    CHECK(read_shaped("{\"rankings\":[]}", 2, &cohere, &a, err) == -1);
+    CHECK(strstr(err, "no 'results' list") != NULL);
+    CHECK(read_shaped("{\"results\":[{\"index\":5,\"relevance_score\":1}]}", 2, &cohere, &a, err) ==
+          -1);
+    CHECK(strstr(err, "results[0].index is out of range") != NULL);
+    CHECK(read_shaped("[{\"index\":0,\"score\":0.5},{\"score\":0.7,\"index\":1}]", 2, &tei, &a,
+                      err) == 0);
+    CHECK(a.n == 2 && a.rk[1].index == 1 && a.rk[1].score == 0.7 && a.tokens == 0 && !a.id);
+    CHECK(read_shaped("[]", 0, &tei, &a, err) == 0 && a.n == 0);
+    CHECK(read_shaped("{\"results\":[]}", 2, &tei, &a, err) == -1);
+    CHECK(strstr(err, "not a JSON list") != NULL);
+    CHECK(read_shaped("[{\"index\":0,\"score\":0.5},{\"index\":0,\"score\":1}]", 2, &tei, &a,
+                      err) == -1);
+    CHECK(strstr(err, "answer[1].index repeats") != NULL);
+    CHECK(read_shaped("[{\"index\":0,\"score\":\"1\"}]", 2, &tei, &a, err) == -1);
+    CHECK(strstr(err, "answer[0].score is not a finite number") != NULL);
+    CHECK(read_shaped("[{\"index\":0,\"score\":1}] x", 2, &tei, &a, err) == -1);
 }
 
 static void well_formed_answers(void) {
@@ -148,6 +186,7 @@ static void a_flood_of_values_is_refused_before_memory_is_taken(void) {
 
 int main(void) {
     RUN(well_formed_answers);
+    RUN(other_shapes);
     RUN(refused_answers_say_why);
     RUN(a_flood_of_values_is_refused_before_memory_is_taken);
     nim_scratch_free(&tmp);

@@ -30,10 +30,67 @@
 --   !bigheader=N     a response header of N bytes                    request's headers and body
 --   !manyheaders=K   K response headers of 35 000 bytes each
 --   !gzip=PATH       the answer is PATH's bytes, sent with Content-Encoding: gzip
--- GET /_fake/last returns the last POST seen (headers and raw body) for assertions;
+-- GET /_fake/last returns the last POST seen, whatever its path (headers and raw body), for
+-- assertions; GET /_fake/last/NAME the last POST routed to dialect NAME (nim, cohere, ...).
 -- GET /_fake/stats returns {connections = TCP connections accepted so far,
 --   nvcf_queued = NVCF jobs queued so far, aborted = answers held by !delay whose client hung
---   up during the delay (the wait then ends at once and nothing is sent)}.
+--   up during the delay (the wait then ends at once and nothing is sent),
+--   requests = {dialect = POSTs routed to it}, e.g. {nim = 12, cohere = 3}}.
+--
+-- Other providers' dialects, on the same server. The first path segment names the dialect and
+-- the provider's own path follows, so a test sets api_base = FAKE_URL .. "/cohere" and so on:
+--   /cohere/v1/rerank  /cohere/v2/rerank    Cohere v1 / v2        errors {"message"}
+--   /azure/v1/rerank   /azure/v2/rerank     Azure AI (Cohere's API; model optional)
+--   /jina/v1/rerank                         Jina AI               errors {"detail"}, 422 lists
+--   /voyage/v1/rerank                       Voyage AI             errors {"detail": "..."}
+--   /together/v1/rerank                     Together AI           errors {"error":{message,type}}
+--   /infinity/rerank                        Infinity              errors {"detail"}, 422 lists
+--   /vllm/rerank  /vllm/v1/rerank  /vllm/v2/rerank  vLLM          errors {"error":{...,code}}
+--   /tei/rerank                             HF Text Embeddings Inference: {"error","error_type"}
+--                                           (and axum's plain-text 4xx for unreadable bodies)
+-- Rules common to all: with --api-key, "Authorization: Bearer KEY" (the scheme in any case;
+-- TEI compares the whole header) else 401 in the provider's shape (TEI: empty body); without
+-- it, no auth. A Content-Type other than application/json is refused (a missing one too,
+-- except by the FastAPI servers jina, voyage, infinity, which read the body as JSON anyway).
+-- query must be a non-empty string (TEI: any string); documents (TEI: texts) a non-empty list
+-- of strings, or of {text} objects for cohere v1, azure v1, jina and together (cohere v1,
+-- azure v1 and together: any object whose rank_fields are strings). The NIM body's `passages`
+-- is refused everywhere but TEI, whose serde ignores unknown fields (a NIM body still fails
+-- there: it has no texts). Most documents: 1000 (cohere, voyage; a chosen limit for the
+-- rest); TEI 32 (its --max-client-batch-size default), or --max-passages when that is given.
+--   cohere: model required; top_n >= 1; return_documents bool; rank_fields (v1, objects);
+--           v1 refuses max_tokens_per_doc, and documents x max_chunks_per_doc > 10000;
+--           v2 refuses max_chunks_per_doc; documents must be strings in v2; passages, texts,
+--           top_k refused. Answer {id, results[{index, relevance_score, document?}],
+--           meta{api_version{version}, billed_units{search_units = ceil(docs / 100)}}}.
+--   azure:  as cohere, model optional.
+--   jina:   model required; top_n; return_documents (default true: documents echoed);
+--           passages, texts, top_k refused (422 extra_forbidden). Answer {model,
+--           usage{total_tokens}, results[...]}: no id, like the real API.
+--   voyage: only model (required), query, documents, top_k, return_documents, truncation:
+--           any other field is 400 "Argument 'X' is not supported by our API" (top_n too);
+--           "" documents 400 "Input cannot contain empty strings or empty lists"; top_k may
+--           exceed the documents. Answer {object:"list", data[{index, relevance_score,
+--           document? (a string)}], model, usage{total_tokens}}.
+--   together: model required; top_n; rank_fields; max_chunks_per_doc, max_tokens_per_doc,
+--           top_k, passages, texts refused. Answer {id, object:"rerank", model, results,
+--           usage{prompt_tokens, completion_tokens, total_tokens}}.
+--   infinity: model optional; strings only; top_n; raw_scores (relevance_score = the logit);
+--           return_documents (document as a string). Answer {object:"rerank", id, created,
+--           model, results, usage{prompt_tokens, total_tokens}}.
+--   vllm:   model optional; strings only; top_n (0 = all); other fields ignored but passages.
+--           Answer {id, model, usage{total_tokens}, results[{index, document{text},
+--           relevance_score}]}; 401 is {"error":"Unauthorized"}.
+--   tei:    texts, query, raw_scores, return_text, truncate, truncation_direction (Left or
+--           Right); model and top_n ignored (every text comes back). Answer: a bare list
+--           [{index, score, text?}], score descending. Empty texts 400 error_type "empty";
+--           too many 413 "batch size N > maximum allowed batch size M" ("validation").
+-- Scores: the NIM scorer's logit through a logistic, in [0, 1] (TEI raw_scores and Infinity
+-- raw_scores: the logit); sorted by score, then index; top_n/top_k applied. Faults: !status
+-- (in the dialect's error shape; !text, !empty, !retry-after), !times (counted per query text,
+-- across dialects), !delay, !drop, !malformed, !shape, !badindex, !nan, !dupindex, !ties,
+-- !reverse, !id, !nousage, !usage=N, !norankings (TEI: []), !huge, !echo-auth, !echo-escaped
+-- and the hostile ones; the NVCF (!202...) and !body directives are NIM's only.
 local cjson = require "cjson"
 
 local API_KEY = FAKE.api_key
@@ -353,6 +410,628 @@ local function rerank(req, family, model_info, body)
   return with_delay(r)
 end
 
+-- ---- Other providers' dialects --------------------------------------------------------------
+-- The first path segment names the dialect; the provider's own path follows (see the top).
+-- Each dialect checks auth, Content-Type and the body as that API does, answers errors in its
+-- error shape and successes in its answer shape, scored by the same lexical scorer as NIM.
+
+local requests_seen = {} -- dialect (or "nim") -> POSTs routed to it, for /_fake/stats
+local last_by = {}       -- dialect (or "nim") -> the last POST routed to it, for /_fake/last/NAME
+local answer_ids = 0
+
+local function logistic(x) return 1 / (1 + math.exp(-x)) end
+
+local function is_list(t)
+  if type(t) ~= "table" then return false end
+  local n = #t
+  for k in pairs(t) do
+    if math.type(k) ~= "integer" or k < 1 or k > n then return false end
+  end
+  return true
+end
+
+local function is_int(v, min)
+  return type(v) == "number" and v == math.floor(v) and v >= min and v < 2^53
+end
+
+local function present(v) return v ~= nil and v ~= cjson.null end
+
+-- A problem found in a request: code, field, and what the message needs. Dialects word it.
+local function describe(p)
+  local f = p.field
+  if p.code == "json" then return "body is not valid JSON"
+  elseif p.code == "not_object" then return "request body must be a JSON object"
+  elseif p.code == "missing" then return f .. " is required"
+  elseif p.code == "type" then return f .. " must be " .. p.want
+  elseif p.code == "empty_query" then return "query must not be empty"
+  elseif p.code == "empty_docs" then return "list of " .. f .. " must not be empty"
+  elseif p.code == "empty_string" then return f .. " must not contain empty strings"
+  elseif p.code == "doc_type" then return ("%s[%d] must be %s"):format(f, p.index, p.want)
+  elseif p.code == "too_many" then
+    return ("too many %s: %d, the maximum is %d"):format(f, p.n, p.max)
+  elseif p.code == "range" then
+    return f .. " must be " .. (p.min == 0 and "a non-negative" or "a positive") .. " integer"
+  elseif p.code == "unsupported" then return f .. " is not a supported parameter"
+  elseif p.code == "chunks" then
+    return ("the number of documents times max_chunks_per_doc (%d) exceeds 10000"):format(p.n)
+  elseif p.code == "enum" then return f .. " must be one of " .. p.want
+  end
+  return "invalid request"
+end
+
+-- Checks a decoded body against rules R; returns the normalized request or nil, problem.
+--   R.docs: "documents" or "texts"     R.model: "required", "optional" or nil (ignored)
+--   R.allowed: the only fields taken (else R.reject: fields refused outright)
+--   R.objects: documents may be objects ({text}, or any with rank_fields)
+--   R.no_empty: "" documents refused   R.empty_query_ok   R.max: most documents
+--   R.top: "top_n"/"top_k"/nil, at least R.top_min (1)   R.bools, R.ints (positive), R.enums
+local function check_body(body, R)
+  if type(body) ~= "table" or #body > 0 then return nil, { code = "not_object" } end
+  local keys = {}
+  for k in pairs(body) do keys[#keys + 1] = tostring(k) end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    if (R.allowed and not R.allowed[k]) or (R.reject and R.reject[k]) then
+      return nil, { code = "unsupported", field = k }
+    end
+  end
+  local norm = {}
+  if R.model then
+    local m = body.model
+    if m == nil and R.model == "required" then return nil, { code = "missing", field = "model" } end
+    if present(m) or R.model == "required" then
+      if type(m) ~= "string" then
+        return nil, { code = "type", field = "model", want = "a string" }
+      end
+      if m == "" and R.model == "required" then
+        return nil, { code = "missing", field = "model" }
+      end
+      norm.model = m
+    end
+  end
+  local q = body.query
+  if q == nil then return nil, { code = "missing", field = "query" } end
+  if type(q) ~= "string" then return nil, { code = "type", field = "query", want = "a string" } end
+  if q == "" and not R.empty_query_ok then return nil, { code = "empty_query", field = "query" } end
+  norm.query = q
+  local f, docs = R.docs, body[R.docs]
+  if docs == nil then return nil, { code = "missing", field = f } end
+  if not is_list(docs) then return nil, { code = "type", field = f, want = "a list" } end
+  if #docs == 0 then return nil, { code = "empty_docs", field = f } end
+  local rank_fields = R.rank_fields and body.rank_fields or nil
+  if present(rank_fields) then
+    if not is_list(rank_fields) then
+      return nil, { code = "type", field = "rank_fields", want = "a list of strings" }
+    end
+    for _, s in ipairs(rank_fields) do
+      if type(s) ~= "string" then
+        return nil, { code = "type", field = "rank_fields", want = "a list of strings" }
+      end
+    end
+  else
+    rank_fields = nil
+  end
+  norm.raw, norm.texts = docs, {}
+  for i, d in ipairs(docs) do
+    local t
+    if type(d) == "string" then
+      if d == "" and R.no_empty then
+        return nil, { code = "empty_string", field = f, index = i - 1 }
+      end
+      t = d
+    elseif R.objects and type(d) == "table" and not is_list(d) then
+      if rank_fields and R.rank_fields then
+        local parts = {}
+        for _, k in ipairs(rank_fields) do
+          if type(d[k]) == "string" then parts[#parts + 1] = k .. ": " .. d[k] end
+        end
+        t = #parts > 0 and table.concat(parts, "\n") or nil
+      end
+      if not t then t = type(d.text) == "string" and d.text or nil end
+      if not t then
+        return nil, { code = "doc_type", field = f, index = i - 1,
+                      want = "an object with a text field" }
+      end
+    else
+      return nil, { code = "doc_type", field = f, index = i - 1,
+                    want = R.objects and "a string or an object with a text field" or "a string" }
+    end
+    norm.texts[i] = t
+  end
+  if #docs > R.max then return nil, { code = "too_many", field = f, n = #docs, max = R.max } end
+  if R.top and present(body[R.top]) then
+    local min = R.top_min or 1
+    if not is_int(body[R.top], min) then
+      return nil, { code = "range", field = R.top, min = min }
+    end
+    norm.top = math.tointeger(body[R.top])
+  end
+  for _, k in ipairs(R.bools or {}) do
+    if present(body[k]) and type(body[k]) ~= "boolean" then
+      return nil, { code = "type", field = k, want = "a boolean" }
+    end
+  end
+  for _, k in ipairs(R.ints or {}) do
+    if present(body[k]) and not is_int(body[k], 1) then
+      return nil, { code = "range", field = k, min = 1 }
+    end
+  end
+  for k, values in pairs(R.enums or {}) do
+    if present(body[k]) and not values[body[k]] then
+      local names = {}
+      for v in pairs(values) do names[#names + 1] = v end
+      table.sort(names)
+      return nil, { code = "enum", field = k, want = table.concat(names, ", ") }
+    end
+  end
+  norm.ret = body.return_documents
+  if norm.ret == cjson.null then norm.ret = nil end
+  return norm
+end
+
+local function cohere_like_docs(norm, r, objects_whole)
+  if norm.ret ~= true then return nil end
+  local raw = norm.raw[r.doc + 1]
+  if type(raw) == "table" and objects_whole then return raw end
+  return { text = norm.texts[r.doc + 1] }
+end
+
+local function next_id(prefix)
+  answer_ids = answer_ids + 1
+  return ("%s-%06d"):format(prefix, answer_ids)
+end
+
+local function search_units(norm) return math.max(1, (#norm.texts + 99) // 100) end
+
+-- Cohere (and Azure AI, which serves Cohere's API): {"message": ...} errors, v1 and v2.
+local function cohere_dialect(name, model_rule)
+  local function err(status, msg, extra)
+    return json(status, { message = msg }, extra)
+  end
+  local base_reject = { passages = true, texts = true, top_k = true, return_text = true,
+    raw_scores = true }
+  local function rules(variant)
+    local reject = {}
+    for k in pairs(base_reject) do reject[k] = true end
+    reject[variant == "v1" and "max_tokens_per_doc" or "max_chunks_per_doc"] = true
+    return { docs = "documents", model = model_rule, reject = reject, objects = variant == "v1",
+      rank_fields = variant == "v1", max = 1000, top = "top_n", bools = { "return_documents" },
+      ints = { variant == "v1" and "max_chunks_per_doc" or "max_tokens_per_doc" } }
+  end
+  return {
+    paths = { ["/v1/rerank"] = "v1", ["/v2/rerank"] = "v2" },
+    err = err,
+    auth = function(missing)
+      return err(401, missing and "no api key supplied" or "invalid api token")
+    end,
+    ctype = function()
+      return err(400, "invalid request: Content-Type must be application/json")
+    end,
+    problem = function(p)
+      if p.code == "unsupported" and (p.field == "max_chunks_per_doc"
+          or p.field == "max_tokens_per_doc") then
+        return err(400, ("invalid request: %s is not supported by this API version")
+          :format(p.field))
+      end
+      return err(400, "invalid request: " .. describe(p))
+    end,
+    rules = rules,
+    extra_check = function(body, norm, variant)
+      local chunks = body.max_chunks_per_doc
+      if variant == "v1" and present(chunks) and #norm.texts * chunks > 10000 then
+        return { code = "chunks", n = math.tointeger(#norm.texts * chunks) }
+      end
+    end,
+    list_key = "results",
+    answer = function(ranked, norm, tokens, variant)
+      local results = {}
+      for i, r in ipairs(ranked) do
+        results[i] = { index = r.index, relevance_score = logistic(r.logit),
+                       document = cohere_like_docs(norm, r, variant == "v1") }
+      end
+      return { id = next_id("fake-" .. name), results = results,
+               meta = { api_version = { version = variant == "v1" and "1" or "2",
+                                        is_experimental = false },
+                        billed_units = { search_units = search_units(norm) } } }
+    end,
+  }
+end
+
+-- FastAPI's 422: {"detail": [{type, loc, msg, input}]} (Jina, Infinity)
+local PYDANTIC = {
+  json = { "json_invalid", "JSON decode error" },
+  not_object = { "model_attributes_type",
+                 "Input should be a valid dictionary or object to extract fields from" },
+  missing = { "missing", "Field required" },
+  empty_query = { "string_too_short", "String should have at least 1 character" },
+  range = { "greater_than", "Input should be greater than 0" },
+  unsupported = { "extra_forbidden", "Extra inputs are not permitted" },
+}
+local function pydantic(p, body)
+  local kind = PYDANTIC[p.code]
+  local loc = { "body" }
+  if p.field then loc[2] = p.field end
+  if p.index then loc[3] = p.index end
+  local t, msg
+  if kind then
+    t, msg = kind[1], kind[2]
+  elseif p.code == "type" or p.code == "doc_type" then
+    local list = p.want == "a list" or p.want:find("^a list")
+    t = list and "list_type" or (p.want == "a boolean" and "bool_type" or "string_type")
+    msg = list and "Input should be a valid list" or (p.want == "a boolean"
+      and "Input should be a valid boolean" or "Input should be a valid string")
+  elseif p.code == "empty_docs" then
+    t, msg = "too_short", "List should have at least 1 item after validation, not 0"
+  elseif p.code == "too_many" then
+    t, msg = "too_long", ("List should have at most %d items after validation, not %d")
+      :format(p.max, p.n)
+  else
+    t, msg = "value_error", "Value error, " .. describe(p)
+  end
+  local input = type(body) == "table" and p.field and body[p.field]
+  if p.index and type(input) == "table" then input = input[p.index + 1] end
+  local detail = { type = t, loc = loc, msg = msg }
+  if input ~= nil and input ~= false then detail.input = input end
+  return json(422, { detail = { detail } })
+end
+
+local function fastapi_dialect(name, opts)
+  local function err(status, msg, extra) return json(status, { detail = msg }, extra) end
+  return {
+    paths = opts.paths,
+    fastapi = true, -- a missing Content-Type is read as JSON all the same
+    err = err,
+    auth = function(missing)
+      return err(401, missing and "Not authenticated: no API key supplied"
+        or "Unauthorized: invalid API key")
+    end,
+    ctype = function() return pydantic({ code = "not_object" }) end,
+    problem = pydantic,
+    rules = function() return opts.rules end,
+    list_key = "results",
+    answer = opts.answer,
+  }
+end
+
+local DIALECTS = {
+  cohere = cohere_dialect("cohere", "required"),
+  azure = cohere_dialect("azure", "optional"), -- a serverless endpoint serves one model
+
+  jina = fastapi_dialect("jina", {
+    paths = { ["/v1/rerank"] = "v1" },
+    rules = { docs = "documents", model = "required", objects = true, max = 1000,
+              top = "top_n", bools = { "return_documents" },
+              reject = { passages = true, texts = true, top_k = true } },
+    answer = function(ranked, norm, tokens)
+      local results = {}
+      for i, r in ipairs(ranked) do
+        local raw = norm.raw[r.doc + 1]
+        results[i] = { index = r.index, relevance_score = logistic(r.logit),
+                       document = norm.ret ~= false and (type(raw) == "table" and raw
+                         or { text = raw }) or nil }
+      end
+      return { model = norm.model, usage = { total_tokens = tokens }, results = results }
+    end,
+  }),
+
+  infinity = fastapi_dialect("infinity", {
+    paths = { ["/rerank"] = "v1" },
+    rules = { docs = "documents", model = "optional", max = 1000, top = "top_n",
+              bools = { "return_documents", "raw_scores" },
+              reject = { passages = true, texts = true, top_k = true } },
+    answer = function(ranked, norm, tokens)
+      local results = {}
+      for i, r in ipairs(ranked) do
+        results[i] = { index = r.index,
+                       relevance_score = norm.raw_scores and r.logit or logistic(r.logit),
+                       document = norm.ret == true and norm.texts[r.doc + 1] or nil }
+      end
+      return { object = "rerank", id = next_id("infinity"), created = os.time(),
+               model = norm.model or "default/not-specified", results = results,
+               usage = { prompt_tokens = tokens, total_tokens = tokens } }
+    end,
+  }),
+
+  voyage = {
+    paths = { ["/v1/rerank"] = "v1" },
+    fastapi = true,
+    err = function(status, msg, extra) return json(status, { detail = msg }, extra) end,
+    auth = function(missing)
+      return json(401, { detail = missing and "No API key provided."
+        or "Provided API key is invalid." })
+    end,
+    ctype = function() return json(400, { detail = "Request body must be JSON." }) end,
+    problem = function(p)
+      local msg
+      if p.code == "unsupported" then
+        msg = ("Argument '%s' is not supported by our API"):format(p.field)
+      elseif p.code == "empty_string" or p.code == "empty_docs" then
+        msg = "Input cannot contain empty strings or empty lists"
+      elseif p.code == "too_many" then
+        msg = ("The number of documents (%d) exceeds the limit of %d."):format(p.n, p.max)
+      else
+        msg = "Request is invalid: " .. describe(p)
+      end
+      return json(400, { detail = msg })
+    end,
+    rules = function()
+      return { docs = "documents", model = "required", no_empty = true, max = 1000,
+               top = "top_k", bools = { "return_documents", "truncation" },
+               allowed = { model = true, query = true, documents = true, top_k = true,
+                           return_documents = true, truncation = true } }
+    end,
+    list_key = "data",
+    answer = function(ranked, norm, tokens)
+      local data = {}
+      for i, r in ipairs(ranked) do
+        data[i] = { index = r.index, relevance_score = logistic(r.logit),
+                    document = norm.ret == true and norm.texts[r.doc + 1] or nil }
+      end
+      return { object = "list", data = data, model = norm.model,
+               usage = { total_tokens = tokens } }
+    end,
+  },
+
+  together = {
+    paths = { ["/v1/rerank"] = "v1" },
+    err = function(status, msg, extra)
+      local kind = status == 429 and "rate_limit_exceeded" or status >= 500 and "server_error"
+        or "invalid_request_error"
+      return json(status, { error = { message = msg, type = kind,
+        param = cjson.null, code = cjson.null } }, extra)
+    end,
+    auth = function()
+      return json(401, { error = { message = "Invalid API key provided. You can find your " ..
+        "API key at https://api.together.xyz/settings/api-keys.",
+        type = "invalid_request_error", param = cjson.null, code = "invalid_api_key" } })
+    end,
+    ctype = function()
+      return json(400, { error = { message = "Content-Type must be application/json",
+        type = "invalid_request_error", param = cjson.null, code = cjson.null } })
+    end,
+    problem = function(p)
+      return json(400, { error = { message = describe(p), type = "invalid_request_error",
+        param = p.field or cjson.null, code = cjson.null } })
+    end,
+    rules = function()
+      return { docs = "documents", model = "required", objects = true, rank_fields = true,
+               max = 1000, top = "top_n", bools = { "return_documents" },
+               reject = { passages = true, texts = true, top_k = true,
+                          max_chunks_per_doc = true, max_tokens_per_doc = true } }
+    end,
+    list_key = "results",
+    answer = function(ranked, norm, tokens)
+      local results = {}
+      for i, r in ipairs(ranked) do
+        results[i] = { index = r.index, relevance_score = logistic(r.logit),
+                       document = cohere_like_docs(norm, r, false) }
+      end
+      return { id = next_id("together"), object = "rerank", model = norm.model,
+               results = results,
+               usage = { prompt_tokens = tokens, completion_tokens = 0, total_tokens = tokens } }
+    end,
+  },
+
+  vllm = {
+    paths = { ["/rerank"] = "rerank", ["/v1/rerank"] = "v1", ["/v2/rerank"] = "v2" },
+    err = function(status, msg, extra)
+      local kind = status == 404 and "NotFoundError" or status == 429 and "TooManyRequestsError"
+        or status >= 500 and "InternalServerError" or "BadRequestError"
+      return json(status, { error = { message = msg, type = kind,
+        param = cjson.null, code = status } }, extra)
+    end,
+    auth = function() return json(401, { error = "Unauthorized" }) end,
+    ctype = function()
+      return json(400, { error = { message = "Unsupported Media Type: Only " ..
+        "'application/json' is allowed", type = "BadRequestError", param = cjson.null,
+        code = 400 } })
+    end,
+    problem = function(p)
+      return json(400, { error = { message = describe(p), type = "BadRequestError",
+        param = cjson.null, code = 400 } })
+    end,
+    rules = function() -- other unknown fields are ignored (vLLM logs and drops them)
+      return { docs = "documents", model = "optional", max = 1000, top = "top_n", top_min = 0,
+               reject = { passages = true } }
+    end,
+    list_key = "results",
+    answer = function(ranked, norm, tokens)
+      local results = {}
+      for i, r in ipairs(ranked) do
+        results[i] = { index = r.index, relevance_score = logistic(r.logit),
+                       document = { text = norm.texts[r.doc + 1] } }
+      end
+      return { id = next_id("rerank"), model = norm.model or "fake-vllm-reranker",
+               usage = { total_tokens = tokens }, results = results }
+    end,
+  },
+
+  -- Text Embeddings Inference: axum. Its own checks answer {"error", "error_type"}; a body
+  -- serde cannot read is refused by axum's Json extractor as plain text; unknown fields (model,
+  -- top_n) are ignored, so every result comes back (TEI does not apply top_n).
+  tei = {
+    paths = { ["/rerank"] = "v1" },
+    err = function(status, msg, extra)
+      return json(status, { error = msg, error_type = status == 429 and "overloaded"
+        or status >= 500 and "backend" or "validation" }, extra)
+    end,
+    auth = function() return { status = 401, body = "", headers = "" } end,
+    ctype = function()
+      return text(415, "Expected request with `Content-Type: application/json`")
+    end,
+    problem = function(p)
+      if p.code == "empty_docs" then
+        return json(400, { error = "`texts` cannot be empty", error_type = "empty" })
+      elseif p.code == "too_many" then
+        return json(413, { error = ("batch size %d > maximum allowed batch size %d")
+          :format(p.n, p.max), error_type = "validation" })
+      elseif p.code == "json" then
+        return text(400, "Failed to parse the request body as JSON: " .. (p.detail or ""))
+      end
+      local what
+      if p.code == "missing" then what = ("missing field `%s`"):format(p.field)
+      elseif p.code == "enum" then
+        what = ("unknown variant of `%s`, expected `Left` or `Right`"):format(p.field)
+      elseif p.code == "not_object" then what = "invalid type: expected struct RerankRequest"
+      else what = ("invalid type for `%s`: expected %s"):format(p.field, p.want or "a value") end
+      return text(422, "Failed to deserialize the JSON body into the target type: " .. what)
+    end,
+    rules = function()
+      return { docs = "texts", empty_query_ok = true,
+               -- --max-client-batch-size: 32 by default; a fake given --max-passages uses that
+               max = MAX_PASSAGES == 512 and 32 or MAX_PASSAGES,
+               bools = { "raw_scores", "return_text", "truncate" },
+               enums = { truncation_direction = { Left = true, Right = true } } }
+    end,
+    list_key = nil,
+    answer = function(ranked, norm)
+      local out = {}
+      for i, r in ipairs(ranked) do
+        out[i] = { index = r.index, score = norm.raw_scores and r.logit or logistic(r.logit),
+                   text = norm.return_text and norm.texts[r.doc + 1] or nil }
+      end
+      return out
+    end,
+  },
+}
+
+local function dialect_auth(D, name, req)
+  if not API_KEY then return nil end
+  local h = req.headers["authorization"]
+  if not h then return D.auth(true) end
+  local ok
+  if name == "tei" then ok = h == "Bearer " .. API_KEY -- TEI compares the whole header
+  else ok = h:match("^[Bb][Ee][Aa][Rr][Ee][Rr] (.*)$") == API_KEY end
+  if not ok then return D.auth(false) end
+end
+
+local function json_content_type(D, req)
+  local ct = req.headers["content-type"]
+  if not ct then return D.fastapi == true end
+  local media = ct:lower():match("^%s*([^;%s]+)")
+  return media == "application/json"
+end
+
+-- The faults a dialect honours (the NIM-only NVCF and !body directives excepted).
+local function dialect_injected(D, d, req)
+  if d["echo-auth"] then
+    return text(400, "bad request from " .. (req.headers["authorization"] or "nobody"))
+  end
+  if d["echo-escaped"] then return injected({ ["echo-escaped"] = d["echo-escaped"],
+    ok = d.ok, nul = d.nul }, req) end
+  local status = tonumber(d.status)
+  if not status then return nil end
+  local extra = d["retry-after"] and ("Retry-After: " .. d["retry-after"] .. "\n") or ""
+  if d.empty then return { status = status, body = "", headers = extra } end
+  if d.text then return text(status, "injected failure " .. status, extra) end
+  return D.err(status, "injected failure " .. status, extra)
+end
+
+local function dialect_rerank(D, name, variant, req, body, norm)
+  local d, qtext = directives(norm.query)
+  local n = (seen_counts[norm.query] or 0) + 1
+  seen_counts[norm.query] = n
+  local active = not d.times or n <= tonumber(d.times)
+  local delay = tonumber(d.delay)
+  local function with_delay(r) r.delay_ms = delay or r.delay_ms; return r end
+  if active and d.drop then return { drop = true, delay_ms = delay } end
+
+  local qwords = words(qtext)
+  local qterms = {}
+  for _, w in ipairs(qwords) do if not STOP[w] then qterms[w] = true end end
+  local ranked, tokens = {}, 0
+  for i, t in ipairs(norm.texts) do
+    local pw = words(t)
+    tokens = tokens + #qwords + #pw
+    ranked[i] = { index = i - 1, doc = i - 1, logit = score(qterms, pw) }
+  end
+  table.sort(ranked, function(a, b)
+    if a.logit ~= b.logit then return a.logit > b.logit end
+    return a.index < b.index
+  end)
+  if norm.top and norm.top > 0 and norm.top < #ranked then
+    for i = #ranked, norm.top + 1, -1 do ranked[i] = nil end
+  end
+  if active and d.ties then
+    for _, r in ipairs(ranked) do r.logit = 1.5 end
+    table.sort(ranked, function(a, b) return a.index > b.index end)
+  end
+  if active and d.reverse then
+    local k = #ranked
+    for i = 1, k // 2 do ranked[i], ranked[k + 1 - i] = ranked[k + 1 - i], ranked[i] end
+  end
+  if active and d.badindex then ranked[1].index = #norm.texts + 5 end
+  if active and d.dupindex and ranked[2] then ranked[2].index = ranked[1].index end
+  norm.raw_scores = body.raw_scores == true
+  norm.return_text = body.return_text == true
+  local out = D.answer(ranked, norm, tokens, variant)
+  if active then
+    if d.id and D.list_key then out.id = d.id end
+    if d.nousage then out.usage, out.meta = nil, nil end
+    if d.usage then
+      if out.usage then out.usage.total_tokens = tonumber(d.usage)
+      elseif out.meta then out.meta.billed_units.search_units = tonumber(d.usage) end
+    end
+  end
+
+  if active then
+    local h = hostile(d, req, out)
+    if h then return with_delay(h) end
+    local r = dialect_injected(D, d, req)
+    if r then return with_delay(r) end
+    if d.malformed then
+      local cut = D.list_key and ('{"' .. D.list_key .. '": [ {"index": 0, "relevance_score": ')
+        or '[ {"index": 0, "score": '
+      return with_delay({ status = 200, body = cut,
+                          headers = "Content-Type: application/json\n" })
+    end
+    if d.shape then
+      return with_delay(json(200, D.list_key and { [D.list_key] = "nope" }
+        or { error = "nope" }))
+    end
+  end
+  local r
+  if active and d.norankings then
+    if D.list_key then out[D.list_key] = nil; r = json(200, out)
+    else r = { status = 200, body = "[]", headers = "Content-Type: application/json\n" } end
+  else
+    r = json(200, out)
+  end
+  if active and d.nan then
+    local key = D.list_key and "relevance_score" or "score"
+    r.body = r.body:gsub('"' .. key .. '":[^,}]+', '"' .. key .. '":NaN', 1)
+  end
+  if active and d.huge then
+    if D.list_key then
+      r.body = r.body:sub(1, -2) .. ',"pad":"' .. ("x"):rep(tonumber(d.huge)) .. '"}'
+    else
+      r.body = r.body:sub(1, -2) .. (" "):rep(tonumber(d.huge)) .. "]"
+    end
+  end
+  return with_delay(r)
+end
+
+-- A POST to /<dialect>/<the provider's path>, or nil when the path names no dialect.
+local function route_dialect(req)
+  local name, rest = req.path:match("^/(%a+)(/.*)$")
+  local D = name and DIALECTS[name]
+  if not D then return nil end
+  local variant = D.paths[rest]
+  if not variant then return nil end
+  requests_seen[name] = (requests_seen[name] or 0) + 1
+  last_by[name] = last_request
+  local denied = dialect_auth(D, name, req)
+  if denied then return denied end
+  if not json_content_type(D, req) then return D.ctype() end
+  if req.too_large then return D.err(413, "request entity too large") end
+  local ok, body = pcall(cjson.decode, req.body)
+  if not ok then return D.problem({ code = "json", detail = tostring(body):gsub("^.-: ", "") }) end
+  local norm, p = check_body(body, D.rules(variant))
+  if not p and D.extra_check then p = D.extra_check(body, norm, variant) end
+  if p then return D.problem(p, body) end
+  return dialect_rerank(D, name, variant, req, body, norm)
+end
+
 local function route(req)
   local path = req.path
   if req.method == "GET" then
@@ -365,6 +1044,8 @@ local function route(req)
       return json(200, { object = "list", data = data })
     elseif path == "/_fake/last" then
       return json(200, last_request or {})
+    elseif path:match("^/_fake/last/%a+$") then
+      return json(200, last_by[path:match("^/_fake/last/(%a+)$")] or {})
     elseif path == "/_fake/last-poll" then
       return json(200, last_poll or {})
     elseif path:match("^/v2/nvcf/pexec/status/") then
@@ -386,11 +1067,14 @@ local function route(req)
       return { status = 200, body = job.body, headers = "Content-Type: application/json\n" }
     elseif path == "/_fake/stats" then
       return json(200, { connections = FAKE.connections(), nvcf_queued = nvcf_next,
-                         aborted = FAKE.aborted() })
+                         aborted = FAKE.aborted(), requests = requests_seen })
     end
     return text(404, "404 page not found")
   end
   if req.method ~= "POST" then return text(405, "method not allowed") end
+  last_request = { path = path, headers = req.headers, body = req.body }
+  local dialect_reply = route_dialect(req)
+  if dialect_reply then return dialect_reply end
 
   local family, info
   if path == "/v1/ranking" then
@@ -402,7 +1086,8 @@ local function route(req)
     if not info then return text(404, "404 page not found") end
     family = "retrieval"
   end
-  last_request = { path = path, headers = req.headers, body = req.body }
+  requests_seen.nim = (requests_seen.nim or 0) + 1
+  last_by.nim = last_request
   local denied = check_auth(req)
   if denied then return denied end
   if info and info.eol then

@@ -1,5 +1,7 @@
-/* The answer reader: the first byte says how many passages were sent, the rest is the body.
- * Whatever it accepts must be JSON that lua-cjson (a more lenient reader) decodes too. */
+/* The answer reader: the first byte says which shape is read (bit 7: a bare list of {index,
+ * score}, as TEI answers; bit 6: Cohere's results with a three-key token path; else NIM's)
+ * and how many passages were sent (its low 6 bits); the rest is the body. Whatever it
+ * accepts must be JSON that lua-cjson (a more lenient reader) decodes too. */
 #include <math.h>
 #include <string.h>
 
@@ -25,13 +27,18 @@ static void *take(void *ud, size_t size) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
-    size_t np = data[0];
+    static const nim_answer_shape bare = {NULL, "index", "score", {NULL}, NULL};
+    static const nim_answer_shape cohere = {
+        "results", "index", "relevance_score", {"meta", "billed_units", "search_units"}, "id"};
+    const nim_answer_shape *shape = data[0] & 0x80 ? &bare : data[0] & 0x40 ? &cohere : NULL;
+    size_t np = data[0] & 0x3f;
     arena a = {{0}, 0};
     nim_answer out;
     char err[256];
     /* every block its own malloc (not the binding's scratch): ASan sees each one's bounds */
     nim_answer_mem mem = {take, &a, take, &a};
-    int rc = nim_answer_read((const char *)data + 1, size - 1, np, &mem, &out, err, sizeof err);
+    int rc =
+        nim_answer_read((const char *)data + 1, size - 1, np, shape, &mem, &out, err, sizeof err);
     if (rc == 0) {
         FUZZ_ASSERT(out.n <= np);
         unsigned char seen[256] = {0};

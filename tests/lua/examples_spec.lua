@@ -41,6 +41,19 @@ test("example_offline", function()
   match(out, "^1%. [%d.]+  Accelerated servers with H100", "H100 first")
 end)
 
+test("example_hybrid", function()
+  local out, code = sh(BIN .. " examples/hybrid.lua " .. q(h.open_url) .. " 2>&1")
+  eq(code, 0, "exit: " .. out)
+  match(out, "^1%. [%d.]+ %[nim #1, bm25 #1%] Cast iron rusts", "both agree on the first")
+  eq(select(2, out:gsub("\n", "")), 3, "top_n 3, no warning")
+  -- the container down: BM25's answer alone, with a warning naming the NIM component
+  out, code = sh(BIN .. " examples/hybrid.lua http://127.0.0.1:1 2>&1")
+  eq(code, 0, "exit: " .. out)
+  match(out, "warning: hybrid: component \"nvidia_nim/ranking/[^\"]+\" failed %(connection",
+    "the warning")
+  match(out, "\n1%. [%d.]+ %[bm25 #1%]", "bm25 alone")
+end)
+
 test("example_proxy_serves_the_documents_config_and_curl", function()
   -- a port of its own, so a gateway already on 4000 (the document's port) does not matter
   local port = 20000 + math.random(0, 9999)

@@ -3,6 +3,7 @@ local spec = require "spec"
 local h = require "helpers"
 local nim = require "nim"
 local json = require "nim.json"
+local ndcg = require "ndcg"
 local test, eq, ok, raises = spec.test, spec.eq, spec.ok, spec.raises
 
 local function bm25(over)
@@ -99,39 +100,17 @@ test("arbitrary_bytes_never_crash", function()
   end
 end)
 
-local function dcg(order, labels, k)
-  local s = 0
-  for i = 1, math.min(k, #order) do
-    local rel = labels[tostring(order[i])] or 0
-    s = s + (2 ^ rel - 1) / math.log(i + 1, 2)
-  end
-  return s
-end
-
-local function ndcg_at(order, labels, k)
-  local ideal = {}
-  for id, rel in pairs(labels) do ideal[#ideal + 1] = { id = id, rel = rel } end
-  table.sort(ideal, function(a, b) return a.rel > b.rel end)
-  local ideal_order = {}
-  for i, e in ipairs(ideal) do ideal_order[i] = tonumber(e.id) end
-  return dcg(order, labels, k) / dcg(ideal_order, labels, k)
-end
-
 test("bm25_ndcg_at_3_beats_identity_order", function()
-  local f = assert(io.open("tests/data/labelled.json", "rb"))
-  local data = json.decode(f:read("a"))
-  f:close()
-  local sum_bm25, sum_identity = 0, 0
-  for _, q in ipairs(data.queries) do
-    local res = assert(bm25({ query = q.query, documents = data.documents }))
-    local order, identity = {}, {}
-    for i, r in ipairs(res.results) do order[i] = r.index end
-    for i = 1, #data.documents do identity[i] = i - 1 end
-    sum_bm25 = sum_bm25 + ndcg_at(order, q.relevant, 3)
-    sum_identity = sum_identity + ndcg_at(identity, q.relevant, 3)
-  end
+  local data = ndcg.labelled()
   local n = #data.queries
-  local b, id = sum_bm25 / n, sum_identity / n
+  local b = ndcg.mean(data, 3, function(query, docs)
+    return bm25({ query = query, documents = docs })
+  end)
+  local id = ndcg.mean(data, 3, function(_, docs)
+    local identity = { results = {} }
+    for i = 1, #docs do identity.results[i] = { index = i - 1 } end
+    return identity
+  end)
   print(("     nDCG@3 over %d queries: local/bm25 %.3f, identity order %.3f"):format(n, b, id))
   ok(b > id + 0.4, "BM25 beats the identity order by a clear margin")
   ok(b > 0.7, "BM25 is good on this set")

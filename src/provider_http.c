@@ -1,10 +1,13 @@
-/* provider_nim.c: NVIDIA NIM. Starting a call (route, body, headers), NVCF 202 polling, and
- * turning the answer into a result or an error. The route rules are resolve.c's, the body and
- * the answer's shape wire.c's; this file decides what the HTTP exchange means.
+/* provider_http.c: a rerank call over HTTP. Starting it (route, body, headers), NVCF 202
+ * polling, and turning the answer into a result or an error. Two kinds of provider run here:
+ * NVIDIA NIM (its routes are resolve.c's, its body and answer wire.c's, plus NVCF polling and
+ * end-of-life notes), and every provider a descriptor describes (descriptor.c: route, body,
+ * answer shape, error statuses). This file decides what the HTTP exchange means.
  *
  * The call's user value holds: provider, model, key (for the header and redaction only), url
  * (of the request in flight), route_model, body_model, family, status_url, ca_bundle,
- * dropped, replacement, texts, hlines/hnames (the caller's headers). */
+ * dropped, replacement, texts, hlines/hnames (the caller's headers), and for a descriptor's
+ * provider: descriptor, params (the values passed through), truncate (its JSON value). */
 #include <ctype.h>
 #include <math.h>
 #include <stdio.h>
@@ -16,8 +19,15 @@
 #include "nimrank.h"
 #include "wire.h"
 
-#define PROVIDER nim_provider_name(NIM_PROVIDER_NVIDIA)
 #define NVCF_REQID "NVCF-REQID"
+
+/* The call's provider name ("nvidia_nim", "cohere", ...): anchored by the user value. */
+static const char *provider(lua_State *L, int uv) {
+    lua_getfield(L, uv, "provider");
+    const char *p = lua_tostring(L, -1);
+    lua_pop(L, 1);
+    return p ? p : nim_provider_name(NIM_PROVIDER_NVIDIA);
+}
 
 static void set_string(lua_State *L, int t, const char *k, const char *v) {
     if (!v) return;
@@ -64,7 +74,7 @@ static void settle_error(lua_State *L, int idx, int uv, nim_err_type type, long 
     lua_pop(L, 1);
     nim_redact(L, -1, uv);
     lua_getfield(L, uv, "model");
-    nim_error e = {type, status, retryable, PROVIDER, lua_tostring(L, -1), NULL};
+    nim_error e = {type, status, retryable, provider(L, uv), lua_tostring(L, -1), NULL};
     lua_insert(L, -2); /* message back on top */
     nim_push_error(L, &e);
     add_warning(L, uv);
@@ -91,8 +101,10 @@ static nim_engine *prepare(lua_State *L, int idx, int uv, nim_request *r) {
         return NULL;
     }
     static const char *const want[] = {NVCF_REQID};
-    r->want_headers = want;
-    r->nwant = 1;
+    int nim = lua_getfield(L, uv, "descriptor") == LUA_TNIL;
+    lua_pop(L, 1);
+    r->want_headers = nim ? want : NULL; /* NVCF's queue id: NIM's alone */
+    r->nwant = nim ? 1 : 0;
     lua_getfield(L, uv, "ca_bundle");
     r->ca_bundle = lua_tostring(L, -1); /* anchored by uv */
     lua_pop(L, 1);
@@ -112,30 +124,32 @@ static int send(nim_engine *engine, nim_call *c, nim_request *r, char *err, size
 }
 
 /* Fills the user value from the checked arguments and the route. */
-static void describe(lua_State *L, int uv, const nim_args *a, const nim_route *route,
-                     int entry_idx) {
+static void describe(lua_State *L, int uv, const nim_args *a, const nim_route *route, int entry_idx,
+                     const char *name) {
     lua_newtable(L);
     int secrets = lua_gettop(L);
     if (a->api_key) nim_secret_add(L, secrets, a->api_key, strlen(a->api_key));
     nim_secrets_add_url(L, secrets, route->url);
     nim_secrets_add_url(L, secrets, a->nvcf_status_url);
     lua_setfield(L, uv, "secrets");
-    set_string(L, uv, "provider", PROVIDER);
+    set_string(L, uv, "provider", name);
     set_string(L, uv, "model", a->model);
     nim_push_display_url(L, route->url);
     lua_setfield(L, uv, "url");
     if (a->key_from_env && strncmp(route->url, "http://", 7) == 0 &&
         !nim_url_is_loopback(route->url)) {
-        lua_pushliteral(L, "NVIDIA_NIM_API_KEY from the environment was sent over plain http:// "
-                           "to a host that is not this machine; use https://, or pass api_key");
+        lua_pushfstring(L,
+                        "%s from the environment was sent over plain http:// to a host "
+                        "that is not this machine; use https://, or pass api_key",
+                        a->key_source);
         lua_setfield(L, uv, "warning");
     }
     set_string(L, uv, "route_model", route->model);
     set_string(L, uv, "body_model", route->body_model);
-    set_string(L, uv, "family", nim_family_name(route->family));
+    if (!a->desc) set_string(L, uv, "family", nim_family_name(route->family));
     /* NVIDIA's status host is polled (with this call's key) only for NVIDIA's hosted API: a
      * server elsewhere that answers 202 is not followed there unless a status URL is given. */
-    if (route->hosted || !a->nvcf_status_default)
+    if (!a->desc && (route->hosted || !a->nvcf_status_default))
         set_string(L, uv, "status_url", a->nvcf_status_url);
     set_string(L, uv, "ca_bundle", a->ca_bundle);
     set_string(L, uv, "key", a->api_key);
@@ -173,7 +187,7 @@ static lua_Integer route_of(lua_State *L, const nim_args *a, nim_route *route) {
  * many documents, no key, nothing to rank). Returns 1 when settled. */
 static int settled_early(lua_State *L, int call, int uv, const nim_args *a, const nim_route *route,
                          lua_Integer max_passages) {
-    if (a->ndocs > max_passages) {
+    if (max_passages > 0 && a->ndocs > max_passages) {
         lua_pushfstring(L,
                         "documents: %I documents exceed the limit of %I passages per request "
                         "for %s; split them into batches of at most %I (nim.rerank does)",
@@ -181,27 +195,87 @@ static int settled_early(lua_State *L, int call, int uv, const nim_args *a, cons
         settle_error(L, call, uv, NIM_ERR_BAD_REQUEST, 0, 0);
         return 1;
     }
-    if (!a->api_key && route->hosted) {
+    if (!a->api_key && route->hosted && !a->desc) {
         lua_pushliteral(L, "no API key for the hosted NVIDIA API: pass api_key or set "
                            "NVIDIA_NIM_API_KEY");
+        settle_error(L, call, uv, NIM_ERR_AUTH, 0, 0);
+        return 1;
+    }
+    if (!a->api_key && route->hosted) {
+        nim_descriptor_env_names(L, a->desc, "key_env");
+        lua_pushfstring(L, "no API key for %s: pass api_key%s%s", provider(L, uv),
+                        lua_rawlen(L, -1) ? " or set " : "", lua_tostring(L, -1));
+        lua_remove(L, -2);
         settle_error(L, call, uv, NIM_ERR_AUTH, 0, 0);
         return 1;
     }
     if (a->ndocs == 0) { /* nothing to rank: no network call */
         nim_result_spec s = {NULL, 0, 0, 0, 0, 0, 0, 0};
         nim_push_result(L, &s);
-        nim_annotate_meta(L, PROVIDER, nim_family_name(route->family), route->body_model,
-                          a->dropped, -1);
+        nim_annotate_meta(L, provider(L, uv), a->desc ? NULL : nim_family_name(route->family),
+                          route->body_model, a->dropped, -1);
         nim_call_settle(L, call, "res");
         return 1;
     }
     return 0;
 }
 
-void nim_nvidia_start(lua_State *L, const nim_args *a) {
+/* A descriptor's route (raises naming the field); its params and truncate values kept in uv
+ * for the body. Returns its passage limit (0: none). */
+static lua_Integer descriptor_route(lua_State *L, const nim_args *a, nim_descriptor *d,
+                                    nim_route *route) {
+    char err[512];
+    nim_descriptor_read(L, a->desc, d);
+    if (nim_descriptor_route(L, a->desc, d, a->model, a->api_base, 1, route, err, sizeof err) != 0)
+        nim_misuse(L, "nim.rerank", NULL, "%s", err);
+    return d->max_passages;
+}
+
+/* What a descriptor's call keeps for its body and answer: the descriptor, the values of the
+ * parameters it passes through (checked, raising naming one), truncate's JSON value. */
+static void keep_descriptor(lua_State *L, int uv, const nim_args *a) {
+    lua_pushvalue(L, a->desc);
+    lua_setfield(L, uv, "descriptor");
+    lua_newtable(L);
+    nim_descriptor_params(L, a->desc, 1, lua_gettop(L)); /* the args table is slot 1 */
+    lua_setfield(L, uv, "params");
+    nim_descriptor_truncate(L, a->desc, a->truncate);
+    lua_setfield(L, uv, "truncate");
+}
+
+/* Writes the request body (NIM's, or the descriptor's shape). Nothing raises: 0, or -1. */
+static int write_body(lua_State *L, int uv, const nim_args *a, const nim_route *route,
+                      const nim_descriptor *d, int texts, nim_buf *body) {
+    if (!a->desc) {
+        lua_Integer top_k = 0;
+        if (route->family == NIM_FAMILY_RETRIEVAL && a->top_n > 0)
+            top_k = a->top_n < a->ndocs ? a->top_n : a->ndocs;
+        return nim_wire_body(L, body, texts, route->family, route->body_model, a->query, top_k,
+                             a->truncate);
+    }
+    lua_getfield(L, uv, "params"); /* raw reads from here: both stay anchored by uv */
+    int params = lua_gettop(L);
+    lua_getfield(L, uv, "truncate");
+    int truncate_v = lua_isnil(L, -1) ? 0 : lua_gettop(L);
+    lua_Integer top_n = a->top_n > 0 && a->top_n < a->ndocs ? a->top_n : 0;
+    int rc = nim_descriptor_body(L, body, d, texts, a->query, route->body_model, top_n, truncate_v,
+                                 params);
+    lua_settop(L, params - 1);
+    return rc;
+}
+
+void nim_http_start(lua_State *L, const nim_args *a) {
     int top = lua_gettop(L);
     nim_route route;
-    lua_Integer max_passages = route_of(L, a, &route);
+    nim_descriptor d;
+    memset(&d, 0, sizeof d);
+    lua_Integer max_passages;
+    if (a->desc) {
+        max_passages = descriptor_route(L, a, &d, &route);
+        lua_pushnil(L); /* no catalog entry */
+    } else {
+        max_passages = route_of(L, a, &route);
+    }
     int entry_idx = lua_istable(L, -1) ? lua_gettop(L) : 0;
     nim_call *c = nim_call_new(L, complete);
     int call = lua_gettop(L);
@@ -217,7 +291,13 @@ void nim_nvidia_start(lua_State *L, const nim_args *a) {
     c->max_response = a->max_response;
     lua_getiuservalue(L, call, 1);
     int uv = lua_gettop(L);
-    describe(L, uv, a, &route, entry_idx);
+    describe(L, uv, a, &route, entry_idx,
+             a->desc ? d.name : nim_provider_name(NIM_PROVIDER_NVIDIA));
+    if (a->desc) {
+        keep_descriptor(L, uv, a);
+        if (d.auth_header) set_string(L, uv, "auth_header", d.auth_header);
+        if (d.auth_prefix) set_string(L, uv, "auth_prefix", d.auth_prefix);
+    }
     nim_keep_caller_headers(L, a->headers, uv);
 
     /* Texts and body; every document is checked before anything is sent. */
@@ -227,9 +307,6 @@ void nim_nvidia_start(lua_State *L, const nim_args *a) {
     lua_setfield(L, uv, "texts");
     int texts = lua_gettop(L);
     if (!settled_early(L, call, uv, a, &route, max_passages)) {
-        lua_Integer top_k = 0;
-        if (route.family == NIM_FAMILY_RETRIEVAL && a->top_n > 0)
-            top_k = a->top_n < a->ndocs ? a->top_n : a->ndocs;
         nim_request r = {0};
         nim_set_headers(L, uv, 0, 0, &r); /* every Lua allocation before the body's malloc */
         r.url = route.url;
@@ -242,8 +319,7 @@ void nim_nvidia_start(lua_State *L, const nim_args *a) {
             nim_buf body = {0};
             char err[512];
             /* From the body's malloc to the engine taking it, nothing raises: no leak. */
-            int rc = nim_wire_body(L, &body, texts, route.family, route.body_model, a->query, top_k,
-                                   a->truncate);
+            int rc = write_body(L, uv, a, &route, &d, texts, &body);
             if (rc != 0) {
                 free(body.p);
                 snprintf(err, sizeof err, "out of memory writing the request body");
@@ -342,7 +418,7 @@ static void transport_error(lua_State *L, int idx, int uv, nim_transfer *t) {
     case NIM_XFER_CANCELLED: /* the engine went away under the call */
         lua_pop(L, 1);
         lua_getfield(L, uv, "model");
-        nim_push_cancelled(L, PROVIDER, lua_tostring(L, -1));
+        nim_push_cancelled(L, provider(L, uv), lua_tostring(L, -1));
         lua_remove(L, -2);
         nim_call_settle(L, idx, "err");
         return;
@@ -364,9 +440,13 @@ static void transport_error(lua_State *L, int idx, int uv, nim_transfer *t) {
 /* A 2xx answer: the result, or bad_response. */
 static void success(lua_State *L, int idx, int uv, int body, long status, double seconds) {
     nim_call *c = lua_touserdata(L, idx);
+    nim_descriptor d;
+    int desc = lua_getfield(L, uv, "descriptor") == LUA_TTABLE;
+    if (desc) nim_descriptor_read(L, -1, &d); /* the strings stay anchored by uv */
+    lua_pop(L, 1);
     nim_push_reg(L, nim_key_decode);
     nim_parsed p;
-    if (!nim_wire_parse(L, body, lua_gettop(L), c->ndocs, &p)) {
+    if (!nim_wire_parse(L, body, lua_gettop(L), c->ndocs, desc ? &d.answer : NULL, &p)) {
         lua_getfield(L, uv, "url");
         lua_pushfstring(L, "malformed response from %s: %s; body: ", lua_tostring(L, -1),
                         lua_tostring(L, -2));
@@ -379,7 +459,8 @@ static void success(lua_State *L, int idx, int uv, int body, long status, double
         return;
     }
     int id = lua_gettop(L);
-    if (c->family == NIM_FAMILY_RANKING) nim_rankings_sort(p.rk, p.n);
+    /* NIM's ranking family and other providers may answer in any order: the one sort rule */
+    if (c->family == NIM_FAMILY_RANKING || desc) nim_rankings_sort(p.rk, p.n);
     lua_getfield(L, uv, "texts");
     nim_result_spec s = {
         p.rk, p.n, c->top_n, c->first, lua_gettop(L), c->return_documents, p.tokens, c->partial};
@@ -393,9 +474,17 @@ static void success(lua_State *L, int idx, int uv, int body, long status, double
     lua_getfield(L, uv, "body_model");
     lua_getfield(L, uv, "dropped");
     lua_rotate(L, -4, -1); /* the result back on top */
-    nim_annotate_meta(L, PROVIDER, lua_tostring(L, -4), lua_tostring(L, -3), lua_gettop(L) - 1,
-                      seconds);
+    nim_annotate_meta(L, provider(L, uv), lua_tostring(L, -4), lua_tostring(L, -3),
+                      lua_gettop(L) - 1, seconds);
     lua_getfield(L, -1, "meta");
+    if (desc && strcmp(d.billed_as, "total_tokens") != 0) { /* e.g. Cohere's search_units */
+        lua_getfield(L, -1, "billed_units");
+        lua_getfield(L, -1, "total_tokens");
+        lua_setfield(L, -2, d.billed_as);
+        lua_pushnil(L);
+        lua_setfield(L, -2, "total_tokens");
+        lua_pop(L, 1);
+    }
     if (c->polls > 0) {
         lua_pushinteger(L, c->polls);
         lua_setfield(L, -2, "nvcf_polls");
@@ -410,6 +499,21 @@ static void failure(lua_State *L, int idx, int uv, int body, long status, const 
                     double retry_after) {
     int retryable;
     nim_err_type type = nim_err_from_status(status, &retryable);
+    /* A descriptor may say what one of its provider's statuses means (errors = {[402] =
+     * "rate_limit"}); the retry rule follows the type. */
+    int top = lua_gettop(L);
+    int is_descriptor = lua_getfield(L, uv, "descriptor") == LUA_TTABLE;
+    if (is_descriptor) {
+        lua_pushliteral(L, "errors");
+        if (lua_rawget(L, -2) == LUA_TTABLE && lua_rawgeti(L, -1, status) == LUA_TSTRING) {
+            int t = nim_err_type_parse(lua_tostring(L, -1));
+            if (t >= 0) {
+                type = (nim_err_type)t;
+                retryable = nim_err_retryable(type);
+            }
+        }
+    }
+    lua_settop(L, top);
     nim_push_reg(L, nim_key_decode);
     nim_wire_error_message(L, body, lua_gettop(L));
     lua_remove(L, -2);
@@ -428,7 +532,7 @@ static void failure(lua_State *L, int idx, int uv, int body, long status, const 
         } else {
             lua_pop(L, 1);
         }
-    } else if (status == 202) {
+    } else if (status == 202 && !is_descriptor) {
         lua_pushfstring(L, "result not ready (202 Accepted, NVCF-REQID '%s'); try again",
                         reqid ? reqid : "");
         lua_remove(L, -2);
@@ -522,10 +626,17 @@ static void complete(lua_State *L, int idx) {
     lua_settop(L, top);
 }
 
-void nim_nvidia_validate(lua_State *L, const nim_args *a) {
+void nim_http_validate(lua_State *L, const nim_args *a) {
     int top = lua_gettop(L);
     nim_route route;
-    route_of(L, a, &route);
+    if (a->desc) {
+        nim_descriptor d;
+        descriptor_route(L, a, &d, &route);
+        lua_newtable(L);
+        nim_descriptor_params(L, a->desc, 1, lua_gettop(L));
+    } else {
+        route_of(L, a, &route);
+    }
     lua_newtable(L);
     nim_keep_caller_headers(L, a->headers, lua_gettop(L));
     nim_push_reg(L, nim_key_encode);
