@@ -265,8 +265,10 @@ static int ranking(reader *r, int e, size_t k, size_t npassages, unsigned char *
     int index_tok = -1, score_tok = -1;
     for (int i = e + 1; i < r->n && r->t[i].start < r->t[e].end; i = skip(r, i + 1)) {
         if (!key_with_value(r, i)) return fail(r, "%s[%zu] is not an object", list, k);
-        if (is_key(r, i, index)) index_tok = i + 1;
-        if (is_key(r, i, score)) score_tok = i + 1;
+        int *tok = is_key(r, i, index) ? &index_tok : is_key(r, i, score) ? &score_tok : NULL;
+        if (tok && *tok >= 0) /* which one a reader takes is a guess: none is taken */
+            return fail(r, "%s[%zu] has '%s' twice", list, k, tok == &index_tok ? index : score);
+        if (tok) *tok = i + 1;
     }
     double v;
     int integer;

@@ -194,6 +194,11 @@ void nim_push_keys(lua_State *L) {
     lua_setfield(L, -2, "policy");
 }
 
+int nim_args_known_key(const char *k) {
+    return in_list(request_params, k) || in_list(transport_options, k) ||
+           in_list(policy_options, k);
+}
+
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }

@@ -81,6 +81,9 @@ void nim_ctx_drop_engine(lua_State *L);
  * {fn =, field =, message =} instead, which protect returns as nil, err. */
 int nim_misuse(lua_State *L, const char *fn, const char *field, const char *fmt, ...);
 int nim_header_value_ok(const char *s, size_t n); /* no control characters but tab */
+int nim_header_name_ok(const char *s);            /* an HTTP token (headers.c) */
+int nim_framing_header(const char *name);         /* Content-Length, Host, ...: not settable */
+int nim_args_known_key(const char *k);            /* a key of nimrank's own (args.c lists) */
 
 /* The checked arguments of one call. Strings point into the args table (slot 1), which stays
  * on the stack for the whole call. */
@@ -155,7 +158,12 @@ typedef struct {
     const char *billed_as; /* the meta.billed_units key of the count read: "total_tokens" */
 } nim_descriptor;
 
-/* Pushes the descriptor a model string's prefix names (1), or nil (0: NIM, local or none). */
+extern const char *const nim_builtin_providers[]; /* lua/nim/providers/<name>.lua */
+int nim_l_provider_register(lua_State *L);        /* nim.native.provider_register(descriptor) */
+int nim_l_provider_get(lua_State *L);             /* nim.native.provider_get(name) -> copy | nil */
+int nim_l_provider_names(lua_State *L);           /* nim.native.provider_names() -> list */
+/* Pushes the descriptor a model string's prefix names (1), or nil (0: NIM, local or none).
+ * Raises for a built-in provider's prefix whose descriptor is not registered. */
 int nim_descriptor_push(lua_State *L, const char *model);
 void nim_descriptor_read(lua_State *L, int idx, nim_descriptor *d); /* raises naming a field */
 /* The key from the descriptor's key_env variables (NULL if none is set); *var names the one
@@ -214,6 +222,11 @@ typedef struct {
     double sent_at;  /* when the request in flight started */
     double poll_interval;
     int partial; /* a batch: settle with a partial result (nim_result_spec.partial) */
+    /* A descriptor's call: how its answer reads, taken when it starts (the strings belong to
+     * the registered copy it holds in its user value, which nothing changes). */
+    int described;
+    nim_answer_shape shape;
+    const char *billed_as;
 } nim_call;
 
 nim_call *nim_call_new(lua_State *L, nim_complete_fn complete); /* pushes it, pending */

@@ -4,9 +4,11 @@
  * table is registered by nim.providers (lua/nim/providers.lua, which checks it with readable
  * messages); the reads here are raw and typed all the same, so a table written into
  * nim.native.providers by hand cannot crash a call: it raises naming the field. */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "binding.h"
 
@@ -49,20 +51,415 @@ static int desc_table(lua_State *L, int t, const char *name, const char *k) {
     return lua_gettop(L);
 }
 
+/* ---- registering one ------------------------------------------------------------------------
+ * The one check of a descriptor (nim.providers.add is this): every field's type and shape, so
+ * C can trust what it reads. What is registered is a copy, kept where Lua code cannot reach
+ * it: a call holds the copy it started with, whatever is registered after. */
+
+#define NAME_MAX_LEN 64
+#define PATH_MAX_LEN 256
+#define ADD "nim.providers.add"
+
+/* Built-in providers (lua/nim/providers/<name>.lua): a model with one of these prefixes is
+ * refused, never sent to NVIDIA, when its descriptor is missing (no Lua layer loaded). */
+const char *const nim_builtin_providers[] = {
+    "nvidia_nim",  "cohere",   "azure_ai",    "jina_ai",     "voyage",
+    "together_ai", "infinity", "hosted_vllm", "huggingface", NULL};
+/* Prefixes that are never a descriptor's: the embedded reranker, the fusion, and the first
+ * segments of NIM model strings that carry no provider prefix. */
+static const char *const reserved_names[] = {"local", "hybrid", "nvidia", "ranking", NULL};
+
+static int in(const char *const *list, const char *s) {
+    for (; *list; list++)
+        if (strcmp(*list, s) == 0) return 1;
+    return 0;
+}
+
+static int bad(lua_State *L, const char *path, const char *fmt, const char *arg) {
+    return nim_misuse(L, ADD, path, fmt, arg);
+}
+
+/* The path of field k below path, e.g. "descriptor.request.query"; pushed (anchors it). */
+static const char *sub(lua_State *L, const char *path, const char *k) {
+    return lua_pushfstring(L, "%s.%s", path, k);
+}
+
+static int token_ok(const char *s, size_t n, const char *extra) {
+    if (n == 0 || n > NAME_MAX_LEN) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr(extra, s[i])) return 0;
+    return 1;
+}
+
+static const char *want_string(lua_State *L, int v, const char *path) {
+    if (lua_type(L, v) != LUA_TSTRING) bad(L, path, "expected string, got %s", luaL_typename(L, v));
+    size_t n;
+    const char *s = lua_tolstring(L, v, &n);
+    if (strlen(s) != n) bad(L, path, "contains a NUL byte%s", "");
+    return s;
+}
+
+static void check_field_name(lua_State *L, int v, const char *path) {
+    size_t n;
+    want_string(L, v, path);
+    const char *s = lua_tolstring(L, v, &n);
+    if (!token_ok(s, n, "_-."))
+        bad(L, path,
+            "must be a JSON field name (letters, digits, _-.; "
+            "at most 64 bytes), got \"%s\"",
+            s);
+}
+
+/* A URL path appended to a base: "/", then unreserved characters, no empty, "." or ".."
+ * segment, so it cannot move the request to another host or up the server's tree. */
+static void check_path(lua_State *L, int v, const char *path) {
+    const char *s = want_string(L, v, path);
+    size_t n = strlen(s);
+    int ok = n > 0 && n <= PATH_MAX_LEN && s[0] == '/';
+    for (size_t i = 0; ok && i < n; i++)
+        ok = isalnum((unsigned char)s[i]) || strchr("/-._~", s[i]);
+    for (const char *seg = s; ok && seg && *seg; seg = strchr(seg + 1, '/')) {
+        const char *next = strchr(seg + 1, '/');
+        size_t len = (size_t)((next ? next : s + n) - (seg + 1));
+        ok = !(len == 0 && next) && !(len == 1 && seg[1] == '.') &&
+             !(len == 2 && seg[1] == '.' && seg[2] == '.');
+    }
+    if (!ok)
+        bad(L, path,
+            "must be a URL path: '/' then letters, digits and -._~ with no empty, "
+            "'.' or '..' segment (got \"%s\")",
+            s);
+}
+
+static void check_string_list(lua_State *L, int v, const char *path,
+                              void (*check)(lua_State *, int, const char *), int max) {
+    if (!lua_istable(L, v)) bad(L, path, "expected a list of strings, got %s", luaL_typename(L, v));
+    lua_Integer n = (lua_Integer)lua_rawlen(L, v), count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, v)) {
+        count++;
+        lua_pop(L, 1);
+    }
+    if (count != n || n > max)
+        bad(L, path, "expected a list of at most %s strings", lua_pushfstring(L, "%d", max));
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, v, i);
+        int item = lua_gettop(L);
+        check(L, item, lua_pushfstring(L, "%s[%I]", path, i));
+        lua_pop(L, 2);
+    }
+}
+
+static void check_env_name(lua_State *L, int v, const char *path) {
+    size_t n;
+    want_string(L, v, path);
+    const char *s = lua_tolstring(L, v, &n);
+    if (!token_ok(s, n, "_") || isdigit((unsigned char)s[0]))
+        bad(L, path, "must be an environment variable name, got \"%s\"", s);
+}
+
+static void check_boolean(lua_State *L, int v, const char *path) {
+    if (!lua_isboolean(L, v)) bad(L, path, "expected boolean, got %s", luaL_typename(L, v));
+}
+
+/* What a truncate value may be on the wire: a boolean, a string or an integer. */
+static void check_json_value(lua_State *L, int v, const char *path) {
+    if (lua_isboolean(L, v) || lua_isinteger(L, v)) return;
+    if (lua_type(L, v) == LUA_TSTRING) {
+        want_string(L, v, path);
+        return;
+    }
+    bad(L, path, "expected a boolean, a string or an integer, got %s", luaL_typename(L, v));
+}
+
+typedef struct {
+    const char *name;
+    void (*check)(lua_State *L, int v, const char *path);
+} field_rule;
+
+/* Checks the table at v against rules: every key known, every value by its rule. */
+static void check_table(lua_State *L, int v, const char *path, const field_rule *rules) {
+    if (!lua_istable(L, v)) bad(L, path, "expected table, got %s", luaL_typename(L, v));
+    lua_pushnil(L);
+    while (lua_next(L, v)) {
+        int val = lua_gettop(L);
+        const field_rule *r = rules;
+        if (lua_type(L, val - 1) == LUA_TSTRING)
+            while (r->name && strcmp(r->name, lua_tostring(L, val - 1)) != 0)
+                r++;
+        if (!r->name) {
+            luaL_Buffer b;
+            luaL_buffinit(L, &b);
+            for (const field_rule *k = rules; k->name; k++) {
+                if (k != rules) luaL_addstring(&b, ", ");
+                luaL_addstring(&b, k->name);
+            }
+            luaL_pushresult(&b);
+            const char *known = lua_tostring(L, -1);
+            const char *key = luaL_tolstring(L, val - 1, NULL);
+            const char *where = lua_pushfstring(L, "%s.%s", path, key);
+            nim_misuse(L, ADD, where, "unknown field (known: %s)", known);
+        }
+        r->check(L, val, sub(L, path, r->name));
+        lua_settop(L, val - 1);
+    }
+}
+
+static void check_header(lua_State *L, int v, const char *path) {
+    const char *s = want_string(L, v, path);
+    if (!nim_header_name_ok(s) || strlen(s) > NAME_MAX_LEN || nim_framing_header(s))
+        bad(L, path, "must be a header name that does not frame the message, got \"%s\"", s);
+}
+
+static void check_prefix(lua_State *L, int v, const char *path) {
+    const char *s = want_string(L, v, path);
+    if (!nim_header_value_ok(s, strlen(s)) || strlen(s) > NAME_MAX_LEN)
+        bad(L, path, "must be at most 64 bytes with no control character%s", "");
+}
+
+static void check_auth(lua_State *L, int v, const char *path) {
+    static const field_rule rules[] = {{"header", check_header}, {"prefix", check_prefix}, {0}};
+    check_table(L, v, path, rules);
+}
+
+static void check_document(lua_State *L, int v, const char *path) {
+    const char *s = want_string(L, v, path);
+    if (strcmp(s, "string") != 0 && strcmp(s, "object") != 0)
+        bad(L, path, "must be \"string\" or \"object\", got \"%s\"", s);
+}
+
+static void check_truncate(lua_State *L, int v, const char *path) {
+    static const field_rule rules[] = {
+        {"field", check_field_name}, {"NONE", check_json_value}, {"END", check_json_value}, {0}};
+    check_table(L, v, path, rules);
+    if (raw_field(L, v, "field") == LUA_TNIL) bad(L, sub(L, path, "field"), "required%s", "");
+    lua_pop(L, 1);
+}
+
+static void check_request(lua_State *L, int v, const char *path) {
+    static const field_rule rules[] = {{"model", check_field_name},
+                                       {"query", check_field_name},
+                                       {"documents", check_field_name},
+                                       {"top_n", check_field_name},
+                                       {"document", check_document},
+                                       {"truncate", check_truncate},
+                                       {0}};
+    check_table(L, v, path, rules);
+}
+
+static void check_tokens(lua_State *L, int v, const char *path) {
+    check_string_list(L, v, path, check_field_name, 3);
+}
+
+static void check_response(lua_State *L, int v, const char *path) {
+    static const field_rule rules[] = {{"list", check_field_name},
+                                       {"index", check_field_name},
+                                       {"score", check_field_name},
+                                       {"id", check_field_name},
+                                       {"tokens", check_tokens},
+                                       {"billed_as", check_field_name},
+                                       {0}};
+    check_table(L, v, path, rules);
+}
+
+static const char *const param_kinds[] = {"integer", "number",  "boolean",
+                                          "string",  "strings", NULL};
+
+/* A map of names to what check(key) and check_value(value) allow. */
+static void check_map(lua_State *L, int v, const char *path,
+                      void (*check_key)(lua_State *, int, const char *),
+                      void (*check_value)(lua_State *, int, const char *)) {
+    if (!lua_istable(L, v)) bad(L, path, "expected table, got %s", luaL_typename(L, v));
+    lua_pushnil(L);
+    while (lua_next(L, v)) {
+        int val = lua_gettop(L);
+        check_key(L, val - 1, lua_pushfstring(L, "%s (a key)", path));
+        lua_pushvalue(L, val - 1);
+        check_value(L, val, lua_pushfstring(L, "%s[\"%s\"]", path, lua_tostring(L, -1)));
+        lua_settop(L, val - 1);
+    }
+}
+
+static void check_param_name(lua_State *L, int v, const char *path) {
+    check_field_name(L, v, path);
+    if (nim_args_known_key(lua_tostring(L, v)))
+        bad(L, path, "\"%s\" is one of nimrank's own arguments", lua_tostring(L, v));
+}
+
+static void check_kind(lua_State *L, int v, const char *path) {
+    if (!in(param_kinds, want_string(L, v, path)))
+        bad(L, path, "must be integer, number, boolean, string or strings, got \"%s\"",
+            lua_tostring(L, v));
+}
+
+static void check_params(lua_State *L, int v, const char *path) {
+    check_map(L, v, path, check_param_name, check_kind);
+}
+
+static void check_short(lua_State *L, int v, const char *path) {
+    check_map(L, v, path, check_path, check_path);
+}
+
+static void check_path_params(lua_State *L, int v, const char *path) {
+    check_map(L, v, path, check_field_name, check_path);
+}
+
+static void check_full(lua_State *L, int v, const char *path) {
+    check_string_list(L, v, path, check_path, 16);
+}
+
+static void check_env_list(lua_State *L, int v, const char *path) {
+    check_string_list(L, v, path, check_env_name, 32);
+}
+
+static void check_max_passages(lua_State *L, int v, const char *path) {
+    if (!lua_isinteger(L, v) || lua_tointeger(L, v) < 1 || lua_tointeger(L, v) > 10000000)
+        bad(L, path, "expected an integer between 1 and 10000000%s", "");
+}
+
+static void check_status(lua_State *L, int v, const char *path) {
+    if (!lua_isinteger(L, v) || lua_tointeger(L, v) < 300 || lua_tointeger(L, v) > 599)
+        bad(L, path, "keys must be HTTP statuses 300..599%s", "");
+}
+
+static void check_error_type(lua_State *L, int v, const char *path) {
+    const char *s = want_string(L, v, path);
+    int t = nim_err_type_parse(s);
+    if (t < 0 || t == NIM_ERR_CANCELLED) bad(L, path, "unknown error type \"%s\"", s);
+}
+
+static void check_errors(lua_State *L, int v, const char *path) {
+    check_map(L, v, path, check_status, check_error_type);
+}
+
+static void check_base(lua_State *L, int v, const char *path) {
+    char err[512];
+    if (nim_check_base_url(want_string(L, v, path), path, err, sizeof err) != 0)
+        nim_misuse(L, ADD, NULL, "%s", err);
+}
+
+static void check_name(lua_State *L, int v, const char *path) {
+    size_t n;
+    const char *s = want_string(L, v, path);
+    lua_tolstring(L, v, &n);
+    if (!token_ok(s, n, "_-") || !isalpha((unsigned char)s[0]))
+        bad(L, path, "must be a letter then letters, digits, _ or - (at most 64), got \"%s\"", s);
+    if (in(reserved_names, s)) bad(L, path, "\"%s\" is reserved", s);
+}
+
+static void check_native(lua_State *L, int v, const char *path) {
+    if (strcmp(want_string(L, v, path), "nvidia_nim") != 0)
+        bad(L, path, "must be \"nvidia_nim\" (NIM's own rules in C)%s", "");
+}
+
+static void check_docs(lua_State *L, int v, const char *path) { want_string(L, v, path); }
+
+static const field_rule descriptor_rules[] = {{"name", check_name},
+                                              {"native", check_native},
+                                              {"api_base", check_base},
+                                              {"base_env", check_env_list},
+                                              {"key_env", check_env_list},
+                                              {"key_required", check_boolean},
+                                              {"auth", check_auth},
+                                              {"path", check_path},
+                                              {"full", check_full},
+                                              {"short", check_short},
+                                              {"path_params", check_path_params},
+                                              {"request", check_request},
+                                              {"params", check_params},
+                                              {"response", check_response},
+                                              {"max_passages", check_max_passages},
+                                              {"errors", check_errors},
+                                              {"docs", check_docs},
+                                              {0}};
+
+/* A deep copy of a checked descriptor (tables, strings, numbers, booleans; depth <= 3). */
+static void push_copy(lua_State *L, int v, int depth) {
+    if (!lua_istable(L, v) || depth > 3) {
+        lua_pushvalue(L, v);
+        return;
+    }
+    lua_newtable(L);
+    int out = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, v)) {
+        lua_pushvalue(L, -2);
+        push_copy(L, lua_gettop(L) - 1, depth + 1);
+        lua_rawset(L, out);
+        lua_pop(L, 1);
+    }
+}
+
+/* nim.native.provider_register(descriptor): checks it, registers a copy under its name. */
+int nim_l_provider_register(lua_State *L) {
+    if (!lua_istable(L, 1))
+        return nim_misuse(L, ADD, NULL, "bad argument #1 (table expected, got %s)",
+                          luaL_typename(L, 1));
+    lua_settop(L, 1);
+    check_table(L, 1, "descriptor", descriptor_rules);
+    if (raw_field(L, 1, "name") == LUA_TNIL) bad(L, "descriptor.name", "required%s", "");
+    const char *name = lua_tostring(L, -1);
+    int native = raw_field(L, 1, "native") != LUA_TNIL;
+    lua_pop(L, 1);
+    if (native != (strcmp(name, "nvidia_nim") == 0))
+        bad(L, "descriptor.native", "is NIM's alone, and NIM's descriptor must say it%s", "");
+    nim_push_reg(L, nim_key_providers);
+    lua_pushvalue(L, 2);
+    push_copy(L, 1, 0);
+    lua_rawset(L, -3);
+    return 0;
+}
+
+/* nim.native.provider_get(name) -> a copy of the registered descriptor, or nil */
+int nim_l_provider_get(lua_State *L) {
+    luaL_checkstring(L, 1);
+    nim_push_reg(L, nim_key_providers);
+    lua_pushvalue(L, 1);
+    if (lua_rawget(L, -2) != LUA_TTABLE) {
+        lua_pushnil(L);
+        return 1;
+    }
+    push_copy(L, lua_gettop(L), 0);
+    return 1;
+}
+
+/* nim.native.provider_names() -> the registered names (unsorted) */
+int nim_l_provider_names(lua_State *L) {
+    nim_push_reg(L, nim_key_providers);
+    lua_newtable(L);
+    lua_Integer n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -3)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, -3, ++n);
+    }
+    return 1;
+}
+
 /* ---- finding a descriptor ------------------------------------------------------------------ */
 
 int nim_descriptor_push(lua_State *L, const char *model) {
     const char *slash = strchr(model, '/');
-    if (!slash || slash == model || slash - model > 64) {
+    size_t n = slash ? (size_t)(slash - model) : 0;
+    if (n == 0 || n > NAME_MAX_LEN) {
         lua_pushnil(L);
         return 0;
     }
     nim_push_reg(L, nim_key_providers);
-    lua_pushlstring(L, model, (size_t)(slash - model));
+    lua_pushlstring(L, model, n);
     int t = lua_rawget(L, -2);
     lua_remove(L, -2);
     if (t != LUA_TTABLE) {
         lua_pop(L, 1);
+        char prefix[NAME_MAX_LEN + 1];
+        memcpy(prefix, model, n);
+        prefix[n] = '\0';
+        if (in(nim_builtin_providers, prefix) && strcmp(prefix, "nvidia_nim") != 0)
+            nim_misuse(L, "nim.rerank", "model",
+                       "no descriptor for provider '%s' is registered (the Lua layer, "
+                       "lua/nim/providers/%s.lua, is not loaded): not sent anywhere",
+                       prefix, prefix);
         lua_pushnil(L);
         return 0;
     }
@@ -102,7 +499,9 @@ void nim_descriptor_read(lua_State *L, int idx, nim_descriptor *d) {
 
     int auth = desc_table(L, idx, n, "auth");
     d->auth_header = desc_string(L, auth, n, "header", "Authorization");
-    d->auth_prefix = desc_string(L, auth, n, "prefix", "Bearer ");
+    /* "Bearer " belongs to Authorization; another header carries the bare key by default */
+    d->auth_prefix = desc_string(L, auth, n, "prefix",
+                                 strcasecmp(d->auth_header, "Authorization") == 0 ? "Bearer " : "");
     int req = desc_table(L, idx, n, "request");
     d->model_field = desc_string(L, req, n, "model", NULL);
     d->query_field = desc_string(L, req, n, "query", "query");
@@ -135,25 +534,25 @@ void nim_descriptor_read(lua_State *L, int idx, nim_descriptor *d) {
 
 /* ---- the route --------------------------------------------------------------------------- */
 
-/* The first non-empty variable of the list t[k]; its name in *name. */
+/* The first non-empty variable of the list t[k]; its name in *name (the first of the list
+ * when none is set). Leaves the stack as it found it. */
 static const char *env_first(lua_State *L, int t, const char *k, const char **name) {
+    int top = lua_gettop(L);
     const char *v = NULL;
     *name = NULL;
     if (raw_field(L, t, k) == LUA_TTABLE) {
-        int list = lua_gettop(L);
-        for (lua_Integer i = 1; !v && lua_rawgeti(L, list, i) == LUA_TSTRING; i++) {
-            const char *var = lua_tostring(L, -1);
+        for (lua_Integer i = 1; !v && lua_rawgeti(L, top + 1, i) == LUA_TSTRING; i++) {
+            const char *var = lua_tostring(L, -1); /* anchored by the descriptor's list */
             const char *val = getenv(var);
-            if (!*name) *name = var; /* the first one is named when none is set */
+            if (!*name) *name = var;
             if (val && *val) {
                 v = val;
                 *name = var;
             }
             lua_pop(L, 1);
         }
-        lua_pop(L, 1);
     }
-    lua_pop(L, 1);
+    lua_settop(L, top);
     return v;
 }
 
@@ -163,19 +562,24 @@ const char *nim_descriptor_key(lua_State *L, int desc, const char **var) {
 
 /* Pushes "A or B" for the variables of the list t[k] (or "" when there are none). */
 void nim_descriptor_env_names(lua_State *L, int desc, const char *k) {
+    desc = lua_absindex(L, desc);
+    raw_field(L, desc, k); /* below the buffer: the buffer's own slots stay on top */
+    int list = lua_gettop(L);
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    if (raw_field(L, desc, k) == LUA_TTABLE) {
-        for (lua_Integer i = 1; lua_rawgeti(L, -1, i) == LUA_TSTRING; i++) {
-            const char *var = lua_tostring(L, -1);
-            lua_pop(L, 1);
-            if (i > 1) luaL_addstring(&b, " or ");
-            luaL_addstring(&b, var);
+    if (lua_istable(L, list)) {
+        for (lua_Integer i = 1; lua_rawgeti(L, list, i) == LUA_TSTRING; i++) {
+            if (i > 1) {
+                lua_pop(L, 1);
+                luaL_addstring(&b, " or ");
+                lua_rawgeti(L, list, i);
+            }
+            luaL_addvalue(&b);
         }
-        lua_pop(L, 1);
+        lua_pop(L, 1); /* the nil that ended the list */
     }
-    lua_pop(L, 1);
     luaL_pushresult(&b);
+    lua_remove(L, list);
 }
 
 static int ends_with(const char *s, size_t n, const char *suffix) {
@@ -237,7 +641,7 @@ int nim_descriptor_route(lua_State *L, int desc, const nim_descriptor *d, const 
                          const char *api_base, int args, nim_route *r, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
     r->family = NIM_FAMILY_RETRIEVAL;
-    const char *clean = model + strlen(d->name) + 1; /* the descriptor was found by the prefix */
+    const char *clean = strchr(model, '/') + 1; /* the descriptor was found by this prefix */
     if (!*clean) {
         snprintf(err, errlen, "model: '%s' names no model after the provider prefix", model);
         return -1;
@@ -270,12 +674,12 @@ int nim_descriptor_route(lua_State *L, int desc, const nim_descriptor *d, const 
     while (bl > 0 && base[bl - 1] == '/')
         bl--;
     const char *path = route_path(L, desc, d, args, base, bl);
-    int w = path ? snprintf(r->url, sizeof r->url, "%.*s%s", (int)bl, base, path)
-                 : snprintf(r->url, sizeof r->url, "%s", base);
+    int w = snprintf(r->url, sizeof r->url, "%.*s%s", (int)bl, base, path ? path : "");
     if (w < 0 || (size_t)w >= sizeof r->url) {
         snprintf(err, errlen, "api_base: URL longer than %d characters", NIM_URL_MAX - 1);
         return -1;
     }
+    if (nim_check_base_url(r->url, r->base_source, err, errlen) != 0) return -1;
     r->hosted = d->key_required;
     return 0;
 }

@@ -10,7 +10,7 @@
 #include "binding.h"
 #include "nimrank.h"
 
-static int header_name_ok(const char *s) {
+int nim_header_name_ok(const char *s) {
     if (!*s) return 0;
     for (; *s; s++)
         if (!(isalnum((unsigned char)*s) || strchr("!#$%&'*+-.^_`|~", *s))) return 0;
@@ -19,7 +19,7 @@ static int header_name_ok(const char *s) {
 
 /* Headers that frame the HTTP message: set by a caller they would corrupt the shared
  * keep-alive connection for the next, unrelated request. */
-static int framing_header(const char *name) {
+int nim_framing_header(const char *name) {
     static const char *const names[] = {"Content-Length",
                                         "Transfer-Encoding",
                                         "Host",
@@ -54,11 +54,11 @@ void nim_keep_caller_headers(lua_State *L, int headers, int uv) {
     size_t total = 0;
     if (headers) lua_pushnil(L);
     while (headers && lua_next(L, headers)) {
-        if (lua_type(L, -2) != LUA_TSTRING || !header_name_ok(lua_tostring(L, -2)) ||
+        if (lua_type(L, -2) != LUA_TSTRING || !nim_header_name_ok(lua_tostring(L, -2)) ||
             strlen(lua_tostring(L, -2)) != lua_rawlen(L, -2) || lua_rawlen(L, -2) > 256)
             nim_misuse(L, "nim.rerank", "headers", "invalid header name");
         const char *name = lua_tostring(L, -2);
-        if (framing_header(name))
+        if (nim_framing_header(name))
             nim_misuse(L, "nim.rerank", lua_pushfstring(L, "headers['%s']", name),
                        "frames the HTTP message (the connection is shared): not settable");
         if (lua_type(L, -1) != LUA_TSTRING) {

@@ -215,6 +215,9 @@ static const luaL_Reg native_funcs[] = {
     {"catalog_entry", nim_l_catalog_entry},
     {"max_passages", nim_l_max_passages},
     {"provider_of", nim_l_provider_of},
+    {"provider_register", nim_l_provider_register},
+    {"provider_get", nim_l_provider_get},
+    {"provider_names", nim_l_provider_names},
     {"encode_results", nim_l_encode_results},
     {"utf8_error", nim_l_utf8_error},
     {NULL, NULL},
@@ -236,11 +239,16 @@ static void push_native(lua_State *L) {
     lua_setfield(L, t, "keys");
     lua_pushinteger(L, NIM_DEFAULT_MAX_PASSAGES);
     lua_setfield(L, t, "default_max_passages");
-    /* name -> descriptor: what nim.providers (lua/nim/providers.lua) registers, read by C */
+    /* name -> descriptor: checked copies that nim.providers.add registers, read by C; kept
+     * in the registry only, so no Lua code can change one under a call */
     lua_newtable(L);
-    lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &nim_key_providers);
-    lua_setfield(L, t, "providers");
+    lua_newtable(L);
+    for (int i = 0; nim_builtin_providers[i]; i++) {
+        lua_pushstring(L, nim_builtin_providers[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, t, "builtin_providers");
 }
 
 int luaopen_nim(lua_State *L) {

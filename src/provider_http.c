@@ -294,6 +294,9 @@ void nim_http_start(lua_State *L, const nim_args *a) {
     describe(L, uv, a, &route, entry_idx,
              a->desc ? d.name : nim_provider_name(NIM_PROVIDER_NVIDIA));
     if (a->desc) {
+        c->described = 1;
+        c->shape = d.answer;
+        c->billed_as = d.billed_as;
         keep_descriptor(L, uv, a);
         if (d.auth_header) set_string(L, uv, "auth_header", d.auth_header);
         if (d.auth_prefix) set_string(L, uv, "auth_prefix", d.auth_prefix);
@@ -440,13 +443,10 @@ static void transport_error(lua_State *L, int idx, int uv, nim_transfer *t) {
 /* A 2xx answer: the result, or bad_response. */
 static void success(lua_State *L, int idx, int uv, int body, long status, double seconds) {
     nim_call *c = lua_touserdata(L, idx);
-    nim_descriptor d;
-    int desc = lua_getfield(L, uv, "descriptor") == LUA_TTABLE;
-    if (desc) nim_descriptor_read(L, -1, &d); /* the strings stay anchored by uv */
-    lua_pop(L, 1);
+    int desc = c->described;
     nim_push_reg(L, nim_key_decode);
     nim_parsed p;
-    if (!nim_wire_parse(L, body, lua_gettop(L), c->ndocs, desc ? &d.answer : NULL, &p)) {
+    if (!nim_wire_parse(L, body, lua_gettop(L), c->ndocs, desc ? &c->shape : NULL, &p)) {
         lua_getfield(L, uv, "url");
         lua_pushfstring(L, "malformed response from %s: %s; body: ", lua_tostring(L, -1),
                         lua_tostring(L, -2));
@@ -477,10 +477,13 @@ static void success(lua_State *L, int idx, int uv, int body, long status, double
     nim_annotate_meta(L, provider(L, uv), lua_tostring(L, -4), lua_tostring(L, -3),
                       lua_gettop(L) - 1, seconds);
     lua_getfield(L, -1, "meta");
-    if (desc && strcmp(d.billed_as, "total_tokens") != 0) { /* e.g. Cohere's search_units */
+    if (desc && strcmp(c->billed_as, "total_tokens") != 0) { /* e.g. Cohere's search_units */
         lua_getfield(L, -1, "billed_units");
         lua_getfield(L, -1, "total_tokens");
-        lua_setfield(L, -2, d.billed_as);
+        if (p.counted)
+            lua_setfield(L, -2, c->billed_as); /* never a made-up count */
+        else
+            lua_pop(L, 1);
         lua_pushnil(L);
         lua_setfield(L, -2, "total_tokens");
         lua_pop(L, 1);
@@ -519,7 +522,7 @@ static void failure(lua_State *L, int idx, int uv, int body, long status, const 
     lua_remove(L, -2);
     nim_redact(L, -1, uv); /* decoded, before the cut: no escaped or cut-off key survives */
     nim_wire_one_line(L, -1);
-    if (status == 410) {
+    if (status == 410 && !is_descriptor) {
         lua_getfield(L, uv, "route_model");
         lua_pushfstring(L, "model %s has reached end of life (410 Gone): %s", lua_tostring(L, -1),
                         lua_tostring(L, -2));
@@ -532,7 +535,18 @@ static void failure(lua_State *L, int idx, int uv, int body, long status, const 
         } else {
             lua_pop(L, 1);
         }
-    } else if (status == 202 && !is_descriptor) {
+    } else if (status == 202 && is_descriptor) { /* a queue nimrank cannot follow: no retry */
+        const char *name = provider(L, uv);
+        lua_getfield(L, uv, "url");
+        lua_pushfstring(L,
+                        "202 Accepted from %s: a queued answer %s's API does not document; "
+                        "not polled and not retried",
+                        lua_tostring(L, -1), name);
+        lua_replace(L, -3);
+        lua_pop(L, 1);
+        type = NIM_ERR_BAD_RESPONSE;
+        retryable = 0;
+    } else if (status == 202) {
         lua_pushfstring(L, "result not ready (202 Accepted, NVCF-REQID '%s'); try again",
                         reqid ? reqid : "");
         lua_remove(L, -2);

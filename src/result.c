@@ -227,15 +227,36 @@ static void read_batches(lua_State *L, int lists, size_t k, const size_t *lens, 
 
 /* Pushes the merged call's meta: a copy of the first batch's (the table at batches[1]), tokens
  * summed over the k batches, latency the slowest batch's. */
+/* Sums, into the table on top, every integer field of the billed_units table at idx (tokens
+ * for NIM, search units for Cohere: whatever the batches' provider counts). */
+static void add_billed(lua_State *L, int idx) {
+    int sum = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) == LUA_TSTRING && lua_isinteger(L, -1)) {
+            lua_Integer v = lua_tointeger(L, -1);
+            lua_pushvalue(L, -2);
+            lua_pushvalue(L, -1);
+            lua_rawget(L, sum);
+            lua_Integer before = lua_tointeger(L, -1);
+            lua_pop(L, 1);
+            lua_pushinteger(L, before + v);
+            lua_rawset(L, sum);
+        }
+        lua_pop(L, 1);
+    }
+}
+
 static void merged_meta(lua_State *L, int batches, size_t k) {
-    lua_Integer tokens = 0;
     lua_Number slowest = 0;
+    lua_newtable(L); /* the billed units, summed */
+    int billed = lua_gettop(L);
     for (size_t b = 1; b <= k; b++) {
         lua_rawgeti(L, batches, (lua_Integer)b);
         if (raw_field(L, -1, "meta") == LUA_TTABLE) {
             if (raw_field(L, -1, "billed_units") == LUA_TTABLE) {
-                raw_field(L, -1, "total_tokens");
-                tokens += lua_tointeger(L, -1);
+                lua_pushvalue(L, billed);
+                add_billed(L, lua_gettop(L) - 1);
                 lua_pop(L, 1);
             }
             lua_pop(L, 1);
@@ -257,12 +278,11 @@ static void merged_meta(lua_State *L, int batches, size_t k) {
         }
     }
     lua_settop(L, meta);
-    lua_createtable(L, 0, 1);
-    lua_pushinteger(L, tokens);
-    lua_setfield(L, -2, "total_tokens");
+    lua_pushvalue(L, billed);
     lua_setfield(L, -2, "billed_units");
     lua_pushnumber(L, slowest);
     lua_setfield(L, -2, "latency_ms");
+    lua_remove(L, billed);
 }
 
 /* Pushes the merged result's table ({id = the first batch's id}) and its results list, to be

@@ -267,6 +267,7 @@ int nim_wire_parse(lua_State *L, int body_idx, int decode_idx, lua_Integer npass
     out->rk = a.rk;
     out->n = a.n;
     out->tokens = a.tokens > 0 ? (lua_Integer)a.tokens : (lua_Integer)a.n;
+    out->counted = a.tokens > 0;
     if (!a.id || a.id_len == 0) {
         lua_pushnil(L);
     } else if (!a.id_escaped) {

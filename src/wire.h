@@ -41,6 +41,7 @@ typedef struct {
     nim_ranking *rk; /* in the provider's order; owned by a userdata the parser pushed */
     size_t n;
     lua_Integer tokens; /* usage.total_tokens when > 0, else the number of rankings */
+    int counted;        /* the answer carried the count (tokens is not the fallback) */
 } nim_parsed;
 
 /* Decodes a 2xx body (string at body_idx) sent with npassages passages, in the provider's

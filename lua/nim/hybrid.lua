@@ -18,9 +18,17 @@
 -- * A document a component did not rank (its answer was cut by a top_n of its own) gets no term
 --   from it. Ties of the fused score go by index (the binding's one ranking rule).
 -- * top_n and return_documents apply to the fused answer: components rank every document.
+-- * A call-level api_key, api_base or headers goes only to the components of one provider: the
+--   one provider (local aside: it takes no key) whose models would take them (a provider
+--   model; a group's deployments without their own key and base: nim.router's
+--   credential_owner). The other components go without them (a group's deployments bring
+--   their own keys; a provider model uses its provider's environment variable). When
+--   components of two providers would take them, the call is misuse naming the field: a key
+--   is never sent to a provider it was not meant for.
 -- * Each result carries `components`: { {model =, rank =, relevance_score =}, ... } for the
 --   components that ranked it, in the order of models.
--- * meta: provider = "hybrid", model = "hybrid", fusion, rrf_k (rrf), billed_units summed,
+-- * meta: provider = "hybrid", model = "hybrid", fusion, rrf_k (rrf), billed_units summed
+--   field by field (total_tokens, a Cohere component's search_units, ...),
 --   components = { {model, provider, seconds, ok, error}, ... }; id is the first answering
 --   component's. A failed component leaves a warning in meta.warnings (its error type and
 --   message, which the binding has cleared of secrets) and the answer is fused from the
@@ -122,16 +130,52 @@ function M.is_hybrid(r, name)
 end
 
 -- The component calls' arguments: the call's own (a: the router's, no policy keys) for every
--- document, so no top_n; the fused answer's top_n is applied after the fusion.
+-- document, so no top_n; the fused answer's top_n is applied after the fusion. Without its
+-- call-level credentials when they are not the component's (credentials below).
 local NOT_PASSED = { model = true, top_n = true, top_k = true }
-local function component_args(a, name)
+local CREDENTIAL = {}
+for _, k in ipairs(router_mod.CREDENTIALS) do CREDENTIAL[k] = true end
+local function component_args(a, name, keep_credentials)
   local ca = {}
   for k, v in pairs(a) do
-    if not NOT_PASSED[k] then ca[k] = v end
+    if not NOT_PASSED[k] and (keep_credentials or not CREDENTIAL[k]) then ca[k] = v end
   end
   ca.model = name
   component_of[ca] = true
   return ca
+end
+
+-- credentials(r, a, models) -> keep: keep[i] when component i gets the call's api_key,
+-- api_base and headers (a). They go to the components of the one provider whose models would
+-- take them; misuse when components of two providers would.
+local function credentials(r, a, models)
+  local keep = {}
+  local field = router_mod.credential_field(a)
+  if not field then return keep end
+  local owners, takers, first = {}, {}, {}
+  for i, m in ipairs(models) do
+    local owner, receivers = r:credential_owner(m, a)
+    owners[i] = owner
+    for _, p in ipairs(receivers) do
+      if not first[p] then
+        first[p] = i
+        takers[#takers + 1] = p
+      end
+    end
+  end
+  if #takers > 1 then
+    local who = {}
+    for _, p in ipairs(takers) do
+      who[#who + 1] = ("%s: models[%d] %s"):format(p, first[p], got(models[first[p]]))
+    end
+    misuse(field, ("the components are of different providers (%s) and the call's %s would "
+      .. "reach each: a call-level api_key, api_base or headers goes to one provider only; "
+      .. "configure each component as a model group with its own api_key (and api_base) "
+      .. "and leave it out of the call"):format(table.concat(who, ", "), field))
+  end
+  local one = takers[1]
+  for i = 1, #models do keep[i] = one ~= nil and owners[i] == one end
+  return keep
 end
 
 -- Everything the call would raise, raised before anything is sent. Returns the options and
@@ -144,10 +188,11 @@ local function prepare(r, a, spec)
         :format(got(m)))
     end
   end
+  local keep = credentials(r, a, opts.models)
   native.merge({ { results = {} } }, a) -- the fused answer's top_n, by the binding's rule
   local calls = {}
   for i, m in ipairs(opts.models) do
-    calls[i] = component_args(a, m)
+    calls[i] = component_args(a, m, keep[i])
     -- the component's own misuse (query, documents, its group's options), raised before
     -- either is sent: never after the other component's request went out
     r:check(calls[i])
@@ -178,9 +223,11 @@ local function run(r, ca)
   return out
 end
 
--- Fuses the answers into one result (not yet sorted or cut).
+-- Fuses the answers into one result (not yet sorted or cut); returns it and the billed units
+-- summed over the answers, field by field (every numeric one: NIM's total_tokens, Cohere's
+-- search_units, ...).
 local function fuse(opts, outcomes)
-  local by_index, results, tokens = {}, nim.array{}, 0
+  local by_index, results, billed_sum = {}, nim.array{}, {}
   for i, o in ipairs(outcomes) do
     local res = o.res
     if res then
@@ -208,10 +255,17 @@ local function fuse(opts, outcomes)
         e.relevance_score = e.relevance_score + term
       end
       local billed = res.meta and res.meta.billed_units
-      tokens = tokens + (billed and billed.total_tokens or 0)
+      if type(billed) == "table" then
+        for k, v in pairs(billed) do
+          if type(k) == "string" and type(v) == "number" then
+            billed_sum[k] = (billed_sum[k] or 0) + v
+          end
+        end
+      end
     end
   end
-  return results, tokens
+  if next(billed_sum) == nil then billed_sum.total_tokens = 0 end
+  return results, billed_sum
 end
 
 -- call(r, a, spec, args) -> res | nil, err: the hybrid call for router r. a: the call's
@@ -261,11 +315,12 @@ function M.call(r, a, spec, args)
     err.components = infos
     return nil, err
   end
-  local results, tokens = fuse(opts, outcomes)
+  local results, billed = fuse(opts, outcomes)
   local res = native.merge({ { id = first_ok.id, results = results,
-    meta = { billed_units = { total_tokens = tokens }, latency_ms = (nim.now() - t0) * 1000 } } },
+    meta = { latency_ms = (nim.now() - t0) * 1000 } } },
     a) -- sorted by the one ranking rule, cut to top_n
   local meta = res.meta
+  meta.billed_units = billed -- the merge keeps total_tokens only
   meta.provider, meta.model, meta.fusion = HYBRID, HYBRID, opts.fusion
   meta.rrf_k = opts.fusion == "rrf" and opts.rrf_k or nil
   meta.components = infos

@@ -23,6 +23,13 @@
 -- * When a model's own attempts fail, its fallbacks run in order (per request, else the
 --   group's, else the default list), at most max_fallbacks (5). Fallbacks do not chain.
 -- * Every attempt is recorded in res.meta.attempts (or err.attempts); keys never are.
+-- * A call-level api_key, api_base or headers belongs to the provider of the model the call
+--   names (its prefix's; a group's deployments', local ones aside): an attempt gets them only
+--   when its model is of that provider, so a fallback of another provider never sees them
+--   (it uses its deployment's own, else its provider's environment variable). A deployment's
+--   own api_key and api_base still win over the call's. A group whose deployments of two
+--   providers would both take them is misuse (credentials below); hybrid applies the same
+--   rule to its components (lua/nim/hybrid.lua).
 -- * A routed call's timeout is its total time: the request's timeout (else
 --   router_settings.timeout, else nim.settings.timeout) is a deadline for every attempt,
 --   backoff wait and fallback. Each attempt gets its deployment's timeout
@@ -51,6 +58,11 @@ local POLICY = {}
 for _, k in ipairs(native.keys.policy) do POLICY[k] = true end
 local BATCH_KEYS = { "batch_size", "concurrency", "on_progress" }
 local DEPLOYMENT_WINS = { model = true, api_key = true, api_base = true }
+-- The call-level values that belong to one provider: never passed to a model of another.
+local CREDENTIALS = { "api_key", "api_base", "headers" }
+local IS_CREDENTIAL = {}
+for _, k in ipairs(CREDENTIALS) do IS_CREDENTIAL[k] = true end
+M.CREDENTIALS = CREDENTIALS
 -- Deployment litellm_params used as call defaults (the request's own values win, except
 -- DEPLOYMENT_WINS).
 local CALL_DEFAULTS = { "truncate", "drop_params", "headers", "connect_timeout", "ca_bundle",
@@ -215,13 +227,14 @@ function Router:backoff(n, err)
   return math.max(wait, err.retry_after or 0, self.retry_floor)
 end
 
--- The provider call's arguments: the request's own (policy keys dropped), over the
--- deployment's defaults; a deployment's model, key and base win. Returns nil, err when a
--- deployment's os.environ/ variable is not set.
-local function call_args(args, d, timeout)
+-- The provider call's arguments: the request's own (policy keys dropped; its credentials too
+-- with drop_credentials: they belong to another provider), over the deployment's defaults; a
+-- deployment's model, key and base win. Returns nil, err when a deployment's os.environ/
+-- variable is not set.
+local function call_args(args, d, timeout, drop_credentials)
   local a = {}
   for k, v in pairs(args) do
-    if not POLICY[k] then a[k] = v end
+    if not POLICY[k] and not (drop_credentials and IS_CREDENTIAL[k]) then a[k] = v end
   end
   if d then
     for _, k in ipairs(CALL_DEFAULTS) do
@@ -239,6 +252,101 @@ local function call_args(args, d, timeout)
   -- routed path (the binding reads timeout, else request_timeout)
   if a.timeout == nil and a.request_timeout == nil then a.timeout = timeout end
   return a
+end
+
+-- ---- whose credentials: a call-level api_key, api_base, headers ----------------------------
+
+-- The provider a model string names (nim.native.provider_of: "nvidia_nim", "cohere", "local",
+-- ...), HYBRID for the pseudo-model; nil when there is none to tell (an unknown local model,
+-- which the call itself refuses, or an unset os.environ/ model).
+local function provider_of(model)
+  if model == HYBRID then return HYBRID end
+  if type(model) ~= "string" then return nil end
+  local ok, p = pcall(native.provider_of, model)
+  return ok and p or nil
+end
+
+-- The provider of deployment d's model (its os.environ/ value read now), or nil.
+local function deployment_provider(d)
+  return provider_of((config.env_value(d.params.model, "model")))
+end
+
+-- The first call-level credential args holds (its field name), or nil.
+local function credential_field(args)
+  for _, k in ipairs(CREDENTIALS) do
+    if args[k] ~= nil then return k end
+  end
+  return nil
+end
+M.credential_field = credential_field
+
+-- Would deployment d take one of args' call-level credentials? Its own api_key and api_base
+-- win (DEPLOYMENT_WINS); the call's headers replace its own.
+local function takes_credentials(d, args)
+  for _, k in ipairs(CREDENTIALS) do
+    if args[k] ~= nil and not (DEPLOYMENT_WINS[k] and d.params[k] ~= nil) then return true end
+  end
+  return false
+end
+
+-- credential_owner(name, args) -> owner, receivers: for a call naming `name` with args,
+-- owner is the provider its call-level credentials belong to: a provider model's own (HYBRID
+-- for hybrid), a group's: the one provider of its deployments that would take them, else the
+-- one provider of its deployments, local ones aside unless all are local; nil when there is
+-- no one provider. receivers: the providers, local aside (it takes no key), whose models
+-- would get them, sorted; more than one is misuse (Router:credentials, nim.hybrid).
+function Router:credential_owner(name, args)
+  local has = credential_field(args) ~= nil
+  local g = self:group(name)
+  if not g then
+    local p = provider_of(name)
+    return p, (has and p and p ~= "local") and { p } or {}
+  end
+  local providers, receivers, seen, taking, any_local = {}, {}, {}, {}, false
+  for _, d in ipairs(g.deployments) do
+    local p = deployment_provider(d)
+    if p == "local" then
+      any_local = true
+    elseif p then
+      if not seen[p] then
+        seen[p] = true
+        providers[#providers + 1] = p
+      end
+      if has and not taking[p] and takes_credentials(d, args) then
+        taking[p] = true
+        receivers[#receivers + 1] = p
+      end
+    end
+  end
+  table.sort(receivers)
+  local owner
+  if #receivers == 1 then
+    owner = receivers[1]
+  elseif #receivers == 0 then
+    if #providers == 1 then
+      owner = providers[1]
+    elseif #providers == 0 and any_local then
+      owner = "local"
+    end
+  end
+  return owner, receivers
+end
+
+-- credentials(args) -> the provider args' call-level credentials belong to (nil: no one
+-- provider, or none given). Misuse when deployments of two providers of the group the call
+-- names would take them: a key goes to the provider it was meant for, never to another.
+function Router:credentials(args)
+  local field = credential_field(args)
+  if not field or type(args.model) ~= "string" then return nil end
+  local owner, receivers = self:credential_owner(args.model, args)
+  if #receivers > 1 then
+    native.misuse("nim.rerank", field, ("model group %q has deployments of different "
+      .. "providers (%s) that would take the call's %s: a call-level api_key, api_base or "
+      .. "headers goes to one provider only; give each deployment its own in the config "
+      .. "and leave it out of the call"):format(self:group(args.model).name,
+      table.concat(receivers, ", "), field))
+  end
+  return owner
 end
 
 -- The batching options of a request (nim.batch's, not the provider's).
@@ -306,9 +414,11 @@ local function deadline_error(name, total)
 end
 
 -- Tries one model name (a group, or a provider model string) with its retries, within the
--- deadline. Returns res, deployment, group, the model string called (perhaps a value from the
--- environment: for lookups, never to be shown) on success; nil, err on failure.
-function Router:try(name, args, attempts, num_retries, budget)
+-- deadline. owner: the provider the call-level credentials belong to (Router:credentials): an
+-- attempt of another provider's model goes without them. Returns res, deployment, group, the
+-- model string called (perhaps a value from the environment: for lookups, never to be shown)
+-- on success; nil, err on failure.
+function Router:try(name, args, attempts, num_retries, budget, owner)
   local unknown = self:unknown(name)
   if unknown then
     record(attempts, nil, nil, name, 0, unknown, 0)
@@ -340,7 +450,8 @@ function Router:try(name, args, attempts, num_retries, budget)
       wait = ready_in
     else
       local t0 = self.clock()
-      local a, e = call_args(args, d, self.timeout)
+      local provider = d and deployment_provider(d) or provider_of(name)
+      local a, e = call_args(args, d, self.timeout, owner == nil or provider ~= owner)
       -- The time left, read once: what decides whether to go and what the attempt gets agree,
       -- so a deadline that passes meanwhile ends the call, never makes its timeout misuse.
       local left = self:left(budget)
@@ -409,6 +520,7 @@ end
 function Router:check(args)
   check_options(args)
   if type(args.model) == "string" and self:unknown(args.model) then return true end
+  self:credentials(args)
   local g = type(args.model) == "string" and self:group(args.model)
   local a, d
   for _, dep in ipairs(g and g.deployments or {}) do
@@ -452,13 +564,16 @@ function Router:rerank(args)
     or native.call_timeout(args)
   local budget = { deadline = self.clock() + total, total = total }
   local attempts = nim.array{}
-  local res, d_or_err, answered, called = self:try(name, args, attempts, num_retries, budget)
+  local owner = not self:unknown(name) and self:credentials(args) or nil
+  local res, d_or_err, answered, called = self:try(name, args, attempts, num_retries, budget,
+    owner)
   local fallback
   if not res and not self:unknown(name) then
     local chain = args.fallbacks or self.fallbacks[g and g.name or name] or self.default_fallbacks
     for i = 1, math.min(#chain, self.max_fallbacks) do
       if self:left(budget) <= 0 then break end
-      res, d_or_err, answered, called = self:try(chain[i], args, attempts, num_retries, budget)
+      res, d_or_err, answered, called = self:try(chain[i], args, attempts, num_retries, budget,
+        owner)
       if res then
         fallback = chain[i]
         break

@@ -76,6 +76,8 @@ static void other_shapes(void) {
     CHECK(read_shaped("[{\"index\":0,\"score\":\"1\"}]", 2, &tei, &a, err) == -1);
     CHECK(strstr(err, "answer[0].score is not a finite number") != NULL);
     CHECK(read_shaped("[{\"index\":0,\"score\":1}] x", 2, &tei, &a, err) == -1);
+    CHECK(read_shaped("[{\"index\":0,\"index\":1,\"score\":0.5}]", 2, &tei, &a, err) == -1);
+    CHECK(strstr(err, "answer[0] has 'index' twice") != NULL);
 }
 
 static void well_formed_answers(void) {

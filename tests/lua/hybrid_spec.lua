@@ -378,6 +378,136 @@ test("misuse_names_the_field_at_the_callers_line_and_sends_nothing", function()
   eq(s.calls, 0, "still nothing sent")
 end)
 
+-- ---- whose key: a call-level api_key, api_base, headers go to one provider only -----------
+
+local COHERE = "cohere/rerank-v3.5"
+local function fake_get(base, path)
+  return h.decode((h.sh("curl -s " .. h.q(base .. path))))
+end
+local function posts(base, dialect)
+  return fake_get(base, "/_fake/stats").requests[dialect] or 0
+end
+local function no_cohere_env()
+  for _, v in ipairs({ "COHERE_API_KEY", "CO_API_KEY", "COHERE_API_BASE" }) do
+    assert(not os.getenv(v), v .. " is set in the test environment: this test needs it unset")
+  end
+end
+local COHERE_GROUPS = { model_list = {
+  -- on the keyed fake without a key of its own; on the open fake with one
+  { model_name = "cohere-env", litellm_params = { model = COHERE, api_base = h.url .. "/cohere" } },
+  { model_name = "cohere-own", litellm_params = { model = COHERE, api_key = "cohere-own-key",
+    api_base = h.open_url .. "/cohere" } },
+  { model_name = "fused", litellm_params = { model = "hybrid", models = { NIM, COHERE } } },
+  { model_name = "fused-env", litellm_params = { model = "hybrid",
+    models = { "cohere-env", BM25 } } },
+} }
+
+test("components_of_two_providers_that_would_take_the_calls_key_are_misuse", function()
+  no_cohere_env()
+  local r, s = spy_router(COHERE_GROUPS)
+  local before = posts(h.url, "cohere")
+  local cases = {
+    { { models = { NIM, COHERE }, api_key = h.key }, "api_key" },
+    { { models = { NIM, BM25, COHERE }, api_base = h.url }, "api_base" },
+    { { models = { COHERE, NIM }, headers = { ["X-Nim-Tenant"] = "t" } }, "headers" },
+    -- a group without a key of its own would take it
+    { { models = { NIM, "cohere-env" }, api_key = h.key, api_base = h.url }, "api_key" },
+    -- a group's own key wins, its call headers would not
+    { { models = { NIM, "cohere-own" }, api_key = h.key, headers = { ["X-A"] = "a" } },
+      "api_key" },
+    -- a hybrid group likewise
+    { { model = "fused", api_key = h.key }, "api_key" },
+  }
+  for _, c in ipairs(cases) do
+    local a = { model = "hybrid", query = QUERY, documents = DOCS }
+    for k, v in pairs(c[1]) do a[k] = v end
+    local msg = raises(function() with_router(r, function() nim.rerank(a) end) end,
+      "nim.rerank: " .. c[2] .. ": ", "components are of different providers")
+    match(msg, "nvidia_nim: models%[%d%]", "names the NIM component")
+    match(msg, "cohere: models%[%d%]", "and the Cohere one")
+    match(msg, "as a model group with its own api_key", "says what to do")
+    match(msg, "^[^\n]*hybrid_spec%.lua:%d+:", "at the caller's line")
+    spec.no_match(msg, h.key, "never the key")
+    with_router(r, function()
+      local valid, bad = nim.check(a)
+      eq(valid, nil, "nim.check returns it")
+      eq(bad.field, c[2], "naming the field")
+    end)
+  end
+  eq(s.calls, 0, "nothing was sent")
+  eq(posts(h.url, "cohere"), before, "nothing reached Cohere")
+end)
+
+test("a_call_level_key_goes_to_the_components_of_its_one_provider_only", function()
+  no_cohere_env()
+  local r = router.new(config.load(COHERE_GROUPS))
+  local nim_before = posts(h.url, "nim")
+  -- NIM + a Cohere group with its own key + bm25: the call's key and base go to NIM only
+  local res = assert(r:rerank({ model = "hybrid", models = { NIM, "cohere-own", BM25 },
+    query = QUERY, documents = DOCS, api_key = h.key, api_base = h.url }))
+  ok(res.meta.components[1].ok and res.meta.components[2].ok and res.meta.components[3].ok,
+    "every component answered")
+  eq(res.meta.components[2].provider, "cohere", "Cohere's")
+  local last = fake_get(h.open_url, "/_fake/last/cohere")
+  eq(last.headers.authorization, "Bearer cohere-own-key", "the Cohere group's own key")
+  spec.no_match(h.sh("curl -s " .. h.q(h.open_url .. "/_fake/last/cohere")), h.key,
+    "never the NIM key")
+  eq(fake_get(h.url, "/_fake/last/nim").headers.authorization, "Bearer " .. h.key,
+    "NIM got the call's key")
+  eq(posts(h.url, "nim"), nim_before + 1, "at the call's base")
+  -- every numeric billed unit summed: NIM's tokens and Cohere's search units
+  local nim_alone = assert(r:rerank({ model = NIM, query = QUERY, documents = DOCS,
+    api_key = h.key, api_base = h.url }))
+  local bm_alone = assert(r:rerank({ model = BM25, query = QUERY, documents = DOCS }))
+  eq(res.meta.billed_units.total_tokens, nim_alone.meta.billed_units.total_tokens
+    + bm_alone.meta.billed_units.total_tokens, "tokens summed")
+  eq(res.meta.billed_units.search_units, 1, "Cohere's search units (5 documents: 1)")
+  -- the same with a NIM group as the component: the call's key does not beat the group's
+  r = router.new(config.load({ model_list = {
+    { model_name = "nim-own", litellm_params = { model = NIM, api_base = h.url,
+      api_key = "nim-own-key" } } } }))
+  res = assert(r:rerank({ model = "hybrid", models = { "nim-own", BM25 }, query = QUERY,
+    documents = DOCS, api_key = h.key }))
+  eq(res.meta.components[1].error, "auth", "the group's own (wrong) key was used")
+  eq(fake_get(h.url, "/_fake/last/nim").headers.authorization, "Bearer nim-own-key",
+    "the group's key, not the call's")
+end)
+
+test("a_hybrid_fallback_gets_none_of_the_calls_key", function()
+  no_cohere_env()
+  local r = router.new(config.load(COHERE_GROUPS))
+  local before = posts(h.url, "cohere")
+  -- a NIM model that fails (404) with the NIM key: the hybrid fallback's Cohere component
+  -- must not get it
+  local res, err = r:rerank({ model = "nvidia_nim/nvidia/no-such", query = QUERY,
+    documents = DOCS, api_key = h.key, api_base = h.url, num_retries = 0,
+    fallbacks = { "fused-env" } })
+  ok(res, tostring(err))
+  eq(res.meta.fallback, "fused-env", "the hybrid fallback answered")
+  eq(res.meta.components[1].ok, false, "its Cohere component had no key")
+  eq(res.meta.components[1].error, "auth", "an auth error")
+  match(res.meta.components[1].message, "COHERE_API_KEY", "naming Cohere's variable")
+  eq(posts(h.url, "cohere"), before, "nothing was sent to Cohere")
+end)
+
+test("billed_units_are_summed_field_by_field", function()
+  local a = answer("a", { { 0, 1 }, { 1, 0 } }, 10)
+  local b = answer("b", { { 1, 1 }, { 0, 0 } })
+  b.meta.billed_units = { search_units = 2 }
+  local c = answer("c", { { 0, 1 } }, 5)
+  c.meta.billed_units.search_units = 1
+  local r = canned_router({ [A] = a, [B] = b, [C] = c })
+  local res = assert(r:rerank({ model = "hybrid", models = { A, B, C }, query = "q",
+    documents = { "x", "y" } }))
+  eq(res.meta.billed_units.total_tokens, 15, "total_tokens")
+  eq(res.meta.billed_units.search_units, 3, "search_units")
+  eq(math.type(res.meta.billed_units.search_units), "integer", "still an integer")
+  res = assert(r:rerank({ model = "hybrid", models = { B, C }, query = "q",
+    documents = { "x", "y" } }))
+  eq(res.meta.billed_units.search_units, 3, "search units alone")
+  eq(res.meta.billed_units.total_tokens, 5, "and c's tokens")
+end)
+
 -- ---- config -----------------------------------------------------------------------------
 
 local function yaml_config(body)

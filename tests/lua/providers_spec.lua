@@ -148,6 +148,13 @@ test("a_bad_answer_is_bad_response_naming_the_dialects_list", function()
   eq(err.type, "bad_response", "a repeated index in a bare list refused")
 end)
 
+test("batches_sum_the_providers_own_billed_units", function()
+  local res, err = call(CASES[1], { batch_size = 2 })
+  ok(res, tostring(err))
+  eq(res.meta.billed_units.search_units, 2, "one search unit per batch, summed")
+  eq(res.meta.billed_units.total_tokens, nil, "no made-up tokens")
+end)
+
 test("cohere_v1_when_its_v1_parameter_or_url_is_given", function()
   local c = CASES[1]
   assert(call(c, { max_chunks_per_doc = 3 }))
@@ -200,9 +207,115 @@ test("user_descriptor_from_a_script", function()
   ok(not ok_, "a bad descriptor raises")
   match(tostring(e), "descriptor.request.document", "naming the field")
   ok_, e = pcall(nim.providers.add, { name = "x", params = { model = "string" } })
-  match(tostring(e), "descriptor.params.model: is one of nimrank's own arguments", "reserved")
+  match(tostring(e), 'descriptor.params %(a key%): "model" is one of nimrank\'s own arguments',
+    "reserved")
   ok_, e = pcall(nim.providers.add, { name = "local" })
   match(tostring(e), "reserved", "local/ stays the embedded reranker")
+end)
+
+-- Runs a Lua snippet in a fresh nimrank with extra environment; returns its output, status.
+local function nimrank_with(env, code)
+  return h.sh(("env %s %s -e %s 2>&1"):format(env, h.q(h.nimrank), h.q(code)))
+end
+
+test("key_and_base_from_the_providers_variables", function()
+  local code = ([[
+    local res, err = nim.rerank{ model = "cohere/rerank-v3.5", query = "h100 bandwidth",
+      documents = { "a", "h100 memory bandwidth" } }
+    print(res and res.results[1].index or tostring(err))]])
+  local out, status = nimrank_with(("COHERE_API_KEY=%s COHERE_API_BASE=%s"):format(h.key,
+    h.q(h.url .. "/cohere")), code)
+  eq(status, 0, "ran: " .. out)
+  eq(out, "1\n", "answered with the key and base from the environment")
+  eq(h.last(h.url).headers.authorization, "Bearer " .. h.key, "the variable's key sent")
+  out = nimrank_with(("CO_API_KEY=%s COHERE_API_BASE=%s"):format(h.key,
+    h.q(h.url .. "/cohere")), code)
+  eq(out, "1\n", "the second variable of the list")
+end)
+
+test("many_key_variables_named_in_the_message", function()
+  local vars = {}
+  for i = 1, 32 do vars[i] = ("ACME_KEY_VARIABLE_NUMBER_%02d_"):format(i) .. ("X"):rep(30) end
+  nim.providers.add({ name = "acme-many", api_base = h.url, path = "/cohere/v2/rerank",
+    key_env = vars, key_required = true })
+  local _, err = nim.rerank({ model = "acme-many/m", query = "q", documents = { "a" } })
+  eq(err.type, "auth", "no key")
+  match(err.message, vars[1] .. " or " .. vars[2], "names them")
+  match(err.message, vars[32], "all of them (past a Lua buffer's first block)")
+end)
+
+test("a_registered_descriptor_is_a_copy_nothing_changes_under_a_call", function()
+  local d = { name = "acme-copy", path = "/cohere/v2/rerank", api_base = h.url,
+    request = { model = "model" }, response = { list = "results" } }
+  nim.providers.add(d)
+  d.path = "/elsewhere"
+  local got = nim.providers.get("acme-copy")
+  eq(got.path, "/cohere/v2/rerank", "registered as given")
+  got.response.list = "nothing"
+  eq(nim.providers.get("acme-copy").response.list, "results", "get returns a copy")
+  eq(nim.native.providers, nil, "the registry is not reachable from Lua")
+  local t = nim.native.start({ model = "acme-copy/m", query = unique(h.QUERY),
+    documents = h.DOCS, api_key = h.key })
+  nim.providers.add({ name = "acme-copy", response = { list = "other" } })
+  local res, err = t:wait()
+  ok(res, "the call keeps the descriptor it started with: " .. tostring(err))
+end)
+
+test("header_and_path_injection_refused_at_registration", function()
+  local function refused(d, field)
+    local ok_, e = pcall(nim.providers.add, d)
+    ok(not ok_, field .. " refused")
+    match(tostring(e), field:gsub("%p", "%%%0"), "names " .. field)
+  end
+  refused({ name = "x1", auth = { header = "Content-Length" } }, "descriptor.auth.header")
+  refused({ name = "x2", auth = { header = "Host" } }, "descriptor.auth.header")
+  refused({ name = "x3", auth = { prefix = "x\r\nX-Injected: yes\r\nX: " } },
+    "descriptor.auth.prefix")
+  refused({ name = "x4", path = "@evil.example/x" }, "descriptor.path")
+  refused({ name = "x5", short = { ["/v1"] = "/../admin" } }, 'descriptor.short["/v1"]')
+  refused({ name = "x6", request = { truncate = { field = "t", NONE = 0 / 0 } } },
+    "descriptor.request.truncate.NONE")
+  refused({ name = ("p"):rep(70) }, "descriptor.name")
+  refused({ name = "nvidia" }, "descriptor.name")
+  refused({ name = "ranking" }, "descriptor.name")
+end)
+
+test("a_custom_key_header_carries_the_bare_key", function()
+  nim.providers.add({ name = "acme-hdr", api_base = h.open_url, path = "/cohere/v2/rerank",
+    auth = { header = "X-Api-Key" }, request = { model = "model" },
+    response = { list = "results" } })
+  assert(nim.rerank({ model = "acme-hdr/m", query = unique(h.QUERY), documents = h.DOCS,
+    api_key = "k-123456" }))
+  local last = h.last(h.open_url)
+  eq(last.headers["x-api-key"], "k-123456", "no Bearer before it")
+  eq(last.headers.authorization, nil, "no Authorization")
+end)
+
+test("a_builtin_prefix_without_its_descriptor_is_refused_not_sent_to_nvidia", function()
+  local dir = os.tmpname()
+  os.remove(dir)
+  h.sh("mkdir -p " .. h.q(dir .. "/nim"))
+  local out = nimrank_with("NIMRANK_LUA_PATH=" .. h.q(dir),
+    [[print(pcall(nim.resolve, "cohere/rerank-v3.5"))]])
+  h.sh("rm -rf " .. h.q(dir))
+  match(out, "no descriptor for provider 'cohere'", "refused: " .. out)
+end)
+
+test("descriptor_202_and_410_are_not_nims", function()
+  local _, err = call(CASES[1], { query = unique("!status=202 " .. h.QUERY) })
+  eq(err.type, "bad_response", "a 202 is not a NIM queue")
+  eq(err.retryable, false, "not retried")
+  _, err = call(CASES[1], { query = unique("!status=410 " .. h.QUERY) })
+  spec.no_match(err.message, "end of life", "no NIM end-of-life note")
+end)
+
+test("nims_descriptor_agrees_with_the_rules_in_c", function()
+  local d = nim.providers.get("nvidia_nim")
+  eq(d.max_passages, nim.native.default_max_passages, "the default passage limit")
+  eq(nim.resolve("nvidia/x").url, d.api_base .. "/v1/retrieval/nvidia/x/reranking",
+    "the default base")
+  eq(nim.resolve("nvidia/x").max_passages, d.max_passages, "the limit resolve reports")
+  eq(select(1, nim.native.provider_of("nvidia_nim/nvidia/x")), d.name, "the name")
 end)
 
 test("config_nim_group_falls_back_to_cohere_then_bm25", function()

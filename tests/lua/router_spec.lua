@@ -501,3 +501,138 @@ test("a_deprecated_model_from_the_environment_is_noted_by_its_variable", functio
   spec.match(meta.warnings[1], "llama%-nemotron%-rerank%-1b%-v2 instead", "and the replacement")
   spec.no_match(out, "rerankqa", "never the value")
 end)
+
+-- ---- a call-level key belongs to the provider of the model the call names ----------------
+
+local function fake_get(base, path)
+  return json.decode((h.sh("curl -s " .. h.q(base .. path))))
+end
+local function cohere_posts(base)
+  return fake_get(base, "/_fake/stats").requests.cohere or 0
+end
+local COHERE = "cohere/rerank-v3.5"
+local function no_cohere_env()
+  for _, v in ipairs({ "COHERE_API_KEY", "CO_API_KEY", "COHERE_API_BASE" }) do
+    assert(not os.getenv(v), v .. " is set in the test environment: this test needs it unset")
+  end
+end
+
+test("a_fallback_of_another_provider_never_gets_the_calls_key_base_or_headers", function()
+  no_cohere_env()
+  local r = make({ model_list = {
+    -- Cohere deployments on the keyed fake without a key of their own, and on the open fake
+    -- with one
+    { model_name = "cohere-env", litellm_params = { model = COHERE,
+      api_base = h.url .. "/cohere" } },
+    { model_name = "cohere-own", litellm_params = { model = COHERE, api_key = "cohere-own-key",
+      api_base = h.open_url .. "/cohere" } },
+  } })
+  local function nim_call(over) -- a NIM model that fails (404), with the NIM key and base
+    local a = { model = "nvidia_nim/nvidia/no-such", api_key = h.key, api_base = h.url,
+      query = QUERY, documents = h.DOCS, num_retries = 0 }
+    for k, v in pairs(over) do a[k] = v end
+    if a.api_key == false then a.api_key = nil end
+    return r:rerank(a)
+  end
+  -- the NIM key as api_key, then as a header of the call's
+  for _, creds in ipairs({ { api_key = h.key },
+    { headers = { Authorization = "Bearer " .. h.key } } }) do
+    local before = cohere_posts(h.url)
+    local res, err = nim_call({ api_key = creds.api_key or false, headers = creds.headers,
+      fallbacks = { "cohere-env" } })
+    eq(res, nil, "the Cohere fallback has no key")
+    eq(err.attempts[1].error, "not_found", "the NIM model failed first")
+    eq(err.attempts[2].model_group, "cohere-env", "then the fallback")
+    eq(err.type, "auth", "an auth error")
+    spec.match(err.message, "COHERE_API_KEY", "naming Cohere's variable")
+    eq(cohere_posts(h.url), before, "nothing was sent to Cohere")
+    spec.no_match(json.encode(err), h.key, "never the key")
+  end
+  -- the literal provider model as the fallback: no key, no base of NIM's either (it would
+  -- otherwise go to api.cohere.com with the NIM key, or to the NIM base)
+  local before = cohere_posts(h.url)
+  local res, err = nim_call({ fallbacks = { COHERE } })
+  eq(res, nil, "no answer")
+  eq(err.attempts[2].model, COHERE, "the Cohere model tried")
+  eq(err.type, "auth", "for want of its own key")
+  spec.match(err.message, "COHERE_API_KEY", "naming its variable")
+  eq(cohere_posts(h.url), before, "nothing sent")
+  -- a Cohere group with a key of its own uses it, and gets none of the call's headers
+  res, err = nim_call({ fallbacks = { "cohere-own" }, headers = { ["X-Nim-Tenant"] = "t1" } })
+  ok(res, tostring(err))
+  eq(res.meta.fallback, "cohere-own", "answered by the Cohere group")
+  local last = fake_get(h.open_url, "/_fake/last/cohere")
+  eq(last.headers.authorization, "Bearer cohere-own-key", "the group's own key")
+  eq(last.headers["x-nim-tenant"], nil, "not the call's headers")
+  spec.no_match(json.encode(last), h.key, "never the NIM key")
+end)
+
+test("a_fallback_of_the_same_provider_still_gets_the_calls_key_and_base", function()
+  local r = make({ model_list = {
+    { model_name = "nim-keyless", litellm_params = { model = h.RETRIEVAL } } } })
+  for _, fb in ipairs({ h.RETRIEVAL, "nim-keyless" }) do
+    local res, err = r:rerank({ model = "nvidia_nim/nvidia/no-such", api_key = h.key,
+      api_base = h.url, headers = { ["X-Nim-Tenant"] = "t2" }, query = QUERY,
+      documents = h.DOCS, num_retries = 0, fallbacks = { fb } })
+    ok(res, fb .. ": " .. tostring(err))
+    eq(res.meta.fallback, fb, "answered by the fallback")
+    local last = h.last(h.url)
+    eq(last.headers.authorization, "Bearer " .. h.key, fb .. ": the call's key")
+    eq(last.headers["x-nim-tenant"], "t2", fb .. ": the call's headers")
+  end
+  -- a call naming a Cohere model: its key is not sent to a NIM fallback (on the keyed fake,
+  -- without a key of its own: it is refused there)
+  r = make({ model_list = {
+    { model_name = "cohere-down", litellm_params = { model = COHERE,
+      api_base = "http://127.0.0.1:1" } },
+    { model_name = "nim-no-key", litellm_params = { model = h.RETRIEVAL, api_base = h.url } } } })
+  local nim_before = fake_get(h.url, "/_fake/stats").requests.nim or 0
+  local res, err = r:rerank({ model = "cohere-down", api_key = h.key, query = QUERY,
+    documents = h.DOCS, num_retries = 0, fallbacks = { "nim-no-key" } })
+  eq(res, nil, "the NIM fallback went without the Cohere key")
+  eq(err.attempts[1].error, "connection", "Cohere was down")
+  eq(err.attempts[2].model_group, "nim-no-key", "then NIM")
+  eq(err.type, "auth", "refused: " .. tostring(err))
+  eq(fake_get(h.url, "/_fake/stats").requests.nim, nim_before + 1, "NIM was asked once")
+  ok(fake_get(h.url, "/_fake/last/nim").headers.authorization ~= "Bearer " .. h.key,
+    "without the key")
+end)
+
+test("a_group_whose_deployments_of_two_providers_would_take_the_key_is_misuse", function()
+  local r, calls = nil, 0
+  r = make({ model_list = {
+    { model_name = "mixed", litellm_params = { model = h.RETRIEVAL, api_base = h.url } },
+    { model_name = "mixed", litellm_params = { model = COHERE, api_base = h.url .. "/cohere" } },
+    { model_name = "mixed-own", litellm_params = { model = h.RETRIEVAL, api_base = h.url } },
+    { model_name = "mixed-own", litellm_params = { model = COHERE, api_key = "cohere-own-key",
+      api_base = h.open_url .. "/cohere" } },
+    { model_name = "mixed-own", litellm_params = { model = "local/bm25" } },
+  } }, { call = function(a)
+    calls = calls + 1
+    return require("nim.batch").call(a)
+  end })
+  local msg = spec.raises(function()
+    r:rerank({ model = "mixed", api_key = h.key, query = QUERY, documents = h.DOCS })
+  end, "nim.rerank: api_key: ", "different providers (cohere, nvidia_nim)")
+  spec.match(msg, "own in the config", "says what to do")
+  spec.no_match(msg, h.key, "never the key")
+  eq(calls, 0, "nothing sent")
+  nim.load_config({ model_list = {
+    { model_name = "mixed", litellm_params = { model = h.RETRIEVAL } },
+    { model_name = "mixed", litellm_params = { model = COHERE } } } })
+  local valid, bad = nim.check({ model = "mixed", headers = { ["X-A"] = "a" }, query = "q",
+    documents = { "d" } })
+  nim.load_config({})
+  eq(valid, nil, "nim.check returns it")
+  eq(bad.field, "headers", "naming the field given")
+  -- the Cohere deployment brings its own key and base: the call's go to the NIM one only
+  for _ = 1, 6 do -- whichever deployment is picked
+    local res, err = r:rerank({ model = "mixed-own", api_key = h.key, query = QUERY,
+      documents = h.DOCS })
+    ok(res, tostring(err))
+    if res.meta.provider == "cohere" then
+      eq(fake_get(h.open_url, "/_fake/last/cohere").headers.authorization,
+        "Bearer cohere-own-key", "its own key")
+    end
+  end
+end)

@@ -1,5 +1,6 @@
 -- Cohere rerank, v2 by default (POST /v2/rerank). As in LiteLLM: an api_base that ends with
--- /v1/rerank is used as it is, and max_chunks_per_doc (a v1-only parameter) selects /v1/rerank.
+-- /v1/rerank is used as it is (one ending with /v1 or /v2 gets /rerank), and
+-- max_chunks_per_doc (a v1-only parameter) selects /v1/rerank.
 return {
   name = "cohere",
   api_base = "https://api.cohere.com",
@@ -8,6 +9,7 @@ return {
   key_required = true,
   path = "/v2/rerank",
   full = { "/v1/rerank", "/v2/rerank" },
+  short = { ["/v1"] = "/rerank", ["/v2"] = "/rerank" },
   path_params = { max_chunks_per_doc = "/v1/rerank" },
   request = { model = "model", query = "query", documents = "documents", top_n = "top_n" },
   params = { max_tokens_per_doc = "integer", max_chunks_per_doc = "integer",
