@@ -171,6 +171,7 @@ bench: all
 	@sh bench/overhead.sh
 	@sh bench/bm25.sh
 	@sh bench/fanout.sh
+	@sh bench/providers.sh
 
 # ---- installing ----------------------------------------------------------------------------
 $(BUILD)/nimrank.pc: FORCE | $(BUILD)/gen

@@ -19,6 +19,7 @@ test("bench_scripts_run_to_the_end_and_leave_no_server", function()
     { "ROUNDS=1 CALLS=2 sh bench/overhead.sh", "CPU per call" },
     { "sh bench/bm25.sh 200 2", "local/bm25: 200 docs" },
     { "sh bench/fanout.sh 1 '1 4'", "upstream delay 1 ms" },
+    { "sh bench/providers.sh 10", "voyage %(descriptor%)%s+1000" },
   }) do
     local pidfile = os.tmpname()
     local out, code = h.sh(("BENCH_PIDS=%s BUILD=%s %s 2>&1"):format(h.q(pidfile), h.q(build),
