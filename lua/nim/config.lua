@@ -256,6 +256,29 @@ local LITELLM_PARAMS = {
   models = true, fusion = true, rrf_k = true, weights = true,
 }
 
+-- redis_port: an integer, or its digits (os.environ/REDIS_PORT gives a string).
+local function port(v, path)
+  if type(v) == "string" and v:match("^%d+$") and #v <= 5 then v = math.tointeger(tonumber(v)) end
+  if math.type(v) == "float" and v == math.floor(v) then v = math.tointeger(v) end
+  if math.type(v) ~= "integer" then
+    local got = type(v) == "number" and math.type(v) or type(v)
+    if type(v) == "string" then got = "a string that is not a port number" end
+    fail(path, "expected an integer port, got %s", got)
+  end
+  if v < 1 or v > 65535 then fail(path, "must be a port number from 1 to 65535") end
+  return v
+end
+
+-- redis_url: redis:// or rediss:// (TLS). Never shown: it may hold the password.
+local function redis_url(v, path)
+  is("string")(v, path)
+  if not (v:match("^redis://") or v:match("^rediss://")) then
+    fail(path, "must be a redis:// or rediss:// URL (the value is not shown: it may hold a "
+      .. "password)")
+  end
+  return v
+end
+
 local ROUTER_SETTINGS = {
   routing_strategy = is("string"), routing_strategy_args = is("map"),
   model_group_alias = alias_map,
@@ -266,6 +289,9 @@ local ROUTER_SETTINGS = {
   max_retry_wait = number_at_least(0),
   -- rpm/tpm enforced as limits (LiteLLM's name), whatever the strategy
   enable_pre_call_checks = is("boolean"),
+  -- shared router state (nim.state_redis); redis_url wins over redis_host
+  redis_host = is("string"), redis_port = port, redis_password = is("string"),
+  redis_url = redis_url,
   -- nimrank: seconds of a usage window (default 60: rpm and tpm are per minute); shorter ones
   -- are for tests
   usage_window = number_at_least(0, true),
@@ -775,7 +801,7 @@ end
 -- routing_strategy: a registered strategy (lua/nim/strategies, or one a script registered
 -- before the load). One that nimrank_settings.scripts may yet register is checked by
 -- nim.load_config once they have run; LiteLLM's strategies nimrank has no use for warn and
--- leave the default.
+-- leave the default. Redis settings that do nothing warn.
 function check_strategy(cfg, warnings)
   local router = require "nim.router"
   local name = cfg.router.routing_strategy
@@ -793,6 +819,15 @@ function check_strategy(cfg, warnings)
   end
   if args ~= nil and strategy ~= nil then
     check_strategy_args(strategy, name or router.DEFAULT_STRATEGY, args, warnings)
+  end
+  local rs = cfg.router
+  if rs.redis_url and rs.redis_host then
+    warnings[#warnings + 1] = "router_settings.redis_host: redis_url is set too and wins"
+  end
+  for _, k in ipairs({ "redis_port", "redis_password" }) do
+    if rs[k] ~= nil and not (rs.redis_host or rs.redis_url) then
+      warnings[#warnings + 1] = ("router_settings.%s: no redis_host, ignored"):format(k)
+    end
   end
 end
 
