@@ -352,3 +352,88 @@ test("config_accepts_the_new_router_keys_and_names_wrong_ones", function()
   bad({ usage_window = 0 }, "router_settings.usage_window: must be > 0")
   bad({ model_group_alias = {}, cooldown_time = -1 }, "router_settings.cooldown_time")
 end)
+
+-- ---- through the gateway (no Redis needed) --------------------------------------------------
+local json = require "nim.json"
+
+local function http(srv, method, path, body)
+  local tmp = os.tmpname()
+  local f = assert(io.open(tmp .. ".in", "wb"))
+  f:write(body and json.encode(body) or "")
+  f:close()
+  local status = h.sh(("curl -s --max-time 20 -X %s -o %s -D %s -w '%%{http_code}' %s %s")
+    :format(method, h.q(tmp .. ".body"), h.q(tmp .. ".hdr"), body and ("-H 'Content-Type: "
+    .. "application/json' --data-binary @" .. h.q(tmp .. ".in")) or "", h.q(srv.url .. path)))
+  local function slurp(p)
+    local fh = io.open(p, "rb")
+    local s = fh and fh:read("a") or ""
+    if fh then fh:close() end
+    os.remove(p)
+    return s
+  end
+  local hdr, text = slurp(tmp .. ".hdr"), slurp(tmp .. ".body")
+  os.remove(tmp .. ".in")
+  os.remove(tmp)
+  local headers = {}
+  for k, v in hdr:gmatch("([%w%-]+):%s*([^\r\n]*)") do headers[k:lower()] = v end
+  local okd, decoded = pcall(json.decode, text)
+  return { status = tonumber(status), headers = headers, body = text,
+    json = okd and decoded or nil }
+end
+
+local function gateway(yaml, fn)
+  local srv = h.serve(yaml, "--workers 1")
+  local okr, err = pcall(fn, srv)
+  srv.stop()
+  if not okr then error(err, 0) end
+end
+
+local GATEWAY = ([[
+model_list:
+  - model_name: g
+    litellm_params:
+      model: %s
+      api_base: os.environ/FAKE_URL
+      api_key: os.environ/FAKE_KEY
+      rpm: 2
+router_settings:
+  num_retries: 0
+  enable_pre_call_checks: true
+  usage_window: 30
+]]):format(h.RETRIEVAL)
+
+test("an_rpm_limit_through_the_gateway_is_a_429_with_retry_after", function()
+  gateway(GATEWAY, function(srv)
+    local body = { model = "g", query = h.QUERY, documents = h.DOCS }
+    eq(http(srv, "POST", "/rerank", body).status, 200, "first")
+    eq(http(srv, "POST", "/rerank", body).status, 200, "second")
+    local r = http(srv, "POST", "/rerank", body)
+    eq(r.status, 429, "third: over rpm 2")
+    eq(r.json.error.type, "rate_limit", "type")
+    spec.match(r.json.error.message, "rpm/tpm limit", "why")
+    local ra = tonumber(r.headers["retry-after"])
+    ok(ra and ra >= 1 and ra <= 30, "Retry-After until the window frees: " .. tostring(ra))
+    eq(http(srv, "GET", "/health/readiness").json.router_state, "local", "local state")
+    spec.no_match(http(srv, "GET", "/metrics").body, "nimrank_redis_up", "no Redis figures")
+  end)
+end)
+
+test("a_gateway_whose_redis_is_unreachable_serves_and_says_degraded", function()
+  gateway(GATEWAY:gsub("usage_window: 30", "usage_window: 30\n  redis_url: "
+    .. "redis://127.0.0.1:1/0"), function(srv)
+    local body = { model = "g", query = h.QUERY, documents = h.DOCS }
+    eq(http(srv, "POST", "/rerank", body).status, 200, "served on local state")
+    eq(http(srv, "POST", "/rerank", body).status, 200, "again")
+    eq(http(srv, "POST", "/rerank", body).status, 429, "the limit holds locally")
+    local ready = http(srv, "GET", "/health/readiness")
+    eq(ready.status, 200, "still ready: every request is served")
+    eq(ready.json.router_state, "degraded", "degraded")
+    local metrics = http(srv, "GET", "/metrics").body
+    spec.match(metrics, 'nimrank_redis_up{use="router_state"} 0', "down in the metrics")
+    spec.match(metrics, 'nimrank_redis_degradations_total{use="router_state"} 1', "counted once")
+    local log = io.open(srv.log):read("a")
+    local lines = 0
+    for _ in log:gmatch("router_state_degraded") do lines = lines + 1 end
+    eq(lines, 1, "one log line for the outage")
+  end)
+end)
