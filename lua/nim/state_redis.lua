@@ -277,14 +277,18 @@ function Store:run(name, keys, args, n, now)
     self:degrade(err or { message = "no reply" }, now)
     return nil
   end
+  -- (integers; one that a client hands over as an integral float is taken as well)
   local bad
   if n == 0 then
+    reply = type(reply) == "number" and math.tointeger(reply) or reply
     bad = math.type(reply) ~= "integer" and type(reply)
   elseif type(reply) ~= "table" or #reply ~= n then
     bad = type(reply) == "table" and ("a list of %d"):format(#reply) or type(reply)
   else
     for i = 1, n do
-      if math.type(reply[i]) ~= "integer" then bad = "a list holding a " .. type(reply[i]) end
+      local v = type(reply[i]) == "number" and math.tointeger(reply[i]) or reply[i]
+      if math.type(v) ~= "integer" then bad = "a list holding a " .. type(v) end
+      reply[i] = v
     end
   end
   if bad then
