@@ -182,7 +182,7 @@ $(BUILD)/nimrank.pc: FORCE | $(BUILD)/gen
 install: all $(BUILD)/nimrank.pc
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
 	    $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/lua/5.4 \
-	    $(DESTDIR)$(LUA_DIR)/nim/providers
+	    $(DESTDIR)$(LUA_DIR)/nim/providers $(DESTDIR)$(LUA_DIR)/nim/strategies
 	install -m 755 $(BUILD)/nimrank $(DESTDIR)$(PREFIX)/bin/nimrank
 	install -m 644 $(BUILD)/libnimrank.a $(DESTDIR)$(PREFIX)/lib/libnimrank.a
 	install -m 644 $(BUILD)/nimrank.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/nimrank.pc
@@ -190,6 +190,7 @@ install: all $(BUILD)/nimrank.pc
 	install -m 755 $(BUILD)/nim.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/nim.so
 	install -m 644 lua/nim/*.lua $(DESTDIR)$(LUA_DIR)/nim/
 	install -m 644 lua/nim/providers/*.lua $(DESTDIR)$(LUA_DIR)/nim/providers/
+	install -m 644 lua/nim/strategies/*.lua $(DESTDIR)$(LUA_DIR)/nim/strategies/
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/nimrank $(DESTDIR)$(PREFIX)/lib/libnimrank.a \
@@ -201,16 +202,17 @@ uninstall:
 rock:
 	@$(MAKE) --no-print-directory $(BUILD)/nim.so
 rock-install:
-	install -d $(INST_LIBDIR) $(INST_LUADIR)/nim/providers
+	install -d $(INST_LIBDIR) $(INST_LUADIR)/nim/providers $(INST_LUADIR)/nim/strategies
 	install -m 755 $(BUILD)/nim.so $(INST_LIBDIR)/nim.so
 	install -m 644 lua/nim/*.lua $(INST_LUADIR)/nim/
 	install -m 644 lua/nim/providers/*.lua $(INST_LUADIR)/nim/providers/
+	install -m 644 lua/nim/strategies/*.lua $(INST_LUADIR)/nim/strategies/
 
 # ---- style ---------------------------------------------------------------------------------
 # One style (STYLE.md): clang-format for C; no tabs and at most 100 columns for Lua and shell.
 FMT_C   := $(wildcard src/*.c src/*.h tests/c/*.c tests/c/*.h tests/fake/*.c examples/*.c bench/*.c bench/*.h \
            tests/fuzz/*.c tests/fuzz/*.h)
-FMT_TXT := $(wildcard lua/nim/*.lua lua/nim/providers/*.lua tests/lua/*.lua tests/lua/module/*.lua tests/fake/*.lua \
+FMT_TXT := $(wildcard lua/nim/*.lua lua/nim/providers/*.lua lua/nim/strategies/*.lua tests/lua/*.lua tests/lua/module/*.lua tests/fake/*.lua \
            bench/*.lua examples/*.lua examples/proxy/*.lua examples/proxy/*.sh tests/*.sh \
            tests/fuzz/*.sh tests/compat/*.sh tests/compat/*.mjs bench/*.sh .ci/run .ci/deps.sh \
            rockspecs/*)

@@ -256,13 +256,45 @@ local LITELLM_PARAMS = {
   models = true, fusion = true, rrf_k = true, weights = true,
 }
 
+-- redis_port: an integer, or its digits (os.environ/REDIS_PORT gives a string).
+local function port(v, path)
+  if type(v) == "string" and v:match("^%d+$") and #v <= 5 then v = math.tointeger(tonumber(v)) end
+  if math.type(v) == "float" and v == math.floor(v) then v = math.tointeger(v) end
+  if math.type(v) ~= "integer" then
+    local got = type(v) == "number" and math.type(v) or type(v)
+    if type(v) == "string" then got = "a string that is not a port number" end
+    fail(path, "expected an integer port, got %s", got)
+  end
+  if v < 1 or v > 65535 then fail(path, "must be a port number from 1 to 65535") end
+  return v
+end
+
+-- redis_url: redis:// or rediss:// (TLS). Never shown: it may hold the password.
+local function redis_url(v, path)
+  is("string")(v, path)
+  if not (v:match("^redis://") or v:match("^rediss://")) then
+    fail(path, "must be a redis:// or rediss:// URL (the value is not shown: it may hold a "
+      .. "password)")
+  end
+  return v
+end
+
 local ROUTER_SETTINGS = {
-  routing_strategy = is("string"), model_group_alias = alias_map,
+  routing_strategy = is("string"), routing_strategy_args = is("map"),
+  model_group_alias = alias_map,
   num_retries = integer_at_least(0), timeout = number_at_least(0, true),
   fallbacks = fallback_map, default_fallbacks = string_list,
   allowed_fails = integer_at_least(0), cooldown_time = number_at_least(0),
   retry_after = number_at_least(0), max_fallbacks = integer_at_least(0),
   max_retry_wait = number_at_least(0),
+  -- rpm/tpm enforced as limits (LiteLLM's name), whatever the strategy
+  enable_pre_call_checks = is("boolean"),
+  -- shared router state (nim.state_redis); redis_url wins over redis_host
+  redis_host = is("string"), redis_port = port, redis_password = is("string"),
+  redis_url = redis_url,
+  -- nimrank: seconds of a usage window (default 60: rpm and tpm are per minute); shorter ones
+  -- are for tests
+  usage_window = number_at_least(0, true),
 }
 local LITELLM_SETTINGS = {
   drop_params = is("boolean"), num_retries = integer_at_least(0),
@@ -743,6 +775,62 @@ local function check_names(cfg)
   end
 end
 
+local check_strategy
+-- A strategy's routing_strategy_args, by the specs the strategy declares (its `args`):
+-- { type = "number" | "integer", min =, max =, strict = (min excluded) }.
+local function check_strategy_args(strategy, name, args, warnings)
+  local path = "router_settings.routing_strategy_args"
+  local specs = type(strategy) == "table" and strategy.args or {}
+  for k, v in pairs(args) do
+    local spec = specs[k]
+    local p = at(path, k)
+    if spec == nil then
+      warnings[#warnings + 1] = ("%s: not an argument of %s, ignored"):format(path_str(p),
+        shown(name))
+    else
+      if spec.type == "integer" then
+        args[k] = integer_at_least(spec.min or -NUMBER_MAX, spec.max)(v, p)
+      else
+        args[k] = number_at_least(spec.min or -NUMBER_MAX, spec.strict)(v, p)
+      end
+      if spec.max and args[k] > spec.max then fail(p, "must be at most %g", spec.max) end
+    end
+  end
+end
+
+-- routing_strategy: a registered strategy (lua/nim/strategies, or one a script registered
+-- before the load). One that nimrank_settings.scripts may yet register is checked by
+-- nim.load_config once they have run; LiteLLM's strategies nimrank has no use for warn and
+-- leave the default. Redis settings that do nothing warn.
+function check_strategy(cfg, warnings)
+  local router = require "nim.router"
+  local name = cfg.router.routing_strategy
+  local args = cfg.router.routing_strategy_args
+  if name ~= nil and router.UNSUPPORTED_STRATEGIES[name] then
+    warnings[#warnings + 1] = ("router_settings.routing_strategy: %s is not supported; using "
+      .. "%s (weighted random)"):format(shown(name), router.DEFAULT_STRATEGY)
+    cfg.router.routing_strategy, name = nil, nil
+  end
+  local strategy = router.strategy(name or router.DEFAULT_STRATEGY)
+  if strategy == nil and #(cfg.nimrank.scripts or {}) == 0 then
+    fail("router_settings.routing_strategy", "unknown strategy %s (known: %s; a script under "
+      .. "nimrank_settings.scripts can register one)", shown(name),
+      table.concat(router.strategy_names(), ", "))
+  end
+  if args ~= nil and strategy ~= nil then
+    check_strategy_args(strategy, name or router.DEFAULT_STRATEGY, args, warnings)
+  end
+  local rs = cfg.router
+  if rs.redis_url and rs.redis_host then
+    warnings[#warnings + 1] = "router_settings.redis_host: redis_url is set too and wins"
+  end
+  for _, k in ipairs({ "redis_port", "redis_password" }) do
+    if rs[k] ~= nil and not (rs.redis_host or rs.redis_url) then
+      warnings[#warnings + 1] = ("router_settings.%s: no redis_host, ignored"):format(k)
+    end
+  end
+end
+
 -- load(path_or_table) -> config, warnings
 local check_raw
 
@@ -789,11 +877,7 @@ function check_raw(raw, null)
     nimrank = check_section(raw.nimrank_settings, NIMRANK_SETTINGS, "nimrank_settings", warnings),
   }
   check_names(cfg)
-  local strategy = cfg.router.routing_strategy
-  if strategy and strategy ~= "simple-shuffle" then
-    warnings[#warnings + 1] = ("router_settings.routing_strategy: %s is not supported; "
-      .. "using simple-shuffle (weighted random)"):format(shown(strategy))
-  end
+  check_strategy(cfg, warnings)
   table.sort(warnings)
   ENV_VALUES[cfg] = from_env
   return cfg, warnings

@@ -54,9 +54,18 @@ function nim.load_config(source, opts)
   if cfg.litellm.drop_params ~= nil then nim.settings.drop_params = cfg.litellm.drop_params end
   if cfg.litellm.request_timeout then nim.settings.timeout = cfg.litellm.request_timeout end
   if cfg.nimrank.script_budget then nim.settings.script_budget = cfg.nimrank.script_budget end
+  local before_router, before_config = nim.router, nim.config
   nim.router, nim.config = r, cfg
-  -- each on the instruction budget (nim.settings.script_budget), as Redis runs its scripts
-  config.run_scripts(cfg, nim)
+  local ok, err = pcall(function()
+    -- each on the instruction budget (nim.settings.script_budget), as Redis runs its scripts
+    config.run_scripts(cfg, nim)
+    -- a routing strategy the scripts were to register must be there now
+    r:resolve_strategy(true)
+  end)
+  if not ok then -- the router and config stay what they were (what a script did, stays)
+    nim.router, nim.config = before_router, before_config
+    error(err, 0)
+  end
   return cfg, warnings
 end
 

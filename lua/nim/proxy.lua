@@ -147,8 +147,12 @@ registry:counter("nimrank_retries_total", "Attempts beyond the first, by model g
 registry:counter("nimrank_fallbacks_total", "Requests answered by a fallback, by model group "
   .. "and fallback.")
 registry:gauge("nimrank_requests_in_flight", "Requests received and not yet answered.")
-registry:gauge("nimrank_cooldowns_active", "Deployments cooling down (summed over workers: "
-  .. "each worker keeps its own router state).")
+registry:gauge("nimrank_cooldowns_active", "Deployments cooling down, as each worker last "
+  .. "saw them (summed over workers; with Redis they share one state, so each counts it).")
+registry:gauge("nimrank_redis_up", "Workers whose router state reaches Redis (use=router_state; "
+  .. "0 while they fall back to local state). Present when Redis is configured.")
+registry:counter("nimrank_redis_degradations_total", "Times a worker's router state fell back "
+  .. "to local state because Redis could not be reached (use=router_state).")
 local dirty = true
 
 -- Series keys, made once per combination of label values (metrics.label_text sorts and
@@ -339,11 +343,24 @@ M.route("GET", "/health/liveliness", function() return 200, { status = "I'm aliv
   { open = true })
 M.route("GET", "/health/liveness", function() return 200, { status = "I'm alive!" } end,
   { open = true })
+-- The router's state store's health (nim.state): "local", "redis" or "degraded" (Redis
+-- configured, not reachable: local state in use). A router a script made without one is local.
+local function router_state()
+  local store = nim.router and nim.router.store
+  if type(store) ~= "table" or type(store.health) ~= "function" then return { state = "local" } end
+  local ok, h = pcall(store.health, store)
+  if not ok or type(h) ~= "table" then return { state = "local" } end
+  return h
+end
+M.router_state = router_state
+
+-- Readiness stays 200 while Redis is away: every request is still served (on local state).
 M.route("GET", "/health/readiness", function()
   if server and server.draining() then
     return fail(503, "service_unavailable", "draining: this worker is shutting down")
   end
-  return 200, { status = "healthy", nimrank_version = VERSION }
+  -- (the state only: this route is open, and why Redis is away is for the log)
+  return 200, { status = "healthy", nimrank_version = VERSION, router_state = router_state().state }
 end, { open = true })
 
 local function models_route()
@@ -364,9 +381,15 @@ local function cooldowns_active()
   return n
 end
 
+local ROUTER_STATE = { use = "router_state" }
 local function render_own()
   registry:set("nimrank_requests_in_flight", nil, server and server.stats().inflight or 0)
   registry:set("nimrank_cooldowns_active", nil, cooldowns_active())
+  local rs = router_state()
+  if rs.state ~= "local" then -- Redis is configured
+    registry:set("nimrank_redis_up", ROUTER_STATE, rs.state == "redis" and 1 or 0)
+    registry:set("nimrank_redis_degradations_total", ROUTER_STATE, rs.degradations or 0)
+  end
   return registry:render()
 end
 
@@ -666,7 +689,10 @@ function M.reload(path)
 end
 
 -- Once a second: the worker's figures go on the board for the others' /metrics.
+local last_state
 function M.tick()
+  local rs = router_state().state -- a change of router state is news for /metrics
+  if rs ~= last_state then dirty, last_state = true, rs end
   if dirty or next(inflight) then
     server.pin(render_own())
     dirty = false
@@ -678,6 +704,13 @@ function M.start_worker(native_server)
   server = native_server
   settings.log_level = server.log_level or 1
   math.randomseed() -- each worker its own random sequence (they are forks of one process)
+  -- what the library logs (nim.state: Redis lost and found) goes into the gateway's log
+  if nim.settings.logger == nil then
+    nim.settings.logger = function(e)
+      log_line({ time = server.time(), level = e.level or "info", event = e.event,
+        message = e.message })
+    end
+  end
   -- A cycle when the heap has grown by half, not doubled: a thousand requests in flight
   -- leave less garbage standing (bench/proxy_rss.sh), for a little more collector time.
   collectgarbage("incremental", 150)

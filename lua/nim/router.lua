@@ -8,8 +8,11 @@
 -- * With a config that names groups, a model name must be a group, an alias, or a provider
 --   model string with its prefix (nvidia_nim/..., local/...); anything else is not_found,
 --   listing the configured names. Without one, a bare name is a NIM model.
--- * A group's deployments are chosen by weighted random (weight, else rpm, else tpm, else 1)
---   among those not cooling down; when some have `order`, the lowest order available wins.
+-- * A group's deployments are chosen among those not cooling down (and, where limits are
+--   enforced, not at their rpm/tpm limit); when some have `order`, the lowest order available
+--   wins; the routing strategy chooses among what is left (router_settings.routing_strategy:
+--   simple-shuffle, the default, is weighted random by weight, else rpm, else tpm, else 1).
+--   See "Routing strategies" below.
 -- * A retryable failure is retried num_retries times (default 2) with exponential backoff and
 --   jitter, never sooner than Retry-After or router_settings.retry_after; a wait longer than
 --   max_retry_wait (default 60 s) is not waited for: the fallbacks run instead.
@@ -20,6 +23,13 @@
 -- * A deployment cools down (cooldown_time, default 5 s) at once after a 429, 401, 404 or 408,
 --   or after more than allowed_fails (default 3) failures within a minute; a bad_request
 --   (the provider refused the request itself: 400, 413, 422) is not the deployment's failure.
+--   Cooldowns, failure counts and usage live in a state store (nim.state): this process's
+--   memory, or Redis shared by every instance when router_settings name one.
+-- * rpm/tpm are limits with routing_strategy usage-based-routing, or any strategy with
+--   router_settings.enable_pre_call_checks (LiteLLM's rule; otherwise they are weights only):
+--   a deployment whose usage window holds rpm requests (or tpm tokens) is skipped, and when
+--   every deployment left is at its limit the call fails at once with rate_limit (429) and
+--   retry_after = the seconds until a window frees; the fallbacks run.
 -- * When a model's own attempts fail, its fallbacks run in order (per request, else the
 --   group's, else the default list), at most max_fallbacks (5). Fallbacks do not chain.
 -- * Every attempt is recorded in res.meta.attempts (or err.attempts); keys never are.
@@ -47,6 +57,7 @@ local nim = require "nim"
 local filters = require "nim.filters"
 local catalog = require "nim.catalog"
 local config = require "nim.config"
+local state_store = require "nim.state"
 
 local native = nim.native
 local M = {}
@@ -82,7 +93,51 @@ local function batched_call(a, batch)
   batch_call = batch_call or require("nim.batch").call
   return batch_call(a, batch)
 end
-local FAIL_WINDOW = 60
+
+-- ---- Routing strategies ---------------------------------------------------------------------
+-- A strategy chooses one deployment among the candidates the router leaves it (ready, within
+-- limits, of the lowest order, tried least during this call). It is a table (or a module
+-- returning one), or has new(routing_strategy_args, router) -> such a table:
+--   pick(deployments, state, ctx) -> one of deployments
+--       state[d.id]: the deployment's record (nim.state: cooldown_until, requests, tokens,
+--       resets_at, and the strategy's own fields); ctx: { router, group, args (the request),
+--       now, random (the router's source: draw from it, for deterministic tests), tried }
+--   on_start(d, state, ctx), on_end(d, state, ctx, outcome)   optional, around each attempt;
+--       outcome: { ok, latency (s), err, tokens, now, cancelled (the task was cancelled) }
+--   usage = true     count requests and tokens of its deployments even without limits
+--   limits = true    enforce rpm/tpm whatever enable_pre_call_checks says
+--   args = { name = { type = "number" | "integer", min =, max =, strict = } }   checked by
+--       nim.config for routing_strategy_args
+-- Register one with nim.router.strategies[name] = strategy (from a script under
+-- nimrank_settings.scripts, say); a built-in's value is its module name, loaded when used.
+M.strategies = {
+  ["simple-shuffle"] = "nim.strategies.simple_shuffle",
+  ["least-busy"] = "nim.strategies.least_busy",
+  ["usage-based-routing"] = "nim.strategies.usage_based",
+  ["usage-based-routing-v2"] = "nim.strategies.usage_based",
+  ["latency-based-routing"] = "nim.strategies.latency_based",
+}
+Router.strategies = M.strategies -- nim.router.strategies[name] = ... reaches the same table
+-- LiteLLM's strategies nimrank has no use for: a warning, and the default.
+M.UNSUPPORTED_STRATEGIES = { ["cost-based-routing"] = true }
+M.DEFAULT_STRATEGY = "simple-shuffle"
+
+-- strategy(name) -> the strategy registered under name (its module loaded), or nil.
+function M.strategy(name)
+  local s = M.strategies[name]
+  if type(s) == "string" then
+    s = require(s)
+    M.strategies[name] = s
+  end
+  return s
+end
+
+function M.strategy_names()
+  local out = {}
+  for name in pairs(M.strategies) do out[#out + 1] = name end
+  table.sort(out)
+  return out
+end
 -- Errors that belong to one deployment (its key, its base URL, its server), not to the
 -- request: not retryable in themselves, but a sibling deployment may well succeed.
 local SIBLING_ERRORS = { auth = true, not_found = true, bad_response = true }
@@ -92,7 +147,9 @@ local function deployment_error(err) return SIBLING_ERRORS[err.type] or err.depl
 local function default_random() return math.random() end
 
 -- new(cfg, opts): cfg from nim.config.load (or nil for "no config").
--- opts: clock() -> seconds, sleep(seconds), random() -> [0, 1), call(args, batch) -> res | nil, err
+-- opts: clock() -> seconds, sleep(seconds), random() -> [0, 1), call(args, batch) -> res | nil,
+-- err, state (a store of nim.state's interface), redis (a client of nim.redis's contract for
+-- the Redis store, e.g. a test's fake)
 function M.new(cfg, opts)
   cfg = cfg or NO_CONFIG
   opts = opts or {}
@@ -121,18 +178,54 @@ function M.new(cfg, opts)
     r.group_filters[g] = pipeline
   end
   r.groups = {}
-  r.state = {} -- deployment id -> { cooldown_until, fails = {times} }
+  r.store = opts.state or state_store.for_config(rs, { clock = r.clock, redis = opts.redis })
+  r.state = r.store.records -- deployment id -> its record (nim.state)
+  r.usage_window = r.store.usage_window or rs.usage_window or state_store.USAGE_WINDOW
   for _, d in ipairs(cfg.deployments) do
     local g = r.groups[d.model_name]
     if not g then
-      g = { name = d.model_name, deployments = {} }
+      g = { name = d.model_name, deployments = {}, ids = {} }
       r.groups[d.model_name] = g
     end
     g.deployments[#g.deployments + 1] = d
-    r.state[d.id] = { cooldown_until = -math.huge, fails = {} }
+    g.ids[#g.ids + 1] = d.id
+    r.store:register(d.id, table.concat({ d.model_name, tostring(d.params.model),
+      tostring(d.params.api_base or "") }, "\0"))
   end
   r.configured = next(r.groups) ~= nil or next(r.aliases) ~= nil
+  r.strategy_name = rs.routing_strategy or M.DEFAULT_STRATEGY
+  r.strategy_args = rs.routing_strategy_args or {}
+  r.pre_call_checks = rs.enable_pre_call_checks == true
+  r.shown = shown
+  r:resolve_strategy(false) -- one a config script registers is found once it has run
   return r
+end
+
+-- resolve_strategy(strict) -> the router's strategy, set up on first use; nil when its name is
+-- not registered (yet), or with strict an error naming router_settings.routing_strategy.
+function Router:resolve_strategy(strict)
+  if self.strategy then return self.strategy end
+  local mod = M.strategy(self.strategy_name)
+  if mod == nil then
+    if not strict then return nil end
+    error(("router_settings.routing_strategy: unknown strategy %s (known: %s; a script under "
+      .. "nimrank_settings.scripts can register one: nim.router.strategies[name] = {pick = "
+      .. "...})"):format(self.shown(self.strategy_name), table.concat(M.strategy_names(), ", ")),
+      0)
+  end
+  local s = mod
+  if type(mod) == "table" and type(mod.new) == "function" then
+    s = mod.new(self.strategy_args, self)
+  end
+  if type(s) ~= "table" or type(s.pick) ~= "function" then
+    error(("router_settings.routing_strategy: strategy %s has no pick function"):format(
+      self.shown(self.strategy_name)), 0)
+  end
+  self.strategy = s
+  self.count_usage = s.usage == true
+  self.enforce_limits = self.pre_call_checks or s.limits == true
+  self.hooks = (s.on_start or s.on_end) and s or nil
+  return s
 end
 
 function Router:group_names()
@@ -160,35 +253,52 @@ function Router:unknown(name)
       table.concat(self:group_names(), ", "), name) })
 end
 
--- Picks a deployment of group g: returns it, or nil and the seconds until one is ready.
--- tried counts this call's failures per deployment: only the ready deployments tried least
--- are candidates, so retries spread over the group instead of re-rolling the dice.
-function Router:pick(g, tried)
+-- Picks a deployment of group g: returns it, or nil, the seconds until one is ready and
+-- whether only limits (no cooldown) stand in the way. tried counts this call's failures per
+-- deployment: only the ready deployments tried least are candidates, so retries spread over
+-- the group instead of re-rolling the dice. Among the candidates the strategy chooses; where a
+-- deployment's usage is counted, admission is atomic (Redis: a script), and a deployment whose
+-- last request another worker took meanwhile is dropped and the choice made again.
+function Router:pick(g, tried, ctx)
   local now = self.clock()
-  local ready, best_order, fewest, soonest = {}, math.huge, math.huge, math.huge
-  for _, d in ipairs(g.deployments) do
-    local until_ = self.state[d.id].cooldown_until
-    if until_ <= now then
-      local order, n = d.params.order or math.huge, tried and tried[d] or 0
-      if n < fewest or (n == fewest and order < best_order) then
-        fewest, best_order, ready = n, order, {}
+  local strategy = self.strategy or self:resolve_strategy(true)
+  local state = self.store:view(g.ids, now)
+  local limits = self.enforce_limits
+  ctx = ctx or { router = self, group = g, random = self.random, tried = tried }
+  ctx.now = now
+  for _ = 0, #g.deployments do
+    local ready, best_order, fewest, soonest, cooling = {}, math.huge, math.huge, math.huge, false
+    for _, d in ipairs(g.deployments) do
+      local st = state[d.id]
+      local until_ = st.cooldown_until
+      if until_ > now then
+        cooling = true
+        if until_ < soonest then soonest = until_ end
+      elseif limits and state_store.at_limit(st, d.params.rpm, d.params.tpm) then
+        local frees = st.resets_at or now + self.usage_window
+        if frees < soonest then soonest = frees end
+      else
+        local order, n = d.params.order or math.huge, tried and tried[d] or 0
+        if n < fewest or (n == fewest and order < best_order) then
+          fewest, best_order, ready = n, order, {}
+        end
+        if n == fewest and order == best_order then ready[#ready + 1] = d end
       end
-      if n == fewest and order == best_order then ready[#ready + 1] = d end
-    elseif until_ < soonest then
-      soonest = until_
     end
+    if #ready == 0 then return nil, math.max(0, soonest - now), not cooling end
+    local d = strategy.pick(ready, state, ctx)
+    local found = false
+    for _, x in ipairs(ready) do if x == d then found = true end end
+    if not found then
+      error(("routing strategy %s chose %s, not one of the deployments it was given"):format(
+        self.shown(self.strategy_name), type(d) == "table" and tostring(d.id) or type(d)), 0)
+    end
+    local p = d.params
+    local rpm, tpm = limits and p.rpm or nil, limits and p.tpm or nil
+    if not (rpm or tpm or self.count_usage) then return d end
+    if self.store:admit(d.id, now, rpm, tpm) then return d end
   end
-  if #ready == 0 then return nil, soonest - now end
-  local total = 0
-  for _, d in ipairs(ready) do
-    total = total + (d.params.weight or d.params.rpm or d.params.tpm or 1)
-  end
-  local x = self.random() * total
-  for _, d in ipairs(ready) do
-    x = x - (d.params.weight or d.params.rpm or d.params.tpm or 1)
-    if x < 0 then return d end
-  end
-  return ready[#ready]
+  return nil, 1, true
 end
 
 -- Is a deployment of g that has not failed during this call ready now?
@@ -205,20 +315,13 @@ function Router:fail(d, err)
   -- A request the provider refused as malformed (400, 413, 422) says nothing about the
   -- deployment: counting it would let one client cool a deployment down for everyone.
   if err.type == "bad_request" then return end
-  local st, now = self.state[d.id], self.clock()
+  local now = self.clock()
   local s = err.status
   if s == 429 or s == 401 or s == 404 or s == 408 then
-    st.cooldown_until = now + self.cooldown_time
+    self.store:cool(d.id, self.cooldown_time, now)
     return
   end
-  local kept = {}
-  for _, t in ipairs(st.fails) do if now - t < FAIL_WINDOW then kept[#kept + 1] = t end end
-  kept[#kept + 1] = now
-  st.fails = kept
-  if #kept > self.allowed_fails then
-    st.cooldown_until = now + self.cooldown_time
-    st.fails = {}
-  end
+  self.store:fail(d.id, now, self.allowed_fails, self.cooldown_time)
 end
 
 -- Seconds to wait before retry number n (1-based) after err.
@@ -396,6 +499,47 @@ function Router:invoke(a, batch, d, args)
   return self.call(a, batch)
 end
 
+-- The tokens a result counts against tpm: billed_units.total_tokens, else search_units.
+local function tokens_of(res)
+  local b = res.meta and res.meta.billed_units
+  local n = type(b) == "table" and (b.total_tokens or b.search_units)
+  return type(n) == "number" and n > 0 and n or 0
+end
+
+-- Counts a successful call's tokens where they are counted (a tpm limit enforced, or a
+-- strategy that uses them).
+function Router:count_tokens(d, res)
+  if self.count_usage or (self.enforce_limits and d.params.tpm) then
+    local n = tokens_of(res)
+    if n > 0 then self.store:record(d.id, self.clock(), n) end
+  end
+end
+
+-- An attempt with the strategy's on_start/on_end around it. on_end runs however the attempt
+-- ends, its task cancelled included (a to-be-closed guard: coroutine.close closes it).
+local Guard = { __close = function(g)
+  if g.open then
+    g.open = false
+    g.hooks.on_end(g.d, g.state, g.ctx, { ok = false, cancelled = true,
+      latency = g.router.clock() - g.t0, now = g.router.clock(), tokens = 0 })
+  end
+end }
+
+function Router:hooked(d, ctx, t0, a, batch, args)
+  local hooks, state = self.hooks, self.state
+  if hooks.on_start then hooks.on_start(d, state, ctx) end
+  local guard <close> = hooks.on_end and setmetatable({ open = true, hooks = hooks, d = d,
+    state = state, ctx = ctx, router = self, t0 = t0 }, Guard) or nil
+  local res, e = env_guard(d, a, self.invoke, self, a, batch, d, args)
+  if guard then
+    guard.open = false
+    local now = self.clock()
+    hooks.on_end(d, state, ctx, { ok = res ~= nil, latency = now - t0, err = e, now = now,
+      tokens = res and tokens_of(res) or 0 })
+  end
+  return res, e
+end
+
 -- One attempt's record: what was tried, how long it waited first, how it ended. No keys.
 local function record(attempts, group, d, model, wait, err, latency_ms)
   attempts[#attempts + 1] = {
@@ -429,6 +573,7 @@ function Router:try(name, args, attempts, num_retries, budget, owner)
   local batch = batch_options(args)
   local wait, err = 0, nil
   local tried = {}
+  local ctx = g and { router = self, group = g, args = args, random = self.random, tried = tried }
   for n = 0, num_retries do
     if n > 0 then
       -- Backoff spares a struggling server; a sibling that has not failed is tried at once.
@@ -436,17 +581,21 @@ function Router:try(name, args, attempts, num_retries, budget, owner)
       if wait > self.max_retry_wait or wait >= self:left(budget) then break end
       if wait > 0 then self.sleep(wait) end
     end
-    local d, ready_in = nil, nil
-    if g then d, ready_in = self:pick(g, tried) end
+    local d, ready_in, limited = nil, nil, false
+    if g then d, ready_in, limited = self:pick(g, tried, ctx) end
     if g and not d then
       local last = attempts[#attempts]
+      local why = limited and "at their rpm/tpm limit (a usage window frees in %.1f s)"
+        or "cooling down (next ready in %.1f s)"
       err = native.error({
         type = "rate_limit", status = 429, model = name, retry_after = ready_in,
-        message = ("no deployments available for %q: all %d are cooling down (next ready in "
-          .. "%.1f s)%s"):format(g.name, #g.deployments, ready_in,
+        message = ("no deployments available for %q: all %d are " .. why .. "%s"):format(
+          g.name, #g.deployments, ready_in,
           last and last.error and (", last error: " .. last.error) or ""),
       })
       record(attempts, group_name, nil, name, wait, err, 0)
+      -- a window is not waited for: the limit is there to shed load (the fallbacks run)
+      if limited then break end
       wait = ready_in
     else
       local t0 = self.clock()
@@ -462,11 +611,16 @@ function Router:try(name, args, attempts, num_retries, budget, owner)
         -- an attempt gets its deployment's timeout, never more than the call has left
         a.timeout = math.min(d and d.params.timeout or math.huge, left)
         a.request_timeout = nil
-        res, e = env_guard(d, a, self.invoke, self, a, batch, d, args)
+        if d and self.hooks then
+          res, e = self:hooked(d, ctx, t0, a, batch, args)
+        else
+          res, e = env_guard(d, a, self.invoke, self, a, batch, d, args)
+        end
       end
       local model = a and a.model or nil
       if d and config.has_env(d.params) then model = hide_env(d, res, e) or model end
       record(attempts, group_name, d, model, wait, e, (self.clock() - t0) * 1000)
+      if res and d then self:count_tokens(d, res) end
       if res then return res, d, g, a.model end
       err = e
       if d then

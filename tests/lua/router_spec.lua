@@ -636,3 +636,243 @@ test("a_group_whose_deployments_of_two_providers_would_take_the_key_is_misuse", 
     end
   end
 end)
+
+-- ---- routing strategies and limits (nim.state, lua/nim/strategies) --------------------------
+-- A provider call of the test's own: answers at once (or after advancing the fake clock by
+-- latency[deployment's api_base]), with billed tokens; counts calls per deployment.
+local function fake_call(t, o)
+  o = o or {}
+  local calls = {}
+  return function(a)
+    local who = a.api_base
+    calls[who] = (calls[who] or 0) + 1
+    if o.latency and o.latency[who] then t.now = t.now + o.latency[who] end
+    if o.fail and o.fail[who] then
+      return nil, nim.native.error({ type = "provider", status = 503, message = "busy" })
+    end
+    if o.during then o.during(a) end
+    return { id = "x", results = nim.array{}, meta = { billed_units = {
+      total_tokens = o.tokens or 10 } } }
+  end, calls
+end
+
+-- Deployments on made-up bases named after their ids (the fake call never connects).
+local function on(name, id, params)
+  local p = { model = h.RETRIEVAL, api_base = "http://" .. id, api_key = "k" }
+  for k, v in pairs(params or {}) do p[k] = v end
+  return { model_name = name, litellm_params = p, model_info = { id = id } }
+end
+
+local function sequence(r, n, model)
+  local seq = {}
+  for i = 1, n do
+    local res, err = r:rerank({ model = model or "g", query = "q", documents = { "d" } })
+    seq[i] = res and res.meta.deployment or ("!" .. err.type)
+  end
+  return table.concat(seq, " ")
+end
+
+test("simple_shuffle_named_is_the_default", function()
+  local list = { dep("g", "local/bm25", { weight = 1 }, "a"),
+    dep("g", "local/bm25", { weight = 2 }, "b"), dep("g", "local/bm25", { weight = 3 }, "c") }
+  local r1 = make({ model_list = list }, { random = seeded(11) })
+  local r2 = make({ model_list = list, router_settings = { routing_strategy = "simple-shuffle" } },
+    { random = seeded(11) })
+  local s1, s2 = sequence(r1, 30), sequence(r2, 30)
+  eq(s2, s1, "the same choices from the same draws")
+  eq(r1.strategy.name, "simple-shuffle", "the default")
+end)
+
+test("least_busy_picks_the_deployment_with_fewest_in_flight", function()
+  local t
+  local r
+  local inner = {}
+  local call
+  call = function(a)
+    -- while the first call is in flight, two more start (nested: in flight together)
+    if #inner < 2 then
+      local i = #inner + 1
+      inner[i] = "pending"
+      local res = r:rerank({ model = "g", query = "q", documents = { "d" } })
+      inner[i] = res.meta.deployment
+    end
+    return { id = "x", results = nim.array{}, meta = { api_base = a.api_base } }
+  end
+  r, t = make({ model_list = { on("g", "a"), on("g", "b"), on("g", "c") },
+    router_settings = { routing_strategy = "least-busy" } },
+    { random = function() return 0 end, call = call })
+  local res = assert(r:rerank({ model = "g", query = "q", documents = { "d" } }))
+  eq(res.meta.deployment, "a", "first: all idle, the tie goes to the first draw")
+  -- inner[1] started with a busy: b (fewest, first of the tie b, c); inner[2] with a and b
+  -- busy: c
+  eq(table.concat(inner, " "), "b c", "each nested call avoided the busy ones")
+  for _, id in ipairs({ "a", "b", "c" }) do eq(r.state[id].inflight, 0, id .. " back to idle") end
+  ok(t, "clock")
+end)
+
+test("least_busy_counts_an_attempt_that_failed_or_was_cancelled_as_ended", function()
+  nim.load_config({ model_list = { dep("g", h.RETRIEVAL, { api_base = h.open_url }, "slow") },
+    router_settings = { routing_strategy = "least-busy", num_retries = 0 } })
+  local req = nim.rerank_async({ model = "g", query = unique("!delay=3000"), documents = h.DOCS })
+  for _ = 1, 20 do nim.poll() end
+  eq(nim.router.state.slow.inflight, 1, "in flight")
+  req:cancel()
+  eq(nim.router.state.slow.inflight, 0, "a cancelled task ends its attempt")
+  local _, err = nim.rerank({ model = "g", query = unique("!status=500"), documents = h.DOCS })
+  eq(err.type, "provider", "failed")
+  eq(nim.router.state.slow.inflight, 0, "a failed attempt ends too")
+  nim.load_config({})
+end)
+
+test("usage_based_routing_picks_the_most_headroom_and_enforces_limits", function()
+  local r, t = make({ model_list = { on("g", "a", { rpm = 4 }), on("g", "b", { rpm = 2 }),
+    dep("offline", "local/bm25") },
+    router_settings = { routing_strategy = "usage-based-routing-v2", num_retries = 0,
+      fallbacks = { { g = { "offline" } } } } }, { random = seeded(5) })
+  r.call = fake_call(t)
+  -- headroom: a 4/4, b 2/2 (a tie: fewest tokens, then chance) ... the larger share left wins
+  local seq = sequence(r, 6)
+  local count = { a = 0, b = 0 }
+  for id in seq:gmatch("%a") do count[id] = count[id] + 1 end
+  eq(count.a, 4, "a took its rpm: " .. seq)
+  eq(count.b, 2, "b took its rpm: " .. seq)
+  eq(seq:sub(-1), "a", "the last slot left was a's (b was at 0 headroom): " .. seq)
+  local res = assert(r:rerank({ model = "g", query = "q", documents = { "d" } }))
+  eq(res.meta.fallback, "offline", "both at their limit: the fallback answered")
+  eq(res.meta.attempts[1].error, "rate_limit", "the group's turn was a rate_limit")
+  spec.match(res.meta.attempts[1].message, "at their rpm/tpm limit", "saying why")
+  t.now = t.now + 60
+  spec.match(sequence(r, 2), "^%a %a$", "a new window: admitted again")
+end)
+
+test("usage_based_routing_prefers_the_fewest_tokens_without_limits", function()
+  local r, t = make({ model_list = { on("g", "a"), on("g", "b") },
+    router_settings = { routing_strategy = "usage-based-routing" } },
+    { random = function() return 0 end })
+  local tokens = { ["http://a"] = 100, ["http://b"] = 30 }
+  r.call = function(a)
+    return { id = "x", results = nim.array{}, meta = { billed_units = {
+      total_tokens = tokens[a.api_base] } } }
+  end
+  -- a (tie, first), then b (0 < 100), b (30), b (60), b (90), a (100 vs 120), ...
+  eq(sequence(r, 6), "a b b b b a", "tokens decide")
+  eq(r.state.a.tokens, 200, "a's tokens counted")
+  eq(r.state.b.requests, 4, "b's requests counted")
+  ok(t, "clock")
+end)
+
+test("latency_based_routing_prefers_the_fastest_and_explores", function()
+  local cfg = { model_list = { on("g", "slow"), on("g", "fast") },
+    router_settings = { routing_strategy = "latency-based-routing",
+      routing_strategy_args = { exploration = 0 } } }
+  local r, t = make(cfg, { random = function() return 0 end })
+  r.call = fake_call(t, { latency = { ["http://slow"] = 0.5, ["http://fast"] = 0.1 } })
+  -- unmeasured deployments count as 0 s: each is measured first, then the fastest wins
+  eq(sequence(r, 6), "slow fast fast fast fast fast", "measured, then the fastest")
+  -- exploration: a share of choices at random (seeded: the same every run)
+  cfg.router_settings.routing_strategy_args = { exploration = 0.5 }
+  r, t = make(cfg, { random = seeded(3) })
+  local call, calls = fake_call(t, { latency = { ["http://slow"] = 0.5, ["http://fast"] = 0.1 } })
+  r.call = call
+  sequence(r, 200)
+  ok(calls["http://slow"] > 20 and calls["http://slow"] < 90,
+    "slow explored about a quarter of the time: " .. calls["http://slow"])
+  -- a buffer shares the traffic among those close to the fastest
+  cfg.router_settings.routing_strategy_args = { exploration = 0, lowest_latency_buffer = 5 }
+  r, t = make(cfg, { random = seeded(3) })
+  call, calls = fake_call(t, { latency = { ["http://slow"] = 0.5, ["http://fast"] = 0.1 } })
+  r.call = call
+  sequence(r, 200)
+  ok(calls["http://slow"] > 60, "within 6x the fastest: shared: " .. calls["http://slow"])
+  -- old samples leave after ttl; a failure counts as a slow sample
+  cfg.router_settings.routing_strategy_args = { exploration = 0, ttl = 30 }
+  r, t = make(cfg, { random = function() return 0 end })
+  r.call = fake_call(t, { latency = { ["http://slow"] = 0.5, ["http://fast"] = 0.1 },
+    fail = { ["http://fast"] = true } })
+  sequence(r, 2)
+  ok(r.strategy.latency(r.state.fast, t.now) >= 10, "a failure counts as at least 10 s")
+  t.now = t.now + 31
+  eq(r.strategy.latency(r.state.fast, t.now), nil, "samples older than ttl are gone")
+end)
+
+test("limits_are_enforced_with_enable_pre_call_checks_and_name_the_wait", function()
+  local r, t = make({ model_list = { on("g", "a", { rpm = 2, tpm = 1000 }) },
+    router_settings = { enable_pre_call_checks = true, usage_window = 10 } },
+    { random = seeded(1) })
+  r.call = fake_call(t, { tokens = 5 })
+  eq(sequence(r, 2), "a a", "within rpm")
+  t.now = t.now + 4
+  local res, err = r:rerank({ model = "g", query = "q", documents = { "d" } })
+  eq(res, nil, "third request in the window refused")
+  eq(err.type, "rate_limit", "rate_limit")
+  eq(err.status, 429, "429")
+  spec.near(err.retry_after, 6, 1e-9, "the window frees in 6 s")
+  eq(#t.slept, 0, "nothing waited for the window")
+  eq(r.state.a.tokens, 10, "tokens counted from billed_units")
+  t.now = t.now + 6
+  eq(sequence(r, 1), "a", "admitted again in a new window")
+  -- tpm: a window with 1000 tokens is full
+  r, t = make({ model_list = { on("g", "a", { tpm = 1000 }) },
+    router_settings = { enable_pre_call_checks = true } }, { random = seeded(1) })
+  r.call = fake_call(t, { tokens = 600 })
+  eq(sequence(r, 3), "a a !rate_limit", "the second call passed the tpm")
+  -- without enable_pre_call_checks rpm is a weight only (LiteLLM's simple-shuffle)
+  r, t = make({ model_list = { on("g", "a", { rpm = 1 }) } }, { random = seeded(1) })
+  r.call = fake_call(t)
+  eq(sequence(r, 3), "a a a", "no limit")
+end)
+
+test("a_strategy_a_config_script_registers_is_used_and_unknown_ones_are_refused", function()
+  local script = os.tmpname() .. ".lua"
+  local f = assert(io.open(script, "w"))
+  f:write([[
+    local nim = ...
+    nim.router.strategies["always-last"] = {
+      pick = function(deployments) return deployments[#deployments] end }
+  ]])
+  f:close()
+  nim.load_config({ model_list = { dep("g", "local/bm25", nil, "one"),
+    dep("g", "local/bm25", nil, "two") },
+    router_settings = { routing_strategy = "always-last" },
+    nimrank_settings = { scripts = { script } } })
+  for _ = 1, 5 do
+    eq(nim.rerank({ model = "g", query = "q", documents = { "q" } }).meta.deployment, "two",
+      "the script's strategy")
+  end
+  require("nim.router").strategies["always-last"] = nil
+  local before = nim.router
+  local err = spec.raises(function() -- a script that cannot be read
+    nim.load_config({ model_list = { dep("g", "local/bm25") },
+      router_settings = { routing_strategy = "fastest-please" },
+      nimrank_settings = { scripts = { script:gsub("%.lua$", "") .. "-none.lua" } } })
+  end)
+  os.remove(script)
+  spec.raises(function()
+    config.load({ model_list = { dep("g", "local/bm25") },
+      router_settings = { routing_strategy = "fastest-please" } })
+  end, "router_settings.routing_strategy: unknown strategy \"fastest-please\"", "least-busy")
+  ok(err, "a missing script fails the load")
+  -- a script that does not register the strategy: refused once the scripts ran
+  local empty = os.tmpname() .. ".lua"
+  f = assert(io.open(empty, "w"))
+  f:write("return true\n")
+  f:close()
+  spec.raises(function()
+    nim.load_config({ model_list = { dep("g", "local/bm25") },
+      router_settings = { routing_strategy = "fastest-please" },
+      nimrank_settings = { scripts = { empty } } })
+  end, "router_settings.routing_strategy: unknown strategy \"fastest-please\"")
+  os.remove(empty)
+  eq(nim.router, before, "a refused config leaves the router as it was")
+  nim.load_config({})
+end)
+
+test("a_strategy_must_choose_among_the_deployments_it_is_given", function()
+  local strategies = require("nim.router").strategies
+  strategies["rogue"] = { pick = function() return { id = "elsewhere" } end }
+  local r = make({ model_list = { dep("g", "local/bm25") },
+    router_settings = { routing_strategy = "rogue" } })
+  spec.raises(function() r:rerank({ model = "g", query = "q", documents = { "q" } }) end,
+    "routing strategy \"rogue\" chose elsewhere")
+  strategies["rogue"] = nil
+end)
