@@ -29,8 +29,13 @@ nim.catalog_api = catalog
 nim.router = router.new(nil)
 nim.config = nil
 
--- Looks nim.router up at call time, so load_config (or a user) can swap the router.
+-- Looks nim.router and nim.cache (the response cache, when a config turns it on) up at call
+-- time, so load_config (or a user) can swap them. A request's cache controls are checked with
+-- caching off too (LiteLLM's cache = {...}: a policy key, never sent to a provider).
 function nim.rerank(args)
+  local cache = nim.cache
+  if cache then return cache:rerank(nim.router, args) end
+  if type(args) == "table" and args.cache ~= nil then require("nim.cache").control(args) end
   return nim.router:rerank(args)
 end
 
@@ -38,12 +43,16 @@ end
 -- these arguments (its own options, the router's and the native call's), returned instead,
 -- without any network traffic. The `.safe` flavour of misuse.
 function nim.check(args)
-  return native.protect(function() nim.router:check(args) end)
+  return native.protect(function()
+    if type(args) == "table" and args.cache ~= nil then require("nim.cache").control(args) end
+    nim.router:check(args)
+  end)
 end
 
 -- nim.load_config(path_or_table [, router_opts]) -> config, warnings
--- Replaces the router; applies litellm_settings (drop_params, request_timeout) to
--- nim.settings; adds nimrank_settings.catalog entries; runs nimrank_settings.scripts.
+-- Replaces the router, and the response cache (nim.cache: litellm_settings.cache; nil when
+-- off); applies litellm_settings (drop_params, request_timeout) to nim.settings; adds
+-- nimrank_settings.catalog entries; runs nimrank_settings.scripts.
 function nim.load_config(source, opts)
   local config = require "nim.config"
   local cfg, warnings = config.load(source)
@@ -55,6 +64,11 @@ function nim.load_config(source, opts)
   if cfg.litellm.request_timeout then nim.settings.timeout = cfg.litellm.request_timeout end
   if cfg.nimrank.script_budget then nim.settings.script_budget = cfg.nimrank.script_budget end
   nim.router, nim.config = r, cfg
+  nim.cache = nil
+  if cfg.cache then
+    nim.cache = require("nim.cache").new(cfg.cache)
+    for _, w in ipairs(nim.cache:warnings()) do warnings[#warnings + 1] = w end
+  end
   -- each on the instruction budget (nim.settings.script_budget), as Redis runs its scripts
   config.run_scripts(cfg, nim)
   return cfg, warnings
