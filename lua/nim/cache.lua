@@ -9,7 +9,8 @@
 --   * the model: a configured group by its name (an alias counts as its group) together with
 --     what its deployments would answer with (each one's model, truncate, top_n,
 --     return_documents, bm25 and hybrid options; never keys, bases or headers) and the group's
---     configured filters; else the model string as given;
+--     configured filters; else the model string as given (a request naming no model, whose
+--     default is the environment's, is not cached);
 --   * every other key of the request, sorted, except those that only say how to reach or how
 --     to retry the provider (the binding's transport and policy lists: api_key, api_base,
 --     headers, timeouts, fallbacks, retries, batching, cache). bm25 and custom_llm_provider
@@ -224,16 +225,18 @@ local function group_part(router, g)
 end
 
 -- key(router, args [, namespace]) -> the full key (namespace:hash), the hash; nil when the
--- request cannot be cached.
+-- request cannot be cached (no model named: the default one is the environment's, which
+-- another process sharing the cache may not have).
 function Cache:key(router, args, namespace)
   local name = args.model
-  local g = type(name) == "string" and router:group(name)
+  if type(name) ~= "string" then return nil end
+  local g = router:group(name)
   local model
   if g then
     model = group_part(router, g)
     if not model then return nil end
   else
-    model = encoded(name == nil and false or name)
+    model = encoded(name)
   end
   local rest = {}
   for k, v in next, args do

@@ -220,6 +220,9 @@ test("cache_key_holds_what_changes_the_answer_and_never_keys_headers_or_retries"
     "document boundaries")
   eq(c:key(r, args({ on_progress = function() end })), base, "a batching callback is not in it")
   eq(c:key(r, args({ rank_fields = function() end })), nil, "a function in the key: no key")
+  local no_model = args()
+  no_model.model = nil
+  eq(c:key(r, no_model), nil, "no model (the environment's default): no key")
   local ns = c:key(r, args(), "team-b")
   eq(ns:match("^(.-):%x+$"), "team-b", "a request's namespace")
   eq(ns:match(":(%x+)$"), base:match(":(%x+)$"), "same hash")
