@@ -14,7 +14,7 @@ DESTDIR  ?=
 LUA_DIR  := $(PREFIX)/share/lua/5.4
 PKGS     := lua5.4 lua5.4-cjson
 DEB_PKGS := pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev lua-cjson \
-            libmicrohttpd-dev libjsmn-dev lua-yaml curl luarocks
+            libmicrohttpd-dev libjsmn-dev lua-yaml curl luarocks nettle-dev
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             $(if $(filter 1,$(STRICT)),-Werror)
 # LUA_INCDIR (LuaRocks passes it) picks the Lua headers; else pkg-config's.
@@ -28,6 +28,9 @@ ALL_CFLAGS  = $(CFLAGS) $(NIM_CFLAGS)
 CJSON_A  := -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic
 CJSON_SO := -llua5.4-cjson
 SYS_LIBS := -ldl -lpthread -lm
+# SHA-256 for the response cache's keys (src/digest.c): Nettle, which the program already loads
+# through libmicrohttpd's GnuTLS; nim.so and libnimrank.a users link it too.
+SYS_LIBS += -lnettle
 LUA_LIBS := $(shell pkg-config --libs lua5.4 2>/dev/null)
 MHD_LIBS := $(shell pkg-config --libs libmicrohttpd 2>/dev/null)
 

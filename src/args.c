@@ -168,7 +168,7 @@ static const char *const transport_options[] = {"api_key",
 static const char *const policy_options[] = {"filters",  "fallbacks",  "num_retries", "max_retries",
                                              "metadata", "batch_size", "concurrency", "on_progress",
                                              "models",   "fusion",     "rrf_k",       "weights",
-                                             NULL};
+                                             "cache",    NULL};
 
 static int in_list(const char *const *list, const char *s) {
     for (; *list; list++)

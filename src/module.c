@@ -220,6 +220,7 @@ static const luaL_Reg native_funcs[] = {
     {"provider_names", nim_l_provider_names},
     {"encode_results", nim_l_encode_results},
     {"utf8_error", nim_l_utf8_error},
+    {"sha256", nim_l_sha256},
     {NULL, NULL},
 };
 

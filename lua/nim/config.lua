@@ -307,6 +307,14 @@ local NIMRANK_SETTINGS = {
   filters = is("map"), catalog = is("map"), scripts = string_list,
   script_budget = integer_at_least(1000, 2 ^ 31),
 }
+-- litellm_settings.cache and cache_params: LiteLLM's response cache keys, for its types local
+-- and redis (its other types, s3, gcs, disk and the semantic caches, are not nimrank's), plus
+-- max_bytes, nimrank's own (the local cache's bound). Checked here and normalised into
+-- cfg.cache (nil when caching is off); what the cache does with them is lua/nim/cache.lua's.
+-- LiteLLM's keys nimrank has no use for are warnings ("unknown key"), as everywhere.
+LITELLM_SETTINGS.cache = is("boolean")
+LITELLM_SETTINGS.cache_params = is("map")
+
 local TOP = { "model_list", "router_settings", "litellm_settings", "general_settings",
   "nimrank_settings", "environment_variables" }
 
@@ -410,6 +418,111 @@ local function check_section(t, schema, path, warnings)
     else
       out[k] = check(v, at(path, k))
     end
+  end
+  return out
+end
+
+-- ---- litellm_settings.cache_params (see LITELLM_SETTINGS.cache) ---------------------------
+
+local function port_number(v, path)
+  if type(v) == "string" and v:match("^%d+$") then v = math.tointeger(tonumber(v)) end
+  if math.type(v) ~= "integer" or v < 1 or v > 65535 then
+    fail(path, "must be a port number, 1 to 65535")
+  end
+  return v
+end
+
+-- Never shown: a URL may hold the password.
+local function redis_url(v, path)
+  is("string")(v, path)
+  if not v:match("^rediss?://[^%s]+$") then fail(path, "must be a redis:// or rediss:// URL") end
+  return v
+end
+
+local function non_empty(v, path)
+  is("string")(v, path)
+  if v == "" then fail(path, "must not be empty") end
+  return v
+end
+
+local CACHE_PARAMS = {
+  type = one_of("local", "redis"), mode = one_of("default_on", "default_off"),
+  ttl = number_at_least(0, true), default_in_memory_ttl = number_at_least(0, true),
+  default_in_redis_ttl = number_at_least(0, true), namespace = non_empty,
+  supported_call_types = string_list,
+  host = non_empty, port = port_number, password = is("string"), db = integer_at_least(0, 2 ^ 31),
+  url = redis_url, redis_url = redis_url, socket_timeout = number_at_least(0, true),
+  max_connections = true, -- accepted: one connection per worker, pipelined
+  max_bytes = integer_at_least(1024, 1e12), -- nimrank's own, type local
+}
+local REDIS_ONLY = { "host", "port", "password", "db", "url", "redis_url", "socket_timeout" }
+
+-- The Redis server of type redis: url (or redis_url), else host/port/password/db, else, as
+-- LiteLLM does, REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_PASSWORD from the environment.
+local function redis_target(params, path)
+  if params.url and params.redis_url then
+    fail(at(path, "redis_url"), "give url or redis_url, not both")
+  end
+  local url = params.url or params.redis_url
+  if url then return { url = url, db = params.db, timeout = params.socket_timeout } end
+  local r = { host = params.host, port = params.port or 6379, password = params.password,
+    db = params.db, timeout = params.socket_timeout }
+  if r.host then return r end
+  local env_url = os.getenv("REDIS_URL")
+  if env_url and env_url ~= "" then
+    from_env[env_url] = true
+    return { url = redis_url(env_url, "REDIS_URL (environment)"), db = params.db,
+      timeout = params.socket_timeout }
+  end
+  local host = os.getenv("REDIS_HOST")
+  if not host or host == "" then
+    fail(at(path, "host"), "required for type redis (or url, or REDIS_HOST or REDIS_URL in the "
+      .. "environment)")
+  end
+  local password = os.getenv("REDIS_PASSWORD")
+  if password and password ~= "" then from_env[password] = true else password = nil end
+  r.host, r.password = host, params.password or password
+  r.port = params.port or port_number(os.getenv("REDIS_PORT") or 6379, "REDIS_PORT (environment)")
+  return r
+end
+
+-- cfg.cache: { type, mode, ttl, namespace, max_bytes (local), redis = {...} (redis) } or nil.
+local function check_cache(litellm, warnings)
+  local path = "litellm_settings.cache_params"
+  if litellm.cache ~= true then
+    if litellm.cache_params ~= nil then
+      warnings[#warnings + 1] = path .. ": ignored: litellm_settings.cache is not true"
+    end
+    return nil
+  end
+  local params = check_section(litellm.cache_params, CACHE_PARAMS, path, warnings)
+  local kind = params.type or "local"
+  if params.supported_call_types then
+    local rerank = false
+    for _, call in ipairs(params.supported_call_types) do
+      if call == "rerank" or call == "arerank" then rerank = true end
+    end
+    if not rerank then
+      warnings[#warnings + 1] = path .. ".supported_call_types: names neither rerank nor "
+        .. "arerank: nothing is cached"
+      return nil
+    end
+  end
+  local out = { type = kind, mode = params.mode or "default_on", namespace = params.namespace,
+    ttl = (kind == "local" and params.default_in_memory_ttl)
+      or (kind == "redis" and params.default_in_redis_ttl) or params.ttl }
+  if kind == "local" then
+    out.max_bytes = params.max_bytes
+    for _, k in ipairs(REDIS_ONLY) do
+      if params[k] ~= nil then
+        warnings[#warnings + 1] = ("%s.%s: only used with type: redis, ignored"):format(path, k)
+      end
+    end
+  else
+    if params.max_bytes ~= nil then
+      warnings[#warnings + 1] = path .. ".max_bytes: only used with type: local, ignored"
+    end
+    out.redis = redis_target(params, path)
   end
   return out
 end
@@ -876,6 +989,7 @@ function check_raw(raw, null)
     general = check_section(raw.general_settings, GENERAL_SETTINGS, "general_settings", warnings),
     nimrank = check_section(raw.nimrank_settings, NIMRANK_SETTINGS, "nimrank_settings", warnings),
   }
+  cfg.cache = check_cache(cfg.litellm, warnings)
   check_names(cfg)
   check_strategy(cfg, warnings)
   table.sort(warnings)

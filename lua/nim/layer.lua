@@ -29,8 +29,13 @@ nim.catalog_api = catalog
 nim.router = router.new(nil)
 nim.config = nil
 
--- Looks nim.router up at call time, so load_config (or a user) can swap the router.
+-- Looks nim.router and nim.cache (the response cache, when a config turns it on) up at call
+-- time, so load_config (or a user) can swap them. A request's cache controls are checked with
+-- caching off too (LiteLLM's cache = {...}: a policy key, never sent to a provider).
 function nim.rerank(args)
+  local cache = nim.cache
+  if cache then return cache:rerank(nim.router, args) end
+  if type(args) == "table" and args.cache ~= nil then require("nim.cache").control(args) end
   return nim.router:rerank(args)
 end
 
@@ -38,12 +43,16 @@ end
 -- these arguments (its own options, the router's and the native call's), returned instead,
 -- without any network traffic. The `.safe` flavour of misuse.
 function nim.check(args)
-  return native.protect(function() nim.router:check(args) end)
+  return native.protect(function()
+    if type(args) == "table" and args.cache ~= nil then require("nim.cache").control(args) end
+    nim.router:check(args)
+  end)
 end
 
 -- nim.load_config(path_or_table [, router_opts]) -> config, warnings
--- Replaces the router; applies litellm_settings (drop_params, request_timeout) to
--- nim.settings; adds nimrank_settings.catalog entries; runs nimrank_settings.scripts.
+-- Replaces the router, and the response cache (nim.cache: litellm_settings.cache; nil when
+-- off); applies litellm_settings (drop_params, request_timeout) to nim.settings; adds
+-- nimrank_settings.catalog entries; runs nimrank_settings.scripts.
 function nim.load_config(source, opts)
   local config = require "nim.config"
   local cfg, warnings = config.load(source)
@@ -54,16 +63,21 @@ function nim.load_config(source, opts)
   if cfg.litellm.drop_params ~= nil then nim.settings.drop_params = cfg.litellm.drop_params end
   if cfg.litellm.request_timeout then nim.settings.timeout = cfg.litellm.request_timeout end
   if cfg.nimrank.script_budget then nim.settings.script_budget = cfg.nimrank.script_budget end
-  local before_router, before_config = nim.router, nim.config
+  local before_router, before_config, before_cache = nim.router, nim.config, nim.cache
   nim.router, nim.config = r, cfg
+  nim.cache = nil
+  if cfg.cache then
+    nim.cache = require("nim.cache").new(cfg.cache)
+    for _, w in ipairs(nim.cache:warnings()) do warnings[#warnings + 1] = w end
+  end
   local ok, err = pcall(function()
     -- each on the instruction budget (nim.settings.script_budget), as Redis runs its scripts
     config.run_scripts(cfg, nim)
     -- a routing strategy the scripts were to register must be there now
     r:resolve_strategy(true)
   end)
-  if not ok then -- the router and config stay what they were (what a script did, stays)
-    nim.router, nim.config = before_router, before_config
+  if not ok then -- router, config and cache stay what they were (what a script did, stays)
+    nim.router, nim.config, nim.cache = before_router, before_config, before_cache
     error(err, 0)
   end
   return cfg, warnings

@@ -153,6 +153,18 @@ registry:gauge("nimrank_redis_up", "Workers whose router state reaches Redis (us
   .. "0 while they fall back to local state). Present when Redis is configured.")
 registry:counter("nimrank_redis_degradations_total", "Times a worker's router state fell back "
   .. "to local state because Redis could not be reached (use=router_state).")
+-- The response cache (nim.cache), while a config turns it on; counted per worker, added up.
+registry:counter("nimrank_cache_hits_total", "Rerank requests answered from the response cache.")
+registry:counter("nimrank_cache_misses_total", "Rerank requests the response cache did not "
+  .. "answer (caching on).")
+registry:counter("nimrank_cache_errors_total", "Failed operations of the response cache (each "
+  .. "a miss, or an answer not stored).")
+registry:gauge("nimrank_cache_degraded", "Workers whose cache backend is failing (requests are "
+  .. "answered without the cache).")
+registry:gauge("nimrank_cache_bytes", "Bytes held by the local response cache (summed over "
+  .. "workers: each keeps its own).")
+registry:gauge("nimrank_cache_entries", "Entries in the local response cache (summed over "
+  .. "workers).")
 local dirty = true
 
 -- Series keys, made once per combination of label values (metrics.label_text sorts and
@@ -196,6 +208,7 @@ end
 local IGNORED = { user = true, metadata = true }
 local MAX_MODEL_NAME = 256
 REFUSED.user, REFUSED.metadata = nil, nil
+REFUSED.cache = nil -- LiteLLM's per-request cache controls: nim.rerank reads them (nim.cache)
 
 -- The body as a JSON object, or an error response.
 local function json_body(req)
@@ -322,7 +335,9 @@ local function rerank_route(req, ctx)
     ctx.error_type = err.type
     return call_error(err)
   end
-  local out_meta = { billed_units = res.meta.billed_units, api_version = { version = "1" } }
+  local out_meta = { billed_units = res.meta.billed_units, api_version = { version = "1" },
+    cache_hit = res.meta.cache_hit }
+  if res.meta.cache_hit ~= nil then ctx.cache = res.meta.cache_hit and "hit" or "miss" end
   if res.meta.warnings and #res.meta.warnings > 0 then out_meta.warnings = res.meta.warnings end
   -- the results (mostly documents) written by C; any shape it does not know goes to cjson
   local results = native.encode_results(res.results)
@@ -381,10 +396,29 @@ local function cooldowns_active()
   return n
 end
 
+-- The cache's figures, once caching has been on in this worker (a reload may turn it off: its
+-- counters stay in the sums).
+local function cache_figures()
+  local loaded = package.loaded["nim.cache"]
+  if not loaded then return end
+  local st = loaded.stats
+  if not nim.cache and st.hits + st.misses + st.errors == 0 then return end
+  registry:set("nimrank_cache_hits_total", nil, st.hits)
+  registry:set("nimrank_cache_misses_total", nil, st.misses)
+  registry:set("nimrank_cache_errors_total", nil, st.errors)
+  local status = nim.cache and nim.cache:status() or {}
+  registry:set("nimrank_cache_degraded", nil, status.degraded and 1 or 0)
+  if status.bytes then
+    registry:set("nimrank_cache_bytes", nil, status.bytes)
+    registry:set("nimrank_cache_entries", nil, status.entries)
+  end
+end
+
 local ROUTER_STATE = { use = "router_state" }
 local function render_own()
   registry:set("nimrank_requests_in_flight", nil, server and server.stats().inflight or 0)
   registry:set("nimrank_cooldowns_active", nil, cooldowns_active())
+  cache_figures()
   local rs = router_state()
   if rs.state ~= "local" then -- Redis is configured
     registry:set("nimrank_redis_up", ROUTER_STATE, rs.state == "redis" and 1 or 0)
@@ -489,7 +523,7 @@ end
 -- A log line: one JSON object, its keys in this order (time first, as people read logs).
 local LOG_KEYS = { "time", "level", "pid", "event", "request_id", "method", "route", "model",
   "model_group", "deployment", "status", "total_ms", "upstream_ms", "own_ms", "attempts",
-  "fallback", "error", "message", "remote" }
+  "cache", "fallback", "error", "message", "remote" }
 log_line = function(fields)
   if (LEVEL[fields.level] or LEVEL.info) < settings.log_level then return end
   fields.pid = server.pid
@@ -541,12 +575,12 @@ local function record(req, ctx, status)
     -- the request line, in LOG_KEYS' order; strings a client or a config chose are encoded
     server.log(('{"time":"%s","level":"%s","pid":%d,"request_id":"%s","method":%s,"route":%s'
       .. '%s%s%s,"status":%d,"total_ms":%.3f,"upstream_ms":%.3f,"own_ms":%.3f,"attempts":%d'
-      .. '%s%s%s}')
+      .. '%s%s%s%s}')
       :format(server.time(), status >= 500 and "error" or "info", server.pid or 0, ctx.id,
         enc(req.method:sub(1, 32)),
         enc(route), opt("model", scrub(ctx.model)), opt("model_group", ctx.group),
         opt("deployment", ctx.deployment), status, total * 1000, up * 1000, own * 1000,
-        ctx.attempts and #ctx.attempts or 0, opt("fallback", ctx.fallback),
+        ctx.attempts and #ctx.attempts or 0, opt("cache", ctx.cache), opt("fallback", ctx.fallback),
         opt("error", ctx.error_type), opt("remote", req.remote)))
   end
 end
@@ -715,6 +749,10 @@ function M.start_worker(native_server)
   -- leave less garbage standing (bench/proxy_rss.sh), for a little more collector time.
   collectgarbage("incremental", 150)
   async = require "nim.async"
+  -- the response cache's reports (a backend failing, answering again) go to this log
+  require("nim.cache").set_logger(function(level, event, message)
+    log_line({ time = server.time(), level = level, event = event, message = message })
+  end)
   return { dispatch = M.dispatch, cancel = M.cancel, reload = M.reload, tick = M.tick,
     precheck = M.precheck, max_body = settings.max_body }
 end
