@@ -569,7 +569,10 @@ static void run_due_sources(nim_engine *e) {
 int nim_engine_step(nim_engine *e, int timeout_ms) {
     if (e->running == 0 && !e->sources) return 0;
     if (start_due(e) != 0) return -1;
-    int wait = timeout_ms < 0 ? 0 : timeout_ms;
+    /* With nothing pending, what is ready (an idle source's hang-up) is handled, not waited for.
+     * A source's deadline counts as pending. */
+    int idle = e->running == 0 && e->busy == 0 && sources_due(e) < 0;
+    int wait = timeout_ms < 0 || idle ? 0 : timeout_ms;
     double due = next_due(e);
     if (due >= 0) {
         double left_ms = ceil((due - nim_now()) * 1000.0);
