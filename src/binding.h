@@ -16,6 +16,8 @@
  *   catalog.c         the model catalog bridge (keys, limits, entries)
  *   layer.c           finding and loading the Lua layer (lua/nim)
  *   hostloop.c        the C API for a host's own event loop (nimrank.h)
+ *   redis_binding.c   nim.Redis (nim.native.redis_*): Redis commands that yield like transfers;
+ *                     below it redis.c (the client on the engine's loop), redis_url.c, sha1.c
  *   util.c            nim.now, nim.sleep, nim.isatty, nim.terminal_width, nim.array */
 #ifndef NIM_BINDING_H
 #define NIM_BINDING_H
@@ -35,7 +37,8 @@
 /* Registry keys: the addresses of these, so no other library's key can collide. */
 extern const char nim_key_ctx, nim_key_module, nim_key_managed, nim_key_transfer_mt,
     nim_key_error_mt, nim_key_misuse_mt, nim_key_request_mt, nim_key_await_mt, nim_key_array_mt,
-    nim_key_encode, nim_key_decode, nim_key_catalog, nim_key_settings, nim_key_rankings_mt;
+    nim_key_encode, nim_key_decode, nim_key_catalog, nim_key_settings, nim_key_rankings_mt,
+    nim_key_redis_mt, nim_key_redis_null;
 
 /* Pushes the registry value stored under key. */
 #define nim_push_reg(L, key) lua_rawgetp((L), LUA_REGISTRYINDEX, &(key))
@@ -78,6 +81,9 @@ void nim_ctx_drop_engine(lua_State *L);
  * {fn =, field =, message =} instead, which protect returns as nil, err. */
 int nim_misuse(lua_State *L, const char *fn, const char *field, const char *fmt, ...);
 int nim_header_value_ok(const char *s, size_t n); /* no control characters but tab */
+/* The one rule for a number of seconds (a timeout) at stack slot idx: a number > 0 and < 1e7;
+ * raises naming fn and field. */
+double nim_check_seconds(lua_State *L, const char *fn, const char *field, int idx);
 
 /* The checked arguments of one call. Strings point into the args table (slot 1), which stays
  * on the stack for the whole call. */
@@ -151,11 +157,19 @@ void nim_set_headers(lua_State *L, int uv, int poll, int poll_s, nim_request *r)
 /* ---- the nim.Transfer userdata (transfer.c) ------------------------------------------------ */
 enum { NIM_CALL_PENDING, NIM_CALL_FINISHED, NIM_CALL_CANCELLED };
 typedef void (*nim_complete_fn)(lua_State *L, int call_idx);
+/* What a call may wait on besides an HTTP transfer (a Redis operation): done(op) says when it
+ * is ready for the call's complete function; release(op) lets go of it, pending or not. */
+typedef struct {
+    int (*done)(const void *op);
+    void (*release)(void *op);
+} nim_op_kind;
 /* One call in flight. Everything malloc'ed for it hangs here, so a raise never leaks: __gc
  * (and __close, cancel) frees it. Its user value is a table with what finishing needs (the
  * provider's strings, texts, dropped names) and, once settled, res or err. */
 typedef struct {
     nim_transfer *t;
+    void *op; /* instead of t: another protocol's operation, of kind op_kind */
+    const nim_op_kind *op_kind;
     int state;
     nim_complete_fn complete; /* the provider's: turns the completed transfer into res/err */
     nim_family family;
@@ -234,6 +248,12 @@ int nim_l_array(lua_State *L);
 int nim_l_handle(lua_State *L);
 int nim_l_task_of(lua_State *L);
 int nim_l_budget(lua_State *L);
+/* ---- Redis (redis_binding.c) --------------------------------------------------------------- */
+/* Creates nim.Redis's metatable and redis.null (registry keys above); called by luaopen_nim. */
+void nim_redis_open(lua_State *L);
+int nim_l_redis_new(lua_State *L); /* nim.native.redis_new(options) */
+int nim_l_sha1(lua_State *L);      /* nim.native.sha1(s) -> 40 hex digits */
+
 /* Finds the Lua layer and loads it into the module at mod (layer.c). */
 void nim_layer_load(lua_State *L, int mod);
 
