@@ -38,7 +38,7 @@ LIB_SRC  := $(filter-out src/main.c $(SERVE_SRC),$(wildcard src/*.c))
 SERVE_OBJ := $(SERVE_SRC:src/%.c=$(BUILD)/obj/%.o)
 LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/lua_dir.o
 C_TESTS  := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
-FUZZ_TARGETS := resolve answer bm25 config docs proxy
+FUZZ_TARGETS := resolve answer bm25 config docs proxy redis_url
 # The fuzz targets built with driver.c: they replay the seeds and kept regressions in make test.
 FUZZ_REPLAY := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz_%)
 PROGRAMS := $(BUILD)/nimrank $(BUILD)/nim.so $(BUILD)/libnimrank.a $(BUILD)/fakenim \
