@@ -395,6 +395,57 @@ test("bad_options_raise_naming_the_field_and_rediss_is_refused", function()
   c:close()
 end)
 
+-- The gateway's own loop (server.c) drives Redis through the engine's one descriptor: a request
+-- waiting on Redis leaves the worker free for the others.
+test("in_nimrank_serve_a_request_waiting_on_redis_leaves_the_worker_to_others", function()
+  local dir = h.sh("mktemp -d"):gsub("%s+$", "")
+  local f = assert(io.open(dir .. "/init.lua", "w"))
+  f:write([[
+local nim = ...
+local redis = require "nim.redis"
+local c = redis.connect({ url = os.getenv("NIMRANK_TEST_REDIS") })
+-- BLPOP holds its connection until it answers: it gets a client of its own
+local blocking = redis.connect({ url = os.getenv("NIMRANK_TEST_REDIS"), timeout = 5 })
+-- a call in the supervisor: its engine, and this connection, are dropped before the fork
+assert(c:call("SET", "boot", "before the fork"))
+local rerank = nim.rerank
+nim.rerank = function(args)
+  assert(c:call("INCR", "served"))
+  if args.query:find("!hold", 1, true) then blocking:call("BLPOP", "nothing-here", 0.6) end
+  return rerank(args)
+end
+]])
+  f:close()
+  srv.cli("DEL", "served")
+  local nimrank = h.nimrank
+  h.nimrank = ("env NIMRANK_INIT=%s NIMRANK_TEST_REDIS=%s %s"):format(h.q(dir .. "/init.lua"),
+    h.q(srv.url), nimrank)
+  local okc, gw = pcall(h.serve, "model_list:\n  - model_name: g\n    litellm_params:\n"
+    .. "      model: local/bm25\n", "--workers 1")
+  h.nimrank = nimrank
+  ok(okc, tostring(gw))
+  local function post(query, out)
+    return ("curl -s -o /dev/null -w '%%{http_code} %%{time_total}' -H 'Content-Type: "
+      .. "application/json' -d %s %s/v1/rerank > %s"):format(h.q(('{"model":"g","query":"%s",'
+      .. '"documents":["gpu memory","cats"]}'):format(query)), gw.url, h.q(out))
+  end
+  local okr, err = pcall(function()
+    h.sh(post("!hold gpu", dir .. "/slow") .. " & sleep 0.1; " .. post("gpu", dir .. "/fast")
+      .. "; wait")
+    local code_s, t_slow = io.open(dir .. "/slow"):read("a"):match("(%d+) ([%d.]+)")
+    local code_f, t_fast = io.open(dir .. "/fast"):read("a"):match("(%d+) ([%d.]+)")
+    eq(code_s, "200", "the request that waited on Redis")
+    eq(code_f, "200", "the other")
+    ok(tonumber(t_slow) >= 0.55, "the first waited in Redis: " .. t_slow)
+    ok(tonumber(t_fast) < 0.3, "the second was served meanwhile: " .. t_fast)
+    eq(srv.cli("GET", "served"), "2", "both counted in Redis by the worker")
+    eq(srv.cli("GET", "boot"), "before the fork")
+  end)
+  gw.stop()
+  h.sh("rm -rf " .. h.q(dir))
+  if not okr then error(err, 0) end
+end)
+
 test("zz_the_servers_are_stopped", function()
   for _, s in ipairs(servers) do
     local pid = s.pid
