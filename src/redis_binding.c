@@ -299,9 +299,24 @@ static nim_redis *check_open(lua_State *L, const char *fn) {
 }
 
 /* Commands that would break the one pipelined connection (pub/sub and MONITOR change its
- * mode; replies would stop matching commands) or the state the client keeps for it (the
- * database, the credentials, the reply mode), which a reconnection would silently undo. */
-static const char *refused(const char *name, const char *second) {
+ * mode; replies would stop matching commands), the state the client keeps for it (the
+ * database, the credentials, the reply mode), which a reconnection would silently undo, or
+ * the commands of other tasks sharing it (a transaction left open, or WATCH, which needs a
+ * round trip before its MULTI). A transaction goes in one pipeline: nothing can come between
+ * its commands there. in_multi: a MULTI of the same pipeline is open (NULL: a single call). */
+static const char *refused(const char *name, const char *second, int *in_multi) {
+    if (strcasecmp(name, "WATCH") == 0 || strcasecmp(name, "UNWATCH") == 0)
+        return "needs the connection to itself between round trips: not supported on the "
+               "client's shared connection (use a script)";
+    int multi = strcasecmp(name, "MULTI") == 0;
+    if (multi || strcasecmp(name, "EXEC") == 0 || strcasecmp(name, "DISCARD") == 0) {
+        if (!in_multi)
+            return "is a transaction's command: send MULTI ... EXEC in one pipeline (the "
+                   "connection is shared: other commands would join the transaction)";
+        if (multi && *in_multi) return "inside a MULTI: transactions do not nest";
+        *in_multi = multi;
+        return NULL;
+    }
     static const char *const mode[] = {"SUBSCRIBE",    "PSUBSCRIBE",   "SSUBSCRIBE", "UNSUBSCRIBE",
                                        "PUNSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR",    NULL};
     static const char *const state[] = {"SELECT", "AUTH", "HELLO", "RESET", NULL};
@@ -353,9 +368,9 @@ static int send_and_finish(lua_State *L, nim_redis *r, int call_idx, int ncmds, 
         nim_call_settle(L, call_idx, "err");
         return nim_call_push_outcome(L, call_idx);
     }
+    c->op_kind = &redis_op_kind;
     c->op = nim_redis_send(r, e, ncmds, argc, argv, lens);
     if (!c->op) return luaL_error(L, "nim.Redis: out of memory");
-    c->op_kind = &redis_op_kind;
     return nim_call_finish(L, call_idx);
 }
 
@@ -387,7 +402,7 @@ static int l_call(lua_State *L) {
         if (i > 0) snprintf(field, sizeof field, "argument #%d", i + 1);
         argv[i] = arg_string(L, i + 2, &lens[i], fn, field);
     }
-    const char *why = refused(argv[0], n > 1 ? argv[1] : NULL);
+    const char *why = refused(argv[0], n > 1 ? argv[1] : NULL, NULL);
     if (why) nim_misuse(L, fn, "command", "%s %s", argv[0], why);
     int call = new_call(L, r, complete_call);
     return send_and_finish(L, r, call, 1, &n, argv, lens);
@@ -423,6 +438,7 @@ static int l_pipeline(lua_State *L) {
     lua_newtable(L); /* anchors the strings numbers became */
     int anchor = lua_gettop(L);
     size_t k = 0;
+    int in_multi = 0;
     for (lua_Integer i = 1; i <= ncmds; i++) {
         lua_rawgeti(L, 2, i);
         int cmd = lua_gettop(L);
@@ -436,7 +452,8 @@ static int l_pipeline(lua_State *L) {
             lua_rawseti(L, anchor, (lua_Integer)k + 1);
             k++;
         }
-        const char *why = refused(argv[k - (size_t)n], n > 1 ? argv[k - (size_t)n + 1] : NULL);
+        const char *why =
+            refused(argv[k - (size_t)n], n > 1 ? argv[k - (size_t)n + 1] : NULL, &in_multi);
         if (why) {
             char field[32];
             snprintf(field, sizeof field, "commands[%lld]", (long long)i);
@@ -444,6 +461,10 @@ static int l_pipeline(lua_State *L) {
         }
         lua_settop(L, anchor);
     }
+    if (in_multi)
+        nim_misuse(L, fn, "commands",
+                   "a MULTI without its EXEC or DISCARD would leave the "
+                   "shared connection inside a transaction");
     int call = new_call(L, r, complete_pipeline);
     return send_and_finish(L, r, call, (int)ncmds, argc, argv, lens);
 }

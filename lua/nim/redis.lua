@@ -36,9 +36,17 @@ function methods.script(client, source)
   local sha = native.sha1(source)
   return function(keys, args)
     keys, args = keys or {}, args or {}
-    if type(keys) ~= "table" or type(args) ~= "table" then
-      native.misuse("nim.Redis:script", type(keys) ~= "table" and "keys" or "args",
-        "expected a table")
+    for field, t in pairs({ keys = keys, args = args }) do
+      if type(t) ~= "table" then
+        native.misuse("nim.Redis:script", field, ("expected a table, got %s"):format(type(t)))
+      end
+      for i = 1, #t do
+        local v = type(t[i])
+        if v ~= "string" and v ~= "number" then
+          native.misuse("nim.Redis:script", ("%s[%d]"):format(field, i),
+            ("expected a string or a number, got %s"):format(v))
+        end
+      end
     end
     local nk, na = #keys, #args
     local argv = table.move(keys, 1, nk, 4, { "EVALSHA", sha, nk })
