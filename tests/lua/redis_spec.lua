@@ -302,6 +302,33 @@ test("a_command_without_a_reply_in_time_is_a_timeout_and_later_calls_recover", f
   c:close()
 end)
 
+test("a_connection_not_made_within_connect_timeout_is_a_timeout", function()
+  -- a stopped server whose accept queue (--tcp-backlog 1) is full: new SYNs go unanswered
+  local s = server("--tcp-backlog 1")
+  s.pause()
+  local fill = {}
+  for i = 1, 4 do
+    fill[i] = redis.connect({ port = s.port, timeout = 5, connect_timeout = 5 })
+    nim.spawn(function() fill[i]:call("PING") end)
+  end
+  nim.poll()
+  nim.native.sleep(0.2)
+  nim.poll()
+  eq(fill[4]:status().state, "connecting", "the accept queue is full")
+  local c = redis.connect({ port = s.port, connect_timeout = 0.3 })
+  local t0 = nim.now()
+  local r, err = c:call("PING")
+  local took = nim.now() - t0
+  eq(r, nil)
+  eq(err.type, "timeout")
+  match(err.message, "no connection within 0.3 s %(connect_timeout%)")
+  ok(took >= 0.28 and took < 1, ("took %.2f s"):format(took))
+  eq(c:status().state, "down")
+  for _, x in ipairs(fill) do x:close() end
+  c:close()
+  s.stop()
+end)
+
 test("a_killed_server_is_a_connection_error_and_a_restarted_one_is_used_again", function()
   local s = server()
   local c = redis.connect({ port = s.port, timeout = 5, backoff = 0.05, backoff_max = 0.2 })
