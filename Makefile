@@ -14,7 +14,8 @@ DESTDIR  ?=
 LUA_DIR  := $(PREFIX)/share/lua/5.4
 PKGS     := lua5.4 lua5.4-cjson
 DEB_PKGS := pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev lua-cjson \
-            libmicrohttpd-dev libjsmn-dev lua-yaml curl luarocks nettle-dev
+            libmicrohttpd-dev libjsmn-dev libhiredis-dev lua-yaml curl luarocks nettle-dev \
+            redis-server
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             $(if $(filter 1,$(STRICT)),-Werror)
 # LUA_INCDIR (LuaRocks passes it) picks the Lua headers; else pkg-config's.
@@ -24,7 +25,8 @@ NIM_CFLAGS := -std=gnu11 $(WARN) -fPIC -fvisibility=hidden -MMD -MP \
 ALL_CFLAGS  = $(CFLAGS) $(NIM_CFLAGS)
 # Programs link lua-cjson statically; nim.so links the shared library (the static archive is
 # not position-independent). nim.so never links liblua: the host provides Lua. libcurl is
-# loaded with dlopen on the first network call (src/curl_lazy.h): nothing links it.
+# loaded with dlopen on the first network call (src/curl_lazy.h), hiredis on the first Redis
+# command (src/hiredis_lazy.h): nothing links them; only hiredis's headers are needed to build.
 CJSON_A  := -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic
 CJSON_SO := -llua5.4-cjson
 SYS_LIBS := -ldl -lpthread -lm
@@ -40,7 +42,7 @@ LIB_SRC  := $(filter-out src/main.c $(SERVE_SRC),$(wildcard src/*.c))
 SERVE_OBJ := $(SERVE_SRC:src/%.c=$(BUILD)/obj/%.o)
 LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/lua_dir.o
 C_TESTS  := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
-FUZZ_TARGETS := resolve answer bm25 config docs proxy
+FUZZ_TARGETS := resolve answer bm25 config docs proxy redis_url
 # The fuzz targets built with driver.c: they replay the seeds and kept regressions in make test.
 FUZZ_REPLAY := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz_%)
 PROGRAMS := $(BUILD)/nimrank $(BUILD)/nim.so $(BUILD)/libnimrank.a $(BUILD)/fakenim \

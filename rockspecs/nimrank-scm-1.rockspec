@@ -1,7 +1,8 @@
 -- LuaRocks: `luarocks --lua-version 5.4 make rockspecs/nimrank-scm-1.rockspec` from the source
 -- tree builds nim.so with the project's Makefile and installs it with the Lua layer into the
 -- rocks tree (lib/lua/5.4/nim.so, share/lua/5.4/nim/*.lua), where `require "nim"` finds both.
--- The Debian packages liblua5.4-dev, lua-cjson-dev and nettle-dev must be installed (make deps).
+-- The Debian packages liblua5.4-dev, lua-cjson-dev, nettle-dev and libhiredis-dev must be
+-- installed (make deps).
 rockspec_format = "3.0"
 package = "nimrank"
 version = "scm-1"

@@ -291,7 +291,7 @@ static lua_Integer opt_count(lua_State *L, int args, const char *field) {
 }
 
 /* The one rule for a number of seconds (timeouts): finite, > 0, below 1e7 (115 days). */
-static double seconds_value(lua_State *L, const char *fn, const char *field, int idx) {
+double nim_check_seconds(lua_State *L, const char *fn, const char *field, int idx) {
     if (lua_type(L, idx) != LUA_TNUMBER)
         nim_misuse(L, fn, field, "expected a number of seconds, got %s", luaL_typename(L, idx));
     double v = lua_tonumber(L, idx);
@@ -303,7 +303,7 @@ static double seconds_value(lua_State *L, const char *fn, const char *field, int
  * timeouts (a routed call's deadline); raises naming fn and field. */
 int nim_l_seconds(lua_State *L) {
     const char *fn = luaL_checkstring(L, 2), *field = luaL_checkstring(L, 3);
-    lua_pushnumber(L, seconds_value(L, fn, field, 1));
+    lua_pushnumber(L, nim_check_seconds(L, fn, field, 1));
     return 1;
 }
 
@@ -314,11 +314,11 @@ static double opt_seconds(lua_State *L, int args, const char *field, const char 
     int top = lua_gettop(L);
     double v = dflt;
     if (lua_getfield(L, args, field) != LUA_TNIL)
-        v = seconds_value(L, "nim.rerank", field, -1);
+        v = nim_check_seconds(L, "nim.rerank", field, -1);
     else if (alias && lua_getfield(L, args, alias) != LUA_TNIL)
-        v = seconds_value(L, "nim.rerank", alias, -1);
+        v = nim_check_seconds(L, "nim.rerank", alias, -1);
     else if (nim_setting(L, field) != LUA_TNIL)
-        v = seconds_value(L, "nim.settings", field, -1);
+        v = nim_check_seconds(L, "nim.settings", field, -1);
     lua_settop(L, top);
     return v;
 }

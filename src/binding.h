@@ -18,6 +18,9 @@
  *   catalog.c         the model catalog bridge (keys, limits, entries)
  *   layer.c           finding and loading the Lua layer (lua/nim)
  *   hostloop.c        the C API for a host's own event loop (nimrank.h)
+ *   redis_binding.c   nim.Redis (nim.native.redis_*): Redis commands that yield like transfers;
+ *                     below it redis.c (the client on the engine's loop), redis_url.c,
+ *                     digest.c (Nettle)
  *   util.c            nim.now, nim.sleep, nim.isatty, nim.terminal_width, nim.array */
 #ifndef NIM_BINDING_H
 #define NIM_BINDING_H
@@ -38,7 +41,7 @@
 extern const char nim_key_ctx, nim_key_module, nim_key_managed, nim_key_transfer_mt,
     nim_key_error_mt, nim_key_misuse_mt, nim_key_request_mt, nim_key_await_mt, nim_key_array_mt,
     nim_key_encode, nim_key_decode, nim_key_catalog, nim_key_settings, nim_key_rankings_mt,
-    nim_key_providers;
+    nim_key_providers, nim_key_redis_mt, nim_key_redis_null;
 
 /* Pushes the registry value stored under key. */
 #define nim_push_reg(L, key) lua_rawgetp((L), LUA_REGISTRYINDEX, &(key))
@@ -84,6 +87,9 @@ int nim_header_value_ok(const char *s, size_t n); /* no control characters but t
 int nim_header_name_ok(const char *s);            /* an HTTP token (headers.c) */
 int nim_framing_header(const char *name);         /* Content-Length, Host, ...: not settable */
 int nim_args_known_key(const char *k);            /* a key of nimrank's own (args.c lists) */
+/* The one rule for a number of seconds (a timeout) at stack slot idx: a number > 0 and < 1e7;
+ * raises naming fn and field. */
+double nim_check_seconds(lua_State *L, const char *fn, const char *field, int idx);
 
 /* The checked arguments of one call. Strings point into the args table (slot 1), which stays
  * on the stack for the whole call. */
@@ -206,11 +212,19 @@ void nim_set_headers(lua_State *L, int uv, int poll, int poll_s, nim_request *r)
 /* ---- the nim.Transfer userdata (transfer.c) ------------------------------------------------ */
 enum { NIM_CALL_PENDING, NIM_CALL_FINISHED, NIM_CALL_CANCELLED };
 typedef void (*nim_complete_fn)(lua_State *L, int call_idx);
+/* What a call may wait on besides an HTTP transfer (a Redis operation): done(op) says when it
+ * is ready for the call's complete function; release(op) lets go of it, pending or not. */
+typedef struct {
+    int (*done)(const void *op);
+    void (*release)(void *op);
+} nim_op_kind;
 /* One call in flight. Everything malloc'ed for it hangs here, so a raise never leaks: __gc
  * (and __close, cancel) frees it. Its user value is a table with what finishing needs (the
  * provider's strings, texts, dropped names) and, once settled, res or err. */
 typedef struct {
     nim_transfer *t;
+    void *op; /* instead of t: another protocol's operation, of kind op_kind */
+    const nim_op_kind *op_kind;
     int state;
     nim_complete_fn complete; /* the provider's: turns the completed transfer into res/err */
     nim_family family;
@@ -295,6 +309,12 @@ int nim_l_array(lua_State *L);
 int nim_l_handle(lua_State *L);
 int nim_l_task_of(lua_State *L);
 int nim_l_budget(lua_State *L);
+/* ---- Redis (redis_binding.c) --------------------------------------------------------------- */
+/* Creates nim.Redis's metatable and redis.null (registry keys above); called by luaopen_nim. */
+void nim_redis_open(lua_State *L);
+int nim_l_redis_new(lua_State *L); /* nim.native.redis_new(options) */
+int nim_l_sha1(lua_State *L);      /* nim.native.sha1(s) -> 40 hex digits */
+
 /* Finds the Lua layer and loads it into the module at mod (layer.c). */
 void nim_layer_load(lua_State *L, int mod);
 

@@ -1,9 +1,8 @@
 /* descriptor.c: a rerank provider described by data (lua/nim/providers/NAME.lua), read into C:
  * which descriptor a model string names, its route (URL, key, model in the body), the
- * parameters it passes through, and the shapes of its request and answer. The descriptor
- * table is registered by nim.providers (lua/nim/providers.lua, which checks it with readable
- * messages); the reads here are raw and typed all the same, so a table written into
- * nim.native.providers by hand cannot crash a call: it raises naming the field. */
+ * parameters it passes through, and the shapes of its request and answer. nim.providers.add
+ * (lua/nim/providers.lua) is nim_l_provider_register: the one check of a descriptor, which
+ * registers a copy no Lua code can reach; the reads here are raw and typed all the same. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>

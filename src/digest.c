@@ -1,13 +1,35 @@
-/* digest.c: nim.native.sha256(part, ...) -> the SHA-256 of the parts, one after another, as 64
- * lower-case hex digits. A part is a string, or a list of strings (read raw, in order), so the
- * response cache (lua/nim/cache.lua) hashes a request's documents without joining them into one
- * string first. The hash is Nettle's (Debian nettle-dev): the library the program already loads
- * through libmicrohttpd's GnuTLS, not a hand-written one. */
+/* digest.c: hashes, from Nettle (Debian nettle-dev: the library the program already loads
+ * through libmicrohttpd's GnuTLS), not hand-written ones.
+ * nim.native.sha256(part, ...) -> the SHA-256 of the parts, one after another, as 64 lower-case
+ * hex digits. A part is a string, or a list of strings (read raw, in order), so the response
+ * cache (lua/nim/cache.lua) hashes a request's documents without joining them first.
+ * nim_sha1_hex: SHA-1, the name Redis gives a script (sha1.h, for nim.redis). */
 #include <stdint.h>
 
+#include <nettle/sha1.h>
 #include <nettle/sha2.h>
 
 #include "binding.h"
+#include "sha1.h"
+
+static void hex_of(const uint8_t *digest, size_t n, char *out) {
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[digest[i] >> 4];
+        out[2 * i + 1] = hex[digest[i] & 15];
+    }
+}
+
+/* The name Redis gives a script (EVALSHA): SHA-1, not for security. */
+void nim_sha1_hex(const void *data, size_t n, char hex[41]) {
+    struct sha1_ctx ctx;
+    uint8_t digest[SHA1_DIGEST_SIZE];
+    sha1_init(&ctx);
+    sha1_update(&ctx, n, data);
+    sha1_digest(&ctx, sizeof digest, digest);
+    hex_of(digest, sizeof digest, hex);
+    hex[40] = '\0';
+}
 
 /* Raises (misuse) before anything is allocated: the context lives on the C stack. */
 static void add_part(lua_State *L, struct sha256_ctx *ctx, int i) {
@@ -30,7 +52,6 @@ static void add_part(lua_State *L, struct sha256_ctx *ctx, int i) {
 }
 
 int nim_l_sha256(lua_State *L) {
-    static const char hex[] = "0123456789abcdef";
     struct sha256_ctx ctx;
     uint8_t digest[SHA256_DIGEST_SIZE];
     char out[2 * SHA256_DIGEST_SIZE];
@@ -39,10 +60,7 @@ int nim_l_sha256(lua_State *L) {
     for (int i = 1; i <= top; i++)
         add_part(L, &ctx, i);
     sha256_digest(&ctx, sizeof digest, digest);
-    for (size_t i = 0; i < sizeof digest; i++) {
-        out[2 * i] = hex[digest[i] >> 4];
-        out[2 * i + 1] = hex[digest[i] & 15];
-    }
+    hex_of(digest, sizeof digest, out);
     lua_pushlstring(L, out, sizeof out);
     return 1;
 }

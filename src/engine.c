@@ -17,6 +17,8 @@
 #include "curl_lazy.h"
 
 #define EVENTS_MAX 64
+/* epoll data of a source's socket: the fd with this bit; a curl socket's is the fd alone. */
+#define SOURCE_TAG (1ull << 32)
 
 /* A socket curl asked us to watch: found again through curl's socketp, never by search. */
 typedef struct nim_sock {
@@ -24,6 +26,19 @@ typedef struct nim_sock {
     void *host; /* the host's own pointer for this fd (nim_engine_assign) */
     struct nim_sock *next, *prev;
 } nim_sock;
+
+/* Another protocol's socket and deadline on the same loop (engine.h). Few per engine (one per
+ * Redis client), so finding one by fd is a walk of a short list. */
+struct nim_source {
+    nim_engine *engine;
+    int fd, events; /* what is watched; fd -1: nothing */
+    double due;     /* monotonic seconds; < 0: none */
+    int busy;
+    nim_source_fn on;
+    void *ud;
+    void *host; /* the host's own pointer for this fd (nim_engine_assign) */
+    struct nim_source *next, *prev;
+};
 
 struct nim_transfer {
     nim_engine *engine;
@@ -54,7 +69,10 @@ struct nim_engine {
     void *watch_ud;
     nim_sock *socks;
     nim_sock *announcing; /* the socket whose watch() call is under way (nim_engine_assign) */
-    CURL **pool;          /* easy handles kept for reuse: as many as connections may be open */
+    nim_source *announcing_src;
+    nim_source *sources;
+    int busy;    /* the sources' pending operations, summed */
+    CURL **pool; /* easy handles kept for reuse: as many as connections may be open */
     int npool, pool_cap;
     int running; /* attached and not done, deferred ones included */
     int deferred;
@@ -62,14 +80,24 @@ struct nim_engine {
     nim_transfer *attached;
 };
 
-/* The earliest moment something must happen without socket activity: curl's timer or a
- * deferred start. < 0: none. */
+static double earliest(double a, double b) { return a < 0 ? b : (b < 0 || a < b) ? a : b; }
+
+/* The earliest due time of a source; < 0: none. */
+static double sources_due(const nim_engine *e) {
+    double due = -1;
+    for (const nim_source *s = e->sources; s; s = s->next)
+        due = earliest(due, s->due);
+    return due;
+}
+
+/* The earliest moment something must happen without socket activity: curl's timer, a
+ * deferred start or a source's deadline. < 0: none. */
 static double next_due(const nim_engine *e) {
     double due = e->timer_at;
     if (e->deferred)
         for (const nim_transfer *t = e->attached; t; t = t->next)
-            if (t->deferred && (due < 0 || t->not_before < due)) due = t->not_before;
-    return due;
+            if (t->deferred) due = earliest(due, t->not_before);
+    return earliest(due, sources_due(e));
 }
 
 /* Tells a host's loop when to call back (the earliest of curl's timer and deferred starts). */
@@ -114,7 +142,8 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *ud, void *soc
     int events = 0;
     if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) events |= NIM_WATCH_IN;
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) events |= NIM_WATCH_OUT;
-    struct epoll_event ev = {.events = (uint32_t)epoll_events(events), .data.fd = (int)fd};
+    struct epoll_event ev = {.events = (uint32_t)epoll_events(events),
+                             .data.u64 = (uint64_t)(uint32_t)fd};
     if (!s) {
         s = calloc(1, sizeof *s);
         if (!s) return -1; /* curl fails the transfer: out of memory */
@@ -229,6 +258,11 @@ void nim_engine_free(nim_engine *e) {
     if (!e) return;
     e->watch = NULL; /* what the engine itself closes is not announced (see nimrank.h) */
     e->timer = NULL;
+    while (e->sources) { /* each owner lets go of its source; one that does not is freed */
+        nim_source *s = e->sources;
+        s->on(s->ud, NIM_SOURCE_GONE);
+        if (e->sources == s) nim_source_free(s);
+    }
     while (e->attached) {
         nim_transfer *t = e->attached;
         if (!t->done) {
@@ -497,10 +531,48 @@ static int start_due(nim_engine *e) {
     return 0;
 }
 
+/* Finds the source watching fd. */
+static nim_source *source_of(const nim_engine *e, int fd) {
+    for (nim_source *s = e->sources; s; s = s->next)
+        if (s->fd == fd) return s;
+    return NULL;
+}
+
+/* epoll's report for a source's socket: an error or hang-up wakes what it watches, so the
+ * owner's read or write finds out what happened. */
+static void source_ready(nim_engine *e, int fd, uint32_t r) {
+    nim_source *s = source_of(e, fd);
+    if (!s) return; /* stopped watching earlier in this batch */
+    int events = ((r & EPOLLIN) ? NIM_WATCH_IN : 0) | ((r & EPOLLOUT) ? NIM_WATCH_OUT : 0);
+    if (r & (EPOLLERR | EPOLLHUP)) events |= s->events;
+    events &= s->events;
+    if (events) s->on(s->ud, events);
+}
+
+/* Calls on() of every source whose time has come. A source may re-arm or free itself from
+ * on(), so the list is walked afresh each time; each is due at most once per call. */
+static void run_due_sources(nim_engine *e) {
+    double now = nim_now();
+    int n = 0;
+    for (nim_source *s = e->sources; s; s = s->next)
+        n++;
+    while (n-- > 0) {
+        nim_source *s = e->sources;
+        while (s && !(s->due >= 0 && s->due <= now))
+            s = s->next;
+        if (!s) return;
+        s->due = -1;
+        s->on(s->ud, NIM_SOURCE_DUE);
+    }
+}
+
 int nim_engine_step(nim_engine *e, int timeout_ms) {
-    if (e->running == 0) return 0;
+    if (e->running == 0 && !e->sources) return 0;
     if (start_due(e) != 0) return -1;
-    int wait = timeout_ms < 0 ? 0 : timeout_ms;
+    /* With nothing pending, what is ready (an idle source's hang-up) is handled, not waited for.
+     * A source's deadline counts as pending. */
+    int idle = e->running == 0 && e->busy == 0 && sources_due(e) < 0;
+    int wait = timeout_ms < 0 || idle ? 0 : timeout_ms;
     double due = next_due(e);
     if (due >= 0) {
         double left_ms = ceil((due - nim_now()) * 1000.0);
@@ -511,21 +583,26 @@ int nim_engine_step(nim_engine *e, int timeout_ms) {
     if (n < 0 && errno != EINTR) return -1;
     for (int i = 0; i < n; i++) {
         uint32_t r = ev[i].events;
+        if (ev[i].data.u64 & SOURCE_TAG) {
+            source_ready(e, (int)(uint32_t)ev[i].data.u64, r);
+            continue;
+        }
         int mask = ((r & (EPOLLIN | EPOLLHUP)) ? CURL_CSELECT_IN : 0) |
                    ((r & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
                    ((r & EPOLLERR) ? CURL_CSELECT_ERR : 0);
-        if (act(e, ev[i].data.fd, mask) != 0) return -1;
+        if (act(e, (curl_socket_t)(uint32_t)ev[i].data.u64, mask) != 0) return -1;
     }
     if (e->timer_at >= 0 && nim_now() >= e->timer_at) {
         e->timer_at = -1; /* curl sets the next one from inside the action */
         if (act(e, CURL_SOCKET_TIMEOUT, 0) != 0) return -1;
     }
+    run_due_sources(e);
     if (start_due(e) != 0) return -1;
     complete_finished(e);
-    return e->running;
+    return e->running + e->busy;
 }
 
-int nim_engine_running(const nim_engine *e) { return e->running; }
+int nim_engine_running(const nim_engine *e) { return e->running + e->busy; }
 
 void nim_engine_set_watchers(nim_engine *e, nim_watch_fn watch, nim_timer_fn timer, void *ud) {
     e->watch = watch;
@@ -534,6 +611,8 @@ void nim_engine_set_watchers(nim_engine *e, nim_watch_fn watch, nim_timer_fn tim
     /* Sockets already open are announced, so a host may join at any time. */
     for (nim_sock *s = e->socks; s && watch; s = s->next)
         watch(ud, s->fd, s->events, s->host);
+    for (nim_source *s = e->sources; s && watch; s = s->next)
+        if (s->fd >= 0) watch(ud, s->fd, s->events, s->host);
     if (timer && next_due(e) >= 0) arm_host_timer(e);
 }
 
@@ -542,16 +621,29 @@ int nim_engine_assign(nim_engine *e, int fd, void *socketp) {
         e->announcing->host = socketp;
         return 0;
     }
+    if (e->announcing_src && e->announcing_src->fd == fd) {
+        e->announcing_src->host = socketp;
+        return 0;
+    }
     for (nim_sock *s = e->socks; s; s = s->next) {
         if (s->fd == fd) {
             s->host = socketp;
             return 0;
         }
     }
-    return -1;
+    nim_source *src = fd >= 0 ? source_of(e, fd) : NULL;
+    if (!src) return -1;
+    src->host = socketp;
+    return 0;
 }
 
 int nim_engine_socket_action(nim_engine *e, int fd, int events) {
+    nim_source *src = fd >= 0 ? source_of(e, fd) : NULL;
+    if (src) {
+        events &= src->events;
+        if (events) src->on(src->ud, events);
+        return e->running + e->busy;
+    }
     int mask = 0;
     if (events & NIM_WATCH_IN) mask |= CURL_CSELECT_IN;
     if (events & NIM_WATCH_OUT) mask |= CURL_CSELECT_OUT;
@@ -560,14 +652,17 @@ int nim_engine_socket_action(nim_engine *e, int fd, int events) {
         e->timer_at = -1; /* curl re-arms it if needed */
     }
     if (act(e, fd < 0 ? CURL_SOCKET_TIMEOUT : (curl_socket_t)fd, mask) != 0) return -1;
+    if (fd < 0) run_due_sources(e);
     complete_finished(e);
-    if (fd < 0 && e->deferred) arm_host_timer(e);
-    return e->running;
+    if (fd < 0 && (e->deferred || e->sources)) arm_host_timer(e);
+    return e->running + e->busy;
 }
 
+/* curl's own timer counts only while a transfer runs (it also keeps one for idle connections,
+ * which must not wake a host); a source's deadline always counts. */
 long nim_engine_timeout(nim_engine *e) {
-    double due = next_due(e);
-    if (e->running == 0 || due < 0) return -1;
+    double due = e->running ? next_due(e) : sources_due(e);
+    if (due < 0) return -1;
     double left = ceil((due - nim_now()) * 1000.0);
     return left > 0 ? (long)left : 0;
 }
@@ -603,4 +698,77 @@ void nim_transfer_free(nim_transfer *t) {
     free(t->body);
     free(t->resp);
     free(t);
+}
+
+/* ---- sources ------------------------------------------------------------------------------- */
+
+nim_source *nim_source_new(nim_engine *e, nim_source_fn on, void *ud) {
+    nim_source *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->engine = e;
+    s->fd = -1;
+    s->due = -1;
+    s->on = on;
+    s->ud = ud;
+    s->next = e->sources;
+    if (e->sources) e->sources->prev = s;
+    e->sources = s;
+    return s;
+}
+
+static void announce(nim_source *s) {
+    nim_engine *e = s->engine;
+    if (!e->watch) return;
+    e->announcing_src = s;
+    e->watch(e->watch_ud, s->fd, s->events, s->host);
+    e->announcing_src = NULL;
+}
+
+int nim_source_watch(nim_source *s, int fd, int events) {
+    nim_engine *e = s->engine;
+    events &= NIM_WATCH_IN | NIM_WATCH_OUT;
+    if (fd < 0 || !events) fd = -1, events = 0;
+    if (s->fd >= 0 && s->fd != fd) { /* the old socket first: it is about to be closed */
+        epoll_ctl(e->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+        int old = s->fd;
+        s->fd = -1;
+        s->events = 0;
+        if (e->watch) e->watch(e->watch_ud, old, 0, s->host);
+        s->host = NULL;
+    }
+    if (fd < 0 || (fd == s->fd && events == s->events)) return 0;
+    struct epoll_event ev = {.events = (uint32_t)epoll_events(events),
+                             .data.u64 = SOURCE_TAG | (uint32_t)fd};
+    if (epoll_ctl(e->epfd, s->fd < 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev) != 0) return -1;
+    s->fd = fd;
+    s->events = events;
+    announce(s);
+    return 0;
+}
+
+void nim_source_due(nim_source *s, double at) {
+    if (at < 0) at = -1;
+    if (at == s->due) return;
+    s->due = at;
+    arm_host_timer(s->engine);
+}
+
+void nim_source_busy(nim_source *s, int n) {
+    s->engine->busy += n - s->busy;
+    s->busy = n;
+}
+
+void nim_source_free(nim_source *s) {
+    if (!s) return;
+    nim_engine *e = s->engine;
+    nim_source_watch(s, -1, 0);
+    nim_source_busy(s, 0);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        e->sources = s->next;
+    if (s->next) s->next->prev = s->prev;
+    double due = s->due;
+    free(s);
+    if (due >= 0) arm_host_timer(e);
 }

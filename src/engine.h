@@ -74,17 +74,43 @@ int nim_engine_running(const nim_engine *e);
  * On readiness the host calls nim_engine_socket_action(e, fd, events); when the timer fires,
  * nim_engine_socket_action(e, -1, 0).
  * Simple style: wait until nim_engine_fd is readable, or nim_engine_timeout ms pass, then
- * nim_engine_step(e, 0). */
+ * nim_engine_step(e, 0).
+ * Both styles drive the engine's sources too (below): a host watches their sockets through the
+ * same watch() calls and the same timer. */
 enum { NIM_WATCH_IN = 1, NIM_WATCH_OUT = 2 };
 typedef void (*nim_watch_fn)(void *ud, int fd, int events, void *socketp);
 typedef void (*nim_timer_fn)(void *ud, long timeout_ms);
 void nim_engine_set_watchers(nim_engine *e, nim_watch_fn watch, nim_timer_fn timer, void *ud);
 int nim_engine_assign(nim_engine *e, int fd, void *socketp); /* 0, or -1: fd not watched */
 int nim_engine_socket_action(nim_engine *e, int fd, int events);
-/* ms until the engine's timer (curl's, or a deferred start) is due; -1 when none is. */
+/* ms until the engine's timer (curl's, a deferred start, a source's) is due; -1 when none is. */
 long nim_engine_timeout(nim_engine *e);
 /* One descriptor (an epoll set) that is readable whenever a socket of the engine is ready. */
 int nim_engine_fd(const nim_engine *e);
+
+/* ---- sources: other protocols on the same loop ---------------------------------------------
+ * A client of another protocol (the Redis client, redis.c) adds a source: its socket joins
+ * the engine's epoll set and its deadline the engine's timer, so whatever drives the engine (a
+ * blocking wait, nimrank_poll, a host's loop through the watchers above, nimrank serve's loop)
+ * drives the source too, and nim_engine_fd stays the one descriptor that stands for all nimrank
+ * waits on. on(ud, events) runs from nim_engine_step and nim_engine_socket_action, with
+ * NIM_WATCH_IN|OUT when the socket is ready (an error or hang-up counts as ready for what is
+ * watched), NIM_SOURCE_DUE when the due time has come (the due time is cleared first), and
+ * NIM_SOURCE_GONE when the engine is being freed: the owner then stops watching, fails what it
+ * has pending and calls nim_source_free. on() may change its own source (watch, due, busy,
+ * free), never another's. */
+enum { NIM_SOURCE_DUE = 4, NIM_SOURCE_GONE = 8 };
+typedef struct nim_source nim_source;
+typedef void (*nim_source_fn)(void *ud, int events);
+nim_source *nim_source_new(nim_engine *e, nim_source_fn on, void *ud); /* NULL: out of memory */
+/* Watches fd for events (NIM_WATCH_IN|OUT), replacing what the source watched; fd < 0 or
+ * events 0 stops watching. Call it with -1 before closing the fd. 0, or -1 (epoll_ctl). */
+int nim_source_watch(nim_source *s, int fd, int events);
+void nim_source_due(nim_source *s, double at); /* monotonic seconds (clock.h); < 0: none */
+/* Operations of the source still pending: counted in what nim_engine_step returns, so a
+ * blocking wait or a host knows there is work although no HTTP transfer runs. */
+void nim_source_busy(nim_source *s, int n);
+void nim_source_free(nim_source *s); /* stops watching; safe on NULL */
 
 int nim_transfer_done(const nim_transfer *t);
 nim_xfer_result nim_transfer_result(const nim_transfer *t);

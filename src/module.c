@@ -15,7 +15,8 @@
 
 const char nim_key_ctx, nim_key_module, nim_key_managed, nim_key_transfer_mt, nim_key_error_mt,
     nim_key_misuse_mt, nim_key_request_mt, nim_key_await_mt, nim_key_array_mt, nim_key_encode,
-    nim_key_decode, nim_key_catalog, nim_key_settings, nim_key_rankings_mt, nim_key_providers;
+    nim_key_decode, nim_key_catalog, nim_key_settings, nim_key_rankings_mt, nim_key_providers,
+    nim_key_redis_mt, nim_key_redis_null;
 
 int nimrank_global_init(void) { return nim_curl_load(NULL, 0); }
 
@@ -131,6 +132,7 @@ static void create_metatables(lua_State *L) {
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &nim_key_managed);
+    nim_redis_open(L);
 }
 
 static void create_context(lua_State *L) {
@@ -221,6 +223,8 @@ static const luaL_Reg native_funcs[] = {
     {"encode_results", nim_l_encode_results},
     {"utf8_error", nim_l_utf8_error},
     {"sha256", nim_l_sha256},
+    {"redis_new", nim_l_redis_new},
+    {"sha1", nim_l_sha1},
     {NULL, NULL},
 };
 
@@ -236,6 +240,8 @@ static void push_native(lua_State *L) {
     set_reg(L, t, "request_mt", &nim_key_request_mt);
     set_reg(L, t, "transfer_mt", &nim_key_transfer_mt);
     set_reg(L, t, "await_mt", &nim_key_await_mt);
+    set_reg(L, t, "redis_mt", &nim_key_redis_mt);
+    set_reg(L, t, "redis_null", &nim_key_redis_null);
     nim_push_keys(L);
     lua_setfield(L, t, "keys");
     lua_pushinteger(L, NIM_DEFAULT_MAX_PASSAGES);

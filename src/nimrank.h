@@ -45,6 +45,7 @@ NIMRANK_API void nimrank_global_cleanup(void);
  *    watcher is found without a search. timer(ud, ms) asks for a call back after ms (-1:
  *    cancel). On readiness call nimrank_socket_action(L, fd, events); when the timer fires,
  *    nimrank_socket_action(L, -1, 0).
+ * nimrank's sockets are its HTTP transfers' and its Redis connections' (nim.redis) alike.
  * Blocking calls (nim.rerank outside a task, req:wait()) keep working in both modes: they
  * drive the same sockets through the same epoll set, never a second mechanism.
  * Closing the state cancels what is pending, and that stops the watching of its sockets: a

@@ -1,7 +1,8 @@
-/* transfer.c: nim.Transfer, one provider call in flight, and how a caller waits for it:
- * blocking (drive the engine until it settles), yielding (inside a coroutine that nim's
- * scheduler resumes, as lua-nginx-module does per request), or awaiting the first of several
- * (batches). The provider's complete function turns a finished transfer into res or err. */
+/* transfer.c: nim.Transfer, one provider call (or Redis operation) in flight, and how a caller
+ * waits for it: blocking (drive the engine until it settles), yielding (inside a coroutine that
+ * nim's scheduler resumes, as lua-nginx-module does per request), or awaiting the first of
+ * several (batches). The provider's complete function turns a finished transfer (or operation)
+ * into res or err. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -23,6 +24,8 @@ nim_call *nim_call_new(lua_State *L, nim_complete_fn complete) {
 void nim_call_release(nim_call *c) {
     nim_transfer_free(c->t); /* leaves the engine if still running */
     c->t = NULL;
+    if (c->op) c->op_kind->release(c->op);
+    c->op = NULL;
 }
 
 void nim_call_settle(lua_State *L, int idx, const char *field) {
@@ -44,7 +47,9 @@ void nim_call_push_settled(lua_State *L, const char *field) {
 
 int nim_call_poll(lua_State *L, int idx) {
     nim_call *c = lua_touserdata(L, idx);
-    if (c->state == NIM_CALL_PENDING && c->t && nim_transfer_done(c->t)) c->complete(L, idx);
+    if (c->state == NIM_CALL_PENDING &&
+        ((c->t && nim_transfer_done(c->t)) || (c->op && c->op_kind->done(c->op))))
+        c->complete(L, idx);
     return c->state != NIM_CALL_PENDING;
 }
 

@@ -21,10 +21,10 @@ check() { # name, command...
 for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] && check "$(basename "$t")" "$t"
 done
-check "lua specs (request, response, async, binding, router)" "$BUILD/nimrank" tests/lua/run.lua \
-    tests/lua/request_spec.lua tests/lua/response_spec.lua tests/lua/async_spec.lua \
-    tests/lua/binding_spec.lua \
-    tests/lua/router_spec.lua
+check "lua specs (request, response, async, binding, router, redis)" "$BUILD/nimrank" \
+    tests/lua/run.lua tests/lua/request_spec.lua tests/lua/response_spec.lua \
+    tests/lua/async_spec.lua tests/lua/binding_spec.lua tests/lua/router_spec.lua \
+    tests/lua/redis_spec.lua
 check "frameloop example (simple loop)" "$BUILD/frameloop" "$FAKE_OPEN_URL" "!delay=100 q"
 check "frameloop example (socket callbacks)" "$BUILD/frameloop" --callbacks "$FAKE_OPEN_URL" \
     "!delay=100 q"

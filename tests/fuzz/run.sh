@@ -9,7 +9,7 @@ S=${2:-10}
 cd "$(dirname "$0")/../.." || exit 1
 mkdir -p "$B/artifacts"
 passed=0; failed=0
-for t in resolve answer bm25 config docs proxy; do
+for t in resolve answer bm25 config docs proxy redis_url; do
     work=$(mktemp -d)
     cp tests/fuzz/corpus/$t/* "$work/" 2>/dev/null
     "$B/fuzz_$t" -max_total_time="$S" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \

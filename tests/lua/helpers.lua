@@ -101,4 +101,59 @@ function M.serve(config_yaml, extra)
   error("nimrank serve did not say it was listening within 15 s", 2)
 end
 
+-- Whether process pid runs (a zombie does not).
+function M.alive(pid)
+  return M.sh(("grep -v '^State:.*Z' /proc/%d/status 2>/dev/null | grep -q '^State:' && echo y")
+    :format(pid)) ~= ""
+end
+
+-- The process id of this test (the shell popen starts is its child).
+function M.pid()
+  return tonumber((M.sh("echo $PPID")))
+end
+
+-- Starts a real redis-server on a free loopback port (tests/redis.sh: in the background, its
+-- PID recorded, killed by a watchdog if this test ends without stopping it). Returns
+-- { port, pid, url, stop(), kill(), restart(), pause(), resume(), cli(args...) }; extra:
+-- redis-server options as one shell-quoted string.
+function M.redis(extra)
+  local dir = M.sh("mktemp -d"):gsub("%s+$", "")
+  local srv = { dir = dir, extra = extra or "" }
+  local function start(port)
+    local out = M.sh(("sh tests/redis.sh %s %d %d %s 2>&1"):format(shell_quote(dir), M.pid(),
+      port, srv.extra))
+    local p, pid = out:match("PORT (%d+) PID (%d+)")
+    if not p then error("redis-server did not start: " .. out, 3) end
+    srv.port, srv.pid = tonumber(p), tonumber(pid)
+    srv.url = ("redis://127.0.0.1:%d"):format(srv.port)
+  end
+  local function wait_gone() -- a zombie counts as gone: nothing may reap it soon
+    M.sh(("i=0; while [ $i -lt 200 ] && grep -v '^State:.*Z' /proc/%d/status 2>/dev/null | "
+      .. "grep -q '^State:'; do sleep 0.02; i=$((i+1)); done"):format(srv.pid))
+  end
+  function srv.kill() -- SIGKILL: the server vanishes mid-conversation
+    if srv.pid then
+      M.sh(("kill -CONT %d 2>/dev/null; kill -9 %d 2>/dev/null"):format(srv.pid, srv.pid))
+      wait_gone()
+      srv.pid = nil
+    end
+  end
+  function srv.restart() srv.kill(); start(srv.port) end
+  function srv.pause() M.sh(("kill -STOP %d"):format(srv.pid)) end -- accepts, never answers
+  function srv.resume() M.sh(("kill -CONT %d"):format(srv.pid)) end
+  function srv.stop()
+    srv.kill()
+    M.sh("rm -rf " .. shell_quote(dir))
+  end
+  -- redis-cli against it (no client of ours involved): its output, trimmed
+  function srv.cli(...)
+    local args = {}
+    for i, a in ipairs({ ... }) do args[i] = shell_quote(a) end
+    return (M.sh(("redis-cli -p %d %s 2>&1"):format(srv.port, table.concat(args, " ")))
+      :gsub("%s+$", ""))
+  end
+  start(0)
+  return srv
+end
+
 return M
