@@ -7,10 +7,7 @@
 # measured; Redis is a redis-server of its own on loopback (--save '' --appendonly no).
 # Usage: sh bench/cache.sh   (root installs wrk, nginx-light and redis-server when missing)
 # Environment: BENCH_SECONDS (per point, default 5), CONNS (connections for req/s, default 16),
-# DOCS (documents per request, default 10), NIMRANK_WORKERS (default 1), BUILD (default build),
-# NIMRANK_REDIS_STANDIN=1: the Redis points with tests/lua/redis_standin.lua, a blocking
-# LuaSocket client with nim.redis's contract, while the build has no nim.redis (its numbers are
-# the stand-in's, not nim.redis's: it blocks the worker for every command).
+# DOCS (documents per request, default 10), NIMRANK_WORKERS (default 1), BUILD (default build).
 set -e
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -63,25 +60,18 @@ nginx -p "$TMP/ngx" -e "$TMP/ngx/up.err" -c "$TMP/ngx/up.conf" -g 'daemon off;' 
 started $!
 wait_http "http://127.0.0.1:$UP/" $! || { cat "$TMP/ngx/up.err" >&2; exit 1; }
 
-# Redis, when the build can reach it: nim.redis, or the stand-in when asked for.
-REDIS_HOW=""
-if "$BUILD/nimrank" -e 'require "nim.redis"' >/dev/null 2>&1; then
-    REDIS_HOW=nim.redis
-elif [ "$NIMRANK_REDIS_STANDIN" = 1 ]; then
-    REDIS_HOW="stand-in (tests/lua/redis_standin.lua, blocking)"
-    echo 'require("tests.lua.redis_standin").install()' >"$TMP/standin.lua"
-fi
-if [ -n "$REDIS_HOW" ]; then
-    pick_port; REDIS=$PORT
-    redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" \
-        >"$TMP/redis.log" 2>&1 &
-    started $!
-    n=0
-    until [ "$(redis-cli -p "$REDIS" ping 2>/dev/null)" = PONG ]; do
-        n=$((n + 1)); [ $n -lt 100 ] || { cat "$TMP/redis.log"; exit 1; }
-        sleep 0.1
-    done
-fi
+# Redis, through nim.redis (the client on the engine's loop: a command yields, the worker serves).
+"$BUILD/nimrank" -e 'require "nim.redis"' >/dev/null 2>&1 ||
+    { echo "this build has no nim.redis: run make" >&2; exit 1; }
+pick_port; REDIS=$PORT
+redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" \
+    >"$TMP/redis.log" 2>&1 &
+started $!
+n=0
+until [ "$(redis-cli -p "$REDIS" ping 2>/dev/null)" = PONG ]; do
+    n=$((n + 1)); [ $n -lt 100 ] || { cat "$TMP/redis.log"; exit 1; }
+    sleep 0.1
+done
 
 # config CACHE: none | local | redis
 config() {
@@ -97,7 +87,6 @@ config() {
             echo "litellm_settings:"
             echo "  cache: true"
             echo "  cache_params: { type: redis, host: 127.0.0.1, port: $REDIS, ttl: 600 }"
-            [ ! -f "$TMP/standin.lua" ] || echo "nimrank_settings: { scripts: [$TMP/standin.lua] }"
             ;;
         esac
     } >"$TMP/config.yaml"
@@ -156,11 +145,6 @@ row() { # label conns result...
     printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$label" "$conns" "$1" "$2" "$3" "$4" >>"$TMP/table"
 }
 for CACHE in none local redis; do
-    if [ $CACHE = redis ] && [ -z "$REDIS_HOW" ]; then
-        echo "redis: skipped: this build has no nim.redis (NIMRANK_REDIS_STANDIN=1 runs a" \
-            "stand-in)"
-        continue
-    fi
     config $CACHE
     start_nimrank
     if [ $CACHE = none ]; then check ""; else check false; check true; fi
@@ -193,4 +177,5 @@ awk -F'\t' '{ p50[$1, $2] = $4; rps[$1, $2] = $3 }
     c="$CONNS" "$TMP/table"
 echo "wrk: 1 thread, ${SECONDS_PER} s a point; nimrank serve: $WORKERS worker(s), log level" \
     "$NIMRANK_LOG_LEVEL; $N documents of 200 bytes, top_n $N, documents returned;"
-echo "upstream: nginx, a canned answer; redis: ${REDIS_HOW:-none}"
+echo "upstream: nginx, a canned answer; redis: redis-server $(redis-server --version |
+    sed -n 's/.*v=\([^ ]*\).*/\1/p') on loopback through nim.redis"

@@ -369,13 +369,26 @@ local function router_state()
 end
 M.router_state = router_state
 
--- Readiness stays 200 while Redis is away: every request is still served (on local state).
+-- The response cache's state (nim.cache, while a config turns it on): its type ("local",
+-- "redis"), or "degraded" while its backend fails (this worker's last operation on it failed:
+-- requests are answered uncached, as the nimrank_cache_degraded gauge counts). nil when off.
+local function cache_state()
+  local c = nim.cache
+  if type(c) ~= "table" or type(c.status) ~= "function" then return nil end
+  local ok, st = pcall(c.status, c)
+  if not ok or type(st) ~= "table" then return "degraded" end
+  return st.degraded and "degraded" or tostring(st.type)
+end
+
+-- Readiness stays 200 while Redis is away: every request is still served (on local state,
+-- uncached).
 M.route("GET", "/health/readiness", function()
   if server and server.draining() then
     return fail(503, "service_unavailable", "draining: this worker is shutting down")
   end
-  -- (the state only: this route is open, and why Redis is away is for the log)
-  return 200, { status = "healthy", nimrank_version = VERSION, router_state = router_state().state }
+  -- (the states only: this route is open, and why Redis is away is for the log)
+  return 200, { status = "healthy", nimrank_version = VERSION, router_state = router_state().state,
+    cache = cache_state() }
 end, { open = true })
 
 local function models_route()

@@ -1,107 +1,38 @@
--- The response cache on a real Redis server (Debian's redis-server, started here on a free
--- loopback port with --save '' --appendonly no, its pid recorded, killed at the end): the
--- backend itself, two `nimrank serve` instances sharing the cache (the second identical request
--- makes no upstream call: the fake NIM server counts them), and Redis killed mid-test (no
--- request lost, answered uncached) then restarted (caching back).
+-- The response cache on a real Redis server (Debian's redis-server, started on a free loopback
+-- port by tests/redis.sh through helpers.redis: --save '' --appendonly no, a watchdog that stops
+-- it if this spec dies first, killed at the end): the backend itself through nim.redis, two
+-- `nimrank serve` instances sharing the cache (the second identical request makes no upstream
+-- call: the fake NIM server counts them), and Redis killed mid-test (no request lost, answered
+-- uncached, readiness says the cache is degraded) then restarted (caching back).
 --
--- Needs nim.redis (the client of branch redis): every test skips while `require "nim.redis"`
--- fails. NIMRANK_REDIS_STANDIN=1 runs them now with tests/lua/redis_standin.lua, a blocking
--- LuaSocket client with the same contract (not nim.redis: it blocks its worker per command).
+-- Every test skips when redis-server is not installed (Debian: redis-server); nim.redis is
+-- part of the build, so a build without it fails here.
 local spec = require "spec"
 local h = require "helpers"
 local json = require "nim.json"
 local nim = require "nim"
+require "nim.redis" -- the client the cache's redis backend uses
 local test, eq, ok, match = spec.test, spec.eq, spec.ok, spec.match
 local q, sh = h.q, h.sh
 
-local STANDIN = os.getenv("NIMRANK_REDIS_STANDIN") == "1"
+local have_server = sh("command -v redis-server"):match("%S") ~= nil
 
--- "nim.redis", "standin", or a skip
-local installed = false
-local function client_or_skip()
-  if installed then return "standin" end
-  if pcall(require, "nim.redis") then return "nim.redis" end
-  if STANDIN then
-    require("redis_standin").install()
-    installed = true
-    return "standin"
-  end
-  spec.skip("nim.redis is not in this build (it comes with branch redis); "
-    .. "NIMRANK_REDIS_STANDIN=1 runs this with a LuaSocket stand-in client")
-end
-
-local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end
-
-local function port_taken(port)
-  return sh(("ss -Htan 2>/dev/null | awk '{n = split($4, a, \":\"); print a[n]}' | grep -qx %d "
-    .. "&& echo taken"):format(port)):find("taken") ~= nil
-end
-
-local function free_port()
-  for _ = 1, 100 do
-    local port = math.random(20000, 31999)
-    if not port_taken(port) then return port end
-  end
-  error("no free port")
-end
-
--- start_redis([port]) -> { port, pid, dir }; the server answers PING when it returns.
-local function start_redis(port, dir)
-  if sh("command -v redis-server"):find("redis%-server") == nil then
-    spec.skip("redis-server is not installed (Debian package redis-server)")
-  end
-  port = port or free_port()
-  dir = dir or trim(sh("mktemp -d"))
-  sh(("redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no --dir %s "
-    .. "</dev/null >%s 2>&1 & echo $! >%s"):format(port, q(dir), q(dir .. "/redis.log"),
-    q(dir .. "/redis.pid")))
-  local pid = tonumber(trim(io.open(dir .. "/redis.pid"):read("a")))
-  local deadline = nim.now() + 10
-  while trim(sh(("redis-cli -p %d ping 2>/dev/null"):format(port))) ~= "PONG" do
-    if nim.now() > deadline then
-      error("redis-server did not answer: " .. (io.open(dir .. "/redis.log"):read("a") or ""))
-    end
-    sh("sleep 0.05")
-  end
-  return { port = port, pid = pid, dir = dir }
-end
-
-local function stop_redis(r, keep_dir)
-  if r.pid then
-    sh(("kill -9 %d 2>/dev/null; i=0; while kill -0 %d 2>/dev/null && [ $i -lt 100 ]; do "
-      .. "sleep 0.05; i=$((i+1)); done"):format(r.pid, r.pid))
-    r.pid = nil
-  end
-  if not keep_dir then sh("rm -rf " .. q(r.dir)) end
-end
-
-local function redis_cli(r, args)
-  return trim(sh(("redis-cli -p %d %s 2>/dev/null"):format(r.port, args)))
-end
-
--- Runs fn(redis) with a fresh server; stops it (and whatever fn started) however fn ends.
+-- Runs fn(redis, cleanup) with a fresh server (helpers.redis); stops it, and whatever fn
+-- started (cleanup: functions run last first), however fn ends.
 local function with_redis(fn)
-  local r = start_redis()
+  if not have_server then
+    spec.skip("redis-server is not installed (apt-get install redis-server)")
+  end
+  local r = h.redis()
   local cleanup = {}
   local okr, err = pcall(fn, r, cleanup)
   for i = #cleanup, 1, -1 do pcall(cleanup[i]) end
-  stop_redis(r)
+  r.stop()
   if not okr then error(err, 0) end
 end
 
 -- ---- the gateway -----------------------------------------------------------------------------
-local function config(port, how, cleanup)
-  local standin = ""
-  if how == "standin" then
-    -- a config script may require modules, which run in the real globals: the stand-in
-    -- registers itself as nim.redis there (the gateway's cwd is the repository)
-    local dir = trim(sh("mktemp -d"))
-    cleanup[#cleanup + 1] = function() sh("rm -rf " .. q(dir)) end
-    local f = assert(io.open(dir .. "/standin.lua", "w"))
-    f:write('require("tests.lua.redis_standin").install()\n')
-    f:close()
-    standin = ("nimrank_settings:\n  scripts: [%s]\n"):format(dir .. "/standin.lua")
-  end
+local function config(port)
   return ([[
 model_list:
   - model_name: nv
@@ -118,7 +49,7 @@ litellm_settings:
     ttl: 120
     namespace: spec
     socket_timeout: 0.5
-%s]]):format(h.RETRIEVAL, port, standin)
+]]):format(h.RETRIEVAL, port)
 end
 
 local function upstream_calls()
@@ -145,8 +76,17 @@ local function metric(srv, name)
   return tonumber(text:match("\n" .. name .. " (%S+)") or text:match("^" .. name .. " (%S+)"))
 end
 
-local function serve(r, how, cleanup)
-  local srv = h.serve(config(r.port, how, cleanup), "--workers 1")
+-- GET /health/readiness (an open route) -> status, decoded body
+local function readiness(srv)
+  local out = sh(("curl -s --max-time 10 -w '\n%%{http_code}' %s"):format(
+    q(srv.url .. "/health/readiness")))
+  local text, code = out:match("^(.*)\n(%d+)%s*$")
+  local okd, v = pcall(json.decode, text or "")
+  return tonumber(code), okd and v or {}
+end
+
+local function serve(r, cleanup)
+  local srv = h.serve(config(r.port), "--workers 1")
   cleanup[#cleanup + 1] = srv.stop
   return srv
 end
@@ -158,7 +98,6 @@ end
 
 -- ---- tests -----------------------------------------------------------------------------------
 test("cache_redis_real_server_stores_with_expiry_under_the_namespace", function()
-  client_or_skip()
   with_redis(function(r)
     local router = require "nim.router"
     local config_mod = require "nim.config"
@@ -173,27 +112,27 @@ test("cache_redis_real_server_stores_with_expiry_under_the_namespace", function(
       redis = { host = "127.0.0.1", port = r.port } })
     local a = assert(c:rerank(rt, { model = "bm", query = "gpu", documents = h.DOCS }))
     eq(a.meta.cache_hit, false, "miss")
-    local keys = redis_cli(r, "--scan --pattern 'unit:*'")
+    local keys = r.cli("--scan", "--pattern", "unit:*")
     eq(keys, "unit:" .. a.meta.cache_key, "one key, namespace:hash")
-    local pttl = tonumber(redis_cli(r, "pttl " .. q(keys)))
+    local pttl = tonumber(r.cli("pttl", keys))
     ok(pttl > 25000 and pttl <= 30000, "expires in 30 s: " .. tostring(pttl))
     local b = assert(c:rerank(rt, { model = "bm", query = "gpu", documents = h.DOCS }))
     eq(b.meta.cache_hit, true, "hit")
     eq(calls, 1, "one call")
+    eq(c:status().backend.state, "connected", "the client's status")
     -- an empty answer round-trips as []
     local e1 = assert(c:rerank(rt, { model = "bm", query = "gpu", documents = {} }))
     local e2 = assert(c:rerank(rt, { model = "bm", query = "gpu", documents = {} }))
     eq(e2.meta.cache_hit, true, "empty answer cached")
     eq(json.encode(e2.results), "[]", "empty results are []")
     eq(json.encode(e1.results), "[]", "as the first")
-    match(redis_cli(r, "get " .. q("unit:" .. e2.meta.cache_key)), '"results":%[%]', "stored []")
+    match(r.cli("get", "unit:" .. e2.meta.cache_key), '"results":%[%]', "stored []")
   end)
 end)
 
 test("cache_redis_two_gateways_share_answers", function()
-  local how = client_or_skip()
   with_redis(function(r, cleanup)
-    local a, b = serve(r, how, cleanup), serve(r, how, cleanup)
+    local a, b = serve(r, cleanup), serve(r, cleanup)
     local req = body("shared")
     local n0 = upstream_calls()
     local ra = post(a, req)
@@ -210,14 +149,18 @@ test("cache_redis_two_gateways_share_answers", function()
   end)
 end)
 
-test("cache_redis_killed_loses_no_request_and_restarted_restores_caching", function()
-  local how = client_or_skip()
+test("cache_redis_killed_loses_no_request_says_degraded_and_restarted_restores_caching",
+  function()
   with_redis(function(r, cleanup)
-    local srv = serve(r, how, cleanup)
+    local srv = serve(r, cleanup)
     local req = body("kill")
     eq(post(srv, req).json.meta.cache_hit, false, "miss")
     eq(post(srv, req).json.meta.cache_hit, true, "hit")
-    stop_redis(r, true)
+    local status, ready = readiness(srv)
+    eq(status, 200, "ready")
+    eq(ready.cache, "redis", "readiness: the redis cache")
+    eq(ready.router_state, "local", "beside the router's state")
+    r.kill()
     local n0 = upstream_calls()
     for i = 1, 6 do
       local res = post(srv, req)
@@ -228,21 +171,28 @@ test("cache_redis_killed_loses_no_request_and_restarted_restores_caching", funct
     eq(upstream_calls(), n0 + 6, "every one reached the upstream")
     ok(metric(srv, "nimrank_cache_errors_total") >= 1, "errors counted")
     eq(metric(srv, "nimrank_cache_degraded"), 1, "degraded")
+    status, ready = readiness(srv)
+    eq(status, 200, "still ready while degraded: the worker serves, uncached")
+    eq(ready.cache, "degraded", "readiness: the cache is degraded")
+    eq(ready.status, "healthy", "healthy")
+    local res = post(srv, req)
+    eq(res.status, 200, "and answers still come: " .. res.body)
+    eq(res.json.meta.cache_hit, false, "uncached")
     local log = io.open(srv.log):read("a")
     local _, reports = log:gsub('"event":"cache_degraded"', "")
     eq(reports, 1, "reported once")
     -- back on the same port, empty: the first request stores, a later one hits
-    local back = start_redis(r.port, r.dir)
-    r.pid = back.pid
+    r.restart()
     local deadline, hit = nim.now() + 15, false
     repeat
       sh("sleep 0.3")
-      local res = post(srv, req)
+      res = post(srv, req)
       eq(res.status, 200, "answered")
       hit = res.json.meta.cache_hit
     until hit or nim.now() > deadline
     ok(hit, "caching is back")
     eq(metric(srv, "nimrank_cache_degraded"), 0, "not degraded")
+    eq(select(2, readiness(srv)).cache, "redis", "readiness: redis again")
     match(io.open(srv.log):read("a"), '"event":"cache_recovered"', "recovery logged")
   end)
 end)

@@ -1,7 +1,7 @@
 -- The response cache in `nimrank serve` (type local): the second identical request is answered
 -- without an upstream call (the fake NIM server counts them: GET /_fake/stats), meta.cache_hit,
--- LiteLLM's request controls in the body, /metrics and the log line. One worker: the local
--- cache is per worker. Redis: cache_redis_spec.lua.
+-- LiteLLM's request controls in the body, /metrics, the log line and /health/readiness's
+-- "cache". One worker: the local cache is per worker. Redis: cache_redis_spec.lua.
 local spec = require "spec"
 local h = require "helpers"
 local json = require "nim.json"
@@ -116,6 +116,23 @@ test("cache_serve_second_identical_request_makes_no_upstream_call", function()
     ok(hit_line, "a log line with cache: hit")
     match(hit_line, '"attempts":0', "no attempts on a hit")
   end)
+end)
+
+test("cache_serve_readiness_says_local_and_nothing_when_caching_is_off", function()
+  with_server(function(srv)
+    local ready = h.decode(get(srv, "/health/readiness"))
+    eq(ready.status, "healthy", "ready")
+    eq(ready.cache, "local", "the local cache")
+    eq(ready.router_state, "local", "beside the router's state")
+  end)
+  local off = h.serve(CONFIG:gsub("cache: true", "cache: false"), "--workers 1")
+  local okr, err = pcall(function()
+    local ready = h.decode(get(off, "/health/readiness"))
+    eq(ready.status, "healthy", "ready")
+    eq(ready.cache, nil, "no cache field while caching is off")
+  end)
+  off.stop()
+  if not okr then error(err, 0) end
 end)
 
 test("cache_serve_v2_and_v1_answers_keep_their_own_documents_rule", function()

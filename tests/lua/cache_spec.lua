@@ -1,7 +1,7 @@
 -- nim.cache: the response cache. Its config keys (LiteLLM's cache_params), the key (what is in
 -- it and what never is), the entries (empty lists round-trip as []), the local LRU, the
 -- per-request controls, and failure of the Redis backend (a miss, reported once a minute,
--- recovered) against an in-memory fake of nim.redis's client (fake_redis_cache.lua). Clocks are
+-- recovered) against an in-memory fake of nim.redis's client (fake_redis.lua). Clocks are
 -- injected: nothing here waits. The real server and the gateway: cache_redis_spec.lua and
 -- cache_serve_spec.lua.
 local spec = require "spec"
@@ -11,7 +11,7 @@ local config = require "nim.config"
 local cache = require "nim.cache"
 local cache_local = require "nim.cache_local"
 local json = require "nim.json"
-local fake_redis = require "fake_redis_cache"
+local fake_redis = require "fake_redis"
 local test, eq, ok, match, raises = spec.test, spec.eq, spec.ok, spec.match, spec.raises
 
 local native = nim.native
@@ -596,7 +596,7 @@ test("cache_redis_unreadable_entry_and_odd_replies_are_misses", function()
   local cc = redis_cache(c, fake)
   cache.set_logger(function() end)
   local key = cc:key(r, args())
-  fake.data[key] = "written by someone else"
+  fake:call("SET", key, "written by someone else")
   local res = assert(cc:rerank(r, args()))
   eq(res.meta.cache_hit, false, "unreadable: a miss")
   eq(calls.n, 1, "answered")

@@ -1,24 +1,37 @@
 -- fake_redis.lua: an in-memory stand-in for nim.redis's client, for tests without a Redis
--- server. Same contract: c:call(cmd, ...), c:pipeline(cmds), c:script(src) -> fn(keys, args),
--- c:status(); replies as Redis gives them (integers, strings, nil, lists), errors as
--- { type = "connection" | "provider", reply_error = true, message }.
+-- server (the router's state store, state_spec.lua; the response cache, cache_spec.lua). Same
+-- contract: c:call(cmd, ...), c:pipeline(cmds), c:script(src) -> fn(keys, args), c:status()
+-- ({ state = "idle" | "connected" | "down", since, error, reconnects }); replies as Redis
+-- gives them (integers, strings, nil, lists), errors as { type = "connection" | "provider",
+-- reply_error = true (provider), message }.
 --
 -- Scripts run their real source here, in Lua 5.4, with Redis's conversions: redis.call gives
 -- false for a nil reply and {ok = "OK"} for a status; a script's numbers come back as integers
 -- (truncated), false as nil, a list up to its first nil. Keys expire on the clock given (the
--- router's fake clock), so windows and cooldowns follow the test's time.
+-- test's fake clock), so windows, cooldowns and entries' expiry follow the test's time.
 --
 --   local fake = require("fake_redis").new{ clock = t.clock }
---   fake:set_down(true)   -- every call fails as an unreachable server does, until false
---   fake.calls            -- calls and script runs so far
+--   fake.connect(opts)     -- as nim.redis.connect: records opts in fake.connected, returns the
+--                          -- fake (every client made from it shares its data)
+--   fake:set_down(true)    -- every call fails as an unreachable server's would, until false
+--                          -- (or fake.down = true)
+--   fake.calls             -- every command seen, as sent ({ "SET", k, v, "PX", ms }; a script
+--                          -- run as { "EVALSHA", src, keys..., args... })
+-- Commands: GET, SET (EX, PX, NX), DEL, INCR, INCRBY, HINCRBY, HGET, HMGET, PTTL, PEXPIRE,
+-- EXPIRE, KEYS, PING, FLUSHALL; others answer an error reply.
 local M = {}
 local Fake = {}
 Fake.__index = Fake
 
 function M.new(opts)
   opts = opts or {}
-  return setmetatable({ clock = opts.clock or os.time, data = {}, calls = 0, down = false,
-    scripts = {}, log = {} }, Fake)
+  local self = setmetatable({ clock = opts.clock or os.time, data = {}, calls = {},
+    connected = {}, down = false, state = "idle", reconnects = 0, scripts = {} }, Fake)
+  function self.connect(o)
+    self.connected[#self.connected + 1] = o
+    return self
+  end
+  return self
 end
 
 function Fake:set_down(down) self.down = down end
@@ -147,6 +160,8 @@ function COMMANDS.KEYS(self, pattern)
   return out
 end
 
+function COMMANDS.PING() return { ok = "PONG" } end
+
 function COMMANDS.FLUSHALL(self)
   self.data = {}
   return { ok = "OK" }
@@ -173,9 +188,21 @@ end
 
 local DOWN = { type = "connection", message = "connection refused (fake Redis is down)" }
 
+-- Records a command (or a script run) as sent; false when the fake is down (the client's
+-- state follows: down, then connected again, a reconnect).
+function Fake:sent(cmd)
+  self.calls[#self.calls + 1] = cmd
+  if self.down then
+    self.state = "down"
+    return false
+  end
+  if self.state == "down" then self.reconnects = self.reconnects + 1 end
+  self.state = "connected"
+  return true
+end
+
 function Fake:call(name, ...)
-  self.calls = self.calls + 1
-  if self.down then return nil, DOWN end
+  if not self:sent({ name, ... }) then return nil, DOWN end
   local ok, v = pcall(self.command, self, name, ...)
   if not ok then
     if type(v) == "table" and v.redis_error then return failed(v.redis_error) end
@@ -185,8 +212,9 @@ function Fake:call(name, ...)
 end
 
 function Fake:pipeline(cmds)
-  self.calls = self.calls + 1
-  if self.down then return nil, DOWN end
+  local up = true
+  for _, cmd in ipairs(cmds) do up = self:sent(cmd) and up end
+  if not up then return nil, DOWN end
   local out = {}
   for i, cmd in ipairs(cmds) do
     local ok, v = pcall(self.command, self, table.unpack(cmd))
@@ -257,8 +285,10 @@ end
 function Fake:script(src)
   self.scripts[#self.scripts + 1] = src
   return function(keys, args)
-    self.calls = self.calls + 1
-    if self.down then return nil, DOWN end
+    local cmd = { "EVALSHA", src }
+    table.move(keys or {}, 1, #(keys or {}), 3, cmd)
+    table.move(args or {}, 1, #(args or {}), #cmd + 1, cmd)
+    if not self:sent(cmd) then return nil, DOWN end
     local ok, v = pcall(self.eval, self, src, keys, args)
     if not ok then
       if type(v) == "table" and v.redis_error then return failed(v.redis_error) end
@@ -269,8 +299,8 @@ function Fake:script(src)
 end
 
 function Fake:status()
-  return { state = self.down and "down" or "connected", since = 0,
-    error = self.down and DOWN.message or nil, reconnects = 0 }
+  return { state = self.state, since = 0, error = self.state == "down" and DOWN.message or nil,
+    reconnects = self.reconnects }
 end
 
 return M
