@@ -139,6 +139,16 @@ int nim_l_resolve(lua_State *L) {
     nim_family family;
     const char *clean;
     char err[512];
+    if (nim_provider_of(L, model) == NIM_PROVIDER_LOCAL) { /* no route: ranked here */
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, nim_provider_name(NIM_PROVIDER_LOCAL));
+        lua_setfield(L, -2, "provider");
+        lua_pushstring(L, model);
+        lua_setfield(L, -2, "model");
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "needs_key");
+        return 1;
+    }
     if (nim_descriptor_push(L, model)) /* slot 4 */
         return resolve_descriptor(L, model, api_base);
     lua_pop(L, 1);

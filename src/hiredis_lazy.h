@@ -17,6 +17,8 @@
     X(void, AsyncFree, (redisAsyncContext *))                                                      \
     X(void, AsyncHandleRead, (redisAsyncContext *))                                                \
     X(void, AsyncHandleWrite, (redisAsyncContext *))                                               \
+    X(int, BufferRead, (redisContext *))                                                           \
+    X(int, ReaderGetReply, (redisReader *, void **))                                               \
     X(int, AsyncCommandArgv,                                                                       \
       (redisAsyncContext *, redisCallbackFn *, void *, int, const char **, const size_t *))
 
@@ -37,6 +39,8 @@ int nim_hiredis_load(char *err, size_t errlen);
 #define redisAsyncFree nim_hiredis.AsyncFree
 #define redisAsyncHandleRead nim_hiredis.AsyncHandleRead
 #define redisAsyncHandleWrite nim_hiredis.AsyncHandleWrite
+#define redisBufferRead nim_hiredis.BufferRead
+#define redisReaderGetReply nim_hiredis.ReaderGetReply
 #define redisAsyncCommandArgv nim_hiredis.AsyncCommandArgv
 
 #endif

@@ -52,6 +52,7 @@ struct nim_redis {
     int port;
     long long db;
     double timeout, connect_timeout, backoff, backoff_max;
+    size_t max_reply_bytes;
     char label[NIM_REDIS_LABEL_MAX];
 
     nim_engine *engine;
@@ -240,8 +241,9 @@ static void ev_cleanup(void *p) {
     if (r->why == NIM_RF_NONE)
         set_why(r, NIM_RF_CONNECTION, "redis %s: the server closed the connection", r->label);
     msgf(r->error, sizeof r->error, "%s", r->why_msg);
-    int failed = !r->quiet && (was_connecting || r->dropped_ops > 0 || r->why == NIM_RF_TIMEOUT ||
-                               r->why == NIM_RF_AUTH || r->why == NIM_RF_SETUP);
+    int failed = !r->quiet &&
+                 (was_connecting || r->dropped_ops > 0 || r->why == NIM_RF_TIMEOUT ||
+                  r->why == NIM_RF_AUTH || r->why == NIM_RF_SETUP || r->why == NIM_RF_BAD_REPLY);
     if (failed) {
         r->failures++;
         r->last_failure = r->why;
@@ -378,6 +380,96 @@ static void write_without_sigpipe(redisAsyncContext *ac) {
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
+/* Reads and dispatches replies: redisAsyncHandleRead's work for a connected context, done here
+ * because hiredis 0.14 assert()s (async.c:478, an abort) on a reply no callback waits for: a
+ * buggy or hostile server, or a proxy answering twice, would kill the process. Here a reply
+ * with no command behind it drops the connection instead, and so does a reply over
+ * max_reply_bytes (hiredis buffers any size). Anything else (connecting, read errors, EOF)
+ * stays hiredis's own.
+ *
+ * This mirrors hiredis 0.14.1's redisProcessCallbacks for a context never subscribed nor
+ * monitoring (the binding refuses those commands): the callback list (async.h's public
+ * redisCallbackList, nodes malloc'd by hiredis and freed with free), REDIS_IN_CALLBACK around a
+ * callback so redisAsyncFree inside it is deferred, REDIS_FREEING honoured after it. It relies
+ * on those 0.14 internals; hiredis_lazy.c loads only the major.minor it was built against.
+ * Residual risk: hiredis 0.14's reader has no limit on an array's element count, so a header
+ * such as "*1000000000" makes it allocate that many pointers before the cap can see any
+ * buffered bytes; and max_reply_bytes caps the unparsed bytes, not the memory of elements
+ * already parsed into a large array reply. */
+static void handle_read(nim_redis *r) {
+    redisAsyncContext *ac = r->ac;
+    redisContext *c = &ac->c;
+    char msg[MSG_MAX];
+    if (!(c->flags & REDIS_CONNECTED) || c->err) {
+        redisAsyncHandleRead(ac);
+        return;
+    }
+    if (!ac->replies.head) { /* nothing asked: only an EOF (or an error) is expected */
+        char b;
+        if (recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0) {
+            msgf(msg, sizeof msg,
+                 "redis %s: the server sent a reply no command asked for; the connection was "
+                 "dropped",
+                 r->label);
+            drop(r, NIM_RF_CONNECTION, 0, msg);
+            return;
+        }
+        redisAsyncHandleRead(ac); /* hiredis sees the EOF or the error and disconnects */
+        return;
+    }
+    if (redisBufferRead(c) != REDIS_OK) { /* c->err is set: hiredis disconnects at once */
+        redisAsyncHandleRead(ac);
+        return;
+    }
+    redisReader *rd = c->reader;
+    if (r->max_reply_bytes && rd->len - rd->pos > r->max_reply_bytes) {
+        msgf(msg, sizeof msg,
+             "redis %s: reply larger than %zu bytes (max_reply_bytes); the connection was "
+             "dropped",
+             r->label, r->max_reply_bytes);
+        drop(r, NIM_RF_BAD_REPLY, 0, msg);
+        return;
+    }
+    for (;;) {
+        void *reply = NULL;
+        if (redisReaderGetReply(rd, &reply) != REDIS_OK) {
+            msgf(msg, sizeof msg, "redis %s: protocol error: %s", r->label,
+                 rd->errstr[0] ? rd->errstr : "bad reply");
+            drop(r, NIM_RF_CONNECTION, 0, msg);
+            return;
+        }
+        if (!reply) break; /* the rest has not come yet */
+        redisCallback *node = ac->replies.head;
+        if (!node) {
+            const redisReply *x = reply;
+            if (x->type == REDIS_REPLY_ERROR) /* e.g. "max number of clients reached" */
+                msgf(msg, sizeof msg, "redis %s: %s", r->label, x->str);
+            else
+                msgf(msg, sizeof msg,
+                     "redis %s: the server sent more replies than commands; the connection "
+                     "was dropped",
+                     r->label);
+            rd->fn->freeObject(reply);
+            drop(r, NIM_RF_CONNECTION, 0, msg);
+            return;
+        }
+        redisCallback cb = *node;
+        ac->replies.head = node->next;
+        if (!ac->replies.head) ac->replies.tail = NULL;
+        free(node); /* hiredis 0.14 allocates them with malloc */
+        if (cb.fn) {
+            c->flags |= REDIS_IN_CALLBACK;
+            cb.fn(ac, reply, cb.privdata);
+            c->flags &= ~REDIS_IN_CALLBACK;
+        }
+        rd->fn->freeObject(reply);
+        if (c->flags & REDIS_FREEING) { /* redisAsyncFree was called inside the callback */
+            redisAsyncFree(ac);
+            return;
+        }
+    }
+}
+
 static void on_source(void *ud, int events) {
     nim_redis *r = ud;
     if (events & NIM_SOURCE_GONE) {
@@ -390,7 +482,7 @@ static void on_source(void *ud, int events) {
         return;
     }
     if (events & NIM_SOURCE_DUE) check_deadlines(r);
-    if (r->ac && (events & NIM_WATCH_IN)) redisAsyncHandleRead(r->ac);
+    if (r->ac && (events & NIM_WATCH_IN)) handle_read(r);
     if (r->ac && (events & NIM_WATCH_OUT)) write_without_sigpipe(r->ac);
     sync_source(r);
 }
@@ -499,6 +591,7 @@ nim_redis *nim_redis_new(const nim_redis_config *cfg) {
     r->connect_timeout = cfg->connect_timeout;
     r->backoff = cfg->backoff;
     r->backoff_max = cfg->backoff_max < cfg->backoff ? cfg->backoff : cfg->backoff_max;
+    r->max_reply_bytes = cfg->max_reply_bytes;
     snprintf(r->label, sizeof r->label, strchr(r->host, ':') ? "[%s]:%d" : "%s:%d", r->host,
              r->port);
     r->state = NIM_REDIS_IDLE;

@@ -47,6 +47,7 @@ typedef struct {
     double timeout;       /* seconds a command may wait for its reply once connected */
     double connect_timeout;
     double backoff, backoff_max; /* seconds: the first wait after a failure, and the cap */
+    size_t max_reply_bytes;      /* unparsed reply bytes buffered at most (0: no cap) */
 } nim_redis_config;
 
 typedef enum {
@@ -64,6 +65,7 @@ typedef enum {
     NIM_RF_AUTH,        /* the server refused AUTH */
     NIM_RF_SETUP,       /* the server refused SELECT */
     NIM_RF_UNAVAILABLE, /* hiredis cannot be loaded, out of memory, the client is closed */
+    NIM_RF_BAD_REPLY,   /* a reply over max_reply_bytes, one no command asked for, bad RESP */
 } nim_redis_failure;
 
 typedef struct {

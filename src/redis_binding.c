@@ -7,7 +7,8 @@
  * inside hiredis.
  *
  *   nim.native.redis_new{url =, host =, port =, username =, password =, db =, timeout =,
- *                        connect_timeout =, backoff =, backoff_max =} -> nim.Redis
+ *                        connect_timeout =, backoff =, backoff_max =,
+ *                        max_reply_bytes =} -> nim.Redis
  *   r:call(name, ...) -> reply | nil, err        r:pipeline{ {name, ...}, ... } -> replies
  *   r:status() -> {state, since, error, reconnects, retry_in, pending, server}
  *   r:close()
@@ -31,6 +32,7 @@
 #define DEFAULT_CONNECT_TIMEOUT_S 1.0
 #define DEFAULT_BACKOFF_S 0.1
 #define DEFAULT_BACKOFF_MAX_S 5.0
+#define DEFAULT_MAX_REPLY_BYTES (64LL << 20)
 
 typedef struct {
     nim_redis *r; /* NULL until attached, and after __gc */
@@ -39,8 +41,18 @@ typedef struct {
 /* ---- options -------------------------------------------------------------------------------- */
 
 static const char *const option_names[] = {
-    "url",     "host",        "port", "username", "password", "db", "timeout", "connect_timeout",
-    "backoff", "backoff_max", NULL,
+    "url",
+    "host",
+    "port",
+    "username",
+    "password",
+    "db",
+    "timeout",
+    "connect_timeout",
+    "backoff",
+    "backoff_max",
+    "max_reply_bytes",
+    NULL,
 };
 
 /* A string option at the table's field (pushed and left on the stack, anchoring it); NULL
@@ -95,7 +107,7 @@ static void check_options(lua_State *L, nim_redis_config *cfg, nim_redis_url *u)
         if (!known)
             nim_misuse(L, FN_CONNECT, k,
                        "unknown option (url, host, port, username, password, db, timeout, "
-                       "connect_timeout, backoff, backoff_max)");
+                       "connect_timeout, backoff, backoff_max, max_reply_bytes)");
     }
     char err[256];
     const char *url = opt_string(L, 1, "url");
@@ -125,6 +137,10 @@ static void check_options(lua_State *L, nim_redis_config *cfg, nim_redis_url *u)
     cfg->backoff_max = opt_seconds(L, 1, "backoff_max", DEFAULT_BACKOFF_MAX_S);
     if (cfg->backoff_max < cfg->backoff)
         nim_misuse(L, FN_CONNECT, "backoff_max", "must be >= backoff");
+    /* the unparsed bytes of replies a connection buffers at most: a bigger reply fails its
+     * command (bad_response) and drops the connection instead of growing without bound */
+    cfg->max_reply_bytes =
+        (size_t)opt_int(L, 1, "max_reply_bytes", 1024, 1LL << 40, DEFAULT_MAX_REPLY_BYTES);
 }
 
 /* nim.native.redis_new(options) -> nim.Redis: never connects (the first command does). */
@@ -227,6 +243,7 @@ static void push_failure(lua_State *L, const nim_redis_op *op, const char *secre
     case NIM_RF_AUTH: push_error(L, NIM_ERR_AUTH, 0, secret); break;
     case NIM_RF_SETUP: push_error(L, NIM_ERR_BAD_REQUEST, 0, secret); break;
     case NIM_RF_UNAVAILABLE: push_error(L, NIM_ERR_CONNECTION, 0, secret); break;
+    case NIM_RF_BAD_REPLY: push_error(L, NIM_ERR_BAD_RESPONSE, 0, secret); break;
     default: push_error(L, NIM_ERR_CONNECTION, 1, secret); break;
     }
 }
@@ -320,6 +337,10 @@ static const char *refused(const char *name, const char *second, int *in_multi) 
     static const char *const mode[] = {"SUBSCRIBE",    "PSUBSCRIBE",   "SSUBSCRIBE", "UNSUBSCRIBE",
                                        "PUNSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR",    NULL};
     static const char *const state[] = {"SELECT", "AUTH", "HELLO", "RESET", NULL};
+    /* replication turns the connection into a replica's stream: replies stop matching */
+    static const char *const replication[] = {"SYNC", "PSYNC", "REPLCONF", NULL};
+    /* per-connection state a reconnection would silently lose */
+    static const char *const lost[] = {"READONLY", "READWRITE", NULL};
     for (const char *const *m = mode; *m; m++)
         if (strcasecmp(name, *m) == 0)
             return "changes the connection's mode (pub/sub, MONITOR): not supported on the "
@@ -328,6 +349,17 @@ static const char *refused(const char *name, const char *second, int *in_multi) 
         if (strcasecmp(name, *s) == 0)
             return "the client owns the connection's database and credentials: use the "
                    "options db, username and password";
+    for (const char *const *m = replication; *m; m++)
+        if (strcasecmp(name, *m) == 0)
+            return "is replication's (the connection would become a replica's stream): not "
+                   "supported on the client's pipelined connection";
+    for (const char *const *m = lost; *m; m++)
+        if (strcasecmp(name, *m) == 0)
+            return "sets the connection's state, which a reconnection would silently lose: "
+                   "not supported on the client's shared connection";
+    if (strcasecmp(name, "CLIENT") == 0 && second && strcasecmp(second, "SETNAME") == 0)
+        return "CLIENT SETNAME names the connection, which a reconnection would silently "
+               "lose: not supported on the client's shared connection";
     if (strcasecmp(name, "CLIENT") == 0 && second && strcasecmp(second, "REPLY") == 0)
         return "CLIENT REPLY would stop replies matching commands: not supported";
     return NULL;

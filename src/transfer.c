@@ -135,6 +135,10 @@ static int finish_resumed(lua_State *L, int status, lua_KContext ctx) {
 }
 
 int nim_call_finish(lua_State *L, int idx) {
+    /* Settled already (a Redis command failed fast: down with backoff left, refused at once,
+     * client closed)? Then return now: a task yielding a finished operation would wait for a
+     * wake-up that never comes (no fd, no deadline for the engine). */
+    if (nim_call_poll(L, idx)) return nim_call_push_outcome(L, idx);
     nim_call *c = lua_touserdata(L, idx);
     if (c->state == NIM_CALL_PENDING && in_managed_coroutine(L)) {
         lua_pushvalue(L, idx);

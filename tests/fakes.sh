@@ -1,6 +1,8 @@
-# fakes.sh: sourced by the test drivers. Starts the two fake NIM servers on loopback (one that
-# demands a key, like the hosted API, and an open one, like a self-hosted container) and
-# exports FAKE_URL, FAKE_OPEN_URL, FAKE_KEY. They are stopped when the driver exits.
+# fakes.sh: sourced by the test drivers. Starts three fake servers on loopback (one that
+# demands a key, like the hosted API, an open one, like a self-hosted container, and one that
+# takes 20,000 passages, the oracle for batching; each also speaks the other providers'
+# dialects) and exports FAKE_URL, FAKE_OPEN_URL, FAKE_BIG_URL, FAKE_KEY. They are stopped
+# when the driver exits.
 LOG=$(mktemp -d)
 FAKE_KEY="test-key-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
 export FAKE_KEY

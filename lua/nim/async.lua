@@ -101,7 +101,14 @@ local function resume(task, ...)
   end
   if coroutine.status(task.co) == "dead" then return finish(task, ok, a, b) end
   if getmetatable(a) == TRANSFER_MT or getmetatable(a) == AWAIT_MT then
-    task.waiting = a
+    if ready_to_resume(a) then
+      -- settled already (nothing in the engine will wake it): straight back to the ready
+      -- queue, so next_timeout() says 0 and the loop resumes it without waiting
+      task.waiting = false
+      ready[#ready + 1] = task
+    else
+      task.waiting = a
+    end
   elseif a == YIELD_SLEEP then
     task.wake_at = b
   elseif a == JOIN then
@@ -262,6 +269,7 @@ function M.next_timeout()
   if #ready > 0 then return 0.0 end
   local t, wait = now(), nil
   for task in pairs(live) do
+    if task.waiting and ready_to_resume(task.waiting) then return 0.0 end -- settled meanwhile
     if task.wake_at then
       local w = math.max(0, task.wake_at - t)
       wait = wait and math.min(wait, w) or w

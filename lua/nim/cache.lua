@@ -7,20 +7,27 @@
 --
 -- The key: namespace .. ":" .. the SHA-256 (nim.native.sha256) of a canonical encoding of
 --   * the model: a configured group by its name (an alias counts as its group) together with
---     what its deployments would answer with (each one's model, truncate, top_n,
---     return_documents, bm25 and hybrid options; never keys, bases or headers) and the group's
---     configured filters; else the model string as given (a request naming no model, whose
---     default is the environment's, is not cached);
---   * every other key of the request, sorted, except those that only say how to reach or how
---     to retry the provider (the binding's transport and policy lists: api_key, api_base,
---     headers, timeouts, fallbacks, retries, batching, cache). bm25 and custom_llm_provider
---     (transport) and the hybrid's models, fusion, rrf_k and weights (policy) change the answer,
---     so they are in. query, documents (texts in order), top_n, top_k, truncate,
---     return_documents and provider parameters are in as given. A request whose key material
---     holds a function (or other value with no canonical form) is not cached.
+--     what its deployments would answer with and where they send it (each one's model,
+--     api_base, non-secret headers, truncate, top_n, return_documents, bm25 and hybrid
+--     options; never api keys) and the group's configured filters; else the model string as
+--     given (a request naming no model, whose default is the environment's, is not cached);
+--   * every other key of the request, sorted, except those that only say how to authenticate,
+--     time or retry the call (the binding's transport and policy lists: api_key, timeouts,
+--     fallbacks, retries, batching, cache). bm25 and custom_llm_provider (transport) and the
+--     hybrid's models, fusion, rrf_k and weights (policy) change the answer, so they are in.
+--     query, documents (texts in order), top_n, top_k, truncate, return_documents and provider
+--     parameters are in as given. A request whose key material holds a function (or other
+--     value with no canonical form) is not cached;
+--   * where the call goes: the call's api_base, else (a model string) its provider's base
+--     variable (descriptor base_env) when one is set; two upstreams never share answers;
+--   * the call's headers, names lowercased, without credentials: Authorization, x-api-key,
+--     api-key and any header whose name holds key, token, auth, secret or cookie are left out.
+--   A value written os.environ/NAME stands in the key as the SHA-256 of what the variable holds
+--   when the request is made (never its name, never the value itself): changing the variable
+--   changes the key. A group whose deployments hold none is encoded once per router.
 -- Decided:
---   * return_documents is in the key and documents are stored as answered: how a document's
---     text is attached is the binding's rule, not repeated here to re-attach them.
+--   * return_documents is in the key; a stored result's document shape ({ text }) is kept, but
+--     its text is re-attached from the request on a hit.
 --   * A request's own `filters` are not in the key: the cache holds the answer before them and
 --     they run on every answer, hit or miss (a pipeline of functions is fine). A group's
 --     configured filters (nimrank_settings.filters) run inside the router, before the cache:
@@ -33,8 +40,15 @@
 --     The request is still checked as the call would be (misuse raises on a hit too).
 --   * Per request, LiteLLM's controls: cache = { ["no-cache"] = true } (do not read),
 --     ["no-store"] = true (do not write), ttl (seconds, for this answer), ["s-maxage"]
---     (seconds: an older entry is a miss), namespace (instead of the configured one),
---     ["use-cache"] = true (needed when cache_params.mode is default_off).
+--     (seconds: an older entry is a miss), namespace (instead of the configured one; the
+--     gateway refuses it: a client does not choose where answers are written),
+--     ["use-cache"] = true (needed when cache_params.mode is default_off). ttl and s-maxage
+--     are capped at the configured ttl: a request may keep an answer shorter, never longer.
+--   * A hit is checked against its request before it is answered (M.valid): results a list of
+--     at most min(top_n, #documents), each index an integer in [0, #documents) given once,
+--     scores finite numbers, the id a string or none, meta.billed_units integers. Anything
+--     else is a miss, counted in M.stats.errors, and the fresh answer overwrites it. A
+--     returned document's text is taken from the request, never from the entry.
 -- Failure of the cache never fails a request: a backend error is a miss (and nothing is
 -- stored), counted in M.stats.errors; the backend then rests for RETRY_AFTER seconds (requests
 -- meanwhile are answered uncached at once, without waiting on a server that is down), and is
@@ -59,7 +73,7 @@ M.DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 M.DEFAULT_NAMESPACE = "nimrank:cache"
 local RETRY_AFTER = 1                   -- seconds a failed backend rests
 local LOG_EVERY = 60                    -- seconds between two reports of one kind
-local FORMAT = 1                        -- of the stored entries (and of the key material)
+local FORMAT = 2                        -- of the stored entries (and of the key material)
 local MAX_DEPTH = 32
 
 -- Counted per lua_State (one gateway worker), over every cache it has had (a reload makes a new
@@ -121,7 +135,69 @@ end
 -- A deployment's parameters that shape its answers (what the router passes as call defaults,
 -- and a hybrid's options).
 local DEPLOYMENT_KEYS = { "model", "truncate", "top_n", "return_documents", "bm25", "models",
-  "fusion", "rrf_k", "weights" }
+  "fusion", "rrf_k", "weights", "api_base" }
+
+-- Headers never in the key (credentials): their names, lowercased, and the words a credential
+-- header's name holds.
+local SECRET_HEADERS = { authorization = true, ["x-api-key"] = true, ["api-key"] = true }
+local SECRET_WORDS = { "key", "token", "auth", "secret", "cookie" }
+
+local function secret_header(name)
+  name = name:lower()
+  if SECRET_HEADERS[name] then return true end
+  for _, w in ipairs(SECRET_WORDS) do
+    if name:find(w, 1, true) then return true end
+  end
+  return false
+end
+
+-- A value as the call would use it: a deferred os.environ/NAME is read now and stands in the
+-- key as the SHA-256 of its value (never the name: changing the variable changes the answer;
+-- never the value itself), or "unset".
+local function resolved(v)
+  if not config.env_name(v) then return v, false end
+  local value = config.env_value(v)
+  return value and ("env:" .. native.sha256(value)) or "env-unset", true
+end
+
+-- headers -> the non-secret ones (names lowercased), resolved; nil when none. false when they
+-- cannot be read (not a table of strings).
+local function public_headers(h)
+  if h == nil then return nil, false end
+  if type(h) ~= "table" then return false, false end
+  local out, dynamic = {}, false
+  for k, v in pairs(h) do
+    if type(k) ~= "string" then return false, false end
+    if not secret_header(k) then
+      local r, d = resolved(v)
+      out[k:lower()] = r
+      dynamic = dynamic or d
+    end
+  end
+  if next(out) == nil then return nil, false end
+  return out, dynamic
+end
+
+-- The provider's base URL from its environment variables, for a model string reaching it with
+-- no api_base of its own (the descriptor's base_env, first set wins); nil when none is set.
+local base_envs = {}
+local function provider_base(model)
+  if type(model) ~= "string" then return nil end
+  local prefix = model:match("^([^/]+)/")
+  if not prefix then return nil end
+  local names = base_envs[prefix]
+  if names == nil then
+    local ok, desc = pcall(require("nim.providers").get, prefix)
+    names = ok and type(desc) == "table" and type(desc.base_env) == "table" and desc.base_env
+      or false
+    base_envs[prefix] = names
+  end
+  for _, name in ipairs(names or {}) do
+    local v = os.getenv(name)
+    if v and v ~= "" then return v end
+  end
+  return nil
+end
 
 local function key_before(a, b)
   local ta, tb = type(a), type(b)
@@ -208,14 +284,21 @@ local function group_part(router, g)
   end
   local part = parts[g.name]
   if part ~= nil then return part end
-  local deployments = {}
+  local deployments, dynamic = {}, false
   part = false
   for i, d in ipairs(g.deployments) do
     local p = {}
     for _, k in ipairs(DEPLOYMENT_KEYS) do
       local v = d.params[k]
-      if v ~= nil then p[k] = config.env_name(v) or v end -- os.environ/NAME, never its value
+      if v ~= nil then
+        local r, dyn = resolved(v) -- an os.environ/ value: what it holds now, hashed
+        p[k], dynamic = r, dynamic or dyn
+      end
     end
+    if p.api_base == nil and type(p.model) == "string" then p.api_base = provider_base(p.model) end
+    local h, dyn = public_headers(d.params.headers)
+    if h == false then break end
+    p.headers, dynamic = h, dynamic or dyn
     deployments[i] = encoded(p)
     if not deployments[i] then break end
   end
@@ -224,7 +307,9 @@ local function group_part(router, g)
     local f = encoded(router.group_filters and router.group_filters[g.name] or false)
     if f then part = encoded({ group = g.name, deployments = deployments, filters = f }) end
   end
-  parts[g.name] = part
+  -- a part holding an os.environ/ value is made again per request (a provider's base variable,
+  -- read once per router, changes with the process's environment: at a restart)
+  if not dynamic then parts[g.name] = part end
   return part
 end
 
@@ -246,6 +331,13 @@ function Cache:key(router, args, namespace)
   for k, v in next, args do
     if not NOT_IN_KEY[k] then rest[k] = v end
   end
+  -- where the call goes, and its non-secret headers (never api_key)
+  local base = args.api_base
+  if base ~= nil then base = resolved(base) elseif not g then base = provider_base(name) end
+  if base ~= nil then rest[" api_base"] = base end
+  local headers = public_headers(args.headers)
+  if headers == false then return nil end
+  if headers then rest[" headers"] = headers end
   local out = { ("nimrank-cache-%d\n"):format(FORMAT), model }
   if not model or not put(rest, out, 0) then return nil end
   local hash = native.sha256(out)
@@ -344,6 +436,58 @@ function M.decode(text)
     if type(t) == "table" and next(t) == nil then setmetatable(t, array_mt) end
   end
   return body, e.t
+end
+
+-- valid(res, args) -> true | nil, why: a stored answer checked against the request it would
+-- answer (an entry edited by hand, or written by a broken program, is a miss): results a list
+-- of at most min(top_n, #documents); each index an integer in [0, #documents), once; each
+-- relevance_score a finite number; the id a string or nil; meta.billed_units integers. The text
+-- of each returned document is the request's, not the stored one.
+function M.valid(res, args)
+  local docs = args.documents
+  if type(docs) ~= "table" then return nil, "no documents in the request" end
+  local n = #docs
+  local results = res.results
+  if type(results) ~= "table" then return nil, "results not a list" end
+  local count = 0
+  for _ in pairs(results) do count = count + 1 end
+  if count ~= #results then return nil, "results not a list" end
+  local most = n
+  local top_n = math.tointeger(args.top_n)
+  if top_n and top_n >= 0 and top_n < most then most = top_n end
+  if count > most then return nil, ("%d results for at most %d"):format(count, most) end
+  local seen = {}
+  for i = 1, count do
+    local r = results[i]
+    if type(r) ~= "table" then return nil, "a result not an object" end
+    local idx = r.index
+    if math.type(idx) ~= "integer" or idx < 0 or idx >= n then
+      return nil, "a result's index out of the request's documents"
+    end
+    if seen[idx] then return nil, "an index given twice" end
+    seen[idx] = true
+    local score = r.relevance_score
+    if type(score) ~= "number" or score ~= score or score == math.huge or score == -math.huge then
+      return nil, "a relevance_score not a finite number"
+    end
+    if r.document ~= nil then
+      local d = docs[idx + 1]
+      local text = type(d) == "string" and d or type(d) == "table" and d.text
+      if type(text) ~= "string" then return nil, "a returned document with no text" end
+      r.document = { text = text }
+    end
+  end
+  if res.id ~= nil and type(res.id) ~= "string" then return nil, "an id not a string" end
+  local bu = res.meta.billed_units
+  if bu ~= nil then
+    if type(bu) ~= "table" then return nil, "billed_units not an object" end
+    for k, v in pairs(bu) do
+      if type(k) ~= "string" or math.type(v) ~= "integer" then
+        return nil, "billed_units not integers"
+      end
+    end
+  end
+  return true
 end
 
 -- ---- the cache -----------------------------------------------------------------------------
@@ -482,10 +626,22 @@ local function apply_filters(router, args, res)
   return res
 end
 
+-- capped(control) -> a copy of control whose ttl and s-maxage are at most the configured ttl
+-- (a request may keep an answer shorter, never longer).
+function Cache:capped(control)
+  if control == nil then return nil end
+  local out = {}
+  for k, v in pairs(control) do out[k] = v end
+  for _, k in ipairs({ "ttl", "s-maxage", "s-max-age" }) do
+    if out[k] and out[k] > self.ttl then out[k] = self.ttl end
+  end
+  return out
+end
+
 -- rerank(router, args) -> res | nil, err: router:rerank(args), through the cache.
 function Cache:rerank(router, args)
   if type(args) ~= "table" then return router:rerank(args) end -- the router names the misuse
-  local control = M.control(args) or EMPTY
+  local control = self:capped(M.control(args)) or EMPTY
   local on = self.mode ~= "default_off" or control["use-cache"] == true
   local read, write = on and not control["no-cache"], on and not control["no-store"]
   if not (read or write) then return uncached(router, args) end
@@ -493,6 +649,14 @@ function Cache:rerank(router, args)
   if not key then return uncached(router, args) end
   if read then
     local res = self:lookup(key, control)
+    local good, why = true, nil
+    if res then good, why = M.valid(res, args) end
+    if res and not good then -- a miss; the answer below overwrites it
+      M.stats.errors = M.stats.errors + 1
+      self:report("cache_bad_entry", "warn", ("an entry of the %s cache does not answer its "
+        .. "request (%s): answered without it"):format(self.type, why))
+      res = nil
+    end
     if res then
       router:check(args) -- what the call would raise, it raises on a hit too
       M.stats.hits = M.stats.hits + 1

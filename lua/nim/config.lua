@@ -269,11 +269,29 @@ local function port(v, path)
   return v
 end
 
--- redis_url: redis:// or rediss:// (TLS). Never shown: it may hold the password.
+-- redis_url (router_settings.redis_url, cache_params.url and redis_url, REDIS_URL): what
+-- nim.redis's client takes (src/redis_url.c, whose parser Lua cannot call without connecting):
+-- redis://[user:password@]host[:port][/db], no query or fragment; rediss:// (TLS) is refused
+-- at load, not at the first request. Never shown: it may hold the password.
 local function redis_url(v, path)
   is("string")(v, path)
-  if not (v:match("^redis://") or v:match("^rediss://")) then
-    fail(path, "must be a redis:// or rediss:// URL (the value is not shown: it may hold a "
+  local lower = v:sub(1, 9):lower()
+  if lower == "rediss://" then
+    fail(path, "rediss:// (TLS) is not supported: nimrank's Redis client (hiredis 0.14) has "
+      .. "no TLS; use redis:// (through a TLS tunnel when the link needs encryption)")
+  end
+  if lower:sub(1, 8) ~= "redis://" then
+    fail(path, "must be a redis:// URL (the value is not shown: it may hold a password)")
+  end
+  local rest = v:sub(9)
+  if rest:find("[?#]") then
+    fail(path, "query parameters and fragments are not supported in a redis:// URL (use the "
+      .. "options: db, password, socket_timeout)")
+  end
+  local authority = rest:match("^[^/]*")
+  local host = authority:match("^.*@(.*)$") or authority
+  if rest:find("%s") or host == "" or host:match("^:") then
+    fail(path, "must be a redis:// URL with a host (the value is not shown: it may hold a "
       .. "password)")
   end
   return v
@@ -429,13 +447,6 @@ local function port_number(v, path)
   if math.type(v) ~= "integer" or v < 1 or v > 65535 then
     fail(path, "must be a port number, 1 to 65535")
   end
-  return v
-end
-
--- Never shown: a URL may hold the password.
-local function redis_url(v, path)
-  is("string")(v, path)
-  if not v:match("^rediss?://[^%s]+$") then fail(path, "must be a redis:// or rediss:// URL") end
   return v
 end
 
@@ -934,6 +945,22 @@ function check_strategy(cfg, warnings)
     check_strategy_args(strategy, name or router.DEFAULT_STRATEGY, args, warnings)
   end
   local rs = cfg.router
+  -- rpm/tpm are limits only with a strategy that enforces them or enable_pre_call_checks
+  -- (LiteLLM's rule): otherwise they are weights, which a config may not mean
+  if rs.enable_pre_call_checks ~= true and strategy ~= nil and strategy.limits ~= true then
+    local with = {}
+    for i, d in ipairs(cfg.deployments) do
+      if d.params.rpm ~= nil or d.params.tpm ~= nil then
+        with[#with + 1] = ("model_list[%d] (%s)"):format(i, cut(d.model_name))
+      end
+    end
+    if #with > 0 then
+      warnings[#warnings + 1] = ("rpm/tpm on %s%s are weights only: set "
+        .. "enable_pre_call_checks: true or routing_strategy: usage-based-routing to enforce "
+        .. "them"):format(table.concat(with, ", ", 1, math.min(#with, 5)),
+        #with > 5 and (" and %d more"):format(#with - 5) or "")
+    end
+  end
   if rs.redis_url and rs.redis_host then
     warnings[#warnings + 1] = "router_settings.redis_host: redis_url is set too and wins"
   end

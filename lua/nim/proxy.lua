@@ -208,7 +208,8 @@ end
 local IGNORED = { user = true, metadata = true }
 local MAX_MODEL_NAME = 256
 REFUSED.user, REFUSED.metadata = nil, nil
-REFUSED.cache = nil -- LiteLLM's per-request cache controls: nim.rerank reads them (nim.cache)
+REFUSED.cache = nil -- LiteLLM's per-request cache controls: nim.rerank reads them (nim.cache);
+-- but not cache.namespace (refused below)
 
 -- The body as a JSON object, or an error response.
 local function json_body(req)
@@ -283,6 +284,12 @@ local function rerank_route(req, ctx)
     table.sort(refused)
     return fail(400, "invalid_request_error", ("%s: set by the gateway's config, not by a "
       .. "request"):format(table.concat(refused, ", ")), refused[1])
+  end
+  -- A client does not choose where its answer is written (another app's namespace); its ttl
+  -- and s-maxage are capped at the configured ttl by nim.cache.
+  if type(args.cache) == "table" and args.cache.namespace ~= nil then
+    return fail(400, "invalid_request_error", "cache.namespace: set by the gateway's config "
+      .. "(litellm_settings.cache_params.namespace), not by a request", "cache.namespace")
   end
   if type(args.model) ~= "string" or args.model == "" then
     return fail(400, "invalid_request_error", args.model == nil and "model: required"

@@ -272,7 +272,9 @@ function Store:run(name, keys, args, n, now)
     end
     fn, self.fns[name] = made, made
   end
-  local reply, err = fn(keys, args)
+  -- a client that raises (closed by a script, the server out of memory) degrades to local state
+  local ok, reply, err = pcall(fn, keys, args)
+  if not ok then reply, err = nil, { message = tostring(reply) } end
   if reply == nil or err then
     self:degrade(err or { message = "no reply" }, now)
     return nil
@@ -343,7 +345,9 @@ local function ms(seconds) return math.max(1, math.ceil(seconds * 1000)) end
 function Store:cool(id, seconds, now)
   self.local_:cool(id, seconds, now) -- this worker's copy, and what it keeps if Redis is away
   if seconds <= 0 or not self:usable(now) then return end
-  local reply, err = self.client:call("SET", self.keys[id].cool, "1", "PX", tostring(ms(seconds)))
+  local ok, reply, err = pcall(self.client.call, self.client, "SET", self.keys[id].cool, "1",
+    "PX", tostring(ms(seconds)))
+  if not ok then reply, err = nil, { message = tostring(reply) } end
   if reply == nil or err then self:degrade(err or { message = "no reply" }, now)
   else self:up(now) end
 end

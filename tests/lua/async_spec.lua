@@ -361,3 +361,22 @@ test("run_and_wait_arguments_and_request_misuse_are_raised_at_the_callers_line",
     "nim.rerank: filters: expected a list")
   at_my_line(function() nim.rerank_async(args("q", { top_n = 0 })) end, "nim.rerank: top_n")
 end)
+
+test("a_task_yielding_a_settled_transfer_is_resumed_without_a_wake_up", function()
+  -- nothing in the engine will ever wake a task that waits on a transfer already settled:
+  -- the scheduler must put it straight back in the ready queue (next_timeout() 0, not nil)
+  local t = nim.native.start({ model = "local/bm25", query = "gpu", documents = h.DOCS })
+  ok(t:done(), "a local model's transfer is settled at once")
+  local seen = 0
+  nim.spawn(function()
+    for _ = 1, 3 do coroutine.yield(t); seen = seen + 1 end
+  end)
+  for step = 1, 10 do
+    nim.poll()
+    if seen == 3 then break end
+    ok(nim.next_timeout() ~= nil,
+      ("poll %d: a task waits on a settled transfer and nothing would wake it"):format(step))
+  end
+  eq(seen, 3, "the task ran to its end")
+  nim.run(1)
+end)

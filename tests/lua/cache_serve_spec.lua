@@ -96,11 +96,19 @@ test("cache_serve_second_identical_request_makes_no_upstream_call", function()
     eq(e.status, 400, "an unknown control: 400")
     eq(post(srv, '{"model":"nv","query":"q","documents":["a"],"cache":null}').status, 200,
       "cache: null is no controls")
+    -- a client does not choose where its answer is written
+    e = post(srv, { model = "nv", query = "q", documents = { "a" },
+      cache = { namespace = "victim-app:sessions", ttl = 999999999 } })
+    eq(e.status, 400, "cache.namespace refused: " .. e.body)
+    eq(e.json.error.param, "cache.namespace", "naming it")
+    match(e.json.error.message, "cache%.namespace", "in the message")
+    eq(post(srv, { model = "nv", query = "q", documents = { "a" }, cache = { ["no-cache"] = true,
+      ["no-store"] = true, ttl = 999999999 } }).status, 200, "a long ttl is capped, not refused")
     -- /metrics: this worker's own figures
     local m = get(srv, "/metrics")
     match(m, "# TYPE nimrank_cache_hits_total counter", "hits family")
     eq(metric(m, "nimrank_cache_hits_total"), 1, "one hit")
-    eq(metric(m, "nimrank_cache_misses_total"), 5, "five misses (no-cache and no-store count)")
+    eq(metric(m, "nimrank_cache_misses_total"), 6, "six misses (no-cache and no-store count)")
     eq(metric(m, "nimrank_cache_errors_total"), 0, "no errors")
     eq(metric(m, "nimrank_cache_degraded"), 0, "not degraded")
     eq(metric(m, "nimrank_cache_entries"), 3, "three entries")

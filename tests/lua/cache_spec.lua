@@ -95,8 +95,8 @@ test("cache_config_reads_litellm_cache_params_and_normalises_them", function()
   match(warnings[1], "cache_params%.redis_startup_nodes: unknown key", "LiteLLM's other keys")
 
   cfg = config.load({ litellm_settings = { cache = true, cache_params = {
-    type = "redis", redis_url = "rediss://:secret@host:6390/1" } } })
-  eq(cfg.cache.redis.url, "rediss://:secret@host:6390/1", "redis_url")
+    type = "redis", redis_url = "redis://:secret@host:6390/1" } } })
+  eq(cfg.cache.redis.url, "redis://:secret@host:6390/1", "redis_url")
   cfg, warnings = config.load({ litellm_settings = { cache = true } })
   eq(cfg.cache.type, "local", "type defaults to local, as LiteLLM's")
   eq(cfg.cache.ttl, nil, "no ttl: the cache's default")
@@ -148,7 +148,14 @@ test("cache_config_rejects_wrong_types_naming_the_field", function()
     { { cache = true, cache_params = { supported_call_types = "rerank" } },
       P .. "supported_call_types: expected list" },
     { { cache = true, cache_params = { type = "redis", url = "http://h:6379" } },
-      P .. "url: must be a redis:// or rediss:// URL" },
+      P .. "url: must be a redis:// URL" },
+    -- what nim.redis's client would refuse at the first request is refused at load
+    { { cache = true, cache_params = { type = "redis", url = "rediss://:secret@h:6380/0" } },
+      P .. "url: rediss:// (TLS) is not supported" },
+    { { cache = true, cache_params = { type = "redis", redis_url = "redis://:secret@h/0?ssl=1" } },
+      P .. "redis_url: query parameters and fragments are not supported" },
+    { { cache = true, cache_params = { type = "redis", url = "redis://:secret@/0" } },
+      P .. "url: must be a redis:// URL with a host" },
     { { cache = true, cache_params = { type = "redis", url = "redis://a",
       redis_url = "redis://b" } }, P .. "redis_url: give url or redis_url, not both" },
     { { cache = true, cache_params = { type = "redis", db = -1, host = "h" } },
@@ -196,16 +203,21 @@ test("cache_key_holds_what_changes_the_answer_and_never_keys_headers_or_retries"
     { rank_fields = { "text" } }, -- a provider parameter
     { bm25 = { k1 = 1.5 } },
     { model = "bm-top1" }, { model = "local/bm25" },
+    { api_base = "http://elsewhere" }, -- another upstream
+    { headers = { ["x-tenant"] = "b" } }, -- a non-secret header may shape the answer
   }
   for _, over in ipairs(changes) do
     local k = next(over)
     ok(c:key(r, args(over)) ~= base, "changes the key: " .. k)
   end
   local same = {
-    { api_key = "sk-other" }, { headers = { ["x-tenant"] = "b" } }, { timeout = 3 },
+    { api_key = "sk-other" }, { timeout = 3 },
+    { headers = { Authorization = "Bearer sk-x", ["X-API-Key"] = "k", ["api-key"] = "k",
+      ["x-session-token"] = "t", ["X-Auth-User"] = "a", ["x-client-secret"] = "s",
+      Cookie = "c=1", ["x-goog-api-key-2"] = "k" } }, -- credentials only
     { request_timeout = 9 }, { num_retries = 3 }, { fallbacks = { "bm-top1" } },
     { batch_size = 2 }, { concurrency = 1 }, { metadata = { user = "u" } }, { user = "u" },
-    { filters = { "dedupe" } }, { cache = { ttl = 5 } }, { api_base = "http://elsewhere" },
+    { filters = { "dedupe" } }, { cache = { ttl = 5 } },
     { model = "alias" }, -- an alias is its group
   }
   for _, over in ipairs(same) do
@@ -237,9 +249,67 @@ test("cache_key_of_a_group_follows_its_deployments", function()
       api_base = "http://x", timeout = 5, rpm = 10 } } } })
   local c = local_cache(clock())
   ok(c:key(r1, args()) ~= c:key(r2, args()), "a deployment's truncate changes it")
-  eq(c:key(r1, args()), c:key(r3, args()), "keys, bases, timeouts and limits do not")
+  local r5 = setup({ model_list = {
+    { model_name = "bm", litellm_params = { model = "local/bm25", api_key = "sk-b",
+      api_base = "http://x", timeout = 9, rpm = 99 } } } })
+  local r6 = setup({ model_list = {
+    { model_name = "bm", litellm_params = { model = "local/bm25", api_key = "sk-a",
+      api_base = "http://y", timeout = 5, rpm = 10 } } } })
+  eq(c:key(r3, args()), c:key(r5, args()), "keys, timeouts and limits do not")
+  ok(c:key(r3, args()) ~= c:key(r6, args()), "the deployment's api_base (its upstream) does")
+  ok(c:key(r1, args()) ~= c:key(r3, args()), "nor does having one")
   local r4 = setup({ nimrank_settings = { filters = { bm = { { min_score = 0.1 } } } } })
   ok(c:key(r1, args()) ~= c:key(r4, args()), "the group's configured filters change it")
+end)
+
+test("cache_key_holds_the_api_base_and_public_headers_and_env_values_not_names", function()
+  local r = setup()
+  local c = local_cache(clock())
+  local a = c:key(r, args({ model = "nvidia_nim/nvidia/x", api_base = "http://a" }))
+  local b = c:key(r, args({ model = "nvidia_nim/nvidia/x", api_base = "http://b" }))
+  ok(a and b and a ~= b, "a library call's api_base: two upstreams, two keys")
+  local h1 = c:key(r, args({ headers = { ["X-Tenant"] = "a", Authorization = "Bearer 1" } }))
+  local h2 = c:key(r, args({ headers = { ["x-tenant"] = "a", Authorization = "Bearer 2" } }))
+  eq(h1, h2, "a header's name in any case; never the credentials")
+  -- a deployment's os.environ/ values: what the variable holds, not its name
+  local function env_router(var)
+    return setup({ model_list = { { model_name = "bm", litellm_params = {
+      model = "os.environ/" .. var, api_base = "os.environ/" .. var .. "_BASE" } } } })
+  end
+  local env = { NIMRANK_CACHE_T = "local/bm25", NIMRANK_CACHE_T_BASE = "http://a" }
+  local getenv = os.getenv
+  os.getenv = function(n) if env[n] then return env[n] end return getenv(n) end
+  local okc, err = pcall(function()
+    local re = env_router("NIMRANK_CACHE_T")
+    local k1 = c:key(re, args())
+    env.NIMRANK_CACHE_T_BASE = "http://b"
+    local k2 = c:key(re, args())
+    ok(k1 and k2 and k1 ~= k2, "changing the variable changes the key (same router)")
+    env.NIMRANK_CACHE_T_BASE = "http://a"
+    eq(c:key(re, args()), k1, "back to the same value, the same key")
+    env.OTHER_NAME, env.OTHER_NAME_BASE = "local/bm25", "http://a"
+    eq(c:key(env_router("OTHER_NAME"), args()), k1, "the value counts, not the name")
+  end)
+  os.getenv = getenv
+  assert(okc, err)
+  -- two variables of other names holding the same values give the same key
+  local ka = c:key(env_router("FAKE_KEY"), args())
+  local kb = c:key(env_router("FAKE_KEY"), args())
+  eq(ka, kb, "stable")
+  local material = {}
+  local real_sha = native.sha256
+  native.sha256 = function(x)
+    if type(x) == "table" then material[#material + 1] = table.concat(x) end
+    return real_sha(x)
+  end
+  local okc, err = pcall(c.key, c, env_router("FAKE_KEY"), args({ api_key = "sk-secret-1" }))
+  native.sha256 = real_sha
+  assert(okc, err)
+  local all = table.concat(material)
+  ok(not all:find("os.environ/", 1, true), "no variable name in the key material")
+  ok(not all:find("sk-secret-1", 1, true), "never the API key")
+  local v = os.getenv("FAKE_KEY")
+  ok(not v or not all:find(v, 1, true), "nor a variable's value as it is")
 end)
 
 -- ---- entries ---------------------------------------------------------------------------------
@@ -618,3 +688,106 @@ test("cache_redis_unreadable_entry_and_odd_replies_are_misses", function()
   eq(assert(missing:rerank(r, args())).meta.cache_hit, false, "answered")
   cache.set_logger(nil)
 end)
+
+-- ---- stored entries are checked against the request they answer ------------------------------
+test("cache_hit_validates_the_stored_entry_and_treats_a_bad_one_as_a_miss", function()
+  local c = clock()
+  local fake = fake_redis.new({ clock = c.clock })
+  local r, calls = setup()
+  local cc = redis_cache(c, fake)
+  local logged = {}
+  cache.set_logger(function(_, _, msg) logged[#logged + 1] = msg end)
+  local key = cc:key(r, args())
+  local good = assert(cc:rerank(r, args()))
+  eq(good.meta.cache_hit, false, "stored")
+  local stored = assert(fake:call("GET", key))
+  stored = type(stored) == "table" and stored.ok or stored
+  local entry = json.decode(stored)
+  local function bad(name, edit)
+    local e = json.decode(stored)
+    edit(e)
+    fake:call("SET", key, require("cjson").encode(e))
+    reset_stats()
+    local n = calls.n
+    local res = assert(cc:rerank(r, args()))
+    eq(res.meta.cache_hit, false, name .. ": a miss")
+    eq(calls.n, n + 1, name .. ": answered by the provider")
+    eq(cache.stats.errors, 1, name .. ": counted as an error")
+    -- overwritten: the next one is a hit again
+    local again = assert(cc:rerank(r, args()))
+    eq(again.meta.cache_hit, true, name .. ": overwritten with a good entry")
+  end
+  bad("index 99", function(e) e.results[1].index = 99 end)
+  bad("index -5", function(e) e.results[1].index = -5 end)
+  bad("index 1.5", function(e) e.results[1].index = 1.5 end)
+  bad("a repeated index", function(e) e.results[2].index = e.results[1].index end)
+  bad("a score that is a string", function(e) e.results[1].relevance_score = "x" end)
+  bad("an id that is an object", function(e) e.id = { a = 1 } end)
+  bad("billed_units lots", function(e) e.meta.billed_units = { total_tokens = "lots" } end)
+  bad("billed_units not a table", function(e) e.meta.billed_units = "lots" end)
+  bad("too many results", function(e)
+    e.results[#e.results + 1] = { index = 0, relevance_score = 1 }
+  end)
+  bad("results an object", function(e) e.results = { a = { index = 0, relevance_score = 1 } } end)
+  -- NaN and infinities (not JSON: written through the decoder's leniency or another program)
+  for _, s in ipairs({ "1e999", "-1e999" }) do
+    local text = stored:gsub('"relevance_score":[^,}]+', '"relevance_score":' .. s, 1)
+    fake:call("SET", key, text)
+    reset_stats()
+    local res = assert(cc:rerank(r, args()))
+    eq(res.meta.cache_hit, false, "score " .. s .. ": a miss")
+  end
+  -- a direct check of NaN and of top_n
+  local res = assert(cache.decode(stored))
+  res.results[1].relevance_score = 0 / 0
+  eq(cache.valid(res, args()), nil, "NaN score")
+  res = assert(cache.decode(stored))
+  eq(cache.valid(res, args({ top_n = 1 })), nil, "more results than top_n")
+  ok(cache.valid(assert(cache.decode(stored)), args()), "the good entry is valid")
+  ok(#logged > 0, "reported")
+  -- documents are the request's: a stored text is never served
+  local e = json.decode(stored)
+  e.results[1].document = { text = "INJECTED: not a document of the request" }
+  fake:call("SET", key, require("cjson").encode(e))
+  local hit = assert(cc:rerank(r, args()))
+  eq(hit.meta.cache_hit, true, "still a hit")
+  eq(hit.results[1].document.text, DOCS[hit.results[1].index + 1], "the request's text")
+  ok(entry.results, "(the entry had results)")
+  cache.set_logger(nil)
+end)
+
+test("cache_hit_validation_on_the_local_backend", function()
+  local c = clock()
+  local r, calls = setup()
+  local cc = local_cache(c)
+  cache.set_logger(function() end)
+  local key = cc:key(r, args())
+  local res = assert(native.rerank({ model = "local/bm25", query = QUERY, documents = DOCS }))
+  res.results[1].index = 7
+  cc.backend:set(key, cache.encode(res, c.wall_clock()), 60)
+  reset_stats()
+  local n = calls.n
+  local a = assert(cc:rerank(r, args()))
+  eq(a.meta.cache_hit, false, "a bad local entry is a miss")
+  eq(calls.n, n + 1, "answered")
+  eq(cache.stats.errors, 1, "counted")
+  eq(assert(cc:rerank(r, args())).meta.cache_hit, true, "overwritten")
+  cache.set_logger(nil)
+end)
+
+test("cache_per_request_ttl_and_s_maxage_are_capped_at_the_configured_ttl", function()
+  local c = clock()
+  local fake = fake_redis.new({ clock = c.clock })
+  local r = setup()
+  local cc = redis_cache(c, fake, { ttl = 30 })
+  local caller = { ttl = 999999999, ["s-maxage"] = 999999 }
+  assert(cc:rerank(r, args({ cache = caller })))
+  local set = fake.calls[#fake.calls]
+  eq(set[1], "SET", "stored")
+  eq(set[5], 30000, "a 31-year ttl asked for: the configured 30 s")
+  eq(caller.ttl, 999999999, "the caller's table is left as it was")
+  assert(cc:rerank(r, args({ query = "short", cache = { ttl = 5 } })))
+  eq(fake.calls[#fake.calls][5], 5000, "a shorter one is kept")
+  eq(cc:capped({ ["s-maxage"] = 1e6 })["s-maxage"], 30, "s-maxage too")
+end)
+

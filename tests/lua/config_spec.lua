@@ -557,3 +557,41 @@ test("a_lua_configs_value_is_copied_raw_on_the_budget_and_metatables_are_refused
   raises(function() config.load(path) end, "a.b: refers to itself")
   os.remove(path)
 end)
+
+test("rpm_tpm_without_enforcement_warn_that_they_are_weights_only", function()
+  local list = { { model_name = "g", litellm_params = { model = "local/bm25", rpm = 10 } },
+    { model_name = "h", litellm_params = { model = "local/bm25", tpm = 1000 } },
+    { model_name = "i", litellm_params = { model = "local/bm25" } } }
+  local _, warnings = config.load({ model_list = list })
+  local all = table.concat(warnings, "\n")
+  spec.match(all, "rpm/tpm on model_list%[1%] %(g%), model_list%[2%] %(h%) are weights only: "
+    .. "set enable_pre_call_checks: true or routing_strategy: usage%-based%-routing to enforce "
+    .. "them", "warned at load")
+  for _, rs in ipairs({ { enable_pre_call_checks = true },
+    { routing_strategy = "usage-based-routing" },
+    { routing_strategy = "usage-based-routing-v2" } }) do
+    _, warnings = config.load({ model_list = list, router_settings = rs })
+    spec.no_match(table.concat(warnings, "\n"), "weights only", "enforced: no warning")
+  end
+  _, warnings = config.load({ model_list = { list[3] } })
+  eq(#warnings, 0, "no rpm/tpm: no warning")
+end)
+
+test("redis_urls_the_client_refuses_are_refused_at_load", function()
+  local base = { { model_name = "g", litellm_params = { model = "local/bm25" } } }
+  for _, c in ipairs({
+    { "rediss://:pw@cache:6380/1", "rediss:// %(TLS%) is not supported" },
+    { "redis://cache:6379/0?timeout=1", "query parameters and fragments" },
+    { "redis://cache:6379/0#x", "query parameters and fragments" },
+    { "http://cache", "must be a redis:// URL" },
+    { "redis://", "with a host" },
+  }) do
+    local e = raises(function()
+      config.load({ model_list = base, router_settings = { redis_url = c[1] } })
+    end, "router_settings.redis_url: ")
+    spec.match(e, c[2], c[1])
+    spec.no_match(e, "pw@", "the URL is not shown")
+  end
+  ok(config.load({ model_list = base, router_settings = { redis_url = "REDIS://:p@c:1/2" } }),
+    "the scheme in any case, as the client takes it")
+end)

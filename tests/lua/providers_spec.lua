@@ -309,6 +309,13 @@ test("descriptor_202_and_410_are_not_nims", function()
   spec.no_match(err.message, "end of life", "no NIM end-of-life note")
 end)
 
+test("resolve_knows_the_local_reranker_has_no_route", function()
+  local r = nim.resolve("local/bm25")
+  eq(r.provider, "local", "provider")
+  eq(r.url, nil, "no URL: ranked in this process")
+  eq(r.needs_key, false, "no key")
+end)
+
 test("nims_descriptor_agrees_with_the_rules_in_c", function()
   local d = nim.providers.get("nvidia_nim")
   eq(d.max_passages, nim.native.default_max_passages, "the default passage limit")

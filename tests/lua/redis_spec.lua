@@ -482,6 +482,133 @@ end
   if not okr then error(err, 0) end
 end)
 
+-- A fake Redis server (perl) on a free loopback port: each connection runs `body` (perl, with
+-- $c the client's socket). Killed by stop(), or after 20 s whatever happens.
+local function fake_server(body)
+  local dir = h.sh("mktemp -d"):gsub("%s+$", "")
+  local script = [[
+use IO::Socket::INET; $SIG{PIPE} = "IGNORE"; $SIG{ALRM} = sub { exit 0 }; alarm 20;
+my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0, Listen => 5,
+  ReuseAddr => 1) or die "listen: $!";
+open(my $f, ">", "$ARGV[0]/port.tmp") or die; print $f $s->sockport; close $f;
+rename("$ARGV[0]/port.tmp", "$ARGV[0]/port");
+while (my $c = $s->accept) { ]] .. body .. [[; close $c }]]
+  h.sh(("perl -e %s %s </dev/null >/dev/null 2>%s & echo $! >%s"):format(h.q(script), h.q(dir),
+    h.q(dir .. "/err"), h.q(dir .. "/pid")))
+  local f = { pid = tonumber((io.open(dir .. "/pid"):read("a"))) }
+  for _ = 1, 200 do
+    local pf = io.open(dir .. "/port")
+    if pf then f.port = tonumber(pf:read("a")); pf:close(); break end
+    h.sh("sleep 0.02")
+  end
+  function f.stop()
+    h.sh(("kill -9 %d 2>/dev/null; rm -rf %s"):format(f.pid, h.q(dir)))
+  end
+  if not f.port then f.stop(); error("the fake server did not start") end
+  return f
+end
+
+test("a_command_that_fails_at_once_in_a_task_does_not_wait_for_a_wake_up", function()
+  -- a refused port: the command fails before any yield could be woken (no fd, no deadline)
+  local c = redis.connect{ host = "127.0.0.1", port = 1, backoff = 5, backoff_max = 5 }
+  local errs, finished = {}, 0
+  for i = 1, 2 do
+    nim.spawn(function() -- the later calls find the client down, with backoff left
+      for _ = 1, 3 do
+        local _, err = c:call("PING")
+        errs[i] = err
+      end
+      finished = finished + 1
+    end)
+  end
+  local polls = 0
+  while finished < 2 and polls < 200 do
+    polls = polls + 1
+    nim.poll()
+    if finished < 2 and nim.next_timeout() == nil then
+      -- only the network may wake the tasks: then the client must have something in flight
+      ok(c:status().pending > 0,
+        ("poll %d: a task waits on a finished operation and nothing would wake it"):format(polls))
+      nim.native.step(0.01)
+    end
+  end
+  ok(errs[1] and errs[2], "both tasks got their error")
+  eq(errs[1].type, "connection")
+  eq(errs[2].type, "connection")
+  c:close()
+end)
+
+test("a_reply_no_command_asked_for_drops_the_connection_instead_of_aborting", function()
+  -- hiredis 0.14 assert()s (SIGABRT) on a reply with no callback waiting for it
+  local f = fake_server([[my $b; sysread($c, $b, 65536); syswrite($c, "+OK\r\n+EXTRA\r\n");
+    while (sysread($c, $b, 65536)) {}]])
+  local okr, err = pcall(function()
+    local c = redis.connect{ host = "127.0.0.1", port = f.port, timeout = 2 }
+    eq(c:call("PING"), "OK", "the reply of the command")
+    local st = c:status()
+    ok(st.state ~= "connected", "the connection was dropped: " .. st.state)
+    match(st.error or "", "more replies than commands")
+    -- unsolicited data while nothing is pending: dropped too
+    local g = fake_server([[my $b; sysread($c, $b, 65536); syswrite($c, "+OK\r\n");
+      select(undef, undef, undef, 0.2); syswrite($c, "+LATE\r\n");
+      while (sysread($c, $b, 65536)) {}]])
+    local okg, errg = pcall(function()
+      local d = redis.connect{ host = "127.0.0.1", port = g.port, timeout = 2 }
+      eq(d:call("PING"), "OK")
+      local deadline = nim.now() + 3
+      while d:status().state == "connected" and nim.now() < deadline do
+        nim.native.step(0.05)
+      end
+      local st2 = d:status()
+      ok(st2.state ~= "connected", "dropped: " .. st2.state)
+      match(st2.error or "", "no command asked for")
+      d:close()
+    end)
+    g.stop()
+    if not okg then error(errg, 0) end
+    c:close()
+  end)
+  f.stop()
+  if not okr then error(err, 0) end
+end)
+
+test("a_reply_over_max_reply_bytes_fails_as_bad_response_and_drops_the_connection", function()
+  local f = fake_server([[my $b; sysread($c, $b, 65536); syswrite($c, "\$100000000\r\n");
+    my $chunk = "x" x 65536; for (1 .. 1600) { last unless defined syswrite($c, $chunk) }]])
+  local okr, err = pcall(function()
+    local c = redis.connect{ host = "127.0.0.1", port = f.port, timeout = 5,
+      max_reply_bytes = 1024 * 1024 }
+    local t0 = nim.now()
+    local v, e = c:call("GET", "big")
+    eq(v, nil)
+    ok(e, "an error")
+    eq(e.type, "bad_response")
+    match(e.message, "reply larger than 1048576 bytes")
+    ok(nim.now() - t0 < 3, "failed as soon as the cap was passed")
+    ok(c:status().state ~= "connected", "the connection was dropped")
+    c:close()
+  end)
+  f.stop()
+  if not okr then error(err, 0) end
+  raises(function() redis.connect{ max_reply_bytes = 0 } end, "max_reply_bytes")
+  raises(function() redis.connect{ max_reply_bytes = 1.5 } end, "max_reply_bytes")
+  raises(function() redis.connect{ max_reply_bytes = "1" } end, "max_reply_bytes")
+end)
+
+test("replication_and_connection_state_commands_are_refused", function()
+  local c = fresh()
+  for _, cmd in ipairs({ { "SYNC" }, { "PSYNC", "?", "-1" }, { "REPLCONF", "listening-port", "1" },
+      { "READONLY" }, { "readwrite" }, { "CLIENT", "SETNAME", "x" } }) do
+    raises(function() c:call(table.unpack(cmd)) end, cmd[1])
+    raises(function() c:pipeline{ cmd } end, "not supported")
+  end
+  raises(function() c:call("SYNC") end, "replication")
+  raises(function() c:call("READONLY") end, "reconnection would silently lose")
+  raises(function() c:call("CLIENT", "setname", "x") end, "CLIENT SETNAME")
+  eq(c:call("CLIENT", "GETNAME"), nil, "other CLIENT subcommands still go through")
+  c:close()
+end)
+
 test("zz_the_servers_are_stopped", function()
   for _, s in ipairs(servers) do
     local pid = s.pid

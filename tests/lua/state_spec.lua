@@ -316,7 +316,7 @@ test("config_accepts_the_new_router_keys_and_names_wrong_ones", function()
     routing_strategy = "latency-based-routing",
     routing_strategy_args = { ttl = 10, lowest_latency_buffer = 0.5, exploration = 0.2,
       max_latency_list_size = 5, unknown_arg = 1 },
-    enable_pre_call_checks = true, redis_url = "rediss://:pw@cache:6380/1",
+    enable_pre_call_checks = true, redis_url = "redis://:pw@cache:6380/1",
     redis_host = "cache", redis_port = 6379, redis_password = "pw", usage_window = 2 } })
   eq(cfg.router.routing_strategy_args.ttl, 10, "args kept")
   local all = table.concat(warnings, "\n")
@@ -347,7 +347,7 @@ test("config_accepts_the_new_router_keys_and_names_wrong_ones", function()
   bad({ redis_password = 5 }, "router_settings.redis_password: expected string")
   local err = spec.raises(function()
     config.load({ model_list = base, router_settings = { redis_url = "http://:hunter2@x" } })
-  end, "router_settings.redis_url: must be a redis:// or rediss:// URL")
+  end, "router_settings.redis_url: must be a redis:// URL")
   spec.no_match(err, "hunter2", "the URL is not shown")
   bad({ usage_window = 0 }, "router_settings.usage_window: must be > 0")
   bad({ model_group_alias = {}, cooldown_time = -1 }, "router_settings.cooldown_time")
@@ -436,4 +436,19 @@ test("a_gateway_whose_redis_is_unreachable_serves_and_says_degraded", function()
     for _ in log:gmatch("router_state_degraded") do lines = lines + 1 end
     eq(lines, 1, "one log line for the outage")
   end)
+end)
+
+test("a_redis_client_that_raises_falls_back_to_local_state_instead_of_failing", function()
+  local p = pair({ model_list = { on("g", "d") }, router_settings = { num_retries = 0,
+    cooldown_time = 30, allowed_fails = 0, rpm = nil } })
+  ok(rerank(p.a), "a first call through Redis")
+  -- the client now raises on every command and script (closed by a script, out of memory)
+  p.redis.sent = function() error("the client was closed", 0) end
+  p.up.behave["http://d"] = "429"
+  local okc, res, err = pcall(rerank, p.a)
+  ok(okc, "the request did not raise: " .. tostring(res))
+  eq(err and err.status, 429, "the provider's answer, not the client's error")
+  p.up.behave["http://d"] = nil
+  okc = pcall(rerank, p.b)
+  ok(okc, "the other instance answers too")
 end)
