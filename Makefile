@@ -16,6 +16,11 @@ PKGS     := lua5.4 lua5.4-cjson
 DEB_PKGS := pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev lua-cjson \
             libmicrohttpd-dev libjsmn-dev libhiredis-dev lua-yaml curl luarocks nettle-dev \
             redis-server
+# Only for the documentation: the man page (`make man`, `make install`) and the benchmark plots
+# (`make bench-plots`), both checked by `make test`. `make` itself needs none of them.
+DOC_PKGS := pandoc man-db groff-base gnuplot-nox
+MAN_DIR  := $(PREFIX)/share/man
+VERSION  := $(shell sed -n 's/.*NIMRANK_VERSION "\(.*\)"/\1/p' src/nimrank.h)
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             $(if $(filter 1,$(STRICT)),-Werror)
 # LUA_INCDIR (LuaRocks passes it) picks the Lua headers; else pkg-config's.
@@ -49,8 +54,9 @@ PROGRAMS := $(BUILD)/nimrank $(BUILD)/nim.so $(BUILD)/libnimrank.a $(BUILD)/fake
             $(BUILD)/frameloop $(BUILD)/curl_baseline $(BUILD)/curl_fanout $(C_TESTS) \
             $(FUZZ_REPLAY)
 
-.PHONY: all build examples deps check-deps run test test-asan test-valgrind test-tsan install \
-        uninstall clean bench fmt-check help rock rock-install fuzz fuzz-smoke fuzz-build FORCE
+.PHONY: all build examples deps check-deps check-doc-deps run test test-asan test-valgrind \
+        test-tsan install uninstall clean bench bench-plots man fmt-check help rock rock-install \
+        fuzz fuzz-smoke fuzz-build FORCE
 
 # Dependencies first, then a fresh make: pkg-config's answers are read when make starts, so
 # on a machine that just got its packages they must be read again.
@@ -66,11 +72,16 @@ help:
 	@echo "make test-tsan   two lua_States on two threads under ThreadSanitizer (build-tsan/)"
 	@echo "make fuzz-smoke  every libFuzzer target for FUZZ_SECONDS (10) each (build-fuzz/, clang)"
 	@echo "make fuzz        the same for 5 minutes each"
-	@echo "make bench       the benchmarks in bench/ (numbers are reported, never asserted)"
+	@echo "make bench       the benchmarks in bench/ (numbers are reported, never asserted; their"
+	@echo "                 output is kept in bench/out/)"
+	@echo "make bench-plots docs/img/*.png from bench/out/ (quick runs of the benches missing there)"
+	@echo "make man         the man page, $(BUILD)/nimrank.1, from docs/nimrank.1.md (pandoc)"
 	@echo "make install     PREFIX=$(PREFIX): bin/nimrank, lib/libnimrank.a, lib/pkgconfig/nimrank.pc,"
-	@echo "                 include/nimrank.h, lib/lua/5.4/nim.so, share/lua/5.4/nim/*.lua"
+	@echo "                 include/nimrank.h, lib/lua/5.4/nim.so, share/lua/5.4/nim/*.lua,"
+	@echo "                 share/man/man1/nimrank.1"
 	@echo "make uninstall   remove what install put under PREFIX"
-	@echo "make deps        install the Debian packages (or print the apt-get line)"
+	@echo "make deps        install the Debian packages, the documentation's too (or print the"
+	@echo "                 apt-get line)"
 	@echo "make fmt-check   the style check CI runs"
 	@echo "make clean       remove build trees"
 	@echo "Variables: PREFIX, DESTDIR, BUILD, CC, CFLAGS, LDFLAGS, STRICT=1 (warnings are errors)"
@@ -78,8 +89,12 @@ help:
 build: $(PROGRAMS)
 examples: all
 
-deps check-deps:
+deps:
+	@sh .ci/deps.sh $(DEB_PKGS) $(DOC_PKGS)
+check-deps:
 	@sh .ci/deps.sh $(DEB_PKGS)
+check-doc-deps:
+	@sh .ci/deps.sh $(DOC_PKGS)
 
 # The main job: an offline rerank with the embedded default (no key, no network).
 run: all
@@ -131,8 +146,16 @@ $(BUILD)/tests/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(BUILD)/libnimra
 	$(CC) $(ALL_CFLAGS) -DFUZZ_LUA_DIR='"$(CURDIR)/lua"' -o $@ $< tests/fuzz/driver.c \
 	    $(BUILD)/libnimrank.a $(CJSON_A) $(LUA_LIBS) $(SYS_LIBS) $(LDFLAGS)
 
+# The man page: pandoc markdown -> roff. No smart typography: "--" stays two hyphens and
+# quotes stay straight, as a command line needs. The version comes from src/nimrank.h.
+man: check-doc-deps
+	@$(MAKE) --no-print-directory $(BUILD)/nimrank.1
+$(BUILD)/nimrank.1: docs/nimrank.1.md src/nimrank.h
+	@mkdir -p $(BUILD)
+	pandoc -f markdown-smart -s -t man -M footer="nimrank $(VERSION)" -o $@ docs/nimrank.1.md
+
 # ---- tests ---------------------------------------------------------------------------------
-test: all
+test: all man
 	@NIMRANK_SANITIZE=$(NIMRANK_SANITIZE) sh tests/run.sh $(BUILD)
 
 # Separate build trees, so sanitizer objects never mix with the normal ones.
@@ -172,22 +195,31 @@ fuzz: fuzz-build
 $(BUILD)/curl_%: bench/curl_%.c bench/bench_util.h src/clock.h | $(BUILD)/obj
 	$(CC) $(CFLAGS) -o $@ $< $(shell pkg-config --libs libcurl) $(LDFLAGS)
 
+# Each bench's output is kept in bench/out/NAME.txt (only when it ran to its end), where
+# `make bench-plots` reads it.
 bench: all
-	@sh bench/overhead.sh
-	@sh bench/bm25.sh
-	@sh bench/fanout.sh
-	@sh bench/providers.sh
+	@mkdir -p bench/out
+	@for b in overhead bm25 fanout providers; do \
+	    { sh bench/$$b.sh; echo $$? >bench/out/$$b.rc; } | tee bench/out/$$b.tmp; \
+	    rc=$$(cat bench/out/$$b.rc); rm -f bench/out/$$b.rc; \
+	    [ "$$rc" = 0 ] || { rm -f bench/out/$$b.tmp; exit 1; }; \
+	    mv bench/out/$$b.tmp bench/out/$$b.txt; \
+	done
+
+# docs/img/*.png from bench/out/ (gnuplot); a bench with no output there runs quick first.
+bench-plots: all check-doc-deps
+	@sh bench/plots.sh
 
 # ---- installing ----------------------------------------------------------------------------
 $(BUILD)/nimrank.pc: FORCE | $(BUILD)/gen
-	@sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n \
-	    's/.*NIMRANK_VERSION "\(.*\)"/\1/p' src/nimrank.h)|' nimrank.pc.in >$@.tmp
+	@sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' nimrank.pc.in >$@.tmp
 	@cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@
 
-install: all $(BUILD)/nimrank.pc
+install: all man $(BUILD)/nimrank.pc
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
 	    $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/lua/5.4 \
-	    $(DESTDIR)$(LUA_DIR)/nim/providers $(DESTDIR)$(LUA_DIR)/nim/strategies
+	    $(DESTDIR)$(LUA_DIR)/nim/providers $(DESTDIR)$(LUA_DIR)/nim/strategies \
+	    $(DESTDIR)$(MAN_DIR)/man1
 	install -m 755 $(BUILD)/nimrank $(DESTDIR)$(PREFIX)/bin/nimrank
 	install -m 644 $(BUILD)/libnimrank.a $(DESTDIR)$(PREFIX)/lib/libnimrank.a
 	install -m 644 $(BUILD)/nimrank.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/nimrank.pc
@@ -196,11 +228,12 @@ install: all $(BUILD)/nimrank.pc
 	install -m 644 lua/nim/*.lua $(DESTDIR)$(LUA_DIR)/nim/
 	install -m 644 lua/nim/providers/*.lua $(DESTDIR)$(LUA_DIR)/nim/providers/
 	install -m 644 lua/nim/strategies/*.lua $(DESTDIR)$(LUA_DIR)/nim/strategies/
+	install -m 644 $(BUILD)/nimrank.1 $(DESTDIR)$(MAN_DIR)/man1/nimrank.1
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/nimrank $(DESTDIR)$(PREFIX)/lib/libnimrank.a \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/nimrank.pc $(DESTDIR)$(PREFIX)/include/nimrank.h \
-	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/nim.so
+	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/nim.so $(DESTDIR)$(MAN_DIR)/man1/nimrank.1
 	rm -rf $(DESTDIR)$(LUA_DIR)/nim
 
 # LuaRocks (rockspecs/nimrank-scm-1.rockspec, make backend): nim.so and the Lua layer only.
@@ -219,8 +252,8 @@ FMT_C   := $(wildcard src/*.c src/*.h tests/c/*.c tests/c/*.h tests/fake/*.c exa
            tests/fuzz/*.c tests/fuzz/*.h)
 FMT_TXT := $(wildcard lua/nim/*.lua lua/nim/providers/*.lua lua/nim/strategies/*.lua tests/lua/*.lua tests/lua/module/*.lua tests/fake/*.lua \
            bench/*.lua examples/*.lua examples/proxy/*.lua examples/proxy/*.sh tests/*.sh \
-           tests/fuzz/*.sh tests/compat/*.sh tests/compat/*.mjs bench/*.sh .ci/run .ci/deps.sh \
-           rockspecs/*)
+           tests/fuzz/*.sh tests/compat/*.sh tests/compat/*.mjs bench/*.sh bench/plots/*.gp \
+           .ci/run .ci/deps.sh rockspecs/*)
 fmt-check:
 	@clang-format --dry-run --Werror $(FMT_C)
 	@awk 'length > 100 { print FILENAME ":" FNR ": longer than 100 columns"; bad = 1 } \

@@ -569,6 +569,9 @@ local function check_hybrid(d, path, warnings)
   end)
 end
 
+-- The keys of a model_list entry (model_info is free-form, as in LiteLLM).
+local DEPLOYMENT_KEYS = { model_name = true, litellm_params = true, model_info = true }
+
 local function check_model_list(list, warnings)
   if list == nil then return {} end
   is("list")(list, "model_list")
@@ -578,7 +581,7 @@ local function check_model_list(list, warnings)
     is("map")(entry, p)
     local d = {}
     for k in pairs(entry) do
-      if k ~= "model_name" and k ~= "litellm_params" and k ~= "model_info" then
+      if not DEPLOYMENT_KEYS[k] then
         warnings[#warnings + 1] = ("%s: unknown key, ignored"):format(path_str(at(p, k)))
       end
     end
@@ -1023,5 +1026,21 @@ function check_raw(raw, null)
   ENV_VALUES[cfg] = from_env
   return cfg, warnings
 end
+
+-- The keys the loader accepts, section by section (read-only: the loader's own tables, for
+-- tools such as the docs' drift test, tests/lua/docs_config_spec.lua). top: the top-level
+-- keys, a list; the others map a key to its checker (true: accepted, not checked here).
+-- routing_strategy_args are each strategy's own (its `args`); nimrank_settings.catalog entries
+-- are nim.catalog's; filters nim.filters'.
+M.KNOWN = {
+  top = TOP,
+  model_list = DEPLOYMENT_KEYS,
+  litellm_params = LITELLM_PARAMS,
+  router_settings = ROUTER_SETTINGS,
+  litellm_settings = LITELLM_SETTINGS,
+  cache_params = CACHE_PARAMS,
+  general_settings = GENERAL_SETTINGS,
+  nimrank_settings = NIMRANK_SETTINGS,
+}
 
 return M
