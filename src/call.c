@@ -88,6 +88,27 @@ int nim_l_validate(lua_State *L) {
     return 1;
 }
 
+/* Pushes nim.resolve's route table; family NULL and max_passages 0 leave those out. */
+static int push_route(lua_State *L, const nim_route *r, const char *family,
+                      lua_Integer max_passages, const char *provider) {
+    lua_createtable(L, 0, 8);
+    const char *const names[] = {"url", "body_model", "model", "base_source", "family", "provider"};
+    const char *const values[] = {r->url,         r->body_model, r->model,
+                                  r->base_source, family,        provider};
+    for (int i = 0; i < 6; i++) {
+        if (!values[i]) continue;
+        lua_pushstring(L, values[i]);
+        lua_setfield(L, -2, names[i]);
+    }
+    lua_pushboolean(L, r->hosted);
+    lua_setfield(L, -2, "needs_key");
+    if (max_passages > 0) {
+        lua_pushinteger(L, max_passages);
+        lua_setfield(L, -2, "max_passages");
+    }
+    return 1;
+}
+
 /* The route table of a descriptor's model (the descriptor on top). */
 static int resolve_descriptor(lua_State *L, const char *model, const char *api_base) {
     int desc = lua_gettop(L);
@@ -97,24 +118,7 @@ static int resolve_descriptor(lua_State *L, const char *model, const char *api_b
     char err[512];
     if (nim_descriptor_route(L, desc, &d, model, api_base, 0, &r, err, sizeof err) != 0)
         return nim_misuse(L, "nim.resolve", NULL, "%s", err);
-    lua_createtable(L, 0, 8);
-    lua_pushstring(L, r.url);
-    lua_setfield(L, -2, "url");
-    lua_pushstring(L, r.body_model);
-    lua_setfield(L, -2, "body_model");
-    lua_pushstring(L, r.model);
-    lua_setfield(L, -2, "model");
-    lua_pushboolean(L, r.hosted);
-    lua_setfield(L, -2, "needs_key");
-    lua_pushstring(L, r.base_source);
-    lua_setfield(L, -2, "base_source");
-    if (d.max_passages > 0) {
-        lua_pushinteger(L, d.max_passages);
-        lua_setfield(L, -2, "max_passages");
-    }
-    lua_pushstring(L, d.name);
-    lua_setfield(L, -2, "provider");
-    return 1;
+    return push_route(L, &r, NULL, d.max_passages, d.name);
 }
 
 /* nim.resolve(model [, {api_base = ...}]) -> route table. Raises on a malformed model. */
@@ -161,22 +165,6 @@ int nim_l_resolve(lua_State *L) {
     if (nim_resolve(model, api_base, has_entry ? &entry : NULL, NULL, NULL, &r, err, sizeof err) !=
         0)
         return nim_misuse(L, "nim.resolve", NULL, "%s", err);
-    lua_createtable(L, 0, 8);
-    lua_pushstring(L, nim_family_name(r.family));
-    lua_setfield(L, -2, "family");
-    lua_pushstring(L, r.url);
-    lua_setfield(L, -2, "url");
-    lua_pushstring(L, r.body_model);
-    lua_setfield(L, -2, "body_model");
-    lua_pushstring(L, r.model);
-    lua_setfield(L, -2, "model");
-    lua_pushboolean(L, r.hosted);
-    lua_setfield(L, -2, "needs_key");
-    lua_pushstring(L, r.base_source);
-    lua_setfield(L, -2, "base_source");
-    lua_pushinteger(L, max_passages);
-    lua_setfield(L, -2, "max_passages");
-    lua_pushstring(L, nim_provider_name(NIM_PROVIDER_NVIDIA));
-    lua_setfield(L, -2, "provider");
-    return 1;
+    return push_route(L, &r, nim_family_name(r.family), max_passages,
+                      nim_provider_name(NIM_PROVIDER_NVIDIA));
 }

@@ -44,6 +44,23 @@ function M.last(base)
   return json.decode(out)
 end
 
+-- A fake clock for injected-clock tests: sleeping only advances it.
+function M.fake_time()
+  local t = { now = 1000, slept = {} }
+  t.clock = function() return t.now end
+  t.sleep = function(s) t.slept[#t.slept + 1] = s; t.now = t.now + s end
+  return t
+end
+
+-- A seeded generator (Park-Miller), so "random" choices are the same on every run.
+function M.seeded(seed)
+  local x = seed
+  return function()
+    x = (x * 16807) % 2147483647
+    return x / 2147483647
+  end
+end
+
 function M.decode(s) return require("nim.json").decode(s) end
 
 function M.words(n, len)

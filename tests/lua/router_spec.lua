@@ -8,21 +8,7 @@ local config = require "nim.config"
 local json = require "nim.json"
 local test, eq, ok = spec.test, spec.eq, spec.ok
 
-local function fake_time()
-  local t = { now = 1000, slept = {} }
-  t.clock = function() return t.now end
-  t.sleep = function(s) t.slept[#t.slept + 1] = s; t.now = t.now + s end
-  return t
-end
-
--- A seeded generator (Park-Miller), so "random" choices are the same on every run.
-local function seeded(seed)
-  local x = seed
-  return function()
-    x = (x * 16807) % 2147483647
-    return x / 2147483647
-  end
-end
+local fake_time, seeded = h.fake_time, h.seeded
 
 local function dep(name, model, params, id)
   local p = { model = model, api_base = h.url, api_key = h.key }

@@ -11,20 +11,7 @@ local state_redis = require "nim.state_redis"
 local fake_redis = require "fake_redis"
 local test, eq, ok = spec.test, spec.eq, spec.ok
 
-local function fake_time()
-  local t = { now = 1000, slept = {} }
-  t.clock = function() return t.now end
-  t.sleep = function(s) t.slept[#t.slept + 1] = s; t.now = t.now + s end
-  return t
-end
-
-local function seeded(seed)
-  local x = seed
-  return function()
-    x = (x * 16807) % 2147483647
-    return x / 2147483647
-  end
-end
+local fake_time, seeded = h.fake_time, h.seeded
 
 -- Deployments on made-up bases named after their ids; the call never connects.
 local function on(name, id, params)
