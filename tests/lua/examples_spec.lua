@@ -1,4 +1,4 @@
--- Every example runs as the README shows, against the fake NIM servers.
+-- Every example runs as docs/lua-api.md ("Examples") shows, against the fake NIM servers.
 local spec = require "spec"
 local h = require "helpers"
 local test, eq, ok, match = spec.test, spec.eq, spec.ok, spec.match

@@ -1,6 +1,6 @@
 -- The fault matrix: what a hostile or broken upstream does, and the err.type a caller gets,
 -- from the native call and through the router's retries and fallbacks. It prints the matrix
--- (the README's Errors section summarises it).
+-- (docs/errors.md summarises it).
 local spec = require "spec"
 local h = require "helpers"
 local nim = require "nim"
