@@ -22,21 +22,8 @@ sh .ci/deps.sh wrk nginx-light redis-server
 . bench/servers.sh # $TMP, started/stop (every server stopped however this ends), pick_port...
 
 # The request (Cohere-style, N documents of ~200 bytes) and the canned NIM answer.
-awk -v n=$N 'BEGIN {
-    printf "{\"model\":\"bench\",\"query\":\"which gpu has the most memory bandwidth\","
-    printf "\"documents\":["
-    for (i = 0; i < n; i++) {
-        d = sprintf("document %d: the accelerator pairs tensor cores with stacked memory", i)
-        while (length(d) < 200) d = d " and a wide bus for bandwidth hungry kernels"
-        printf "%s\"%s\"", (i ? "," : ""), substr(d, 1, 200)
-    }
-    printf "],\"top_n\":%d}", n }' >"$TMP/body.json"
-awk -v n=$N 'BEGIN {
-    printf "{\"rankings\":["
-    for (i = 0; i < n; i++) printf "%s{\"index\":%d,\"logit\":%.4f}", (i ? "," : ""), i,
-        5 - i * 0.0625
-    printf "],\"usage\":{\"prompt_tokens\":%d,\"total_tokens\":%d}}", n * 40, n * 40 }' \
-    >"$TMP/answer.json"
+cohere_body "$N" bench >"$TMP/body.json"
+canned_answer "$N" >"$TMP/answer.json"
 
 mkdir -p "$TMP/ngx"
 pick_port; UP=$PORT
@@ -45,10 +32,7 @@ worker_processes 1;
 pid $TMP/ngx/up.pid;
 events { worker_connections 4096; }
 http {
-    client_body_temp_path $TMP/ngx/body; proxy_temp_path $TMP/ngx/proxy;
-    fastcgi_temp_path $TMP/ngx/fcgi; uwsgi_temp_path $TMP/ngx/uwsgi;
-    scgi_temp_path $TMP/ngx/scgi; access_log off; keepalive_requests 100000000;
-    client_max_body_size 64m; client_body_buffer_size 4m;
+    $NGX_COMMON
     server {
         listen 127.0.0.1:$UP backlog=4096;
         default_type application/json;

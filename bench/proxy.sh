@@ -29,29 +29,11 @@ mkdir -p "$OUT"
 
 # The documents, the Cohere-style body every target gets, and the canned NIM answers.
 for N in 10 100; do
-    awk -v n=$N -v key=bench-$N 'BEGIN {
-        printf "{\"model\":\"%s\",\"query\":\"which gpu has the most memory bandwidth\",", key
-        printf "\"documents\":["
-        for (i = 0; i < n; i++) {
-            d = sprintf("document %d: the accelerator pairs tensor cores with stacked memory", i)
-            while (length(d) < 200) d = d " and a wide bus for bandwidth hungry kernels"
-            printf "%s\"%s\"", (i ? "," : ""), substr(d, 1, 200)
-        }
-        printf "],\"top_n\":%d}", n }' >"$TMP/body$N.json"
-    awk -v n=$N 'BEGIN {
-        printf "{\"rankings\":["
-        for (i = 0; i < n; i++) printf "%s{\"index\":%d,\"logit\":%.4f}", (i ? "," : ""), i,
-            5 - i * 0.0625
-        printf "],\"usage\":{\"prompt_tokens\":%d,\"total_tokens\":%d}}", n * 40, n * 40 }' \
-        >"$TMP/answer$N.json"
+    cohere_body $N bench-$N >"$TMP/body$N.json"
+    canned_answer $N >"$TMP/answer$N.json"
 done
 MODEL_PATH=/v1/retrieval/nvidia/bench # + -10 or -100 + /reranking
 
-# nginx: a prefix of its own in $TMP, every temp path inside it, no access log.
-NGX_COMMON="client_body_temp_path $TMP/ngx/body; proxy_temp_path $TMP/ngx/proxy;
-    fastcgi_temp_path $TMP/ngx/fcgi; uwsgi_temp_path $TMP/ngx/uwsgi;
-    scgi_temp_path $TMP/ngx/scgi; access_log off; keepalive_requests 100000000;
-    client_max_body_size 64m; client_body_buffer_size 4m;"
 mkdir -p "$TMP/ngx"
 pick_port; UP=$PORT
 cat >"$TMP/ngx/up.conf" <<EOF

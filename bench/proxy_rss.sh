@@ -31,10 +31,7 @@ worker_processes 1;
 pid $TMP/ngx/up.pid;
 events { worker_connections 16384; }
 http {
-    client_body_temp_path $TMP/ngx/body; proxy_temp_path $TMP/ngx/proxy;
-    fastcgi_temp_path $TMP/ngx/fcgi; uwsgi_temp_path $TMP/ngx/uwsgi;
-    scgi_temp_path $TMP/ngx/scgi; access_log off; keepalive_requests 100000000;
-    client_max_body_size 64m; client_body_buffer_size 4m;
+    $NGX_COMMON
     server {
         listen 127.0.0.1:$UP backlog=4096;
         default_type application/json;

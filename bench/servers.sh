@@ -1,4 +1,4 @@
-# servers.sh: sourced by the gateway benches (proxy.sh, proxy_rss.sh, soak.sh). Raises the
+# servers.sh: sourced by the gateway benches (proxy.sh, proxy_rss.sh, soak.sh, cache.sh). Raises the
 # open-file limit, makes $TMP, and stops every server recorded with started() however the
 # script ends; pick_port, wait_http, and the RSS/PSS of a process tree.
 # 1000 connections in, as many out, plus the upstream's: more descriptors than the default.
@@ -21,6 +21,32 @@ stop() {
 }
 trap stop EXIT
 trap 'exit 1' INT TERM
+
+# cohere_body N MODEL: the Cohere-style request every target gets, N documents of ~200 bytes.
+cohere_body() {
+    awk -v n="$1" -v key="$2" 'BEGIN {
+        printf "{\"model\":\"%s\",\"query\":\"which gpu has the most memory bandwidth\",", key
+        printf "\"documents\":["
+        for (i = 0; i < n; i++) {
+            d = sprintf("document %d: the accelerator pairs tensor cores with stacked memory", i)
+            while (length(d) < 200) d = d " and a wide bus for bandwidth hungry kernels"
+            printf "%s\"%s\"", (i ? "," : ""), substr(d, 1, 200)
+        }
+        printf "],\"top_n\":%d}", n }'
+}
+# canned_answer N: NIM's answer ranking N passages, what the canned upstreams return.
+canned_answer() {
+    awk -v n="$1" 'BEGIN {
+        printf "{\"rankings\":["
+        for (i = 0; i < n; i++) printf "%s{\"index\":%d,\"logit\":%.4f}", (i ? "," : ""), i,
+            5 - i * 0.0625
+        printf "],\"usage\":{\"prompt_tokens\":%d,\"total_tokens\":%d}}", n * 40, n * 40 }'
+}
+# nginx: a prefix of its own in $TMP, every temp path inside it, no access log.
+NGX_COMMON="client_body_temp_path $TMP/ngx/body; proxy_temp_path $TMP/ngx/proxy;
+    fastcgi_temp_path $TMP/ngx/fcgi; uwsgi_temp_path $TMP/ngx/uwsgi;
+    scgi_temp_path $TMP/ngx/scgi; access_log off; keepalive_requests 100000000;
+    client_max_body_size 64m; client_body_buffer_size 4m;"
 
 # A port nothing uses, below the ephemeral range (the clients' own ports come from there).
 TAKEN=""

@@ -816,14 +816,9 @@ static int add_key(nim_buf *b, const char *k) {
 int nim_descriptor_body(lua_State *L, nim_buf *b, const nim_descriptor *d, int texts, int query_idx,
                         const char *body_model, lua_Integer top_n, int truncate_v, int params) {
     lua_Integer n = (lua_Integer)lua_rawlen(L, texts);
-    size_t qlen, estimate = 256 + strlen(body_model);
+    size_t qlen;
     const char *q = lua_tolstring(L, query_idx, &qlen);
-    for (lua_Integer i = 1; i <= n; i++) {
-        if (lua_rawgeti(L, texts, i) == LUA_TSTRING) estimate += lua_rawlen(L, -1);
-        lua_pop(L, 1);
-        estimate += 12;
-    }
-    if (nim_buf_reserve(b, estimate + qlen)) return -1;
+    if (nim_buf_reserve(b, nim_wire_body_estimate(L, texts, 12, body_model) + qlen)) return -1;
     /* The query first: every key after it starts with a comma. */
     if (ADD_LIT(b, "{") || nim_buf_json_string(b, d->query_field, strlen(d->query_field)) ||
         ADD_LIT(b, ":") || nim_buf_json_string(b, q, qlen))

@@ -334,29 +334,28 @@ static const char *refused(const char *name, const char *second, int *in_multi) 
         *in_multi = multi;
         return NULL;
     }
-    static const char *const mode[] = {"SUBSCRIBE",    "PSUBSCRIBE",   "SSUBSCRIBE", "UNSUBSCRIBE",
-                                       "PUNSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR",    NULL};
-    static const char *const state[] = {"SELECT", "AUTH", "HELLO", "RESET", NULL};
-    /* replication turns the connection into a replica's stream: replies stop matching */
-    static const char *const replication[] = {"SYNC", "PSYNC", "REPLCONF", NULL};
-    /* per-connection state a reconnection would silently lose */
-    static const char *const lost[] = {"READONLY", "READWRITE", NULL};
-    for (const char *const *m = mode; *m; m++)
-        if (strcasecmp(name, *m) == 0)
-            return "changes the connection's mode (pub/sub, MONITOR): not supported on the "
-                   "client's pipelined connection";
-    for (const char *const *s = state; *s; s++)
-        if (strcasecmp(name, *s) == 0)
-            return "the client owns the connection's database and credentials: use the "
-                   "options db, username and password";
-    for (const char *const *m = replication; *m; m++)
-        if (strcasecmp(name, *m) == 0)
-            return "is replication's (the connection would become a replica's stream): not "
-                   "supported on the client's pipelined connection";
-    for (const char *const *m = lost; *m; m++)
-        if (strcasecmp(name, *m) == 0)
-            return "sets the connection's state, which a reconnection would silently lose: "
-                   "not supported on the client's shared connection";
+    /* Each group of commands the shared connection cannot take, with why. */
+    static const struct {
+        const char *names[8];
+        const char *why;
+    } groups[] = {
+        {{"SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE",
+          "MONITOR", NULL},
+         "changes the connection's mode (pub/sub, MONITOR): not supported on the client's "
+         "pipelined connection"},
+        {{"SELECT", "AUTH", "HELLO", "RESET", NULL},
+         "the client owns the connection's database and credentials: use the options db, "
+         "username and password"},
+        {{"SYNC", "PSYNC", "REPLCONF", NULL}, /* replies would stop matching commands */
+         "is replication's (the connection would become a replica's stream): not supported on "
+         "the client's pipelined connection"},
+        {{"READONLY", "READWRITE", NULL},
+         "sets the connection's state, which a reconnection would silently lose: not supported "
+         "on the client's shared connection"},
+    };
+    for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++)
+        for (const char *const *m = groups[g].names; *m; m++)
+            if (strcasecmp(name, *m) == 0) return groups[g].why;
     if (strcasecmp(name, "CLIENT") == 0 && second && strcasecmp(second, "SETNAME") == 0)
         return "CLIENT SETNAME names the connection, which a reconnection would silently "
                "lose: not supported on the client's shared connection";

@@ -173,18 +173,23 @@ void nim_wire_texts(lua_State *L, int docs_idx, lua_Integer first, lua_Integer n
     }
 }
 
-int nim_wire_body(lua_State *L, nim_buf *b, int texts, nim_family family, const char *body_model,
-                  int query_idx, lua_Integer top_k, const char *truncate) {
+size_t nim_wire_body_estimate(lua_State *L, int texts, size_t per_text, const char *body_model) {
     lua_Integer n = (lua_Integer)lua_rawlen(L, texts);
-    size_t qlen, estimate = 256 + strlen(body_model);
-    const char *q = lua_tolstring(L, query_idx, &qlen);
-    /* One allocation in the common case: the texts' sizes plus the JSON around them. */
+    size_t estimate = 256 + strlen(body_model);
     for (lua_Integer i = 1; i <= n; i++) {
         if (lua_rawgeti(L, texts, i) == LUA_TSTRING) estimate += lua_rawlen(L, -1);
         lua_pop(L, 1);
-        estimate += 16;
+        estimate += per_text;
     }
-    if (nim_buf_reserve(b, estimate + qlen)) return -1;
+    return estimate;
+}
+
+int nim_wire_body(lua_State *L, nim_buf *b, int texts, nim_family family, const char *body_model,
+                  int query_idx, lua_Integer top_k, const char *truncate) {
+    lua_Integer n = (lua_Integer)lua_rawlen(L, texts);
+    size_t qlen;
+    const char *q = lua_tolstring(L, query_idx, &qlen);
+    if (nim_buf_reserve(b, nim_wire_body_estimate(L, texts, 16, body_model) + qlen)) return -1;
     if (BUF_ADD_LIT(b, "{\"model\":") || nim_buf_json_string(b, body_model, strlen(body_model)) ||
         BUF_ADD_LIT(b, ",\"query\":{\"text\":") || nim_buf_json_string(b, q, qlen) ||
         BUF_ADD_LIT(b, "},\"passages\":["))

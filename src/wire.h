@@ -29,6 +29,10 @@ int nim_buf_add(nim_buf *b, const char *s, size_t n); /* the same */
 /* Appends s as a JSON string literal. 0, or -1 when out of memory. */
 int nim_buf_json_string(nim_buf *b, const char *s, size_t n);
 
+/* What a request body of these texts takes, about: their bytes, per_text of JSON around each,
+ * and room for the rest. One allocation in the common case; raw reads only. */
+size_t nim_wire_body_estimate(lua_State *L, int texts, size_t per_text, const char *body_model);
+
 /* Writes the request body into b, keys in the documented order, the passages from texts (as
  * nim_wire_texts made it). top_k <= 0 and truncate NULL mean "not sent". Returns 0, or -1 when
  * out of memory (b keeps what it has: its owner frees it). Only raw reads of texts: it raises
