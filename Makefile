@@ -14,7 +14,7 @@ DESTDIR  ?=
 LUA_DIR  := $(PREFIX)/share/lua/5.4
 PKGS     := lua5.4 lua5.4-cjson
 DEB_PKGS := pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev lua-cjson \
-            libmicrohttpd-dev libjsmn-dev libhiredis-dev lua-yaml curl luarocks nettle-dev \
+            libmicrohttpd-dev libhiredis-dev lua-yaml curl luarocks nettle-dev \
             redis-server
 # Only for the documentation: the man page (`make man`, `make install`) and the benchmark plots
 # (`make bench-plots`), both checked by `make test`. `make` itself needs none of them.

@@ -1,5 +1,10 @@
-/* answer.c: the reader of answer.h. jsmn tokenises (with parent links, so closing brackets
- * cost O(1)); this file walks the tokens it needs and checks JSON's number grammar itself. */
+/* answer.c: the reader of answer.h. One pass over the bytes: a strict RFC 8259 reader that
+ * reads the values the shape names straight into C rankings and checks, then forgets, every
+ * other value. Written here rather than taken from a library: a tokenizer (jsmn, used before)
+ * plus the checks it leaves out took three passes and ~2,400 instructions per ranking, and no
+ * Debian JSON library checks UTF-8's shortest form and surrogate pairs while handing over a
+ * number's text. tests/c/test_answer.c and the fuzz target (whose oracle is lua-cjson) hold
+ * it to the grammar. */
 #include "answer.h"
 
 #include <math.h>
@@ -8,95 +13,64 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define JSMN_STATIC
-#define JSMN_STRICT
-#define JSMN_PARENT_LINKS
-#include <jsmn.h>
-
-/* A valid answer has about six tokens per ranking; more than this is garbage or an attack,
- * and is refused before any memory is taken for it. */
-#define TOKENS_PER_PASSAGE 8
-#define TOKENS_SLACK 4096
+/* Nesting past this is refused: no answer nests more than four levels. */
+#define MAX_DEPTH 512
 
 const nim_answer_shape nim_answer_nim_shape = {
     "rankings", "index", "logit", {"usage", "total_tokens", NULL, NULL}, "id"};
 
+/* What is wrong with an answer, from least to most telling: a syntax error (the body is not
+ * JSON) outranks everything; a problem with the list as a whole outranks one with an entry.
+ * Within a rank the first one found is the one reported. */
+enum { WRONG_NONE, WRONG_ENTRY, WRONG_LIST, WRONG_SYNTAX };
+
 typedef struct {
-    const char *js;
-    const jsmntok_t *t;
-    int n;
+    const char *p, *end; /* the next byte to read; the body's end */
     char *err;
     size_t errlen;
+    int wrong; /* the rank of the message in err */
     const nim_answer_shape *shape;
     const char *list; /* the list's name in messages: its key, or "answer" for a bare list */
+    size_t npassages;
+    const nim_answer_mem *mem;
+    nim_answer *out;
 } reader;
 
-static int fail(reader *r, const char *fmt, ...) {
+/* Records what is wrong at rank `rank` unless something as telling is recorded already. */
+static void wrong(reader *r, int rank, const char *fmt, ...) {
+    if (r->wrong >= rank) return;
+    r->wrong = rank;
     va_list ap;
     va_start(ap, fmt);
     if (r->err && r->errlen) vsnprintf(r->err, r->errlen, fmt, ap);
     va_end(ap);
+}
+
+/* A syntax error, or one that stops the reading (memory, depth): reading ends here. */
+static int stop(reader *r, const char *msg) {
+    wrong(r, WRONG_SYNTAX, "%s", msg);
     return -1;
 }
+static int not_json(reader *r) { return stop(r, "body is not JSON"); }
 
-static int is_key(const reader *r, int i, const char *key) {
-    size_t k = strlen(key);
-    const jsmntok_t *t = &r->t[i];
-    return t->type == JSMN_STRING && (size_t)(t->end - t->start) == k &&
-           memcmp(r->js + t->start, key, k) == 0;
-}
-
-/* Is token i a key with its value at i + 1 (jsmn is lenient about a key without one)? */
-static int key_with_value(const reader *r, int i) {
-    return i + 1 < r->n && r->t[i].type == JSMN_STRING && r->t[i].size == 1;
-}
-
-/* The token after the value that starts at i (its whole subtree skipped). */
-static int skip(const reader *r, int i) {
-    int end = r->t[i].end, j = i + 1;
-    while (j < r->n && r->t[j].start < end)
-        j++;
-    return j;
-}
-
-/* JSON's number grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? over [p, end). */
-static int number_ok(const char *p, const char *end) {
-    p += p < end && *p == '-';
-    if (p >= end || *p < '0' || *p > '9') return 0;
-    if (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9') return 0; /* leading zero */
-    while (p < end && *p >= '0' && *p <= '9')
+static void ws(reader *r) {
+    const char *p = r->p;
+    while (p < r->end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
         p++;
-    if (p < end && *p == '.') {
-        if (++p >= end || *p < '0' || *p > '9') return 0;
-        while (p < end && *p >= '0' && *p <= '9')
-            p++;
-    }
-    if (p < end && (*p == 'e' || *p == 'E')) {
-        if (++p < end && (*p == '+' || *p == '-')) p++;
-        if (p >= end || *p < '0' || *p > '9') return 0;
-        while (p < end && *p >= '0' && *p <= '9')
-            p++;
-    }
-    return p == end;
+    r->p = p;
 }
 
-/* Where a token's text begins and ends (a string's quotes included: jsmn leaves them out). */
-static int tok_begin(const jsmntok_t *t) {
-    return t->type == JSMN_STRING ? t->start - 1 : t->start;
-}
-static int tok_end(const jsmntok_t *t) { return t->type == JSMN_STRING ? t->end + 1 : t->end; }
-
-/* Are the bytes [from, to) white space around exactly one `sep` (or none when sep is 0)? */
-static int gap_ok(const char *js, int from, int to, char sep) {
-    if (to - from == (sep != 0)) return sep == 0 || js[from] == sep; /* compact JSON */
-    int seen = 0;
-    for (int i = from; i < to; i++) {
-        char c = js[i];
-        if (c == ' ' || c == '\t' || c == '\r' || c == '\n') continue;
-        if (c != sep || seen++) return 0;
+/* After white space: is the next byte c? Then it is consumed. */
+static int next_is(reader *r, char c) {
+    ws(r);
+    if (r->p < r->end && *r->p == c) {
+        r->p++;
+        return 1;
     }
-    return seen == (sep != 0);
+    return 0;
 }
+
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
 
 int nim_json_hex4(const char *s, unsigned *out) {
     unsigned v = 0;
@@ -131,75 +105,155 @@ int nim_utf8_seq(const char *s, const char *e) {
     return n + 1;
 }
 
-/* A string's text between its quotes: valid UTF-8, no raw control byte, and \u escapes that
- * name characters (a surrogate only as a high-low pair, as UTF-16 and JSON readers require). */
-static int string_ok(const char *s, const char *e) {
-    for (; s < e; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c >= 0x20 && c < 0x80 && c != '\\') continue; /* the usual byte */
-        if (c < 0x20) return -1;
+/* At a '"': the string's text between its quotes in [*s, *e), with p past the closing quote.
+ * Valid UTF-8 (nim_utf8_seq), no raw control byte, escapes JSON has, and \u escapes that name
+ * characters (a surrogate only as a high-low pair, as UTF-16 and JSON readers require). */
+static int string(reader *r, const char **s, const char **e) {
+    const char *p = r->p + 1, *end = r->end;
+    *s = p;
+    for (;;) {
+        while (p < end && (unsigned char)*p >= 0x20 && (unsigned char)*p < 0x80 && *p != '"' &&
+               *p != '\\')
+            p++; /* the usual byte */
+        if (p >= end) return not_json(r);
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') break;
+        if (c < 0x20) return not_json(r);
         if (c >= 0x80) { /* UTF-8 (RFC 8259 section 8.1): shortest form, no surrogates */
-            int n = nim_utf8_seq(s, e);
-            if (n < 0) return -1;
-            s += n - 1;
+            int n = nim_utf8_seq(p, end);
+            if (n < 0) return not_json(r);
+            p += n;
             continue;
         }
-        if (*++s != 'u') continue; /* c is '\\': a one-letter escape, jsmn checked the letter */
+        if (++p >= end) return not_json(r); /* c is '\\' */
+        if (*p && strchr("\"\\/bfnrt", *p)) {
+            p++;
+            continue;
+        }
         unsigned u, lo;
-        if (!nim_json_hex4(s + 1, &u)) return -1; /* jsmn has checked; cheap to be sure */
-        s += 4;
-        if (u >= 0xDC00 && u < 0xE000) return -1; /* a low half alone */
-        if (u >= 0xD800 && u < 0xDC00) {          /* a high half: its low half must follow */
-            if (e - s < 7 || s[1] != '\\' || s[2] != 'u') return -1;
-            if (!nim_json_hex4(s + 3, &lo) || lo < 0xDC00 || lo >= 0xE000) return -1;
-            s += 6;
+        if (*p != 'u' || end - p < 5 || !nim_json_hex4(p + 1, &u)) return not_json(r);
+        p += 5;
+        if (u >= 0xDC00 && u < 0xE000) return not_json(r); /* a low half alone */
+        if (u >= 0xD800 && u < 0xDC00) {                   /* a high half: its low half next */
+            if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || !nim_json_hex4(p + 2, &lo) ||
+                lo < 0xDC00 || lo >= 0xE000)
+                return not_json(r);
+            p += 6;
         }
     }
+    *e = p;
+    r->p = p + 1;
     return 0;
 }
 
-/* What jsmn leaves unchecked, checked in one pass over the tokens: the separators between
- * values (',' and ':', none missing, none extra), keys that are strings with one value,
- * literals spelled exactly (true, false, null), numbers by JSON's grammar, and no raw control
- * byte inside a string. With it, a body is refused exactly when RFC 8259 JSON would refuse
- * it. `last` is scratch for one int per token: where its latest child ended. */
-static int syntax(const reader *r, int *last, int *count) {
-    const jsmntok_t *t = r->t;
-    const char *js = r->js;
-    for (int j = 0; j < r->n; j++) {
-        last[j] = t[j].start + 1; /* just past '{' or '[' */
-        count[j] = 0;
-        const char *s = js + t[j].start, *e = js + t[j].end;
-        if (t[j].type == JSMN_PRIMITIVE) {
-            size_t n = (size_t)(e - s);
-            if (!((n == 4 && memcmp(s, "true", 4) == 0) || (n == 5 && memcmp(s, "false", 5) == 0) ||
-                  (n == 4 && memcmp(s, "null", 4) == 0) || number_ok(s, e)))
-                return -1;
-        } else if (t[j].type == JSMN_STRING && string_ok(s, e) != 0) {
-            return -1;
-        }
-        int p = t[j].parent;
-        if (p < 0) { /* the top-level value: first, with only white space before it */
-            if (j != 0 || !gap_ok(js, 0, tok_begin(&t[j]), 0)) return -1;
-            continue;
-        }
-        if (t[p].type == JSMN_STRING) { /* a value: its parent is its key */
-            if (!gap_ok(js, tok_end(&t[p]), tok_begin(&t[j]), ':')) return -1;
-            int obj = t[p].parent; /* and the key's, an object ("a":1 alone is not JSON) */
-            if (obj < 0 || t[obj].type != JSMN_OBJECT) return -1;
-            last[obj] = tok_end(&t[j]);
-            continue;
-        }
-        if (t[p].type == JSMN_OBJECT && (t[j].type != JSMN_STRING || t[j].size != 1)) return -1;
-        if (!gap_ok(js, last[p], tok_begin(&t[j]), count[p] ? ',' : 0)) return -1;
-        last[p] = tok_end(&t[j]);
-        count[p]++;
+/* At a number's first byte: its text in [*s, *e) by JSON's grammar,
+ * -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, with p past it. What follows is the
+ * caller's to check (a separator), so "01" and "1x" are refused there. */
+static int number_text(reader *r, const char **s, const char **e) {
+    const char *p = r->p, *end = r->end;
+    *s = p;
+    p += p < end && *p == '-';
+    if (p >= end || !is_digit(*p)) return not_json(r);
+    if (*p == '0')
+        p++;
+    else
+        while (p < end && is_digit(*p))
+            p++;
+    if (p < end && *p == '.') {
+        if (++p >= end || !is_digit(*p)) return not_json(r);
+        while (p < end && is_digit(*p))
+            p++;
     }
-    for (int j = 0; j < r->n; j++) /* nothing between the last child and the closing bracket */
-        if ((t[j].type == JSMN_OBJECT || t[j].type == JSMN_ARRAY) &&
-            !gap_ok(js, last[j], t[j].end - 1, 0))
-            return -1;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        if (++p < end && (*p == '+' || *p == '-')) p++;
+        if (p >= end || !is_digit(*p)) return not_json(r);
+        while (p < end && is_digit(*p))
+            p++;
+    }
+    *e = p;
+    r->p = p;
     return 0;
+}
+
+/* At a value that is none of the others: true, false or null, spelled exactly. */
+static int literal(reader *r) {
+    size_t left = (size_t)(r->end - r->p);
+    if (left >= 4 && (memcmp(r->p, "true", 4) == 0 || memcmp(r->p, "null", 4) == 0))
+        r->p += 4;
+    else if (left >= 5 && memcmp(r->p, "false", 5) == 0)
+        r->p += 5;
+    else
+        return not_json(r);
+    return 0;
+}
+
+/* An object member's key and its ':' (after '{' or ','): the key's text in [*s, *e). */
+static int key(reader *r, const char **s, const char **e) {
+    ws(r);
+    if (r->p >= r->end || *r->p != '"' || string(r, s, e) != 0) return not_json(r);
+    return next_is(r, ':') ? 0 : not_json(r);
+}
+
+static int key_is(const char *s, const char *e, const char *name) {
+    size_t n = strlen(name);
+    return (size_t)(e - s) == n && memcmp(s, name, n) == 0;
+}
+
+/* After a member or an element: ',' (1: another follows) or the closing bracket (0). */
+static int more(reader *r, char close) {
+    if (next_is(r, ',')) return 1;
+    return next_is(r, close) ? 0 : not_json(r);
+}
+
+/* Checks one value of any kind (after white space) and moves past it. Iterative: nesting
+ * costs a byte of `open` per level, not a C stack frame. */
+static int skip(reader *r) {
+    char open[MAX_DEPTH];
+    int depth = 0;
+    for (;;) {
+        ws(r);
+        if (r->p >= r->end) return not_json(r);
+        const char *s, *e;
+        char c = *r->p;
+        int done = 1; /* a whole value was read: look for what follows it */
+        if (c == '{' || c == '[') {
+            if (depth == MAX_DEPTH) return stop(r, "body nests more than 512 levels deep");
+            open[depth++] = c == '{' ? '}' : ']';
+            r->p++;
+            if (next_is(r, open[depth - 1])) {
+                depth--;
+            } else {
+                if (c == '{' && key(r, &s, &e) != 0) return -1;
+                done = 0;
+            }
+        } else if (c == '"') {
+            if (string(r, &s, &e) != 0) return -1;
+        } else if (c == '-' || is_digit(c)) {
+            if (number_text(r, &s, &e) != 0) return -1;
+        } else if (literal(r) != 0) {
+            return -1;
+        }
+        while (done && depth > 0) { /* after a value inside brackets: ',' or the close */
+            int m = more(r, open[depth - 1]);
+            if (m < 0) return -1;
+            if (m == 0) {
+                depth--;
+                continue;
+            }
+            if (open[depth - 1] == '}' && key(r, &s, &e) != 0) return -1;
+            done = 0;
+        }
+        if (done) return 0;
+    }
+}
+
+/* A value that should be a number (after white space): its text in [*s, *e) when it is one,
+ * *s NULL when it is a value of another kind (checked and passed over). */
+static int number_or_skip(reader *r, const char **s, const char **e) {
+    ws(r);
+    *s = NULL;
+    if (r->p < r->end && (*r->p == '-' || is_digit(*r->p))) return number_text(r, s, e);
+    return skip(r);
 }
 
 /* Powers of ten a double holds exactly (Clinger's fast path). */
@@ -207,13 +261,11 @@ static const double exact_pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1
                                      1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                      1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
-/* JSON's number grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, checked while the
- * value is read. Most values (up to 15 significant digits, exponent within 22) are converted
- * exactly in C, the classic fast path; the others go to strtod. */
-static int number(const reader *r, int i, double *out, int *integer) {
-    const jsmntok_t *t = &r->t[i];
-    if (t->type != JSMN_PRIMITIVE) return -1;
-    const char *s = r->js + t->start, *end = r->js + t->end, *p = s;
+/* The value of the number literal [s, end), its grammar checked again (cheap, and the rule
+ * stays next to the conversion). Most values (up to 15 significant digits, exponent within 22) are
+ * converted exactly in C, the classic fast path; the others go to strtod. */
+static int number(const char *s, const char *end, double *out, int *integer) {
+    const char *p = s;
     int neg = p < end && *p == '-';
     p += neg;
     if (p >= end || *p < '0' || *p > '9') return -1;
@@ -257,136 +309,193 @@ static int number(const reader *r, int i, double *out, int *integer) {
     return isfinite(*out) ? 0 : -1;
 }
 
-/* Reads one {"index": i, "<score>": x} at token e into *rk; k names it in errors. */
-static int ranking(reader *r, int e, size_t k, size_t npassages, unsigned char *seen,
-                   nim_ranking *rk) {
+/* Reads one entry of the list (after white space), the k-th, into *rk: {"index": i,
+ * "<score>": x} with any other members passed over. */
+static int ranking(reader *r, size_t k, unsigned char *seen, nim_ranking *rk) {
     const char *list = r->list, *index = r->shape->index, *score = r->shape->score;
-    if (r->t[e].type != JSMN_OBJECT) return fail(r, "%s[%zu] is not an object", list, k);
-    int index_tok = -1, score_tok = -1;
-    for (int i = e + 1; i < r->n && r->t[i].start < r->t[e].end; i = skip(r, i + 1)) {
-        if (!key_with_value(r, i)) return fail(r, "%s[%zu] is not an object", list, k);
-        int *tok = is_key(r, i, index) ? &index_tok : is_key(r, i, score) ? &score_tok : NULL;
-        if (tok && *tok >= 0) /* which one a reader takes is a guess: none is taken */
-            return fail(r, "%s[%zu] has '%s' twice", list, k, tok == &index_tok ? index : score);
-        if (tok) *tok = i + 1;
+    if (*r->p != '{') {
+        wrong(r, WRONG_ENTRY, "%s[%zu] is not an object", list, k);
+        return skip(r);
+    }
+    r->p++;
+    const char *is = NULL, *ie = NULL, *ss = NULL, *se = NULL;
+    int has_index = 0, has_score = 0;
+    if (!next_is(r, '}')) {
+        int m;
+        do {
+            const char *ks, *ke;
+            if (key(r, &ks, &ke) != 0) return -1;
+            int is_index = key_is(ks, ke, index), is_score = !is_index && key_is(ks, ke, score);
+            int *has = is_index ? &has_index : is_score ? &has_score : NULL;
+            if (has && *has) /* which one a reader takes is a guess: none is taken */
+                wrong(r, WRONG_ENTRY, "%s[%zu] has '%s' twice", list, k, is_index ? index : score);
+            if (!has) {
+                if (skip(r) != 0) return -1;
+            } else if (number_or_skip(r, is_index ? &is : &ss, is_index ? &ie : &se) != 0) {
+                return -1;
+            }
+            if (has) *has = 1;
+        } while ((m = more(r, '}')) == 1);
+        if (m < 0) return -1;
     }
     double v;
     int integer;
-    if (index_tok < 0) return fail(r, "%s[%zu].%s is missing", list, k, index);
-    if (number(r, index_tok, &v, &integer) != 0 || !integer)
-        return fail(r, "%s[%zu].%s is not an integer", list, k, index);
-    if (v < 0 || v >= (double)npassages)
-        return fail(r, "%s[%zu].%s is out of range", list, k, index);
+    if (!has_index) {
+        wrong(r, WRONG_ENTRY, "%s[%zu].%s is missing", list, k, index);
+        return 0;
+    }
+    if (!is || number(is, ie, &v, &integer) != 0 || !integer) {
+        wrong(r, WRONG_ENTRY, "%s[%zu].%s is not an integer", list, k, index);
+        return 0;
+    }
+    if (v < 0 || v >= (double)r->npassages) {
+        wrong(r, WRONG_ENTRY, "%s[%zu].%s is out of range", list, k, index);
+        return 0;
+    }
     size_t idx = (size_t)v;
-    if (seen[idx]) return fail(r, "%s[%zu].%s repeats an earlier index", list, k, index);
+    if (seen[idx]) {
+        wrong(r, WRONG_ENTRY, "%s[%zu].%s repeats an earlier index", list, k, index);
+        return 0;
+    }
     seen[idx] = 1;
-    if (score_tok < 0) return fail(r, "%s[%zu].%s is missing", list, k, score);
-    if (r->t[score_tok].type != JSMN_PRIMITIVE || number(r, score_tok, &v, &integer) != 0)
-        return fail(r, "%s[%zu].%s is not a finite number", list, k, score);
+    if (!has_score) {
+        wrong(r, WRONG_ENTRY, "%s[%zu].%s is missing", list, k, score);
+        return 0;
+    }
+    if (!ss || number(ss, se, &v, &integer) != 0) {
+        wrong(r, WRONG_ENTRY, "%s[%zu].%s is not a finite number", list, k, score);
+        return 0;
+    }
     rk->index = idx;
     rk->score = v;
     return 0;
 }
 
-static int rankings(reader *r, int a, size_t npassages, const nim_answer_mem *mem,
-                    nim_answer *out) {
-    if (r->t[a].type != JSMN_ARRAY) return fail(r, "'%s' is not a list", r->list);
-    size_t n = (size_t)r->t[a].size;
-    if (n > npassages) return fail(r, "'%s' has more entries than passages were sent", r->list);
-    out->rk = mem->keep(mem->keep_ud, (n ? n : 1) * sizeof *out->rk);
-    unsigned char *seen = mem->tmp(mem->tmp_ud, npassages ? npassages : 1);
-    if (!out->rk || !seen) return fail(r, "out of memory");
-    memset(seen, 0, npassages ? npassages : 1);
-    int e = a + 1;
-    for (size_t k = 0; k < n; k++, e = skip(r, e)) {
-        if (e >= r->n) return fail(r, "body is not JSON");
-        if (ranking(r, e, k, npassages, seen, &out->rk[k]) != 0) return -1;
+/* The list (after white space): its entries into out->rk, in the provider's order. */
+static int rankings(reader *r) {
+    if (r->p >= r->end || *r->p != '[') {
+        wrong(r, WRONG_LIST, "'%s' is not a list", r->list);
+        return skip(r);
     }
-    out->n = n;
+    r->p++;
+    size_t np = r->npassages, room = np ? np : 1;
+    nim_answer *out = r->out;
+    out->rk = r->mem->keep(r->mem->keep_ud, room * sizeof *out->rk);
+    unsigned char *seen = r->mem->tmp(r->mem->tmp_ud, room);
+    if (!out->rk || !seen) return stop(r, "out of memory");
+    memset(seen, 0, room);
+    size_t k = 0;
+    if (!next_is(r, ']')) {
+        int m;
+        do {
+            ws(r);
+            if (r->p >= r->end) return not_json(r);
+            if (k >= np) { /* more than were sent: the rest is only checked */
+                wrong(r, WRONG_LIST, "'%s' has more entries than passages were sent", r->list);
+                if (skip(r) != 0) return -1;
+            } else if (ranking(r, k, seen, &out->rk[k]) != 0) {
+                return -1;
+            }
+            k++;
+        } while ((m = more(r, ']')) == 1);
+        if (m < 0) return -1;
+    }
+    out->n = k < np ? k : np;
     return 0;
 }
 
-/* The token count at the shape's path below the object at u (depth: the key to match). */
-static void usage(const reader *r, int u, int depth, nim_answer *out) {
-    if (r->t[u].type != JSMN_OBJECT) return;
-    const char *key = r->shape->tokens[depth], *next = r->shape->tokens[depth + 1];
-    for (int i = u + 1; i < r->n && r->t[i].start < r->t[u].end; i = skip(r, i + 1)) {
-        if (!key_with_value(r, i) || !is_key(r, i, key)) continue;
-        double v;
-        int integer;
-        if (next && depth < 2)
-            usage(r, i + 1, depth + 1, out);
-        else if (!next && number(r, i + 1, &v, &integer) == 0 && v > 0 && v < 9e15)
-            out->tokens = (long long)v;
-    }
+/* The token count (a value, after white space): kept when it is a positive number. */
+static int count(reader *r) {
+    const char *s, *e;
+    if (number_or_skip(r, &s, &e) != 0) return -1;
+    double v;
+    int integer;
+    if (s && number(s, e, &v, &integer) == 0 && v > 0 && v < 9e15) r->out->tokens = (long long)v;
+    return 0;
 }
 
-/* Checks the top level: one object (a list, for a bare-list shape), nothing after it but white
- * space. */
-static int tokenize(reader *r, const char *js, size_t len, size_t npassages, nim_alloc_fn alloc,
-                    void *ud) {
-    if (len > 0x7fffffff) return fail(r, "body is too large");
-    /* One pass in the common case: room for a valid answer's tokens; more only if needed. */
-    size_t limit = npassages * TOKENS_PER_PASSAGE + TOKENS_SLACK;
-    size_t guess = npassages * 6 + 64;
-    jsmn_parser p;
-    jsmn_init(&p);
-    jsmntok_t *t = alloc(ud, guess * sizeof *t);
-    if (!t) return fail(r, "out of memory");
-    int count = jsmn_parse(&p, js, len, t, (unsigned)guess);
-    if (count == JSMN_ERROR_NOMEM) {
-        jsmn_init(&p);
-        count = jsmn_parse(&p, js, len, NULL, 0); /* how many, then exactly that */
-        if (count < 1) return fail(r, "body is not JSON");
-        if ((size_t)count > limit)
-            return fail(r, "body has more JSON values (%d) than an answer for %zu passages", count,
-                        npassages);
-        t = alloc(ud, (size_t)count * sizeof *t);
-        if (!t) return fail(r, "out of memory");
-        jsmn_init(&p);
-        if (jsmn_parse(&p, js, len, t, (unsigned)count) != count) count = -1;
+/* The token count at the shape's path (a value, after white space): depth is the key to
+ * match inside it. Values off the path are checked and passed over. */
+static int usage(reader *r, int depth) {
+    ws(r);
+    if (r->p >= r->end || *r->p != '{') return skip(r);
+    r->p++;
+    if (next_is(r, '}')) return 0;
+    const char *name = r->shape->tokens[depth], *next = r->shape->tokens[depth + 1];
+    int m;
+    do {
+        const char *ks, *ke;
+        if (key(r, &ks, &ke) != 0) return -1;
+        int rc = !key_is(ks, ke, name) ? skip(r)
+                 : next                ? (depth < 2 ? usage(r, depth + 1) : skip(r))
+                                       : count(r);
+        if (rc != 0) return -1;
+    } while ((m = more(r, '}')) == 1);
+    return m < 0 ? -1 : 0;
+}
+
+/* The members of the top-level object (after its '{'): the list, the token count, the id;
+ * every other member checked and passed over. */
+static int members(reader *r) {
+    const nim_answer_shape *shape = r->shape;
+    int found = 0;
+    if (!next_is(r, '}')) {
+        int m;
+        do {
+            const char *ks, *ke;
+            int rc;
+            if (key(r, &ks, &ke) != 0) return -1;
+            ws(r);
+            if (key_is(ks, ke, shape->list)) {
+                if (found++) wrong(r, WRONG_LIST, "'%s' appears twice in the answer", r->list);
+                rc = rankings(r);
+            } else if (shape->tokens[0] && key_is(ks, ke, shape->tokens[0])) {
+                rc = shape->tokens[1] ? usage(r, 1) : count(r);
+            } else if (shape->id && key_is(ks, ke, shape->id) && r->p < r->end && *r->p == '"') {
+                const char *s, *e;
+                if (string(r, &s, &e) != 0) return -1;
+                rc = 0;
+                r->out->id = s;
+                r->out->id_len = (size_t)(e - s);
+                r->out->id_escaped = memchr(s, '\\', (size_t)(e - s)) != NULL;
+            } else {
+                rc = skip(r);
+            }
+            if (rc != 0) return -1;
+        } while ((m = more(r, '}')) == 1);
+        if (m < 0) return -1;
     }
-    if (count < 1) return fail(r, "body is not JSON");
-    r->t = t;
-    r->n = count;
-    int *scratch = alloc(ud, 2 * (size_t)count * sizeof *scratch);
-    if (!scratch) return fail(r, "out of memory");
-    if (syntax(r, scratch, scratch + count) != 0) return fail(r, "body is not JSON");
-    int bare = r->shape->list == NULL;
-    if (t[0].type != (bare ? JSMN_ARRAY : JSMN_OBJECT))
-        return fail(r, bare ? "body is not a JSON list" : "body is not a JSON object");
-    for (size_t i = (size_t)t[0].end; i < len; i++)
-        if (js[i] != ' ' && js[i] != '\t' && js[i] != '\r' && js[i] != '\n')
-            return fail(r, "body has bytes after its JSON %s", bare ? "list" : "object");
+    if (!found) wrong(r, WRONG_LIST, "no '%s' list in the answer", shape->list);
     return 0;
 }
 
 int nim_answer_read(const char *js, size_t len, size_t npassages, const nim_answer_shape *shape,
                     const nim_answer_mem *mem, nim_answer *out, char *err, size_t errlen) {
     if (!shape) shape = &nim_answer_nim_shape;
-    reader r = {js, NULL, 0, err, errlen, shape, shape->list ? shape->list : "answer"};
+    int bare = shape->list == NULL;
+    reader r = {js,        js + len, err, errlen, WRONG_NONE, shape, bare ? "answer" : shape->list,
+                npassages, mem,      out};
     memset(out, 0, sizeof *out);
-    if (tokenize(&r, js, len, npassages, mem->tmp, mem->tmp_ud) != 0) return -1;
-    if (!shape->list) return rankings(&r, 0, npassages, mem, out);
-    int found = 0;
-    for (int i = 1; i < r.n; i = skip(&r, i + 1)) { /* key, value, key, value ... */
-        if (!key_with_value(&r, i)) return fail(&r, "body is not JSON");
-        if (is_key(&r, i, shape->list)) {
-            if (rankings(&r, i + 1, npassages, mem, out) != 0) return -1;
-            found = 1;
-        } else if (shape->tokens[0] && is_key(&r, i, shape->tokens[0])) {
-            double v;
-            int integer;
-            if (shape->tokens[1])
-                usage(&r, i + 1, 1, out);
-            else if (number(&r, i + 1, &v, &integer) == 0 && v > 0 && v < 9e15)
-                out->tokens = (long long)v;
-        } else if (shape->id && is_key(&r, i, shape->id) && r.t[i + 1].type == JSMN_STRING) {
-            out->id = js + r.t[i + 1].start;
-            out->id_len = (size_t)(r.t[i + 1].end - r.t[i + 1].start);
-            out->id_escaped = memchr(out->id, '\\', out->id_len) != NULL;
-        }
+    if (err && errlen) err[0] = '\0';
+    ws(&r);
+    int rc;
+    if (r.p >= r.end) return not_json(&r);
+    if (*r.p != (bare ? '[' : '{')) { /* the wrong kind of value: said once it is JSON */
+        if (skip(&r) != 0) return -1;
+        ws(&r);
+        if (r.p != r.end) return not_json(&r); /* "a":1 is no JSON value */
+        wrong(&r, WRONG_LIST, bare ? "body is not a JSON list" : "body is not a JSON object");
+        return -1;
+    } else if (bare) {
+        rc = rankings(&r);
+    } else {
+        r.p++;
+        rc = members(&r);
     }
-    if (!found) return fail(&r, "no '%s' list in the answer", shape->list);
-    return 0;
+    if (rc != 0) return -1;
+    ws(&r);
+    if (r.p != r.end)
+        return stop(&r, bare ? "body has bytes after its JSON list"
+                             : "body has bytes after its JSON object");
+    return r.wrong == WRONG_NONE ? 0 : -1;
 }

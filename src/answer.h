@@ -4,7 +4,7 @@
  * curl. Strict where a lenient reader would turn garbage into a plausible ranking: the body
  * must be one JSON object holding a "rankings" list; every index an integer literal in range
  * and not repeated, every logit a finite number literal (no hex, no NaN, no strings); JSON's
- * own grammar for every token it uses. Tokenised by jsmn (Debian's libjsmn-dev). */
+ * own grammar for the whole body (RFC 8259), read in one pass without a tokenizer. */
 #ifndef NIM_ANSWER_H
 #define NIM_ANSWER_H
 

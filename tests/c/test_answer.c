@@ -170,27 +170,78 @@ static void refused_answers_say_why(void) {
     }
 }
 
-static void a_flood_of_values_is_refused_before_memory_is_taken(void) {
+/* Counts what the reader asks for: memory follows the passages sent, never the body. */
+static size_t asked;
+static void *counting_alloc(void *ud, size_t size) {
+    asked += size;
+    return arena_alloc(ud, size);
+}
+
+static void a_flood_of_values_takes_no_memory_per_value(void) {
     size_t n = 200000;
-    char *body = malloc(n * 2 + 32);
+    char *body = malloc(n * 2 + 64);
     strcpy(body, "{\"x\":[");
     size_t k = strlen(body);
     for (size_t i = 0; i < n; i++) {
         body[k++] = '1';
         body[k++] = ',';
     }
-    strcpy(body + k, "1],\"rankings\":[]}");
+    strcpy(body + k, "1],\"rankings\":[{\"index\":2,\"logit\":0.5}]}");
+    arena a = {{0}, 0};
+    nim_answer out;
+    char err[256];
+    asked = 0;
+    nim_answer_mem mem = {counting_alloc, &a, counting_alloc, &a};
+    CHECK(nim_answer_read(body, strlen(body), 3, NULL, &mem, &out, err, sizeof err) == 0);
+    CHECK(out.n == 1 && out.rk[0].index == 2 && out.rk[0].score == 0.5);
+    CHECK(asked <= 3 * sizeof(nim_ranking) + 3);
+    arena_free(&a);
+    free(body);
+}
+
+static void deep_nesting_is_refused_without_recursion(void) {
+    size_t depth = 100000;
+    char *body = malloc(depth * 2 + 64);
+    size_t k = (size_t)sprintf(body, "{\"rankings\":[],\"x\":");
+    memset(body + k, '[', depth);
+    memset(body + k + depth, ']', depth);
+    strcpy(body + k + 2 * depth, "}");
     nim_answer a;
     char err[256];
-    CHECK(read_answer(body, 3, &a, err) == -1 && strstr(err, "more JSON values"));
+    CHECK(read_answer(body, 3, &a, err) == -1 && strstr(err, "levels deep"));
+    body[k + 511] = '1'; /* 511 levels inside the member: within the limit */
+    memmove(body + k + 512, body + k + 2 * depth - 511, 511);
+    strcpy(body + k + 1023, "}");
+    CHECK(read_answer(body, 3, &a, err) == 0);
     free(body);
+}
+
+static void errors_rank_syntax_then_list_then_entry(void) {
+    nim_answer a;
+    char err[256];
+    /* an entry's problem, then a syntax error later on: the body is not JSON */
+    CHECK(read_answer("{\"rankings\":[{\"index\":9,\"logit\":1}],\"x\":tru}", 3, &a, err) == -1 &&
+          strstr(err, "not JSON"));
+    /* the list's problem outranks an entry's found before it */
+    CHECK(read_answer("{\"rankings\":[{\"index\":9,\"logit\":1},{\"index\":0,\"logit\":1},"
+                      "{\"index\":1,\"logit\":1},{\"index\":2,\"logit\":1}]}",
+                      3, &a, err) == -1 &&
+          strstr(err, "more entries"));
+    /* the first entry's problem is the one told */
+    CHECK(read_answer("{\"rankings\":[{\"index\":9,\"logit\":1},{\"logit\":1}]}", 3, &a, err) ==
+              -1 &&
+          strstr(err, "rankings[0].index is out of range"));
+    CHECK(read_answer("{\"rankings\":[],\"rankings\":[]}", 3, &a, err) == -1 &&
+          strstr(err, "appears twice"));
 }
 
 int main(void) {
     RUN(well_formed_answers);
     RUN(other_shapes);
     RUN(refused_answers_say_why);
-    RUN(a_flood_of_values_is_refused_before_memory_is_taken);
+    RUN(a_flood_of_values_takes_no_memory_per_value);
+    RUN(deep_nesting_is_refused_without_recursion);
+    RUN(errors_rank_syntax_then_list_then_entry);
     nim_scratch_free(&tmp);
     return CTEST_SUMMARY("c/answer");
 }
