@@ -112,10 +112,11 @@ plot() { # NAME DATA: bench/plots/NAME.gp draws DATA into $IMG/NAME.png
 }
 skipped() { echo "plots: no data for $1: $IMG/$1.png left as it was" >&2; }
 
-# ---- overhead: docs nim_us curl_us ratio -----------------------------------------------------
+# ---- overhead: docs nim_us curl_us ratio floor_us (curl + result tables; "-" when unknown) ---
 source_of overhead txt env ROUNDS=1 CALLS=50 sh bench/overhead.sh
 if [ -n "$SRC" ]; then
-    awk '$1 ~ /^[0-9]+$/ && $5 ~ /x$/ { sub(/x$/, "", $5); print $1, $3, $4, $5 }' "$SRC" \
+    awk '$1 ~ /^[0-9]+$/ && $5 ~ /x$/ { sub(/x$/, "", $5)
+        print $1, $3, $4, $5, ($9 ~ /^[0-9.]+$/ ? $4 + $9 : "-") }' "$SRC" \
         >"$TMP/overhead.dat"
     plot overhead "$TMP/overhead.dat"
 else skipped overhead; fi
