@@ -28,13 +28,20 @@ for C in $LEVELS; do
     N=$((C * 10)); [ "$N" -ge 64 ] || N=64
     before=$(opened)
     set -- $("$BUILD/nimrank" bench/fanout.lua "$URL" "$DELAY" "$N" "$C")
-    nim_s=$1; nim_kb=$(( ($2 - $3) )); mid=$(opened)
+    nim_s=$1; mid=$(opened)
     set -- $("$BUILD/curl_fanout" "$URL/v1/ranking" "$TMP/body.json" "$N" "$C")
-    curl_s=$1; curl_kb=$(( ($2 - $3) )); after=$(opened)
+    curl_s=$1; after=$(opened)
+    # Memory: one round of C requests, all in flight at once, so the peak holds C requests
+    # and their answers, not the results of ten rounds that rerank_many returns.
+    set -- $("$BUILD/nimrank" bench/fanout.lua "$URL" "$DELAY" "$C" "$C")
+    nim_kb=$(( $2 - $3 ))
+    set -- $("$BUILD/curl_fanout" "$URL/v1/ranking" "$TMP/body.json" "$C" "$C")
+    curl_kb=$(( $2 - $3 ))
     awk -v c="$C" -v n="$N" -v ns="$nim_s" -v cs="$curl_s" -v nc=$((mid - before - 1)) \
         -v cc=$((after - mid - 1)) -v nk="$nim_kb" -v ck="$curl_kb" 'BEGIN {
         printf "%-6d %6d %10.1f %10.1f %7.2fx %9d %9d %12.1f %12.1f\n", c, n, n / ns, n / cs,
             (n / ns) / (n / cs), nc, cc, nk / c, ck / c }'
 done
 echo "upstream delay $DELAY ms; connections as the fake counted them (its stats request"
-echo "excluded); KB/req = (peak RSS - RSS before) / concurrency"
+echo "excluded); KB/req = (peak RSS - RSS before) / concurrency, in a separate round of"
+echo "exactly concurrency requests (all in flight at once)"
