@@ -9,12 +9,16 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Nesting past this is refused: no answer nests more than four levels. */
+/* Brackets a value passed over may nest (counted from that value): a bound on skip()'s
+ * stack array, far past any answer's four or five levels. Deeper is refused. */
 #define MAX_DEPTH 512
+#define STR(x) #x
+#define XSTR(x) STR(x)
 
 const nim_answer_shape nim_answer_nim_shape = {
     "rankings", "index", "logit", {"usage", "total_tokens", NULL, NULL}, "id"};
@@ -217,7 +221,8 @@ static int skip(reader *r) {
         char c = *r->p;
         int done = 1; /* a whole value was read: look for what follows it */
         if (c == '{' || c == '[') {
-            if (depth == MAX_DEPTH) return stop(r, "body nests more than 512 levels deep");
+            if (depth == MAX_DEPTH)
+                return stop(r, "body nests more than " XSTR(MAX_DEPTH) " levels deep");
             open[depth++] = c == '{' ? '}' : ']';
             r->p++;
             if (next_is(r, open[depth - 1])) {
@@ -255,6 +260,9 @@ static int number_or_skip(reader *r, const char **s, const char **e) {
     if (r->p < r->end && (*r->p == '-' || is_digit(*r->p))) return number_text(r, s, e);
     return skip(r);
 }
+
+/* number()'s answer for a literal of 64 characters or more: valid JSON, but not read. */
+#define TOO_LONG -2
 
 /* Powers of ten a double holds exactly (Clinger's fast path). */
 static const double exact_pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
@@ -294,7 +302,8 @@ static int number(const char *s, const char *end, double *out, int *integer) {
             if (exp10 < 100000) exp10 = exp10 * 10 + (*p - '0');
         if (eneg) exp10 = -exp10;
     }
-    if (p != end || end - s >= 64) return -1;
+    if (p != end) return -1;
+    if (end - s >= 64) return TOO_LONG;
     int e = scale + exp10;
     if (digits <= 15 && e >= -22 && e <= 22) { /* both operands exact: one rounding */
         double v = (double)mant;
@@ -309,8 +318,8 @@ static int number(const char *s, const char *end, double *out, int *integer) {
     return isfinite(*out) ? 0 : -1;
 }
 
-/* Reads one entry of the list (after white space), the k-th, into *rk: {"index": i,
- * "<score>": x} with any other members passed over. */
+/* Reads one entry of the list (after white space), the k-th, into *rk (NULL: only checked):
+ * {"index": i, "<score>": x} with any other members passed over. */
 static int ranking(reader *r, size_t k, unsigned char *seen, nim_ranking *rk) {
     const char *list = r->list, *index = r->shape->index, *score = r->shape->score;
     if (*r->p != '{') {
@@ -344,8 +353,12 @@ static int ranking(reader *r, size_t k, unsigned char *seen, nim_ranking *rk) {
         wrong(r, WRONG_ENTRY, "%s[%zu].%s is missing", list, k, index);
         return 0;
     }
-    if (!is || number(is, ie, &v, &integer) != 0 || !integer) {
-        wrong(r, WRONG_ENTRY, "%s[%zu].%s is not an integer", list, k, index);
+    int rc = is ? number(is, ie, &v, &integer) : -1;
+    if (rc != 0 || !integer) {
+        wrong(r, WRONG_ENTRY,
+              rc == TOO_LONG ? "%s[%zu].%s has 64 characters or more"
+                             : "%s[%zu].%s is not an integer",
+              list, k, index);
         return 0;
     }
     if (v < 0 || v >= (double)r->npassages) {
@@ -362,12 +375,18 @@ static int ranking(reader *r, size_t k, unsigned char *seen, nim_ranking *rk) {
         wrong(r, WRONG_ENTRY, "%s[%zu].%s is missing", list, k, score);
         return 0;
     }
-    if (!ss || number(ss, se, &v, &integer) != 0) {
-        wrong(r, WRONG_ENTRY, "%s[%zu].%s is not a finite number", list, k, score);
+    rc = ss ? number(ss, se, &v, &integer) : -1;
+    if (rc != 0) {
+        wrong(r, WRONG_ENTRY,
+              rc == TOO_LONG ? "%s[%zu].%s has 64 characters or more"
+                             : "%s[%zu].%s is not a finite number",
+              list, k, score);
         return 0;
     }
-    rk->index = idx;
-    rk->score = v;
+    if (rk) {
+        rk->index = idx;
+        rk->score = v;
+    }
     return 0;
 }
 
@@ -378,12 +397,20 @@ static int rankings(reader *r) {
         return skip(r);
     }
     r->p++;
-    size_t np = r->npassages, room = np ? np : 1;
     nim_answer *out = r->out;
-    out->rk = r->mem->keep(r->mem->keep_ud, room * sizeof *out->rk);
-    unsigned char *seen = r->mem->tmp(r->mem->tmp_ud, room);
+    size_t np = r->npassages;
+    if (np > SIZE_MAX / sizeof *out->rk) return stop(r, "out of memory");
+    /* Room for the entries the rest of the body can hold (one with both keys takes at least
+     * their lengths + 11 bytes, and a separator), never more than were sent: a short answer
+     * to a long request (top_n) takes little. An entry past the room can only follow a wrong
+     * one: from then on entries are only checked. */
+    size_t min_entry = strlen(r->shape->index) + strlen(r->shape->score) + 11;
+    size_t room = (size_t)(r->end - r->p) / min_entry + 1;
+    if (room > np) room = np;
+    out->rk = r->mem->keep(r->mem->keep_ud, (room ? room : 1) * sizeof *out->rk);
+    unsigned char *seen = r->mem->tmp(r->mem->tmp_ud, np ? np : 1);
     if (!out->rk || !seen) return stop(r, "out of memory");
-    memset(seen, 0, room);
+    memset(seen, 0, np ? np : 1);
     size_t k = 0;
     if (!next_is(r, ']')) {
         int m;
@@ -393,7 +420,8 @@ static int rankings(reader *r) {
             if (k >= np) { /* more than were sent: the rest is only checked */
                 wrong(r, WRONG_LIST, "'%s' has more entries than passages were sent", r->list);
                 if (skip(r) != 0) return -1;
-            } else if (ranking(r, k, seen, &out->rk[k]) != 0) {
+            } else if (ranking(r, k, seen,
+                               k < room && r->wrong == WRONG_NONE ? &out->rk[k] : NULL) != 0) {
                 return -1;
             }
             k++;
@@ -447,8 +475,12 @@ static int members(reader *r) {
             if (key(r, &ks, &ke) != 0) return -1;
             ws(r);
             if (key_is(ks, ke, shape->list)) {
-                if (found++) wrong(r, WRONG_LIST, "'%s' appears twice in the answer", r->list);
-                rc = rankings(r);
+                if (found++) { /* refused, and only checked: one list is read, once */
+                    wrong(r, WRONG_LIST, "'%s' appears twice in the answer", r->list);
+                    rc = skip(r);
+                } else {
+                    rc = rankings(r);
+                }
             } else if (shape->tokens[0] && key_is(ks, ke, shape->tokens[0])) {
                 rc = shape->tokens[1] ? usage(r, 1) : count(r);
             } else if (shape->id && key_is(ks, ke, shape->id) && r->p < r->end && *r->p == '"') {
@@ -469,33 +501,42 @@ static int members(reader *r) {
     return 0;
 }
 
+/* The body: one value of the shape's kind, nothing after it but white space. 0, or -1 with
+ * what is wrong recorded (r->wrong). */
+static int read_answer(reader *r) {
+    int bare = r->shape->list == NULL;
+    ws(r);
+    if (r->p >= r->end) return not_json(r);
+    int rc;
+    if (*r->p != (bare ? '[' : '{')) { /* the wrong kind of value: said once it is JSON */
+        if (skip(r) != 0) return -1;
+        ws(r);
+        if (r->p != r->end) return not_json(r); /* "a":1 is no JSON value */
+        wrong(r, WRONG_LIST, bare ? "body is not a JSON list" : "body is not a JSON object");
+        return -1;
+    } else if (bare) {
+        rc = rankings(r);
+    } else {
+        r->p++;
+        rc = members(r);
+    }
+    if (rc != 0) return -1;
+    ws(r);
+    if (r->p != r->end)
+        return stop(r, bare ? "body has bytes after its JSON list"
+                            : "body has bytes after its JSON object");
+    return r->wrong == WRONG_NONE ? 0 : -1;
+}
+
 int nim_answer_read(const char *js, size_t len, size_t npassages, const nim_answer_shape *shape,
                     const nim_answer_mem *mem, nim_answer *out, char *err, size_t errlen) {
     if (!shape) shape = &nim_answer_nim_shape;
-    int bare = shape->list == NULL;
-    reader r = {js,        js + len, err, errlen, WRONG_NONE, shape, bare ? "answer" : shape->list,
-                npassages, mem,      out};
+    reader r = {
+        js,        js + len, err, errlen, WRONG_NONE, shape, shape->list ? shape->list : "answer",
+        npassages, mem,      out};
     memset(out, 0, sizeof *out);
     if (err && errlen) err[0] = '\0';
-    ws(&r);
-    int rc;
-    if (r.p >= r.end) return not_json(&r);
-    if (*r.p != (bare ? '[' : '{')) { /* the wrong kind of value: said once it is JSON */
-        if (skip(&r) != 0) return -1;
-        ws(&r);
-        if (r.p != r.end) return not_json(&r); /* "a":1 is no JSON value */
-        wrong(&r, WRONG_LIST, bare ? "body is not a JSON list" : "body is not a JSON object");
-        return -1;
-    } else if (bare) {
-        rc = rankings(&r);
-    } else {
-        r.p++;
-        rc = members(&r);
-    }
-    if (rc != 0) return -1;
-    ws(&r);
-    if (r.p != r.end)
-        return stop(&r, bare ? "body has bytes after its JSON list"
-                             : "body has bytes after its JSON object");
-    return r.wrong == WRONG_NONE ? 0 : -1;
+    if (read_answer(&r) == 0) return 0;
+    out->n = 0; /* a refused answer has no rankings */
+    return -1;
 }

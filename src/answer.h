@@ -14,7 +14,7 @@
 
 /* Memory for the reader, owned by the caller; NULL when there is none. `keep` holds what the
  * answer returns (its rankings: a Lua userdata in the binding, so a raise frees it); `tmp`
- * what only the reading needs (tokens, bookkeeping: scratch.h's reusable blocks there). */
+ * what only the reading needs (which indices were seen: scratch.h's reusable blocks there). */
 typedef void *(*nim_alloc_fn)(void *ud, size_t size);
 typedef struct {
     nim_alloc_fn keep;
@@ -49,8 +49,8 @@ extern const nim_answer_shape nim_answer_nim_shape;
  * a hex digit. */
 int nim_json_hex4(const char *s, unsigned *out);
 
-/* 0, or -1 with err saying what is wrong ("rankings[3].index is out of range"). npassages:
- * passages that were sent (indices must be below it). shape NULL: NIM's. */
+/* 0, or -1 (out->n 0) with err saying what is wrong ("rankings[3].index is out of range").
+ * npassages: passages that were sent (indices must be below it). shape NULL: NIM's. */
 int nim_answer_read(const char *js, size_t len, size_t npassages, const nim_answer_shape *shape,
                     const nim_answer_mem *mem, nim_answer *out, char *err, size_t errlen);
 

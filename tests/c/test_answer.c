@@ -235,6 +235,48 @@ static void errors_rank_syntax_then_list_then_entry(void) {
           strstr(err, "appears twice"));
 }
 
+static void memory_follows_the_answer_not_its_repeats(void) {
+    /* the list key 20,000 times: one list is read, the rest only checked */
+    size_t n = 20000;
+    char *body = malloc(n * 14 + 64);
+    size_t k = (size_t)sprintf(body, "{");
+    for (size_t i = 0; i < n; i++)
+        k += (size_t)sprintf(body + k, "%s\"rankings\":[]", i ? "," : "");
+    strcpy(body + k, "}");
+    arena a = {{0}, 0};
+    nim_answer out;
+    char err[256];
+    asked = 0;
+    nim_answer_mem mem = {counting_alloc, &a, counting_alloc, &a};
+    CHECK(nim_answer_read(body, strlen(body), 1000, NULL, &mem, &out, err, sizeof err) == -1);
+    CHECK(strstr(err, "appears twice") != NULL && out.n == 0);
+    CHECK(asked <= 1000 * sizeof(nim_ranking) + 1000);
+    arena_free(&a);
+    /* a short answer to a long request (top_n) keeps room for what it can hold */
+    const char *top = "{\"rankings\":[{\"index\":7,\"logit\":2},{\"index\":3,\"logit\":1}]}";
+    asked = 0;
+    CHECK(nim_answer_read(top, strlen(top), 100000, NULL, &mem, &out, err, sizeof err) == 0);
+    CHECK(out.n == 2 && out.rk[0].index == 7 && out.rk[1].index == 3);
+    CHECK(asked <= 100000 + 4 * sizeof(nim_ranking));
+    arena_free(&a);
+    free(body);
+}
+
+static void a_refused_answer_has_no_rankings(void) {
+    nim_answer a;
+    char err[256];
+    CHECK(read_answer("{\"rankings\":[{\"index\":0},{\"index\":1,\"logit\":2}]}", 3, &a, err) ==
+              -1 &&
+          a.n == 0);
+    CHECK(read_answer("{\"rankings\":[{\"index\":0,\"logit\":1}],\"x\":tru}", 3, &a, err) == -1 &&
+          a.n == 0);
+    /* valid JSON, but a number nimrank does not read: said so */
+    CHECK(read_answer("{\"rankings\":[{\"index\":0,\"logit\":0.5000000000000000000000000000000000"
+                      "00000000000000000000000000001}]}",
+                      3, &a, err) == -1 &&
+          strstr(err, "64 characters or more"));
+}
+
 int main(void) {
     RUN(well_formed_answers);
     RUN(other_shapes);
@@ -242,6 +284,8 @@ int main(void) {
     RUN(a_flood_of_values_takes_no_memory_per_value);
     RUN(deep_nesting_is_refused_without_recursion);
     RUN(errors_rank_syntax_then_list_then_entry);
+    RUN(memory_follows_the_answer_not_its_repeats);
+    RUN(a_refused_answer_has_no_rankings);
     nim_scratch_free(&tmp);
     return CTEST_SUMMARY("c/answer");
 }
