@@ -891,6 +891,10 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
         nim_serve_log(NIM_LOG_ERROR, "start_failed", "epoll");
         return 1;
     }
+    /* What setting up left behind (the supervisor's config load, this worker's start) goes
+     * back to the system before the worker waits for its first request. */
+    lua_gc(L, LUA_GCCOLLECT);
+    malloc_trim(0);
     if (ready_fd >= 0) {
         char b = (char)worker;
         (void)!write(ready_fd, &b, 1);
