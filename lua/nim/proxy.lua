@@ -346,11 +346,12 @@ local function rerank_route(req, ctx)
     cache_hit = res.meta.cache_hit }
   if res.meta.cache_hit ~= nil then ctx.cache = res.meta.cache_hit and "hit" or "miss" end
   if res.meta.warnings and #res.meta.warnings > 0 then out_meta.warnings = res.meta.warnings end
-  -- the results (mostly documents) written by C; any shape it does not know goes to cjson
-  local results = native.encode_results(res.results)
-  if not results then return 200, { id = res.id, results = res.results, meta = out_meta } end
-  return 200, ('{"id":%s,"results":%s,"meta":%s}'):format(encode_value(res.id), results,
-    json.encode(out_meta))
+  -- the answer (mostly documents) written by C in one piece; any shape it does not know goes
+  -- to cjson
+  local text = native.encode_results(res.results, '{"id":' .. encode_value(res.id)
+    .. ',"results":', ',"meta":' .. json.encode(out_meta) .. "}")
+  if not text then return 200, { id = res.id, results = res.results, meta = out_meta } end
+  return 200, text
 end
 
 for _, path in ipairs({ "/rerank", "/v1/rerank", "/v2/rerank" }) do
@@ -562,9 +563,10 @@ end
 local enc = json.encode -- cjson's, without its "\/"
 local function opt(k, v) return v == nil and "" or (',"%s":%s'):format(k, enc(v)) end
 
-local function record(req, ctx, status)
+-- up: upstream_seconds(ctx), when the caller has it already
+local function record(req, ctx, status, up)
   local total = nim.now() - req.t0
-  local up = math.min(upstream_seconds(ctx), total)
+  up = math.min(up or upstream_seconds(ctx), total)
   local own = total - up
   local route = ctx.route or "unmatched"
   -- labels name configured groups only: a model name a client made up must not add series
@@ -574,16 +576,19 @@ local function record(req, ctx, status)
   local by_route = key_of(BY_ROUTE, route)
   registry:observe_key("nimrank_request_duration_seconds", by_route, total)
   registry:observe_key("nimrank_gateway_duration_seconds", by_route, own)
-  if ctx.attempts then
+  local attempts = ctx.attempts
+  if attempts then
     registry:observe_key("nimrank_upstream_duration_seconds", key_of(BY_MODEL, group), up)
-    local seen = {}
-    for _, at in ipairs(ctx.attempts) do
+    local seen = #attempts > 1 and {} -- (one attempt is no retry)
+    for _, at in ipairs(attempts) do
       local g = at.model_group or group
       if at.error then
         registry:inc_key("nimrank_upstream_errors_total", key_of(BY_ERROR, g, at.error))
       end
-      if seen[g] then registry:inc_key("nimrank_retries_total", key_of(BY_MODEL, g)) end
-      seen[g] = true
+      if seen then
+        if seen[g] then registry:inc_key("nimrank_retries_total", key_of(BY_MODEL, g)) end
+        seen[g] = true
+      end
     end
   end
   if ctx.fallback then
@@ -642,11 +647,10 @@ local function finish(req, ctx, status, body, headers)
       .. "answer this request (request id " .. ctx.id .. ")"))
   end
   inflight[req.handle] = nil
-  local total = nim.now() - req.t0
-  local up = math.min(upstream_seconds(ctx), total)
-  out["x-nimrank-overhead-ms"] = ("%.3f"):format((total - up) * 1000)
+  local total, ups = nim.now() - req.t0, upstream_seconds(ctx)
+  out["x-nimrank-overhead-ms"] = ("%.3f"):format((total - math.min(ups, total)) * 1000)
   local sent = server.respond(req.handle, s2, out, text)
-  record(req, ctx, sent and s2 or 499)
+  record(req, ctx, sent and s2 or 499, ups)
 end
 
 -- Per-request Lua runs on the instruction budget (nim.settings.script_budget): a handler or a
@@ -673,13 +677,15 @@ local function failed(req, ctx, message)
     .. ctx.id .. ")")
 end
 
+local function budgeted(req, ctx)
+  on_budget(ctx)
+  return handle(req, ctx)
+end
+
 local function serve(req)
   local ctx = { id = request_id(req.headers) or server.new_id() }
   req.id, req.ctx = ctx.id, ctx
-  local ok, status, body, headers = xpcall(function()
-    on_budget(ctx)
-    return handle(req, ctx)
-  end, debug.traceback)
+  local ok, status, body, headers = xpcall(budgeted, debug.traceback, req, ctx)
   debug.sethook((coroutine.running())) -- the budget ends with the handler
   if not ok then
     status, body, headers = failed(req, ctx, tostring(status))
