@@ -168,29 +168,30 @@ registry:gauge("nimrank_cache_entries", "Entries in the local response cache (su
 local dirty = true
 
 -- Series keys, made once per combination of label values (metrics.label_text sorts and
--- escapes: not a thing to do for every request). names: a constant list, one per use site.
+-- escapes: not a thing to do for every request). names: a constant list of at most three, one
+-- per use site; a, b, c: the values, in its order.
 local key_cache = setmetatable({}, { __mode = "k" })
-local function key_of(names, ...)
+local function child(node, v)
+  local nxt = node[v]
+  if not nxt then
+    nxt = {}
+    node[v] = nxt
+  end
+  return nxt
+end
+local function key_of(names, a, b, c)
   local node = key_cache[names]
   if not node then
     node = {}
     key_cache[names] = node
   end
-  local n = select("#", ...)
-  for i = 1, n - 1 do
-    local v = select(i, ...)
-    local nxt = node[v]
-    if not nxt then
-      nxt = {}
-      node[v] = nxt
-    end
-    node = nxt
-  end
-  local last = select(n, ...)
+  local n, last = #names, a
+  if n > 1 then node, last = child(node, a), b end
+  if n > 2 then node, last = child(node, b), c end
   local key = node[last]
   if not key then
-    local labels = {}
-    for i, name in ipairs(names) do labels[name] = select(i, ...) end
+    local labels, values = {}, { a, b, c }
+    for i, name in ipairs(names) do labels[name] = values[i] end
     key = metrics.label_text(labels)
     node[last] = key
   end
@@ -264,6 +265,20 @@ local function call_error(err)
   end
   return fail(status, err.type or "provider", tostring(err.message or err), err.field,
     headers)
+end
+
+-- The answer's meta as JSON: its usual shape (billed tokens, the version, maybe cache_hit)
+-- written here as nim.json would write it; any other (a filter's change, warnings) by nim.json.
+local META_HEAD = '{"api_version":{"version":"1"},"billed_units":{"total_tokens":'
+local function meta_json(m)
+  local billed, hit = m.billed_units, m.cache_hit
+  local tokens = type(billed) == "table" and getmetatable(billed) == nil and billed.total_tokens
+  if m.warnings == nil and math.type(tokens) == "integer" and next(billed, next(billed)) == nil
+    and (hit == nil or type(hit) == "boolean") then
+    return META_HEAD .. tokens .. (hit == nil and "}}" or hit and '},"cache_hit":true}'
+      or '},"cache_hit":false}')
+  end
+  return json.encode(m)
 end
 
 local function rerank_route(req, ctx)
@@ -349,7 +364,7 @@ local function rerank_route(req, ctx)
   -- the answer (mostly documents) written by C in one piece; any shape it does not know goes
   -- to cjson
   local text = native.encode_results(res.results, '{"id":' .. encode_value(res.id)
-    .. ',"results":', ',"meta":' .. json.encode(out_meta) .. "}")
+    .. ',"results":', ',"meta":' .. meta_json(out_meta) .. "}")
   if not text then return 200, { id = res.id, results = res.results, meta = out_meta } end
   return 200, text
 end
@@ -560,7 +575,12 @@ log_line = function(fields)
   server.log("{" .. table.concat(parts, ",") .. "}")
 end
 
-local enc = json.encode -- cjson's, without its "\/"
+-- cjson's, without its "\/"; a string with nothing to escape (cjson escapes control bytes,
+-- DEL, quotes and backslashes) is quoted as it is
+local function enc(v)
+  if type(v) == "string" and not v:find('[%c"\\]') then return '"' .. v .. '"' end
+  return json.encode(v)
+end
 local function opt(k, v) return v == nil and "" or (',"%s":%s'):format(k, enc(v)) end
 
 -- up: upstream_seconds(ctx), when the caller has it already
