@@ -254,3 +254,244 @@ int nim_l_utf8_error(lua_State *L) {
     }
     return 1;
 }
+
+/* ---- request bodies: strict JSON read fast -------------------------------------------------
+ * nim_l_decode_json(text) -> true, value | false. For strict JSON (RFC 8259) the value is what
+ * lua-cjson's decode returns for the same text, made the same way: tables by lua_newtable,
+ * members set raw in the text's order (so pairs() walks them alike), every number a float
+ * (strtod), null as cjson.null (the NULL light userdata), strings whole. Anything else answers
+ * false and the caller asks cjson, whose answers and error messages stay the contract: its
+ * extensions (hex, inf, nan, a leading + or 0), an escaped surrogate, a raw control byte in a
+ * string, nesting deeper than JR_MAX_DEPTH, or any error. Strings without escapes go straight
+ * from the text to Lua; those with escapes are unescaped in the state's buffer. */
+#define JR_MAX_DEPTH 200
+
+typedef struct {
+    const char *p, *end;
+    nim_buf *buf;
+    int depth;
+} json_reader;
+
+static void jr_space(json_reader *r) {
+    while (r->p < r->end && (*r->p == ' ' || *r->p == '\n' || *r->p == '\r' || *r->p == '\t'))
+        r->p++;
+}
+
+static int hex4(const char *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (unsigned)(c - 'A' + 10);
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The first byte from p that is a quote, a backslash or a control byte (below 0x20), or end;
+ * eight bytes at a time while none of them is. */
+static const char *plain_run(const char *p, const char *end) {
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    while (end - p >= 8) {
+        uint64_t w, q, b;
+        memcpy(&w, p, 8);
+        q = w ^ (ones * '"');
+        b = w ^ (ones * '\\');
+        /* a zero byte in q or b, or a byte of w below 0x20 (high bits of w excluded) */
+        if ((((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones * 0x20) & ~w)) & highs) break;
+        p += 8;
+    }
+    while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20)
+        p++;
+    return p;
+}
+
+/* A string at r->p (its opening quote); pushed, or -1. */
+static int jr_string(lua_State *L, json_reader *r) {
+    const char *p = ++r->p, *end = r->end;
+    p = plain_run(p, end);
+    if (p < end && *p == '"') { /* no escapes: the text's own bytes */
+        lua_pushlstring(L, r->p, (size_t)(p - r->p));
+        r->p = p + 1;
+        return 0;
+    }
+    nim_buf *b = r->buf;
+    b->n = 0;
+    if (add(b, r->p, (size_t)(p - r->p))) return -1;
+    while (p < end) {
+        const char *run = p;
+        p = plain_run(p, end);
+        if (p > run && add(b, run, (size_t)(p - run))) return -1;
+        if (p >= end || (unsigned char)*p < 0x20) return -1;
+        if (*p == '"') {
+            lua_pushlstring(L, b->p, b->n);
+            r->p = p + 1;
+            return 0;
+        }
+        if (++p >= end) return -1; /* after the backslash */
+        char c = *p++, one[3];
+        size_t len = 1;
+        switch (c) {
+        case '"':
+        case '\\':
+        case '/': one[0] = c; break;
+        case 'b': one[0] = '\b'; break;
+        case 'f': one[0] = '\f'; break;
+        case 'n': one[0] = '\n'; break;
+        case 'r': one[0] = '\r'; break;
+        case 't': one[0] = '\t'; break;
+        case 'u': {
+            unsigned cp;
+            if (end - p < 4 || hex4(p, &cp) || (cp >= 0xD800 && cp <= 0xDFFF)) return -1;
+            p += 4;
+            if (cp < 0x80) {
+                one[0] = (char)cp;
+            } else if (cp < 0x800) {
+                one[0] = (char)(0xC0 | (cp >> 6));
+                one[1] = (char)(0x80 | (cp & 0x3F));
+                len = 2;
+            } else {
+                one[0] = (char)(0xE0 | (cp >> 12));
+                one[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                one[2] = (char)(0x80 | (cp & 0x3F));
+                len = 3;
+            }
+            break;
+        }
+        default: return -1;
+        }
+        if (add(b, one, len)) return -1;
+    }
+    return -1;
+}
+
+/* A number by JSON's grammar, read by strtod as cjson reads it; pushed, or -1. */
+static int jr_number(lua_State *L, json_reader *r) {
+    const char *p = r->p, *end = r->end;
+    if (p < end && *p == '-') p++;
+    if (p >= end) return -1;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    } else {
+        return -1;
+    }
+    if (p < end && *p == '.') {
+        const char *d = ++p;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p == d) return -1;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        const char *d = p;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p == d) return -1;
+    }
+    char tmp[64], *stop;
+    size_t n = (size_t)(p - r->p);
+    if (n >= sizeof tmp) return -1; /* (cjson reads long ones) */
+    memcpy(tmp, r->p, n);           /* the text is not NUL-terminated where the number ends */
+    tmp[n] = '\0';
+    double v = strtod(tmp, &stop);
+    if (stop != tmp + n) return -1;
+    lua_pushnumber(L, v);
+    r->p = p;
+    return 0;
+}
+
+static int jr_value(lua_State *L, json_reader *r);
+
+static int jr_container(lua_State *L, json_reader *r, int object) {
+    if (++r->depth > JR_MAX_DEPTH || !lua_checkstack(L, 4)) return -1;
+    lua_newtable(L);
+    r->p++;
+    jr_space(r);
+    if (r->p < r->end && *r->p == (object ? '}' : ']')) {
+        r->p++;
+        r->depth--;
+        return 0;
+    }
+    for (lua_Integer i = 1;; i++) {
+        jr_space(r);
+        if (object) {
+            if (r->p >= r->end || *r->p != '"' || jr_string(L, r)) return -1;
+            jr_space(r);
+            if (r->p >= r->end || *r->p != ':') return -1;
+            r->p++;
+            jr_space(r);
+        }
+        if (jr_value(L, r)) return -1;
+        if (object)
+            lua_rawset(L, -3);
+        else
+            lua_rawseti(L, -2, i);
+        jr_space(r);
+        if (r->p >= r->end) return -1;
+        char c = *r->p++;
+        if (c == ',') continue;
+        if (c != (object ? '}' : ']')) return -1;
+        r->depth--;
+        return 0;
+    }
+}
+
+static int jr_value(lua_State *L, json_reader *r) {
+    if (r->p >= r->end) return -1;
+    size_t left = (size_t)(r->end - r->p);
+    switch (*r->p) {
+    case '{': return jr_container(L, r, 1);
+    case '[': return jr_container(L, r, 0);
+    case '"': return jr_string(L, r);
+    case 't':
+        if (left < 4 || memcmp(r->p, "true", 4) != 0) return -1;
+        lua_pushboolean(L, 1);
+        r->p += 4;
+        return 0;
+    case 'f':
+        if (left < 5 || memcmp(r->p, "false", 5) != 0) return -1;
+        lua_pushboolean(L, 0);
+        r->p += 5;
+        return 0;
+    case 'n':
+        if (left < 4 || memcmp(r->p, "null", 4) != 0) return -1;
+        lua_pushlightuserdata(L, NULL); /* cjson.null */
+        r->p += 4;
+        return 0;
+    default: return jr_number(L, r);
+    }
+}
+
+int nim_l_decode_json(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    lua_settop(L, 1);
+    luaL_checkstack(L, NIM_STACK_NEED, NULL);
+    nim_buf *b = &nim_ctx_get(L)->out;
+    json_reader r = {s, s + n, b, 0};
+    lua_pushboolean(L, 1);
+    jr_space(&r);
+    int ok = jr_value(L, &r) == 0;
+    jr_space(&r);
+    if (b->cap > ((size_t)4 << 20)) { /* one huge string does not pin its memory for good */
+        free(b->p);
+        *b = (nim_buf){0};
+    }
+    if (!ok || r.p != r.end) {
+        lua_settop(L, 1);
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    return 2;
+}
