@@ -1,7 +1,8 @@
 /* encode.c: results as JSON text, fast: nim.native.encode_results(results) for the gateway's
  * answers. A rerank answer is mostly documents; cjson escapes them a byte at a time and writes
  * every number through snprintf, which cost more than the rest of a gateway request together.
- * Here the texts go through wire.c's escaper and indices are written as integers.
+ * Here the texts go through wire.c's escaper, indices are written as integers and scores as
+ * %.14g writes them without snprintf (g14).
  *
  * Only the shape nim's results have is written here: a list of {index, relevance_score
  * [, document = {text [, image]}]}. Anything else (a filter that added a key, a number that is
@@ -25,50 +26,140 @@ static int add(nim_buf *b, const char *s, size_t n) {
     return 0;
 }
 
+/* An integer in decimal (what "%lld" writes, without snprintf's cost). */
+static int add_integer(nim_buf *b, long long v) {
+    char tmp[24];
+    char *p = tmp + sizeof tmp;
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) *--p = '-';
+    return add(b, p, (size_t)(tmp + sizeof tmp - p));
+}
+
+static const uint64_t POW10[] = {1ull,
+                                 10ull,
+                                 100ull,
+                                 1000ull,
+                                 10000ull,
+                                 100000ull,
+                                 1000000ull,
+                                 10000000ull,
+                                 100000000ull,
+                                 1000000000ull,
+                                 10000000000ull,
+                                 100000000000ull,
+                                 1000000000000ull,
+                                 10000000000000ull,
+                                 100000000000000ull,
+                                 1000000000000000ull,
+                                 10000000000000000ull,
+                                 100000000000000000ull,
+                                 1000000000000000000ull};
+
+/* What snprintf(out, n, "%.14g", v) writes, for 1e-4 <= |v| < 1e13 (relevance scores, and
+ * the common case), without its cost: v is m * 2^-p exactly (m of 53 bits), so its 14
+ * significant digits are the integer part of m * 10^s / 2^p, rounded half to even on the
+ * exact remainder as printf rounds; %g's fixed notation then, trailing zeros cut. The length
+ * written, or -1 for a value outside that range (the caller asks snprintf). */
+static int g14(char *out, double v) {
+    double a = fabs(v);
+    if (!(a >= 1e-4 && a < 1e13)) return -1;
+    int ex;
+    double f = frexp(a, &ex);            /* a = f * 2^ex, 0.5 <= f < 1 */
+    uint64_t m = (uint64_t)ldexp(f, 53); /* exact: a = m * 2^(ex - 53) */
+    int p = 53 - ex;                     /* 9 < p < 67 in this range */
+    int e = (int)floor(log10(a));        /* 10^e <= a < 10^(e+1), or off by one */
+    unsigned __int128 n, q = 0, r = 0, mask = ((unsigned __int128)1 << p) - 1;
+    for (int tries = 0; tries < 3; tries++) {
+        if (e < -5 || e > 13) return -1;
+        n = (unsigned __int128)m * POW10[13 - e];
+        q = n >> p, r = n & mask;
+        if (q < POW10[13])
+            e--;
+        else if (q >= POW10[14])
+            e++;
+        else
+            break;
+    }
+    if (q < POW10[13] || q >= POW10[14]) return -1;
+    unsigned __int128 half = (unsigned __int128)1 << (p - 1);
+    if (r > half || (r == half && (q & 1))) q++;
+    if (q == POW10[14]) q = POW10[13], e++; /* 9.99...95 rounds up to 10 */
+    if (e < -4 || e > 13) return -1;        /* (%g's exponent notation) */
+    char d[14];
+    uint64_t u = (uint64_t)q;
+    for (int i = 13; i >= 0; i--, u /= 10)
+        d[i] = (char)('0' + u % 10);
+    int len = 0, nd = 14;
+    while (nd > 1 && d[nd - 1] == '0' && nd > e + 1) /* trailing zeros of the fraction */
+        nd--;
+    if (signbit(v)) out[len++] = '-';
+    if (e >= 0) {
+        for (int i = 0; i <= e; i++)
+            out[len++] = i < 14 ? d[i] : '0';
+        if (nd > e + 1) {
+            out[len++] = '.';
+            for (int i = e + 1; i < nd; i++)
+                out[len++] = d[i];
+        }
+    } else {
+        out[len++] = '0';
+        out[len++] = '.';
+        for (int i = 0; i < -e - 1; i++)
+            out[len++] = '0';
+        for (int i = 0; i < nd; i++)
+            out[len++] = d[i];
+    }
+    return len;
+}
+
 /* A number as lua-cjson writes it (%.14g); integers as integers. */
 static int add_number(nim_buf *b, lua_State *L, int idx) {
+    if (lua_isinteger(L, idx)) return add_integer(b, (long long)lua_tointeger(L, idx));
+    double v = lua_tonumber(L, idx);
+    if (!isfinite(v)) return -1;
+    if (v == floor(v) && fabs(v) < 1e15) return add_integer(b, (long long)v);
     char tmp[40];
-    int n;
-    if (lua_isinteger(L, idx)) {
-        n = snprintf(tmp, sizeof tmp, "%lld", (long long)lua_tointeger(L, idx));
-    } else {
-        double v = lua_tonumber(L, idx);
-        if (!isfinite(v)) return -1;
-        if (v == floor(v) && fabs(v) < 1e15)
-            n = snprintf(tmp, sizeof tmp, "%lld", (long long)v);
-        else
-            n = snprintf(tmp, sizeof tmp, "%.14g", v);
-    }
+    int n = g14(tmp, v);
+    if (n < 0) n = snprintf(tmp, sizeof tmp, "%.14g", v);
     return add(b, tmp, (size_t)n);
 }
 
-/* Does table t (absolute index) hold no keys but those of allowed? Counted, not compared:
- * the keys found by raw lookup must be all the keys there are. */
-static int only_keys(lua_State *L, int t, const char *const *allowed) {
-    int present = 0, total = 0;
-    for (const char *const *a = allowed; *a; a++) {
-        present += lua_getfield(L, t, *a) != LUA_TNIL; /* t has no metatable: a raw read */
-        lua_pop(L, 1);
-    }
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-        lua_pop(L, 1);
-        if (++total > present) {
-            lua_pop(L, 1);
-            return 0;
-        }
-    }
-    return total == present;
+/* Which of names (a NULL-ended list) the key at idx is: its position, or -1 when it is none
+ * of them (or not a string). */
+static int key_slot(lua_State *L, int idx, const char *const *names) {
+    if (lua_type(L, idx) != LUA_TSTRING) return -1;
+    size_t n;
+    const char *k = lua_tolstring(L, idx, &n); /* a string already: nothing is converted */
+    for (int i = 0; names[i]; i++)
+        if (strlen(names[i]) == n && memcmp(names[i], k, n) == 0) return i;
+    return -1;
 }
 
-/* Appends the field of table t as a JSON string; -1 when it is not a string. */
-static int add_string_field(nim_buf *b, lua_State *L, int t, const char *field) {
+/* Table t (absolute index, no metatable) read in one raw pass: its values for names go to
+ * the stack slots from `at` on (nil for those it lacks); -1 when it has any other key. */
+static int take_keys(lua_State *L, int t, const char *const *names, int at) {
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        int slot = key_slot(L, -2, names);
+        if (slot < 0) {
+            lua_pop(L, 2);
+            return -1;
+        }
+        lua_replace(L, at + slot); /* the value into its slot; the key stays for lua_next */
+    }
+    return 0;
+}
+
+/* Appends the string at idx as a JSON string; -1 when it is not a string. */
+static int add_string_at(nim_buf *b, lua_State *L, int idx) {
+    if (lua_type(L, idx) != LUA_TSTRING) return -1;
     size_t n;
-    int ok = lua_getfield(L, t, field) == LUA_TSTRING; /* t is raw-checked: no __index */
-    const char *s = ok ? lua_tolstring(L, -1, &n) : NULL;
-    int rc = ok ? nim_buf_json_string(b, s, n) : -1;
-    lua_pop(L, 1);
-    return rc;
+    const char *s = lua_tolstring(L, idx, &n);
+    return nim_buf_json_string(b, s, n);
 }
 
 static const char *const ENTRY_KEYS[] = {"index", "relevance_score", "document", NULL};
@@ -76,57 +167,55 @@ static const char *const DOC_KEYS[] = {"text", "image", NULL};
 
 /* One result; 0, or -1 for a shape not written here (or memory out). */
 static int add_entry(nim_buf *b, lua_State *L, int e) {
-    if (!lua_istable(L, e) || lua_getmetatable(L, e) != 0 || !only_keys(L, e, ENTRY_KEYS))
-        return -1;
-    lua_pushliteral(L, "index");
-    lua_rawget(L, e);
-    lua_pushliteral(L, "relevance_score");
-    lua_rawget(L, e);
-    int rc = -1;
-    if (lua_type(L, -2) == LUA_TNUMBER && lua_type(L, -1) == LUA_TNUMBER &&
-        !add(b, "{\"index\":", 9) && !add_number(b, L, -2) &&
-        !add(b, ",\"relevance_score\":", 19) && !add_number(b, L, -1))
-        rc = 0;
-    lua_pop(L, 2);
-    if (rc) return -1;
-    lua_pushliteral(L, "document");
-    int dt = lua_rawget(L, e);
-    int d = lua_gettop(L);
-    if (dt == LUA_TTABLE) {
-        if (lua_getmetatable(L, d) != 0 || !only_keys(L, d, DOC_KEYS)) {
+    if (!lua_istable(L, e) || lua_getmetatable(L, e) != 0) return -1;
+    int base = lua_gettop(L) + 1; /* index, relevance_score, document, text, image */
+    lua_settop(L, base + 4);
+    int rc = take_keys(L, e, ENTRY_KEYS, base);
+    if (!rc && (lua_type(L, base) != LUA_TNUMBER || lua_type(L, base + 1) != LUA_TNUMBER)) rc = -1;
+    if (!rc)
+        rc = add(b, "{\"index\":", 9) || add_number(b, L, base) ||
+             add(b, ",\"relevance_score\":", 19) || add_number(b, L, base + 1);
+    int dt = lua_type(L, base + 2);
+    if (!rc && dt == LUA_TTABLE) {
+        if (lua_getmetatable(L, base + 2) != 0) {
             lua_pop(L, 1);
-            return -1;
+            rc = -1;
+        } else {
+            rc = take_keys(L, base + 2, DOC_KEYS, base + 3);
         }
-        int has_text = lua_getfield(L, d, "text") != LUA_TNIL;
-        int has_image = lua_getfield(L, d, "image") != LUA_TNIL;
-        lua_pop(L, 2);
-        rc = add(b, ",\"document\":{", 13);
-        if (!rc && has_text) rc = add(b, "\"text\":", 7) || add_string_field(b, L, d, "text");
+        int has_text = !lua_isnil(L, base + 3), has_image = !lua_isnil(L, base + 4);
+        if (!rc) rc = add(b, ",\"document\":{", 13);
+        if (!rc && has_text) rc = add(b, "\"text\":", 7) || add_string_at(b, L, base + 3);
         if (!rc && has_image)
             rc = add(b, has_text ? ",\"image\":" : "\"image\":", has_text ? 9 : 8) ||
-                 add_string_field(b, L, d, "image");
+                 add_string_at(b, L, base + 4);
         if (!rc) rc = add(b, "}", 1);
     } else if (dt != LUA_TNIL) {
         rc = -1;
     }
-    lua_pop(L, 1);
+    lua_settop(L, base - 1);
     return rc ? -1 : add(b, "}", 1);
 }
 
-/* nim.native.encode_results(results) -> the JSON array text | nil (a shape for cjson). */
+/* nim.native.encode_results(results [, head, tail]) -> the JSON array text | nil (a shape for
+ * cjson). With head and tail, the text is head .. array .. tail, made once (the gateway's
+ * whole answer: no second copy of its largest part). */
 int nim_l_encode_results(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
+    size_t hn = 0, tn = 0;
+    const char *head = luaL_optlstring(L, 2, "", &hn);
+    const char *tail = luaL_optlstring(L, 3, "", &tn);
     luaL_checkstack(L, NIM_STACK_NEED, NULL);
     nim_buf *b = &nim_ctx_get(L)->out;
     b->n = 0;
     lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
-    int rc = add(b, "[", 1);
+    int rc = add(b, head, hn) || add(b, "[", 1);
     for (lua_Integer i = 1; i <= n && !rc; i++) {
         lua_rawgeti(L, 1, i);
         rc = (i > 1 && add(b, ",", 1)) || add_entry(b, L, lua_gettop(L));
         lua_pop(L, 1);
     }
-    if (rc || add(b, "]", 1)) {
+    if (rc || add(b, "]", 1) || add(b, tail, tn)) {
         lua_pushnil(L);
         return 1;
     }
@@ -164,4 +253,245 @@ int nim_l_utf8_error(lua_State *L) {
         lua_pushinteger(L, (lua_Integer)i + 1);
     }
     return 1;
+}
+
+/* ---- request bodies: strict JSON read fast -------------------------------------------------
+ * nim_l_decode_json(text) -> true, value | false. For strict JSON (RFC 8259) the value is what
+ * lua-cjson's decode returns for the same text, made the same way: tables by lua_newtable,
+ * members set raw in the text's order (so pairs() walks them alike), every number a float
+ * (strtod), null as cjson.null (the NULL light userdata), strings whole. Anything else answers
+ * false and the caller asks cjson, whose answers and error messages stay the contract: its
+ * extensions (hex, inf, nan, a leading + or 0), an escaped surrogate, a raw control byte in a
+ * string, nesting deeper than JR_MAX_DEPTH, or any error. Strings without escapes go straight
+ * from the text to Lua; those with escapes are unescaped in the state's buffer. */
+#define JR_MAX_DEPTH 200
+
+typedef struct {
+    const char *p, *end;
+    nim_buf *buf;
+    int depth;
+} json_reader;
+
+static void jr_space(json_reader *r) {
+    while (r->p < r->end && (*r->p == ' ' || *r->p == '\n' || *r->p == '\r' || *r->p == '\t'))
+        r->p++;
+}
+
+static int hex4(const char *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (unsigned)(c - 'A' + 10);
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The first byte from p that is a quote, a backslash or a control byte (below 0x20), or end;
+ * eight bytes at a time while none of them is. */
+static const char *plain_run(const char *p, const char *end) {
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    while (end - p >= 8) {
+        uint64_t w, q, b;
+        memcpy(&w, p, 8);
+        q = w ^ (ones * '"');
+        b = w ^ (ones * '\\');
+        /* a zero byte in q or b, or a byte of w below 0x20 (high bits of w excluded) */
+        if ((((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones * 0x20) & ~w)) & highs) break;
+        p += 8;
+    }
+    while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20)
+        p++;
+    return p;
+}
+
+/* A string at r->p (its opening quote); pushed, or -1. */
+static int jr_string(lua_State *L, json_reader *r) {
+    const char *p = ++r->p, *end = r->end;
+    p = plain_run(p, end);
+    if (p < end && *p == '"') { /* no escapes: the text's own bytes */
+        lua_pushlstring(L, r->p, (size_t)(p - r->p));
+        r->p = p + 1;
+        return 0;
+    }
+    nim_buf *b = r->buf;
+    b->n = 0;
+    if (add(b, r->p, (size_t)(p - r->p))) return -1;
+    while (p < end) {
+        const char *run = p;
+        p = plain_run(p, end);
+        if (p > run && add(b, run, (size_t)(p - run))) return -1;
+        if (p >= end || (unsigned char)*p < 0x20) return -1;
+        if (*p == '"') {
+            lua_pushlstring(L, b->p, b->n);
+            r->p = p + 1;
+            return 0;
+        }
+        if (++p >= end) return -1; /* after the backslash */
+        char c = *p++, one[3];
+        size_t len = 1;
+        switch (c) {
+        case '"':
+        case '\\':
+        case '/': one[0] = c; break;
+        case 'b': one[0] = '\b'; break;
+        case 'f': one[0] = '\f'; break;
+        case 'n': one[0] = '\n'; break;
+        case 'r': one[0] = '\r'; break;
+        case 't': one[0] = '\t'; break;
+        case 'u': {
+            unsigned cp;
+            if (end - p < 4 || hex4(p, &cp) || (cp >= 0xD800 && cp <= 0xDFFF)) return -1;
+            p += 4;
+            if (cp < 0x80) {
+                one[0] = (char)cp;
+            } else if (cp < 0x800) {
+                one[0] = (char)(0xC0 | (cp >> 6));
+                one[1] = (char)(0x80 | (cp & 0x3F));
+                len = 2;
+            } else {
+                one[0] = (char)(0xE0 | (cp >> 12));
+                one[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                one[2] = (char)(0x80 | (cp & 0x3F));
+                len = 3;
+            }
+            break;
+        }
+        default: return -1;
+        }
+        if (add(b, one, len)) return -1;
+    }
+    return -1;
+}
+
+/* A number by JSON's grammar, read by strtod as cjson reads it; pushed, or -1. */
+static int jr_number(lua_State *L, json_reader *r) {
+    const char *p = r->p, *end = r->end;
+    if (p < end && *p == '-') p++;
+    if (p >= end) return -1;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    } else {
+        return -1;
+    }
+    if (p < end && *p == '.') {
+        const char *d = ++p;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p == d) return -1;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        const char *d = p;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p == d) return -1;
+    }
+    char tmp[64], *stop;
+    size_t n = (size_t)(p - r->p);
+    if (n >= sizeof tmp) return -1; /* (cjson reads long ones) */
+    memcpy(tmp, r->p, n);           /* the text is not NUL-terminated where the number ends */
+    tmp[n] = '\0';
+    double v = strtod(tmp, &stop);
+    if (stop != tmp + n) return -1;
+    lua_pushnumber(L, v);
+    r->p = p;
+    return 0;
+}
+
+static int jr_value(lua_State *L, json_reader *r);
+
+static int jr_container(lua_State *L, json_reader *r, int object) {
+    if (++r->depth > JR_MAX_DEPTH || !lua_checkstack(L, 4)) return -1;
+    lua_newtable(L);
+    r->p++;
+    jr_space(r);
+    if (r->p < r->end && *r->p == (object ? '}' : ']')) {
+        r->p++;
+        r->depth--;
+        return 0;
+    }
+    for (lua_Integer i = 1;; i++) {
+        jr_space(r);
+        if (object) {
+            if (r->p >= r->end || *r->p != '"' || jr_string(L, r)) return -1;
+            jr_space(r);
+            if (r->p >= r->end || *r->p != ':') return -1;
+            r->p++;
+            jr_space(r);
+        }
+        if (jr_value(L, r)) return -1;
+        if (object)
+            lua_rawset(L, -3);
+        else
+            lua_rawseti(L, -2, i);
+        jr_space(r);
+        if (r->p >= r->end) return -1;
+        char c = *r->p++;
+        if (c == ',') continue;
+        if (c != (object ? '}' : ']')) return -1;
+        r->depth--;
+        return 0;
+    }
+}
+
+static int jr_value(lua_State *L, json_reader *r) {
+    if (r->p >= r->end) return -1;
+    size_t left = (size_t)(r->end - r->p);
+    switch (*r->p) {
+    case '{': return jr_container(L, r, 1);
+    case '[': return jr_container(L, r, 0);
+    case '"': return jr_string(L, r);
+    case 't':
+        if (left < 4 || memcmp(r->p, "true", 4) != 0) return -1;
+        lua_pushboolean(L, 1);
+        r->p += 4;
+        return 0;
+    case 'f':
+        if (left < 5 || memcmp(r->p, "false", 5) != 0) return -1;
+        lua_pushboolean(L, 0);
+        r->p += 5;
+        return 0;
+    case 'n':
+        if (left < 4 || memcmp(r->p, "null", 4) != 0) return -1;
+        lua_pushlightuserdata(L, NULL); /* cjson.null */
+        r->p += 4;
+        return 0;
+    default: return jr_number(L, r);
+    }
+}
+
+int nim_l_decode_json(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    lua_settop(L, 1);
+    luaL_checkstack(L, NIM_STACK_NEED, NULL);
+    nim_buf *b = &nim_ctx_get(L)->out;
+    json_reader r = {s, s + n, b, 0};
+    lua_pushboolean(L, 1);
+    jr_space(&r);
+    int ok = jr_value(L, &r) == 0;
+    jr_space(&r);
+    if (b->cap > ((size_t)4 << 20)) { /* one huge string does not pin its memory for good */
+        free(b->p);
+        *b = (nim_buf){0};
+    }
+    if (!ok || r.p != r.end) {
+        lua_settop(L, 1);
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    return 2;
 }

@@ -10,13 +10,14 @@
  * finish within the grace period), then it exits 0.
  *
  * A worker is a fork of the supervisor: it inherits the Lua state with the config already
- * loaded (no network has been touched, so no libcurl state is shared), and dies with it
- * (PR_SET_PDEATHSIG). Each worker opens its own listening socket on the port: the kernel
- * spreads connections across them. */
+ * loaded and libcurl initialised (no network has been touched: no handle or connection of
+ * libcurl is shared), and dies with it (PR_SET_PDEATHSIG). Each worker opens its own
+ * listening socket on the port: the kernel spreads connections across them. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
@@ -35,6 +36,7 @@
 
 #include "binding.h"
 #include "clock.h"
+#include "nimrank.h"
 #include "serve.h"
 
 static const char serve_usage[] =
@@ -375,6 +377,15 @@ int nim_serve_main(lua_State *L, const char *config_path, int argc, char **argv)
     int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 
     worker_t *w = calloc((size_t)o.workers, sizeof *w);
+    /* libcurl is loaded and initialised once, here, rather than by each worker: what its
+     * start-up writes (relocations, OpenSSL's tables) is then shared by the workers, not a
+     * copy each, and what only its start-up reads is never in a worker's memory. No handle
+     * or connection is made: a worker's engine is its own. Without libcurl the workers
+     * report it as before. */
+    (void)nimrank_global_init();
+    /* The config load's garbage goes before the forks: every worker would carry its pages. */
+    lua_gc(L, LUA_GCCOLLECT);
+    malloc_trim(0);
     for (int i = 0; i < o.workers; i++) {
         w[i].pid = spawn_worker(L, &o, board, i, ready[1], hold);
         w[i].started = nim_now();

@@ -46,6 +46,8 @@ local VERSION = nim.version or "0"
 local DEFAULT_MAX_MB = 10
 local DEFAULT_MAX_DOCUMENTS = 100000 -- a request's share of a worker's time and memory
 
+local server -- the C side (server.c), given to start_worker
+
 -- ---- settings (from the loaded config; M.setup re-reads them) -------------------------------
 local settings = { master_key = nil, max_body = DEFAULT_MAX_MB * 1024 * 1024, log_level = 1 }
 M.settings = settings
@@ -168,29 +170,30 @@ registry:gauge("nimrank_cache_entries", "Entries in the local response cache (su
 local dirty = true
 
 -- Series keys, made once per combination of label values (metrics.label_text sorts and
--- escapes: not a thing to do for every request). names: a constant list, one per use site.
+-- escapes: not a thing to do for every request). names: a constant list of at most three, one
+-- per use site; a, b, c: the values, in its order.
 local key_cache = setmetatable({}, { __mode = "k" })
-local function key_of(names, ...)
+local function child(node, v)
+  local nxt = node[v]
+  if not nxt then
+    nxt = {}
+    node[v] = nxt
+  end
+  return nxt
+end
+local function key_of(names, a, b, c)
   local node = key_cache[names]
   if not node then
     node = {}
     key_cache[names] = node
   end
-  local n = select("#", ...)
-  for i = 1, n - 1 do
-    local v = select(i, ...)
-    local nxt = node[v]
-    if not nxt then
-      nxt = {}
-      node[v] = nxt
-    end
-    node = nxt
-  end
-  local last = select(n, ...)
+  local n, last = #names, a
+  if n > 1 then node, last = child(node, a), b end
+  if n > 2 then node, last = child(node, b), c end
   local key = node[last]
   if not key then
-    local labels = {}
-    for i, name in ipairs(names) do labels[name] = select(i, ...) end
+    local labels, values = {}, { a, b, c }
+    for i, name in ipairs(names) do labels[name] = values[i] end
     key = metrics.label_text(labels)
     node[last] = key
   end
@@ -231,10 +234,17 @@ local function json_body(req)
     return nil, { fail(400, "invalid_request_error", ("the body is not valid UTF-8 (byte %d)")
       :format(bad_at)) }
   end
-  local ok, v = pcall(json.decode, body)
-  if not ok then
-    local why = tostring(v):gsub("^.-: ", "")
-    return nil, { fail(400, "invalid_request_error", "the body is not valid JSON: " .. why) }
+  -- strict JSON read by server.c's reader (encode.c), which gives what cjson would; cjson
+  -- itself for anything else, and for its error messages
+  local done, v
+  if server and server.decode_json then done, v = server.decode_json(body) end
+  if not done then
+    local ok
+    ok, v = pcall(json.decode, body)
+    if not ok then
+      local why = tostring(v):gsub("^.-: ", "")
+      return nil, { fail(400, "invalid_request_error", "the body is not valid JSON: " .. why) }
+    end
   end
   -- (an empty list decodes as an empty table, as {} does: the text tells them apart)
   if type(v) ~= "table" or body:find("^%s*%[") or (next(v) ~= nil and v[1] ~= nil) then
@@ -264,6 +274,20 @@ local function call_error(err)
   end
   return fail(status, err.type or "provider", tostring(err.message or err), err.field,
     headers)
+end
+
+-- The answer's meta as JSON: its usual shape (billed tokens, the version, maybe cache_hit)
+-- written here as nim.json would write it; any other (a filter's change, warnings) by nim.json.
+local META_HEAD = '{"api_version":{"version":"1"},"billed_units":{"total_tokens":'
+local function meta_json(m)
+  local billed, hit = m.billed_units, m.cache_hit
+  local tokens = type(billed) == "table" and getmetatable(billed) == nil and billed.total_tokens
+  if m.warnings == nil and math.type(tokens) == "integer" and next(billed, next(billed)) == nil
+    and (hit == nil or type(hit) == "boolean") then
+    return META_HEAD .. tokens .. (hit == nil and "}}" or hit and '},"cache_hit":true}'
+      or '},"cache_hit":false}')
+  end
+  return json.encode(m)
 end
 
 local function rerank_route(req, ctx)
@@ -346,11 +370,12 @@ local function rerank_route(req, ctx)
     cache_hit = res.meta.cache_hit }
   if res.meta.cache_hit ~= nil then ctx.cache = res.meta.cache_hit and "hit" or "miss" end
   if res.meta.warnings and #res.meta.warnings > 0 then out_meta.warnings = res.meta.warnings end
-  -- the results (mostly documents) written by C; any shape it does not know goes to cjson
-  local results = native.encode_results(res.results)
-  if not results then return 200, { id = res.id, results = res.results, meta = out_meta } end
-  return 200, ('{"id":%s,"results":%s,"meta":%s}'):format(encode_value(res.id), results,
-    json.encode(out_meta))
+  -- the answer (mostly documents) written by C in one piece; any shape it does not know goes
+  -- to cjson
+  local text = native.encode_results(res.results, '{"id":' .. encode_value(res.id)
+    .. ',"results":', ',"meta":' .. meta_json(out_meta) .. "}")
+  if not text then return 200, { id = res.id, results = res.results, meta = out_meta } end
+  return 200, text
 end
 
 for _, path in ipairs({ "/rerank", "/v1/rerank", "/v2/rerank" }) do
@@ -358,7 +383,6 @@ for _, path in ipairs({ "/rerank", "/v1/rerank", "/v2/rerank" }) do
 end
 
 -- ---- the other routes -----------------------------------------------------------------------
-local server -- the C side (server.c), given to start_worker
 local log_line
 
 M.route("GET", "/health/liveliness", function() return 200, { status = "I'm alive!" } end,
@@ -559,12 +583,18 @@ log_line = function(fields)
   server.log("{" .. table.concat(parts, ",") .. "}")
 end
 
-local enc = json.encode -- cjson's, without its "\/"
+-- cjson's, without its "\/"; a string with nothing to escape (cjson escapes control bytes,
+-- DEL, quotes and backslashes) is quoted as it is
+local function enc(v)
+  if type(v) == "string" and not v:find('[%c"\\]') then return '"' .. v .. '"' end
+  return json.encode(v)
+end
 local function opt(k, v) return v == nil and "" or (',"%s":%s'):format(k, enc(v)) end
 
-local function record(req, ctx, status)
+-- up: upstream_seconds(ctx), when the caller has it already
+local function record(req, ctx, status, up)
   local total = nim.now() - req.t0
-  local up = math.min(upstream_seconds(ctx), total)
+  up = math.min(up or upstream_seconds(ctx), total)
   local own = total - up
   local route = ctx.route or "unmatched"
   -- labels name configured groups only: a model name a client made up must not add series
@@ -574,16 +604,19 @@ local function record(req, ctx, status)
   local by_route = key_of(BY_ROUTE, route)
   registry:observe_key("nimrank_request_duration_seconds", by_route, total)
   registry:observe_key("nimrank_gateway_duration_seconds", by_route, own)
-  if ctx.attempts then
+  local attempts = ctx.attempts
+  if attempts then
     registry:observe_key("nimrank_upstream_duration_seconds", key_of(BY_MODEL, group), up)
-    local seen = {}
-    for _, at in ipairs(ctx.attempts) do
+    local seen = #attempts > 1 and {} -- (one attempt is no retry)
+    for _, at in ipairs(attempts) do
       local g = at.model_group or group
       if at.error then
         registry:inc_key("nimrank_upstream_errors_total", key_of(BY_ERROR, g, at.error))
       end
-      if seen[g] then registry:inc_key("nimrank_retries_total", key_of(BY_MODEL, g)) end
-      seen[g] = true
+      if seen then
+        if seen[g] then registry:inc_key("nimrank_retries_total", key_of(BY_MODEL, g)) end
+        seen[g] = true
+      end
     end
   end
   if ctx.fallback then
@@ -642,11 +675,10 @@ local function finish(req, ctx, status, body, headers)
       .. "answer this request (request id " .. ctx.id .. ")"))
   end
   inflight[req.handle] = nil
-  local total = nim.now() - req.t0
-  local up = math.min(upstream_seconds(ctx), total)
-  out["x-nimrank-overhead-ms"] = ("%.3f"):format((total - up) * 1000)
+  local total, ups = nim.now() - req.t0, upstream_seconds(ctx)
+  out["x-nimrank-overhead-ms"] = ("%.3f"):format((total - math.min(ups, total)) * 1000)
   local sent = server.respond(req.handle, s2, out, text)
-  record(req, ctx, sent and s2 or 499)
+  record(req, ctx, sent and s2 or 499, ups)
 end
 
 -- Per-request Lua runs on the instruction budget (nim.settings.script_budget): a handler or a
@@ -673,13 +705,15 @@ local function failed(req, ctx, message)
     .. ctx.id .. ")")
 end
 
+local function budgeted(req, ctx)
+  on_budget(ctx)
+  return handle(req, ctx)
+end
+
 local function serve(req)
   local ctx = { id = request_id(req.headers) or server.new_id() }
   req.id, req.ctx = ctx.id, ctx
-  local ok, status, body, headers = xpcall(function()
-    on_budget(ctx)
-    return handle(req, ctx)
-  end, debug.traceback)
+  local ok, status, body, headers = xpcall(budgeted, debug.traceback, req, ctx)
   debug.sethook((coroutine.running())) -- the budget ends with the handler
   if not ok then
     status, body, headers = failed(req, ctx, tostring(status))

@@ -12,6 +12,8 @@ test("encode_results_matches_cjson_for_nims_shapes", function()
       { index = 0, relevance_score = 2, document = { text = "" } } },
     { { index = 1, relevance_score = 0.1, document = { image = "data:image/png;base64,AA" } } },
     { { index = 1, relevance_score = 1e-300, document = { text = "t", image = "i" } } },
+    { { index = 12345, relevance_score = -0.0 }, { index = -12, relevance_score = -7.0 },
+      { index = 3, relevance_score = 12345.0, document = {} } },
   }
   for i, results in ipairs(cases) do
     local text = native.encode_results(results)
@@ -19,6 +21,39 @@ test("encode_results_matches_cjson_for_nims_shapes", function()
     spec.deep_eq(json.decode(text), json.decode(json.encode(results)), "case " .. i)
   end
   eq(native.encode_results({}), "[]", "an empty list is []")
+  eq(native.encode_results({ { index = -12, relevance_score = -7.0 } }),
+    '[{"index":-12,"relevance_score":-7}]', "integers and integral floats as integers")
+  eq(native.encode_results({ { index = math.mininteger, relevance_score = 0.1 } }),
+    ('[{"index":%d,"relevance_score":0.1}]'):format(math.mininteger), "the least integer")
+end)
+
+test("encode_results_writes_head_and_tail_around_the_list", function()
+  local results = { { index = 0, relevance_score = 0.5, document = { text = "a" } } }
+  eq(native.encode_results(results, '{"id":"x","results":', ',"meta":{}}'),
+    '{"id":"x","results":[{"index":0,"relevance_score":0.5,"document":{"text":"a"}}],"meta":{}}')
+  eq(native.encode_results({}, "<", ">"), "<[]>", "an empty list")
+  eq(native.encode_results({ { index = 0, relevance_score = 1, extra = 1 } }, "<", ">"), nil,
+    "a shape for cjson is still nil")
+end)
+
+test("encode_results_writes_scores_as_string_format_does", function()
+  -- %.14g, as lua-cjson (and string.format) writes it: exact ties round half to even
+  local function check(v)
+    local want = ('[{"index":0,"relevance_score":%.14g}]'):format(v)
+    eq(native.encode_results({ { index = 0, relevance_score = v } }), want, ("%.17g"):format(v))
+  end
+  for k = 16385, 163839, 6 do check(k / 16384); check(-k / 16384) end -- 15 digits, last a 5
+  for _, v in ipairs({ 9.99999999999995, 9.999999999999949, 0.000099999999999995, 0.0001,
+    0.00010000000000000001, 9999999999999.5, 999999999999.99, 1e13 - 0.5, 0.1, 2 / 3, 4.9375,
+    1e-4 * 0.99999999999999, 1e-300, 1.5e13, 123456789012345.6 }) do
+    check(v); check(-v)
+  end
+  local x = 12345 -- seeded (Park-Miller): the same values on every run
+  local function rng() x = (x * 16807) % 2147483647 return x / 2147483647 end
+  for _ = 1, 20000 do
+    local v = (rng() - 0.5) * 10 ^ math.floor(rng() * 24 - 7)
+    if v ~= math.floor(v) then check(v) end
+  end
 end)
 
 test("encode_results_leaves_other_shapes_to_cjson", function()
