@@ -293,7 +293,6 @@ int nim_l_catalog_entry(lua_State *L);
 int nim_l_max_passages(lua_State *L);
 int nim_l_provider_of(lua_State *L);
 int nim_l_encode_results(lua_State *L); /* encode.c */
-int nim_l_decode_json(lua_State *L);    /* encode.c: strict JSON, as cjson reads it, or false */
 int nim_l_utf8_error(lua_State *L);
 int nim_l_sha256(lua_State *L); /* digest.c */
 

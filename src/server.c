@@ -56,7 +56,6 @@ typedef struct srv_req {
     double t0; /* the request line arrived */
     char *body;
     size_t len, cap;
-    size_t expect; /* the Content-Length up to 1 MiB, 0 when none: the body's first size */
     struct MHD_Response *resp;
     unsigned status;
 } srv_req;
@@ -430,7 +429,6 @@ static const luaL_Reg server_fns[] = {{"respond", l_respond},
                                       {"same_secret", l_same_secret},
                                       {"time", l_time},
                                       {"new_id", l_new_id},
-                                      {"decode_json", nim_l_decode_json},
                                       {NULL, NULL}};
 
 /* ---- MHD callbacks ------------------------------------------------------------------------ */
@@ -610,11 +608,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (r->phase == PH_HEAD) { /* headers complete */
         r->phase = PH_BODY;
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-        unsigned long long cl_n = cl ? strtoull(cl, NULL, 10) : 0;
-        if (cl_n > S->max_body)
-            r->too_large = 1;
-        else /* (a lying length costs at most this much more than the bytes sent) */
-            r->expect = cl_n < (1u << 20) ? (size_t)cl_n : (size_t)1 << 20;
+        if (cl && strtoull(cl, NULL, 10) > S->max_body) r->too_large = 1;
         r->bad_head = head_problem(c); /* answered 400 on its head (precheck), body unread */
         /* A large body (or one of unknown length) is read only for a request its head allows:
          * the route, the method and the key are decided first. */
@@ -652,7 +646,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return MHD_YES;
         }
         if (r->len + n > r->cap) {
-            size_t cap = r->cap ? r->cap : r->expect > 4096 ? r->expect : 4096;
+            size_t cap = r->cap ? r->cap : 4096;
             while (cap < r->len + n)
                 cap *= 2;
             char *p = realloc(r->body, cap);

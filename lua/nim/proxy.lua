@@ -46,8 +46,6 @@ local VERSION = nim.version or "0"
 local DEFAULT_MAX_MB = 10
 local DEFAULT_MAX_DOCUMENTS = 100000 -- a request's share of a worker's time and memory
 
-local server -- the C side (server.c), given to start_worker
-
 -- ---- settings (from the loaded config; M.setup re-reads them) -------------------------------
 local settings = { master_key = nil, max_body = DEFAULT_MAX_MB * 1024 * 1024, log_level = 1 }
 M.settings = settings
@@ -234,17 +232,10 @@ local function json_body(req)
     return nil, { fail(400, "invalid_request_error", ("the body is not valid UTF-8 (byte %d)")
       :format(bad_at)) }
   end
-  -- strict JSON read by server.c's reader (encode.c), which gives what cjson would; cjson
-  -- itself for anything else, and for its error messages
-  local done, v
-  if server and server.decode_json then done, v = server.decode_json(body) end
-  if not done then
-    local ok
-    ok, v = pcall(json.decode, body)
-    if not ok then
-      local why = tostring(v):gsub("^.-: ", "")
-      return nil, { fail(400, "invalid_request_error", "the body is not valid JSON: " .. why) }
-    end
+  local ok, v = pcall(json.decode, body)
+  if not ok then
+    local why = tostring(v):gsub("^.-: ", "")
+    return nil, { fail(400, "invalid_request_error", "the body is not valid JSON: " .. why) }
   end
   -- (an empty list decodes as an empty table, as {} does: the text tells them apart)
   if type(v) ~= "table" or body:find("^%s*%[") or (next(v) ~= nil and v[1] ~= nil) then
@@ -383,6 +374,7 @@ for _, path in ipairs({ "/rerank", "/v1/rerank", "/v2/rerank" }) do
 end
 
 -- ---- the other routes -----------------------------------------------------------------------
+local server -- the C side (server.c), given to start_worker
 local log_line
 
 M.route("GET", "/health/liveliness", function() return 200, { status = "I'm alive!" } end,
