@@ -20,6 +20,7 @@
 #include "wire.h"
 
 static int add(nim_buf *b, const char *s, size_t n) {
+    if (n == 0) return 0; /* an empty head on a buffer never grown: no memcpy to NULL */
     if (nim_buf_reserve(b, n)) return -1;
     memcpy(b->p + b->n, s, n);
     b->n += n;

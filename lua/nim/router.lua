@@ -178,6 +178,7 @@ function M.new(cfg, opts)
     r.group_filters[g] = pipeline
   end
   r.groups = {}
+  r.has_env, r.defaults = {}, {}
   r.store = opts.state or state_store.for_config(rs, { clock = r.clock, redis = opts.redis })
   r.state = r.store.records -- deployment id -> its record (nim.state)
   r.usage_window = r.store.usage_window or rs.usage_window or state_store.USAGE_WINDOW
@@ -189,6 +190,14 @@ function M.new(cfg, opts)
     end
     g.deployments[#g.deployments + 1] = d
     g.ids[#g.ids + 1] = d.id
+    -- asked once, not per call: whether its params hold os.environ/ values (read at each
+    -- call), and which call defaults it sets
+    r.has_env[d] = config.has_env(d.params)
+    local present = {}
+    for _, k in ipairs(CALL_DEFAULTS) do
+      if d.params[k] ~= nil then present[#present + 1] = k end
+    end
+    r.defaults[d] = present
     r.store:register(d.id, table.concat({ d.model_name, tostring(d.params.model),
       tostring(d.params.api_base or "") }, "\0"))
   end
@@ -334,26 +343,29 @@ end
 -- with drop_credentials: they belong to another provider), over the deployment's defaults; a
 -- deployment's model, key and base win. Returns nil, err when a deployment's os.environ/
 -- variable is not set.
-local function call_args(args, d, timeout, drop_credentials)
+function Router:call_args(args, d, drop_credentials)
   local a = {}
   for k, v in pairs(args) do
     if not POLICY[k] and not (drop_credentials and IS_CREDENTIAL[k]) then a[k] = v end
   end
   if d then
-    for _, k in ipairs(CALL_DEFAULTS) do
-      local v = d.params[k]
+    local params = d.params
+    for _, k in ipairs(self.defaults[d] or CALL_DEFAULTS) do
+      local v = params[k]
       if v ~= nil and (DEPLOYMENT_WINS[k] or a[k] == nil) then a[k] = v end
     end
-    a.model = d.params.model
-    for k, v in pairs(a) do
-      local value, err = config.env_value(v, k)
-      if err then return nil, err end
-      a[k] = value
+    a.model = params.model
+    if self.has_env[d] ~= false then -- false: the deployment has none
+      for k, v in pairs(a) do
+        local value, err = config.env_value(v, k)
+        if err then return nil, err end
+        a[k] = value
+      end
     end
   end
   -- router_settings.timeout is a default: a caller's request_timeout beats it, as on the
   -- routed path (the binding reads timeout, else request_timeout)
-  if a.timeout == nil and a.request_timeout == nil then a.timeout = timeout end
+  if a.timeout == nil and a.request_timeout == nil then a.timeout = self.timeout end
   return a
 end
 
@@ -464,11 +476,12 @@ local function batch_options(args)
   return b
 end
 
--- Runs fn(...) for the call arguments a of deployment d. When d has os.environ/ values (read
--- into a), misuse is raised with their os.environ/NAME in place of the values (a model string
--- from the environment that the binding refuses, say), never with the values themselves.
-local function env_guard(d, a, fn, ...)
-  if not (d and config.has_env(d.params)) then return fn(...) end
+-- Runs fn(...) for the call arguments a of deployment d. When d has os.environ/ values (env:
+-- Router.has_env[d]; they were read into a), misuse is raised with their os.environ/NAME in
+-- place of the values (a model string from the environment that the binding refuses, say),
+-- never with the values themselves.
+local function env_guard(env, d, a, fn, ...)
+  if not env then return fn(...) end
   local function settle(ok, ...)
     if ok then return ... end
     local bad = ...
@@ -530,7 +543,7 @@ function Router:hooked(d, ctx, t0, a, batch, args)
   if hooks.on_start then hooks.on_start(d, state, ctx) end
   local guard <close> = hooks.on_end and setmetatable({ open = true, hooks = hooks, d = d,
     state = state, ctx = ctx, router = self, t0 = t0 }, Guard) or nil
-  local res, e = env_guard(d, a, self.invoke, self, a, batch, d, args)
+  local res, e = env_guard(self.has_env[d], d, a, self.invoke, self, a, batch, d, args)
   if guard then
     guard.open = false
     local now = self.clock()
@@ -600,7 +613,8 @@ function Router:try(name, args, attempts, num_retries, budget, owner)
     else
       local t0 = self.clock()
       local provider = d and deployment_provider(d) or provider_of(name)
-      local a, e = call_args(args, d, self.timeout, owner == nil or provider ~= owner)
+      local env = d and self.has_env[d]
+      local a, e = self:call_args(args, d, owner == nil or provider ~= owner)
       -- The time left, read once: what decides whether to go and what the attempt gets agree,
       -- so a deadline that passes meanwhile ends the call, never makes its timeout misuse.
       local left = self:left(budget)
@@ -614,11 +628,11 @@ function Router:try(name, args, attempts, num_retries, budget, owner)
         if d and self.hooks then
           res, e = self:hooked(d, ctx, t0, a, batch, args)
         else
-          res, e = env_guard(d, a, self.invoke, self, a, batch, d, args)
+          res, e = env_guard(env, d, a, self.invoke, self, a, batch, d, args)
         end
       end
       local model = a and a.model or nil
-      if d and config.has_env(d.params) then model = hide_env(d, res, e) or model end
+      if env then model = hide_env(d, res, e) or model end
       record(attempts, group_name, d, model, wait, e, (self.clock() - t0) * 1000)
       if res and d then self:count_tokens(d, res) end
       if res then return res, d, g, a.model end
@@ -678,15 +692,15 @@ function Router:check(args)
   local g = type(args.model) == "string" and self:group(args.model)
   local a, d
   for _, dep in ipairs(g and g.deployments or {}) do
-    a, d = call_args(args, dep, self.timeout), dep
+    a, d = self:call_args(args, dep), dep
     if a then break end
   end
   if g and not a then -- no deployment can be resolved now: check the request's own options
     require("nim.batch").check({ model = "local/bm25" }, batch_options(args))
     return true
   end
-  a = a or call_args(args, nil, self.timeout)
-  env_guard(d, a, function()
+  a = a or self:call_args(args, nil)
+  env_guard(d and config.has_env(d.params), d, a, function()
     if a.model == HYBRID then
       return require("nim.hybrid").check(self, a, d and d.params or args)
     end
@@ -701,7 +715,7 @@ function Router:rerank(args)
   check_options(args)
   local name = args.model
   if type(name) ~= "string" then -- the binding names the problem
-    return native.rerank(call_args(args, nil, self.timeout))
+    return native.rerank(self:call_args(args, nil))
   end
   local g = self:group(name)
   local plain = not g and args.filters == nil and args.fallbacks == nil
@@ -709,7 +723,7 @@ function Router:rerank(args)
   if plain then
     local unknown = self:unknown(name)
     if unknown then return nil, unknown end
-    return self:invoke(call_args(args, nil, self.timeout), batch_options(args), nil, args)
+    return self:invoke(self:call_args(args, nil), batch_options(args), nil, args)
   end
 
   local num_retries = args.num_retries or args.max_retries or (g and self.num_retries or 0)
@@ -749,7 +763,7 @@ function Router:rerank(args)
   -- environment); a note about such a model names it os.environ/NAME, never by its value
   local env_model = d and config.env_name(d.params.model)
   local note = catalog.deprecation(called, env_model)
-  if note and d and config.has_env(d.params) then note = config.hide(note, d.params) end
+  if note and d and self.has_env[d] then note = config.hide(note, d.params) end
   if note then
     meta.warnings = meta.warnings or nim.array{}
     meta.warnings[#meta.warnings + 1] = note
