@@ -177,6 +177,13 @@ static void *counting_alloc(void *ud, size_t size) {
     return arena_alloc(ud, size);
 }
 
+/* Reads body with every block counted in `asked` (from 0); the caller frees the arena. */
+static int read_counted(const char *body, size_t np, arena *a, nim_answer *out, char *err) {
+    asked = 0;
+    nim_answer_mem mem = {counting_alloc, a, counting_alloc, a};
+    return nim_answer_read(body, strlen(body), np, NULL, &mem, out, err, 256);
+}
+
 static void a_flood_of_values_takes_no_memory_per_value(void) {
     size_t n = 200000;
     char *body = malloc(n * 2 + 64);
@@ -190,9 +197,7 @@ static void a_flood_of_values_takes_no_memory_per_value(void) {
     arena a = {{0}, 0};
     nim_answer out;
     char err[256];
-    asked = 0;
-    nim_answer_mem mem = {counting_alloc, &a, counting_alloc, &a};
-    CHECK(nim_answer_read(body, strlen(body), 3, NULL, &mem, &out, err, sizeof err) == 0);
+    CHECK(read_counted(body, 3, &a, &out, err) == 0);
     CHECK(out.n == 1 && out.rk[0].index == 2 && out.rk[0].score == 0.5);
     CHECK(asked <= 3 * sizeof(nim_ranking) + 3);
     arena_free(&a);
@@ -246,16 +251,13 @@ static void memory_follows_the_answer_not_its_repeats(void) {
     arena a = {{0}, 0};
     nim_answer out;
     char err[256];
-    asked = 0;
-    nim_answer_mem mem = {counting_alloc, &a, counting_alloc, &a};
-    CHECK(nim_answer_read(body, strlen(body), 1000, NULL, &mem, &out, err, sizeof err) == -1);
+    CHECK(read_counted(body, 1000, &a, &out, err) == -1);
     CHECK(strstr(err, "appears twice") != NULL && out.n == 0);
     CHECK(asked <= 1000 * sizeof(nim_ranking) + 1000);
     arena_free(&a);
     /* a short answer to a long request (top_n) keeps room for what it can hold */
     const char *top = "{\"rankings\":[{\"index\":7,\"logit\":2},{\"index\":3,\"logit\":1}]}";
-    asked = 0;
-    CHECK(nim_answer_read(top, strlen(top), 100000, NULL, &mem, &out, err, sizeof err) == 0);
+    CHECK(read_counted(top, 100000, &a, &out, err) == 0);
     CHECK(out.n == 2 && out.rk[0].index == 7 && out.rk[1].index == 3);
     CHECK(asked <= 100000 + 4 * sizeof(nim_ranking));
     arena_free(&a);
