@@ -25,24 +25,7 @@ sh .ci/deps.sh wrk nginx-light redis-server
 cohere_body "$N" bench >"$TMP/body.json"
 canned_answer "$N" >"$TMP/answer.json"
 
-mkdir -p "$TMP/ngx"
-pick_port; UP=$PORT
-cat >"$TMP/ngx/up.conf" <<EOF
-worker_processes 1;
-pid $TMP/ngx/up.pid;
-events { worker_connections 4096; }
-http {
-    $NGX_COMMON
-    server {
-        listen 127.0.0.1:$UP backlog=4096;
-        default_type application/json;
-        location = /v1/retrieval/nvidia/bench/reranking { return 200 '$(cat "$TMP/answer.json")'; }
-    }
-}
-EOF
-nginx -p "$TMP/ngx" -e "$TMP/ngx/up.err" -c "$TMP/ngx/up.conf" -g 'daemon off;' &
-started $!
-wait_http "http://127.0.0.1:$UP/" $! || { cat "$TMP/ngx/up.err" >&2; exit 1; }
+canned_upstream "/v1/retrieval/nvidia/bench/reranking $TMP/answer.json"
 
 # Redis, through nim.redis (the client on the engine's loop: a command yields, the worker serves).
 "$BUILD/nimrank" -e 'require "nim.redis"' >/dev/null 2>&1 ||

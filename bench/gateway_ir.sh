@@ -17,25 +17,7 @@ sh .ci/deps.sh wrk nginx-light valgrind
 
 cohere_body "$N" "bench-$N" >"$TMP/body.json"
 canned_answer "$N" >"$TMP/answer.json"
-mkdir -p "$TMP/ngx"
-pick_port; UP=$PORT
-LOC=/v1/retrieval/nvidia/bench-$N/reranking
-cat >"$TMP/ngx/up.conf" <<EOF
-worker_processes 1;
-pid $TMP/ngx/up.pid;
-events { worker_connections 8192; }
-http {
-    $NGX_COMMON
-    server {
-        listen 127.0.0.1:$UP backlog=4096;
-        default_type application/json;
-        location = $LOC { return 200 '$(cat "$TMP/answer.json")'; }
-    }
-}
-EOF
-nginx -p "$TMP/ngx" -e "$TMP/ngx/up.err" -c "$TMP/ngx/up.conf" -g 'daemon off;' &
-started $!
-wait_http "http://127.0.0.1:$UP/" $! || { cat "$TMP/ngx/up.err" >&2; exit 1; }
+canned_upstream "/v1/retrieval/nvidia/bench-$N/reranking $TMP/answer.json"
 cat >"$TMP/config.yaml" <<EOF
 model_list:
   - model_name: bench-$N

@@ -34,22 +34,8 @@ for N in 10 100; do
 done
 MODEL_PATH=/v1/retrieval/nvidia/bench # + -10 or -100 + /reranking
 
-mkdir -p "$TMP/ngx"
-pick_port; UP=$PORT
-cat >"$TMP/ngx/up.conf" <<EOF
-worker_processes 1;
-pid $TMP/ngx/up.pid;
-events { worker_connections 8192; }
-http {
-    $NGX_COMMON
-    server {
-        listen 127.0.0.1:$UP backlog=4096;
-        default_type application/json;
-        location = $MODEL_PATH-10/reranking { return 200 '$(cat "$TMP/answer10.json")'; }
-        location = $MODEL_PATH-100/reranking { return 200 '$(cat "$TMP/answer100.json")'; }
-    }
-}
-EOF
+canned_upstream "$MODEL_PATH-10/reranking $TMP/answer10.json" \
+    "$MODEL_PATH-100/reranking $TMP/answer100.json"
 pick_port; NGX=$PORT
 cat >"$TMP/ngx/proxy.conf" <<EOF
 worker_processes $WORKERS;
@@ -72,9 +58,6 @@ http {
     }
 }
 EOF
-nginx -p "$TMP/ngx" -e "$TMP/ngx/up.err" -c "$TMP/ngx/up.conf" -g 'daemon off;' &
-started $!
-wait_http "http://127.0.0.1:$UP/" $! || { cat "$TMP/ngx/up.err" >&2; exit 1; }
 nginx -p "$TMP/ngx" -e "$TMP/ngx/proxy.err" -c "$TMP/ngx/proxy.conf" -g 'daemon off;' &
 started $!
 wait_http "http://127.0.0.1:$NGX/" $! || { cat "$TMP/ngx/proxy.err" >&2; exit 1; }

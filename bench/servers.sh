@@ -1,6 +1,7 @@
-# servers.sh: sourced by the gateway benches (proxy.sh, proxy_rss.sh, soak.sh, cache.sh). Raises the
-# open-file limit, makes $TMP, and stops every server recorded with started() however the
-# script ends; pick_port, wait_http, and the RSS/PSS of a process tree.
+# servers.sh: sourced by the gateway benches (proxy.sh, proxy_rss.sh, soak.sh, cache.sh,
+# gateway_ir.sh). Raises the open-file limit, makes $TMP, and stops every server recorded with
+# started() however the script ends; pick_port, wait_http, the RSS/PSS of a process tree, and
+# canned_upstream.
 # 1000 connections in, as many out, plus the upstream's: more descriptors than the default.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 TMP=$(mktemp -d)
@@ -47,6 +48,34 @@ NGX_COMMON="client_body_temp_path $TMP/ngx/body; proxy_temp_path $TMP/ngx/proxy;
     fastcgi_temp_path $TMP/ngx/fcgi; uwsgi_temp_path $TMP/ngx/uwsgi;
     scgi_temp_path $TMP/ngx/scgi; access_log off; keepalive_requests 100000000;
     client_max_body_size 64m; client_body_buffer_size 4m;"
+
+# canned_upstream "PATH FILE" ...: nginx (one worker, in $TMP/ngx) answering each POST to PATH
+# at once with FILE's bytes, the fake NIM the gateway benches put behind their targets; sets
+# UP to its port and returns once it answers.
+canned_upstream() {
+    mkdir -p "$TMP/ngx"
+    pick_port; UP=$PORT
+    locations=""
+    for pair in "$@"; do
+        locations="$locations
+        location = ${pair%% *} { return 200 '$(cat "${pair#* }")'; }"
+    done
+    cat >"$TMP/ngx/up.conf" <<EOF
+worker_processes 1;
+pid $TMP/ngx/up.pid;
+events { worker_connections 8192; }
+http {
+    $NGX_COMMON
+    server {
+        listen 127.0.0.1:$UP backlog=4096;
+        default_type application/json;$locations
+    }
+}
+EOF
+    nginx -p "$TMP/ngx" -e "$TMP/ngx/up.err" -c "$TMP/ngx/up.conf" -g 'daemon off;' &
+    started $!
+    wait_http "http://127.0.0.1:$UP/" $! || { cat "$TMP/ngx/up.err" >&2; exit 1; }
+}
 
 # A port nothing uses, below the ephemeral range (the clients' own ports come from there).
 TAKEN=""
