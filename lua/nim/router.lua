@@ -343,6 +343,14 @@ end
 -- with drop_credentials: they belong to another provider), over the deployment's defaults; a
 -- deployment's model, key and base win. Returns nil, err when a deployment's os.environ/
 -- variable is not set.
+-- Does deployment d's params hold os.environ/ values? Found once per deployment of this router
+-- (a deployment it does not know is asked afresh).
+function Router:env_in(d)
+  local env = self.has_env[d]
+  if env == nil then env = config.has_env(d.params) end
+  return env
+end
+
 function Router:call_args(args, d, drop_credentials)
   local a = {}
   for k, v in pairs(args) do
@@ -355,7 +363,7 @@ function Router:call_args(args, d, drop_credentials)
       if v ~= nil and (DEPLOYMENT_WINS[k] or a[k] == nil) then a[k] = v end
     end
     a.model = params.model
-    if self.has_env[d] ~= false then -- false: the deployment has none
+    if self:env_in(d) then
       for k, v in pairs(a) do
         local value, err = config.env_value(v, k)
         if err then return nil, err end
@@ -477,7 +485,7 @@ local function batch_options(args)
 end
 
 -- Runs fn(...) for the call arguments a of deployment d. When d has os.environ/ values (env:
--- Router.has_env[d]; they were read into a), misuse is raised with their os.environ/NAME in
+-- Router:env_in(d); they were read into a), misuse is raised with their os.environ/NAME in
 -- place of the values (a model string from the environment that the binding refuses, say),
 -- never with the values themselves.
 local function env_guard(env, d, a, fn, ...)
@@ -543,7 +551,7 @@ function Router:hooked(d, ctx, t0, a, batch, args)
   if hooks.on_start then hooks.on_start(d, state, ctx) end
   local guard <close> = hooks.on_end and setmetatable({ open = true, hooks = hooks, d = d,
     state = state, ctx = ctx, router = self, t0 = t0 }, Guard) or nil
-  local res, e = env_guard(self.has_env[d], d, a, self.invoke, self, a, batch, d, args)
+  local res, e = env_guard(self:env_in(d), d, a, self.invoke, self, a, batch, d, args)
   if guard then
     guard.open = false
     local now = self.clock()
@@ -613,7 +621,7 @@ function Router:try(name, args, attempts, num_retries, budget, owner)
     else
       local t0 = self.clock()
       local provider = d and deployment_provider(d) or provider_of(name)
-      local env = d and self.has_env[d]
+      local env = d and self:env_in(d)
       local a, e = self:call_args(args, d, owner == nil or provider ~= owner)
       -- The time left, read once: what decides whether to go and what the attempt gets agree,
       -- so a deadline that passes meanwhile ends the call, never makes its timeout misuse.
@@ -700,7 +708,7 @@ function Router:check(args)
     return true
   end
   a = a or self:call_args(args, nil)
-  env_guard(d and config.has_env(d.params), d, a, function()
+  env_guard(d and self:env_in(d), d, a, function()
     if a.model == HYBRID then
       return require("nim.hybrid").check(self, a, d and d.params or args)
     end
@@ -763,7 +771,7 @@ function Router:rerank(args)
   -- environment); a note about such a model names it os.environ/NAME, never by its value
   local env_model = d and config.env_name(d.params.model)
   local note = catalog.deprecation(called, env_model)
-  if note and d and self.has_env[d] then note = config.hide(note, d.params) end
+  if note and d and self:env_in(d) then note = config.hide(note, d.params) end
   if note then
     meta.warnings = meta.warnings or nim.array{}
     meta.warnings[#meta.warnings + 1] = note
