@@ -32,8 +32,9 @@ local function misuse(field, msg) native.misuse("nim.rerank", field, msg) end
 
 -- Checks the batching options against the model's limit (nil: none). Returns the batch size,
 -- the concurrency and the progress callback.
+local NO_OPTIONS = {}
 function M.check(a, opts)
-  opts = opts or {}
+  opts = opts or NO_OPTIONS
   local limit = type(a.model) == "string" and native.max_passages(a.model) or nil
   local size = opts.batch_size
   if size ~= nil and (math.type(size) ~= "integer" or size < 1) then
