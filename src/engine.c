@@ -255,6 +255,13 @@ static void release_easy(nim_engine *e, CURL *easy, int custom) {
         if (custom) {
             curl_easy_reset(easy);
             base_options(easy);
+        } else { /* no pointer into the finished transfer stays behind */
+            curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
+            curl_easy_setopt(easy, CURLOPT_HTTPHEADER, NULL);
+            curl_easy_setopt(easy, CURLOPT_POSTFIELDS, NULL);
+            curl_easy_setopt(easy, CURLOPT_WRITEDATA, NULL);
+            curl_easy_setopt(easy, CURLOPT_HEADERDATA, NULL);
+            curl_easy_setopt(easy, CURLOPT_PRIVATE, NULL);
         }
         e->pool[e->npool++] = easy;
     } else {

@@ -322,6 +322,21 @@ test("connections_are_reused_across_calls", function()
   eq(after - before, 1, "50 calls opened no connection of their own (1 is the stats request)")
 end)
 
+-- Easy handles are reused without a reset (engine.c): what one transfer set must not reach
+-- the next, and no transfer asks for a compressed answer.
+test("a_reused_handle_carries_nothing_over_and_asks_no_compression", function()
+  local ca = os.tmpname() -- any file: a CA bundle is read for https only
+  assert(call({ headers = { ["X-One"] = "1" }, ca_bundle = ca, query = "first gpu" }))
+  assert(call({ query = "!status=503 gpu" }) == nil)
+  assert(call({ query = "second gpu" }))
+  os.remove(ca)
+  local last = h.last()
+  eq(last.headers["x-one"], nil, "the first call's header stays with it")
+  eq(last.headers["accept-encoding"], nil, "no Accept-Encoding")
+  match(last.body, '"text":"second gpu"', "this call's body")
+  eq(last.headers["content-length"], tostring(#last.body), "this call's length")
+end)
+
 -- NVCF polling, hardened: ids that are not ids never reach a URL; polls are spaced; they carry
 -- the call's headers and CA store; their failures name the poll's URL.
 test("nvcf_request_ids_that_are_not_ids_are_refused", function()
