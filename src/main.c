@@ -12,6 +12,7 @@
 
 #include <lua-cjson.h>
 
+#include "lalloc.h"
 #include "nimrank.h"
 #include "serve.h"
 
@@ -47,7 +48,9 @@ static const char usage[] =
     "  NIMRANK_INIT                a Lua file this program runs at start-up, with nim as its\n"
     "                              argument (your filters, catalog entries)\n"
     "  NIMRANK_CA_BUNDLE           CA certificate bundle for TLS verification\n"
-    "  NIMRANK_NVCF_STATUS_URL     where NVCF status polls go (202 answers)\n";
+    "  NIMRANK_NVCF_STATUS_URL     where NVCF status polls go (202 answers)\n"
+    "  NIMRANK_LUA_ALLOC           libc: Lua's objects from malloc, not the program's pool\n"
+    "                              (for memory checkers such as valgrind)\n";
 
 /* The message handler of every chunk: the error plus a traceback. */
 static int msghandler(lua_State *L) {
@@ -273,10 +276,55 @@ static int pmain(lua_State *L) {
     return 0;
 }
 
+/* Lua's stock panic and warning behaviour (luaL_newstate's), for a state made with our own
+ * allocator. Warnings are off until "@on". */
+static int panic(lua_State *L) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "PANIC: unprotected error in call to Lua API (%s)\n",
+            msg ? msg : "error object is not a string");
+    return 0;
+}
+
+static void warn_to_stderr(void *ud, const char *msg, int tocont) {
+    static int on = 0, continuing = 0;
+    (void)ud;
+    if (!continuing && *msg == '@') { /* a control message */
+        if (strcmp(msg, "@on") == 0) on = 1;
+        if (strcmp(msg, "@off") == 0) on = 0;
+        return;
+    }
+    if (on) fprintf(stderr, "%s%s%s", continuing ? "" : "Lua warning: ", msg, tocont ? "" : "\n");
+    continuing = tocont;
+}
+
+/* The host's state: Lua's small objects from the pool allocator (lalloc.c), unless
+ * NIMRANK_LUA_ALLOC=libc asks for libc's (what memory checkers see through), and always
+ * under AddressSanitizer, whose checks of our C code's writes into Lua's memory need
+ * libc's blocks. */
+static lua_State *new_state(nim_pool **pool) {
+    const char *choice = getenv("NIMRANK_LUA_ALLOC");
+#if defined(__SANITIZE_ADDRESS__)
+    choice = "libc";
+#endif
+    if (choice && strcmp(choice, "libc") == 0) return luaL_newstate();
+    *pool = nim_pool_new();
+    if (!*pool) return NULL;
+    lua_State *L = lua_newstate(nim_pool_alloc, *pool);
+    if (!L) {
+        nim_pool_free(*pool);
+        *pool = NULL;
+        return NULL;
+    }
+    lua_atpanic(L, panic);
+    lua_setwarnf(L, warn_to_stderr, NULL);
+    return L;
+}
+
 int main(int argc, char **argv) {
     int exit_code = 0;
     signal(SIGPIPE, SIG_IGN); /* a closed stdout or socket is an error, not a death */
-    lua_State *L = luaL_newstate();
+    nim_pool *pool = NULL;
+    lua_State *L = new_state(&pool);
     if (!L) {
         fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);
         return 1;
@@ -288,6 +336,7 @@ int main(int argc, char **argv) {
     int status = lua_pcall(L, 3, 0, 0);
     report(L, status);
     lua_close(L);
+    nim_pool_free(pool);
     nimrank_global_cleanup();
     if (status == LUA_OK && exit_code == 0 && (fflush(stdout) != 0 || ferror(stdout))) {
         /* what print(), --help and --version wrote did not arrive: that is a failure */
