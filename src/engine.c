@@ -53,6 +53,7 @@ struct nim_transfer {
     nim_xfer_result result;
     long status;
     double retry_after;
+    char coding[32]; /* the answer's Content-Encoding other than identity, or "" */
     double seconds;
     size_t nwant;
     char want_name[NIM_ENGINE_MAX_WANT][64];
@@ -79,6 +80,7 @@ struct nim_engine {
     int deferred;
     long max_connections;
     nim_transfer *attached;
+    int reset_each; /* reset every easy handle between transfers (release_easy) */
 };
 
 static double earliest(double a, double b) { return a < 0 ? b : (b < 0 || a < b) ? a : b; }
@@ -214,6 +216,7 @@ nim_engine *nim_engine_new(char *err, size_t errlen) {
         goto oom;
     }
     nim_engine_set_max_connections(e, nim_engine_default_max_connections());
+    e->reset_each = curl_version_info(CURLVERSION_NOW)->version_num < 0x081100; /* 8.17.0 */
     curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
     curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_timer);
@@ -236,9 +239,9 @@ static void base_options(CURL *easy) {
     curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
-    /* No Accept-Encoding: an answer (a ranking) is a fraction of the request it answers, and
-     * asking for compression costs libcurl about 8,000 instructions a transfer even when the
-     * server sends none (callgrind, libcurl 7.88), an eighth of a small call. */
+    /* No CURLOPT_ACCEPT_ENCODING: an answer (a ranking) is a fraction of the request it
+     * answers, and libcurl's decoding costs about 8,000 instructions a transfer even when the
+     * server compresses nothing (callgrind, libcurl 7.88). prepare() asks for identity. */
 }
 
 static CURL *new_easy(void) {
@@ -247,12 +250,15 @@ static CURL *new_easy(void) {
     return easy;
 }
 
-/* Back to the pool. A handle that had an option of its own (a CA bundle) is reset first;
- * every other per-transfer option is set by each transfer (set_options). */
+/* Back to the pool. A handle is reset first when it had an option of its own (a CA
+ * bundle), or always when libcurl keeps state across transfers that only a reset clears:
+ * before 8.17.0 its count of retries on dead reused connections (a handle whose count
+ * reached 5 fails the next such retry, "Connection died, tried 5 times"; curl commit
+ * 5e46318414). Otherwise every per-transfer option is set by each transfer (set_options). */
 static void release_easy(nim_engine *e, CURL *easy, int custom) {
     if (!easy) return;
     if (e && e->npool < e->pool_cap) {
-        if (custom) {
+        if (custom || e->reset_each) {
             curl_easy_reset(easy);
             base_options(easy);
         } else { /* no pointer into the finished transfer stays behind */
@@ -384,8 +390,13 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud) {
     char v[NIM_ENGINE_HEADER_MAX];
     if (n >= 5 && memcmp(line, "HTTP/", 5) == 0) { /* a new response (e.g. after 100) */
         t->retry_after = -1;
+        t->coding[0] = '\0';
         for (size_t i = 0; i < t->nwant; i++)
             t->want_value[i][0] = '\0';
+        return n;
+    }
+    if (header_value(line, n, "Content-Encoding", v, sizeof v)) {
+        if (strcasecmp(v, "identity") != 0) snprintf(t->coding, sizeof t->coding, "%.31s", v);
         return n;
     }
     if (header_value(line, n, "Retry-After", v, sizeof v)) {
@@ -404,6 +415,17 @@ static int prepare(nim_transfer *t, const nim_request *r, char *err, size_t errl
         struct curl_slist *h = curl_slist_append(t->headers, r->headers[i]);
         if (!h) goto oom;
         t->headers = h;
+    }
+    /* No compressed answers (an answer is a fraction of its request, and decoding costs
+     * libcurl ~8,000 instructions a transfer, compressed or not): said explicitly, so a
+     * server may not choose a coding itself (RFC 9110 12.5.3). A caller's own wins. */
+    int own_coding = 0;
+    for (size_t i = 0; i < r->nheaders; i++)
+        if (strncasecmp(r->headers[i], "Accept-Encoding:", 16) == 0) own_coding = 1;
+    if (!own_coding) {
+        struct curl_slist *ae = curl_slist_append(t->headers, "Accept-Encoding: identity");
+        if (!ae) goto oom;
+        t->headers = ae;
     }
     /* Without "Expect:" libcurl waits up to a second for "100 Continue" on large bodies. */
     struct curl_slist *h = curl_slist_append(t->headers, "Expect:");
@@ -710,6 +732,8 @@ long nim_transfer_status(const nim_transfer *t) { return t->status; }
 double nim_transfer_retry_after(const nim_transfer *t) { return t->retry_after; }
 double nim_transfer_seconds(const nim_transfer *t) { return t->seconds; }
 const char *nim_transfer_error(const nim_transfer *t) { return t->errbuf; }
+
+const char *nim_transfer_coding(const nim_transfer *t) { return t->coding[0] ? t->coding : NULL; }
 
 const char *nim_transfer_header(const nim_transfer *t, const char *name) {
     for (size_t i = 0; i < t->nwant; i++)

@@ -120,6 +120,8 @@ const char *nim_transfer_error(const nim_transfer *t); /* libcurl's words, no se
 /* The value of an asked-for response header of the final response, or NULL. */
 const char *nim_transfer_header(const nim_transfer *t, const char *name);
 double nim_transfer_retry_after(const nim_transfer *t); /* seconds, or -1 if absent */
+/* The answer's Content-Encoding when it is not identity (the engine decodes none), or NULL. */
+const char *nim_transfer_coding(const nim_transfer *t);
 double nim_transfer_seconds(const nim_transfer *t);
 /* Detaches (cancelling if still running) and frees. Safe on NULL. */
 void nim_transfer_free(nim_transfer *t);

@@ -594,6 +594,14 @@ static void complete(lua_State *L, int idx) {
     const char *id = nim_transfer_header(t, NVCF_REQID);
     lua_pushstring(L, id ? id : "");
     const char *reqid = lua_tostring(L, -1);
+    const char *coding = nim_transfer_coding(t);
+    int coded = coding != NULL;
+    if (coding) { /* asked for none (Accept-Encoding: identity): the bytes are not text */
+        lua_pushfstring(L, "the answer came %s-encoded (Content-Encoding), although the request "
+                           "asked for none (Accept-Encoding: identity); it is not decoded",
+                        coding);
+        lua_replace(L, body);
+    }
     nim_call_release(c);
 
     if (status == 202 && *reqid) { /* NVCF: poll for the result */
@@ -632,6 +640,9 @@ static void complete(lua_State *L, int idx) {
                 settle_error(L, idx, uv, NIM_ERR_CONNECTION, 0, 0);
             }
         }
+    } else if (status >= 200 && status < 300 && status != 202 && coded) {
+        lua_pushvalue(L, body); /* the message above */
+        settle_error(L, idx, uv, NIM_ERR_BAD_RESPONSE, status, 0);
     } else if (status >= 200 && status < 300 && status != 202) {
         success(L, idx, uv, body, status, seconds);
     } else {

@@ -373,9 +373,21 @@ void nim_wire_one_line(lua_State *L, int idx) {
         stop--;
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    for (; i < stop; i++) {
+    while (i < stop) { /* control bytes become spaces, bytes that are not UTF-8 '?' */
         unsigned char c = (unsigned char)s[i];
-        luaL_addchar(&b, (c < 0x20 || c == 0x7f) ? ' ' : (char)c);
+        if (c < 0x80) {
+            luaL_addchar(&b, (c < 0x20 || c == 0x7f) ? ' ' : (char)c);
+            i++;
+            continue;
+        }
+        int n = nim_utf8_seq(s + i, s + stop);
+        if (n < 0) {
+            luaL_addchar(&b, '?');
+            i++;
+        } else {
+            luaL_addlstring(&b, s + i, (size_t)n);
+            i += (size_t)n;
+        }
     }
     if (stop < end) luaL_addstring(&b, "...");
     luaL_pushresult(&b);

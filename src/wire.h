@@ -61,7 +61,8 @@ void nim_wire_error_message(lua_State *L, int body_idx, int decode_idx);
 /* Replaces the string at idx with its JSON escapes (\\n, \\/, \\uXXXX, pairs) decoded, others
  * left as they are: what a reader would see, so that redaction sees it too. */
 void nim_wire_unescape(lua_State *L, int idx);
-/* Replaces the string at idx with one line of at most 300 bytes, no control characters. */
+/* Replaces the string at idx with one line of at most 300 bytes, no control characters, valid
+ * UTF-8 (a byte that is not becomes "?"). */
 void nim_wire_one_line(lua_State *L, int idx);
 
 #endif

@@ -35,6 +35,7 @@ typedef struct {
     char *buf;
     size_t len, cap;
     int too_large;
+    long nth; /* this request's number on its connection, from 1 */
 } upload;
 
 typedef struct {
@@ -162,6 +163,8 @@ static void run_handler(struct MHD_Connection *c, const char *method, const char
     lua_setfield(L, -2, "body");
     lua_pushboolean(L, u->too_large);
     lua_setfield(L, -2, "too_large");
+    lua_pushinteger(L, u->nth);
+    lua_setfield(L, -2, "nth");
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
         fprintf(stderr, "fakenim: handler error: %s\n", lua_tostring(L, -1));
         r->status = 500;
@@ -232,6 +235,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         u = calloc(1, sizeof *u);
         if (!u) return MHD_NO;
         *con_cls = u;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        long *count = ci ? ci->socket_context : NULL;
+        u->nth = count ? ++*count : 1;
         return MHD_YES;
     }
     if (*data_size) {
@@ -298,13 +305,18 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
 }
 
-/* Counts TCP connections, so tests can see whether a client reuses them. */
+/* Counts TCP connections, so tests can see whether a client reuses them, and keeps each
+ * connection's count of requests (socket_context). */
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode code) {
     (void)cls;
     (void)c;
-    (void)socket_context;
-    if (code != MHD_CONNECTION_NOTIFY_STARTED) return;
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        free(*socket_context);
+        *socket_context = NULL;
+        return;
+    }
+    *socket_context = calloc(1, sizeof(long));
     pthread_mutex_lock(&lua_lock);
     connections_opened++;
     pthread_mutex_unlock(&lua_lock);

@@ -5,6 +5,8 @@
 --   !status=N        answer N (JSON error body)      !retry-after=S  add a Retry-After header
 --   !times=K         apply the faults only to the first K requests with this query text
 --   !delay=MS        wait before answering           !drop           close without answering
+--   !drop-reused     close without answering a request that is not its connection's first
+--                    (a keep-alive connection that died while idle, as the client sees it)
 --   !text / !empty   error body as plain text / empty body
 --   !malformed       200 with a body that is not JSON
 --   !shape           200 with JSON of the wrong shape
@@ -336,6 +338,7 @@ local function rerank(req, family, model_info, body)
   local function with_delay(r) r.delay_ms = delay or r.delay_ms; return r end
   if active then
     if d.drop then return { drop = true, delay_ms = delay } end
+    if d["drop-reused"] and (req.nth or 1) > 1 then return { drop = true } end
     local h = hostile(d, req, { rankings = { { index = 0, logit = 1 } } })
     if h then return with_delay(h) end
     local r = injected(d, req)

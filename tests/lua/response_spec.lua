@@ -322,19 +322,36 @@ test("connections_are_reused_across_calls", function()
   eq(after - before, 1, "50 calls opened no connection of their own (1 is the stats request)")
 end)
 
--- Easy handles are reused without a reset (engine.c): what one transfer set must not reach
--- the next, and no transfer asks for a compressed answer.
+-- Easy handles are reused (engine.c): what one transfer set must not reach the next, and
+-- no transfer asks for a compressed answer.
 test("a_reused_handle_carries_nothing_over_and_asks_no_compression", function()
+  local status_url = h.url .. "/v2/nvcf/pexec/status"
+  assert(call({ headers = { ["X-One"] = "1" }, query = "first gpu" }))
+  -- a POST answered 202, a GET status poll, then POSTs again on the same handles
+  assert(call({ query = "!202=1 !202-now gpu reused", nvcf_status_url = status_url,
+    nvcf_poll_interval = 0.05 }))
   local ca = os.tmpname() -- any file: a CA bundle is read for https only
-  assert(call({ headers = { ["X-One"] = "1" }, ca_bundle = ca, query = "first gpu" }))
+  assert(call({ ca_bundle = ca, query = "with a ca gpu" }))
+  os.remove(ca)
   assert(call({ query = "!status=503 gpu" }) == nil)
   assert(call({ query = "second gpu" }))
-  os.remove(ca)
   local last = h.last()
   eq(last.headers["x-one"], nil, "the first call's header stays with it")
-  eq(last.headers["accept-encoding"], nil, "no Accept-Encoding")
+  eq(last.headers["accept-encoding"], "identity", "no compressed answer, said explicitly")
   match(last.body, '"text":"second gpu"', "this call's body")
   eq(last.headers["content-length"], tostring(#last.body), "this call's length")
+  local poll = h.decode(h.sh("curl -s " .. h.q(h.url .. "/_fake/last-poll")))
+  eq(poll.headers["content-length"], nil, "the status poll is a GET without a body")
+end)
+
+-- A keep-alive connection that died while idle: libcurl retries on a new one and counts the
+-- retry on the easy handle; before libcurl 8.17 only a reset clears that count, and a handle
+-- whose count reaches 5 fails ("Connection died, tried 5 times"). Every call here must pass.
+test("connections_that_die_while_idle_never_fail_a_call", function()
+  for i = 1, 20 do
+    local res, err = call({ query = "!drop-reused gpu idle" })
+    ok(res, "call " .. i .. ": " .. tostring(err))
+  end
 end)
 
 -- NVCF polling, hardened: ids that are not ids never reach a URL; polls are spaced; they carry
