@@ -56,6 +56,12 @@ end
 
 -- Runs the batches of a (documents 1..n, size per batch, conc at once). res | nil, err.
 local function run(a, n, size, conc, progress)
+  -- what is read after the first yield (the merge's top_n and return_documents, the model
+  -- in messages) comes from a copy made now: a may be the caller's own table, reused
+  -- meanwhile (the router passes it through)
+  local snapshot = {}
+  for k, v in pairs(a) do snapshot[k] = v end
+  a = snapshot
   -- the call's total time: the binding's rule (timeout, else request_timeout, else
   -- nim.settings.timeout, else its default), asked, not repeated
   local total = native.call_timeout(a)

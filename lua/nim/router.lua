@@ -745,10 +745,12 @@ function Router:rerank(args)
   if plain then
     local unknown = self:unknown(name)
     if unknown then return nil, unknown end
-    -- args itself goes to the call when there is nothing to take out or add (no policy
-    -- key, no router timeout): nothing on this path writes to it, and a copy is a fifth of
-    -- the router's cost on a small call
-    local a = (self.timeout == nil and name ~= HYBRID and not has_policy(args)) and args
+    -- args itself goes to the built-in call when there is nothing to take out or add (no
+    -- policy key, no router timeout) and it is a plain table: that call reads it before it
+    -- yields and never writes to it (nim.batch snapshots what it reads later), and a copy is
+    -- a fifth of the router's cost on a small call. A call of the user's gets a copy.
+    local a = (self.call == batched_call and self.timeout == nil and name ~= HYBRID
+      and getmetatable(args) == nil and not has_policy(args)) and args
       or self:call_args(args, nil)
     return self:invoke(a, batch_options(args), nil, args)
   end

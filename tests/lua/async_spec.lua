@@ -14,6 +14,24 @@ local function args(query, over)
 end
 local function uniq(s) return ("%s u%d"):format(s, math.random(1, 1e9)) end
 
+-- A plain call's own table goes to the provider call uncopied (the router's fast path); an
+-- auto-batched call reads what it needs later (top_n, return_documents) from a snapshot taken
+-- at its start, so a caller that reuses its table meanwhile changes nothing.
+test("a_batched_call_reads_the_callers_table_only_at_its_start", function()
+  local entry = nim.catalog["nvidia/llama-3_2-nv-rerankqa-1b-v2"]
+  entry.max_passages = 2 -- five documents: three batches, answered one by one
+  local a = args(uniq("!delay=100 gpu"), { documents = { "gpu one", "gpu two", "gpu three",
+    "gpu four", "gpu five" }, top_n = 3 })
+  local req = nim.rerank_async(a)
+  a.top_n, a.return_documents, a.model = 1, false, "nvidia_nim/nvidia/not-this-one"
+  local res, err = req:wait()
+  entry.max_passages = 512
+  ok(res, tostring(err))
+  eq(res.meta.batches, 3, "three batches")
+  eq(#res.results, 3, "the top_n the call was made with")
+  ok(res.results[1].document, "documents, as the call asked")
+end)
+
 test("frame_loop_polls_without_blocking", function()
   -- The property: poll() never waits for the network. A poll can be slow on a slow machine
   -- (under valgrind the first run of a code path takes ~100 ms), so the bound is half the
