@@ -277,7 +277,9 @@ static int pmain(lua_State *L) {
 }
 
 /* Lua's stock panic and warning behaviour (luaL_newstate's), for a state made with our own
- * allocator. Warnings are off until "@on". */
+ * allocator: warnings start off; a message of one piece "@on" or "@off" turns them on or off;
+ * a warning made of pieces (tocont) is printed as one line. The state of the switch is which
+ * function is installed. */
 static int panic(lua_State *L) {
     const char *msg = lua_tostring(L, -1);
     fprintf(stderr, "PANIC: unprotected error in call to Lua API (%s)\n",
@@ -285,16 +287,32 @@ static int panic(lua_State *L) {
     return 0;
 }
 
-static void warn_to_stderr(void *ud, const char *msg, int tocont) {
-    static int on = 0, continuing = 0;
-    (void)ud;
-    if (!continuing && *msg == '@') { /* a control message */
-        if (strcmp(msg, "@on") == 0) on = 1;
-        if (strcmp(msg, "@off") == 0) on = 0;
-        return;
-    }
-    if (on) fprintf(stderr, "%s%s%s", continuing ? "" : "Lua warning: ", msg, tocont ? "" : "\n");
-    continuing = tocont;
+static void warn_on(void *ud, const char *msg, int tocont);
+static void warn_off(void *ud, const char *msg, int tocont);
+
+/* A control message ("@..." in one piece): switches and returns 1; else 0. */
+static int warn_control(lua_State *L, const char *msg, int tocont) {
+    if (tocont || msg[0] != '@') return 0;
+    if (strcmp(msg + 1, "on") == 0) lua_setwarnf(L, warn_on, L);
+    if (strcmp(msg + 1, "off") == 0) lua_setwarnf(L, warn_off, L);
+    return 1;
+}
+
+static void warn_off(void *ud, const char *msg, int tocont) { warn_control(ud, msg, tocont); }
+
+/* The pieces after the first of a warning: no control messages in between. */
+static void warn_rest(void *ud, const char *msg, int tocont) {
+    fputs(msg, stderr);
+    if (tocont) return;
+    fputs("\n", stderr);
+    lua_setwarnf(ud, warn_on, ud);
+}
+
+static void warn_on(void *ud, const char *msg, int tocont) {
+    if (warn_control(ud, msg, tocont)) return;
+    fputs("Lua warning: ", stderr);
+    lua_setwarnf(ud, warn_rest, ud);
+    warn_rest(ud, msg, tocont);
 }
 
 /* The host's state: Lua's small objects from the pool allocator (lalloc.c), unless
@@ -305,6 +323,10 @@ static lua_State *new_state(nim_pool **pool) {
     const char *choice = getenv("NIMRANK_LUA_ALLOC");
 #if defined(__SANITIZE_ADDRESS__)
     choice = "libc";
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    choice = "libc";
+#endif
 #endif
     if (choice && strcmp(choice, "libc") == 0) return luaL_newstate();
     *pool = nim_pool_new();
@@ -316,7 +338,7 @@ static lua_State *new_state(nim_pool **pool) {
         return NULL;
     }
     lua_atpanic(L, panic);
-    lua_setwarnf(L, warn_to_stderr, NULL);
+    lua_setwarnf(L, warn_off, L);
     return L;
 }
 

@@ -17,7 +17,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <malloc.h>
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
@@ -36,6 +35,7 @@
 
 #include "binding.h"
 #include "clock.h"
+#include "lalloc.h"
 #include "nimrank.h"
 #include "serve.h"
 
@@ -384,8 +384,7 @@ int nim_serve_main(lua_State *L, const char *config_path, int argc, char **argv)
      * report it as before. */
     (void)nimrank_global_init();
     /* The config load's garbage goes before the forks: every worker would carry its pages. */
-    lua_gc(L, LUA_GCCOLLECT);
-    malloc_trim(0);
+    nim_lua_trim(L); /* a full collection, then free memory back to the system */
     for (int i = 0; i < o.workers; i++) {
         w[i].pid = spawn_worker(L, &o, board, i, ready[1], hold);
         w[i].started = nim_now();

@@ -16,7 +16,6 @@
  * for a request that is gone is refused, never written to freed memory. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <malloc.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
@@ -38,6 +37,7 @@
 
 #include "binding.h"
 #include "clock.h"
+#include "lalloc.h"
 #include "nimrank.h"
 #include "serve.h"
 
@@ -893,8 +893,7 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
     }
     /* What setting up left behind (the supervisor's config load, this worker's start) goes
      * back to the system before the worker waits for its first request. */
-    lua_gc(L, LUA_GCCOLLECT);
-    malloc_trim(0);
+    nim_lua_trim(L); /* a full collection, then free memory back to the system */
     if (ready_fd >= 0) {
         char b = (char)worker;
         (void)!write(ready_fd, &b, 1);
@@ -968,11 +967,10 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
             next_tick = now + 1.0;
             /* A burst, or one large request, over: what it took goes back to the system. Lua's
              * collector runs only as Lua allocates, so an idle worker would keep the garbage;
-             * glibc keeps freed heap. */
+             * glibc and the Lua pool (lalloc.c) keep freed memory. */
             if (srv.inflight == 0 && srv.live == 0 &&
                 (peak_live > 64 || lua_gc(L, LUA_GCCOUNT) > gc_floor_kb)) {
-                lua_gc(L, LUA_GCCOLLECT);
-                malloc_trim(0);
+                nim_lua_trim(L); /* a full collection, then free memory back to the system */
                 peak_live = 0;
                 int live_kb = lua_gc(L, LUA_GCCOUNT); /* what stays: collect again at twice */
                 gc_floor_kb = live_kb * 2 > 32 * 1024 ? live_kb * 2 : 32 * 1024;

@@ -65,6 +65,34 @@ static void freed_blocks_are_reused_and_live_ones_never_overlap(void) {
     nim_pool_free(pool);
 }
 
+static void trim_returns_the_chunks_without_live_objects(void) {
+    nim_pool *pool = nim_pool_new();
+    enum { N = 30000 };
+    static void *blocks[N];
+    for (size_t i = 0; i < N; i++)
+        blocks[i] = nim_pool_alloc(pool, NULL, 0, 48);
+    size_t peak = nim_pool_bytes(pool);
+    CHECK(peak >= (size_t)N * 48);
+    /* every block but one in the first chunk and one in the last is freed */
+    for (size_t i = 1; i < N - 1; i++)
+        nim_pool_alloc(pool, blocks[i], 48, 0);
+    nim_pool_trim(pool);
+    size_t kept = nim_pool_bytes(pool);
+    CHECK(kept <= 3 * 64 * 1024); /* the two with a live block, and the current one */
+    CHECK(kept >= 64 * 1024);
+    /* the lists hold no block of a chunk that went: new blocks are usable and distinct */
+    unsigned char *a = nim_pool_alloc(pool, NULL, 0, 48), *b = nim_pool_alloc(pool, NULL, 0, 48);
+    CHECK(a && b && a != b);
+    fill(a, 48, 1);
+    fill(b, 48, 2);
+    CHECK(same(a, 48, 1) && same(b, 48, 2));
+    for (size_t i = 0; i < N - 2; i++) /* the lists refill from the kept chunks and new ones */
+        blocks[i] = nim_pool_alloc(pool, NULL, 0, 48);
+    nim_pool_trim(pool);
+    CHECK(nim_pool_bytes(pool) >= peak / 2); /* all live: nothing to return */
+    nim_pool_free(pool);
+}
+
 static void a_lua_state_runs_on_it(void) {
     nim_pool *pool = nim_pool_new();
     lua_State *L = lua_newstate(nim_pool_alloc, pool);
@@ -82,6 +110,13 @@ static void a_lua_state_runs_on_it(void) {
     for (lua_Integer i = 2; i <= 20000; i += 3)
         want += i % 700;
     CHECK(lua_tointeger(L, -1) == want);
+    lua_settop(L, 0);
+    size_t before = nim_pool_bytes(pool);
+    CHECK(luaL_dostring(L, "collectgarbage()") == LUA_OK); /* the table is garbage now */
+    nim_lua_trim(L);
+    CHECK(nim_pool_bytes(pool) < before / 2); /* the table's chunks went back */
+    CHECK(luaL_dostring(L, "local t = {} for i = 1, 1000 do t[i] = {i} end return #t") == LUA_OK);
+    CHECK(lua_tointeger(L, -1) == 1000);
     lua_close(L);
     nim_pool_free(pool);
 }
@@ -89,6 +124,7 @@ static void a_lua_state_runs_on_it(void) {
 int main(void) {
     RUN(resizes_keep_the_bytes_across_every_size);
     RUN(freed_blocks_are_reused_and_live_ones_never_overlap);
+    RUN(trim_returns_the_chunks_without_live_objects);
     RUN(a_lua_state_runs_on_it);
     return CTEST_SUMMARY("lalloc");
 }
