@@ -34,6 +34,14 @@ local function current_task()
 end
 M.current_task = current_task
 
+-- Has the running task asked to be cancelled from inside itself (req:cancel() in its own
+-- on_progress callback)? It ends at its next yield; work that would go on without yielding
+-- (the next batch already answered) asks this instead.
+function M.cancel_requested()
+  local task = current_task()
+  return task ~= nil and task.cancel_requested == true
+end
+
 local function cancelled_error(model)
   return native.cancelled(type(model) == "string" and model or nil)
 end

@@ -61,6 +61,8 @@ local function run(a, n, size, conc, progress)
   -- meanwhile (the router passes it through)
   local snapshot = {}
   for k, v in pairs(a) do snapshot[k] = v end
+  -- and the list itself: batches started later read their documents from it
+  snapshot.documents = table.move(a.documents, 1, n, 1, {})
   a = snapshot
   -- the call's total time: the binding's rule (timeout, else request_timeout, else
   -- nim.settings.timeout, else its default), asked, not repeated
@@ -118,7 +120,12 @@ local function run(a, n, size, conc, progress)
     results[b] = res
     answered = answered + 1
     done_docs = done_docs + math.min(size, n - (b - 1) * size)
-    if progress then progress(done_docs, n) end
+    if progress then
+      progress(done_docs, n)
+      -- a task that cancelled itself there stops now, before another batch's progress
+      local async = package.loaded["nim.async"]
+      if async and async.cancel_requested() then return fail(native.cancelled(a.model), b) end
+    end
     if next_b <= batches then
       local ok, serr = start(next_b)
       if not ok then return nil, serr end

@@ -22,14 +22,19 @@ test("a_batched_call_reads_the_callers_table_only_at_its_start", function()
   entry.max_passages = 2 -- five documents: three batches, answered one by one
   local a = args(uniq("!delay=100 gpu"), { documents = { "gpu one", "gpu two", "gpu three",
     "gpu four", "gpu five" }, top_n = 3 })
+  local docs = a.documents
   local req = nim.rerank_async(a)
   a.top_n, a.return_documents, a.model = 1, false, "nvidia_nim/nvidia/not-this-one"
+  for i = 1, #docs do docs[i] = "REUSED " .. i end -- the list too, in place
   local res, err = req:wait()
   entry.max_passages = 512
   ok(res, tostring(err))
   eq(res.meta.batches, 3, "three batches")
   eq(#res.results, 3, "the top_n the call was made with")
   ok(res.results[1].document, "documents, as the call asked")
+  for _, r in ipairs(res.results) do
+    spec.no_match(r.document.text, "REUSED", "the texts the call was given")
+  end
 end)
 
 test("frame_loop_polls_without_blocking", function()
