@@ -304,6 +304,14 @@ static int header_ok(const char *name, const char *value) {
     return 1;
 }
 
+/* A response's body is the Lua string's own bytes, kept alive by a registry reference until
+ * MHD lets the response go (sent, or the connection ended): the answer is not copied again.
+ * MHD calls this from its own calls (MHD_run, MHD_destroy_response, MHD_stop_daemon), never
+ * while Lua runs a step that could be disturbed by it. */
+static void body_sent(void *cls) {
+    if (S) luaL_unref(S->L, LUA_REGISTRYINDEX, (int)(intptr_t)cls);
+}
+
 /* respond(handle, status, headers, body) -> true | false (the request is gone). */
 static int l_respond(lua_State *L) {
     srv_req *r = req_of(luaL_checkinteger(L, 1));
@@ -316,9 +324,14 @@ static int l_respond(lua_State *L) {
         lua_pushboolean(L, 0);
         return 1;
     }
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
-    if (!resp) return luaL_error(L, "respond: out of memory");
+    lua_pushvalue(L, 4);
+    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback_cls(
+        len, (void *)body, body_sent, (void *)(intptr_t)ref);
+    if (!resp) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        return luaL_error(L, "respond: out of memory");
+    }
     lua_pushnil(L);
     while (lua_next(L, 3)) {
         if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING &&
