@@ -491,10 +491,12 @@ static enum MHD_Result push_header(void *cls, enum MHD_ValueKind kind, const cha
     char name[128];
     size_t n = strlen(key);
     if (n >= sizeof name) return MHD_YES; /* no header of ours is that long */
-    for (size_t i = 0; i <= n; i++)
+    for (size_t i = 0; i < n; i++)
         name[i] = (char)((key[i] >= 'A' && key[i] <= 'Z') ? key[i] + 32 : key[i]);
     const char *v = value ? value : "";
-    if (lua_getfield(L, -1, name) == LUA_TSTRING) { /* repeated: joined, as RFC 9110 allows */
+    lua_pushlstring(L, name, n); /* made once: the lookup and the store share it */
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, -3) == LUA_TSTRING) { /* repeated: joined, as RFC 9110 allows */
         lua_pushliteral(L, ", ");
         lua_pushstring(L, v);
         lua_concat(L, 3);
@@ -502,7 +504,7 @@ static enum MHD_Result push_header(void *cls, enum MHD_ValueKind kind, const cha
         lua_pop(L, 1);
         lua_pushstring(L, v);
     }
-    lua_setfield(L, -2, name);
+    lua_rawset(L, -3); /* a new table of ours: no metamethods to skip */
     return MHD_YES;
 }
 
@@ -575,7 +577,7 @@ static int push_request(lua_State *L) {
         lua_pushlstring(L, r->body ? r->body : "", r->len);
         lua_setfield(L, -2, "body");
     }
-    lua_newtable(L);
+    lua_createtable(L, 0, 8); /* room for a usual request's headers without a rehash */
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, push_header, L);
     lua_setfield(L, -2, "headers");
     const union MHD_ConnectionInfo *ci =
