@@ -889,6 +889,10 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
                    int worker, int ready_fd) {
     static server srv;
     S = &srv;
+    /* No glibc fastbins in a worker: every request allocates a few blocks above 1 KB (the
+     * body, its Lua string, the answer, curl's buffers), and each such malloc with fastbins
+     * in use first consolidates them all; small blocks still come from the thread cache. */
+    mallopt(M_MXFAST, 0);
     srv.L = L, srv.o = o, srv.board = board, srv.worker = worker, srv.listen_fd = listen_fd;
     srv.free_head = UINT32_MAX;
     srv.reading.next = srv.reading.prev = &srv.reading;
