@@ -172,13 +172,33 @@ static void json_str(char *out, size_t cap, const char *s) {
     out[o] = '\0';
 }
 
+/* "2026-11-28T22:00:00.000Z" (cap: 25 bytes at least). The seconds are formatted once a
+ * second (every request's log line asks), the milliseconds each time. */
 static void iso_time(char *buf, size_t cap) {
+    static time_t kept_sec = (time_t)-1;
+    static char kept[24];
+    static size_t kept_n;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    size_t n = strftime(buf, cap, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf + n, cap - n, ".%03ldZ", ts.tv_nsec / 1000000);
+    if (ts.tv_sec != kept_sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        kept_n = strftime(kept, sizeof kept, "%Y-%m-%dT%H:%M:%S", &tm);
+        kept_sec = ts.tv_sec;
+    }
+    if (cap < kept_n + 6) {
+        if (cap) buf[0] = '\0';
+        return;
+    }
+    unsigned ms = (unsigned)(ts.tv_nsec / 1000000);
+    memcpy(buf, kept, kept_n);
+    char *p = buf + kept_n;
+    *p++ = '.';
+    *p++ = (char)('0' + ms / 100);
+    *p++ = (char)('0' + ms / 10 % 10);
+    *p++ = (char)('0' + ms % 10);
+    *p++ = 'Z';
+    *p = '\0';
 }
 
 void nim_serve_log(int level, const char *event, const char *message) {

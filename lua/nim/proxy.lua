@@ -588,12 +588,25 @@ log_line = function(fields)
 end
 
 -- cjson's, without its "\/"; a string with nothing to escape (cjson escapes control bytes,
--- DEL, quotes and backslashes) is quoted as it is
+-- DEL, quotes and backslashes) is quoted as it is. A request line's strings come from small
+-- sets (methods, routes, model names, deployments, addresses) and a pattern costs per byte:
+-- short ones' encodings are kept, a bounded number of them.
+local enc_kept, enc_count = {}, 0
 local function enc(v)
-  if type(v) == "string" and not v:find('[%c"\\]') then return '"' .. v .. '"' end
-  return json.encode(v)
+  if type(v) ~= "string" then return json.encode(v) end
+  local e = enc_kept[v]
+  if e then return e end
+  if v:find('[%c"\\]') then e = json.encode(v) else e = '"' .. v .. '"' end
+  if #v <= 64 then
+    if enc_count >= 256 then enc_kept, enc_count = {}, 0 end
+    enc_kept[v], enc_count = e, enc_count + 1
+  end
+  return e
 end
-local function opt(k, v) return v == nil and "" or (',"%s":%s'):format(k, enc(v)) end
+local function opt(k, v)
+  if v == nil then return "" end
+  return ',"' .. k .. '":' .. enc(v)
+end
 
 -- up: upstream_seconds(ctx), when the caller has it already
 local function record(req, ctx, status, up)
