@@ -72,7 +72,8 @@ static int g14(char *out, double v) {
     double f = frexp(a, &ex);            /* a = f * 2^ex, 0.5 <= f < 1 */
     uint64_t m = (uint64_t)ldexp(f, 53); /* exact: a = m * 2^(ex - 53) */
     int p = 53 - ex;                     /* 9 < p < 67 in this range */
-    int e = (int)floor(log10(a));        /* 10^e <= a < 10^(e+1), or off by one */
+    /* 2^(ex-1) <= a < 2^ex: 10^e <= a < 10^(e+1) for this e or the next (no log10) */
+    int e = (int)floor((ex - 1) * 0.30102999566398120);
     unsigned __int128 n, q = 0, r = 0, mask = ((unsigned __int128)1 << p) - 1;
     for (int tries = 0; tries < 3; tries++) {
         if (e < -5 || e > 13) return -1;
@@ -129,23 +130,29 @@ static int add_number(nim_buf *b, lua_State *L, int idx) {
     return add(b, tmp, (size_t)n);
 }
 
-/* Which of names (a NULL-ended list) the key at idx is: its position, or -1 when it is none
- * of them (or not a string). */
-static int key_slot(lua_State *L, int idx, const char *const *names) {
+/* The key names, as the bytes of the state's own strings: Lua keeps one copy of each short
+ * string, so a key is one of them exactly when it is the same pointer (no strlen, no
+ * memcmp a key). The strings stay on the stack while they are used. */
+typedef struct {
+    const char *index, *score, *document, *text, *image;
+} key_names;
+
+/* Which of names (n of them) the key at idx is: its position, or -1 when it is none of them
+ * (or not a string). */
+static int key_slot(lua_State *L, int idx, const char *const *names, int n) {
     if (lua_type(L, idx) != LUA_TSTRING) return -1;
-    size_t n;
-    const char *k = lua_tolstring(L, idx, &n); /* a string already: nothing is converted */
-    for (int i = 0; names[i]; i++)
-        if (strlen(names[i]) == n && memcmp(names[i], k, n) == 0) return i;
+    const char *k = lua_tostring(L, idx); /* a string already: nothing is converted */
+    for (int i = 0; i < n; i++)
+        if (names[i] == k) return i;
     return -1;
 }
 
 /* Table t (absolute index, no metatable) read in one raw pass: its values for names go to
  * the stack slots from `at` on (nil for those it lacks); -1 when it has any other key. */
-static int take_keys(lua_State *L, int t, const char *const *names, int at) {
+static int take_keys(lua_State *L, int t, const char *const *names, int n, int at) {
     lua_pushnil(L);
     while (lua_next(L, t)) {
-        int slot = key_slot(L, -2, names);
+        int slot = key_slot(L, -2, names, n);
         if (slot < 0) {
             lua_pop(L, 2);
             return -1;
@@ -163,15 +170,14 @@ static int add_string_at(nim_buf *b, lua_State *L, int idx) {
     return nim_buf_json_string(b, s, n);
 }
 
-static const char *const ENTRY_KEYS[] = {"index", "relevance_score", "document", NULL};
-static const char *const DOC_KEYS[] = {"text", "image", NULL};
-
 /* One result; 0, or -1 for a shape not written here (or memory out). */
-static int add_entry(nim_buf *b, lua_State *L, int e) {
+static int add_entry(nim_buf *b, lua_State *L, int e, const key_names *kn) {
+    const char *entry_keys[3] = {kn->index, kn->score, kn->document};
+    const char *doc_keys[2] = {kn->text, kn->image};
     if (!lua_istable(L, e) || lua_getmetatable(L, e) != 0) return -1;
     int base = lua_gettop(L) + 1; /* index, relevance_score, document, text, image */
     lua_settop(L, base + 4);
-    int rc = take_keys(L, e, ENTRY_KEYS, base);
+    int rc = take_keys(L, e, entry_keys, 3, base);
     if (!rc && (lua_type(L, base) != LUA_TNUMBER || lua_type(L, base + 1) != LUA_TNUMBER)) rc = -1;
     if (!rc)
         rc = add(b, "{\"index\":", 9) || add_number(b, L, base) ||
@@ -182,7 +188,7 @@ static int add_entry(nim_buf *b, lua_State *L, int e) {
             lua_pop(L, 1);
             rc = -1;
         } else {
-            rc = take_keys(L, base + 2, DOC_KEYS, base + 3);
+            rc = take_keys(L, base + 2, doc_keys, 2, base + 3);
         }
         int has_text = !lua_isnil(L, base + 3), has_image = !lua_isnil(L, base + 4);
         if (!rc) rc = add(b, ",\"document\":{", 13);
@@ -207,13 +213,20 @@ int nim_l_encode_results(lua_State *L) {
     const char *head = luaL_optlstring(L, 2, "", &hn);
     const char *tail = luaL_optlstring(L, 3, "", &tn);
     luaL_checkstack(L, NIM_STACK_NEED, NULL);
+    lua_settop(L, 3);
+    key_names kn;
+    kn.index = (lua_pushliteral(L, "index"), lua_tostring(L, -1));
+    kn.score = (lua_pushliteral(L, "relevance_score"), lua_tostring(L, -1));
+    kn.document = (lua_pushliteral(L, "document"), lua_tostring(L, -1));
+    kn.text = (lua_pushliteral(L, "text"), lua_tostring(L, -1));
+    kn.image = (lua_pushliteral(L, "image"), lua_tostring(L, -1));
     nim_buf *b = &nim_ctx_get(L)->out;
     b->n = 0;
     lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
     int rc = add(b, head, hn) || add(b, "[", 1);
     for (lua_Integer i = 1; i <= n && !rc; i++) {
         lua_rawgeti(L, 1, i);
-        rc = (i > 1 && add(b, ",", 1)) || add_entry(b, L, lua_gettop(L));
+        rc = (i > 1 && add(b, ",", 1)) || add_entry(b, L, lua_gettop(L), &kn);
         lua_pop(L, 1);
     }
     if (rc || add(b, "]", 1) || add(b, tail, tn)) {

@@ -8,9 +8,14 @@
  * starts), the headers, the body (collected here, within the limit proxy.lua decides); then
  * proxy.dispatch(req) starts its task. A task that answers at once (health, auth, bad input)
  * has called respond() before dispatch returns and the answer is queued straight away;
- * otherwise the connection is suspended and its socket watched for the client hanging up
- * (which cancels the task, and with it the upstream transfer). respond() from the task later
+ * otherwise the connection is suspended while the client hanging up is watched for (which
+ * cancels the task, and with it the upstream transfer). respond() from the task later
  * stores the answer and resumes the connection; MHD calls back and it is queued.
+ *
+ * The hang-up watch is a connection's, not a request's: its socket joins the loop's epoll set
+ * once, edge-triggered for EPOLLRDHUP, when it opens (two epoll_ctl calls a request fewer). A
+ * hang-up while no request is suspended is remembered; one that came before a request is
+ * suspended is reported again (EPOLL_CTL_MOD) when it is.
  *
  * Lua never sees a pointer: a request is a handle (slot index and generation), so an answer
  * for a request that is gone is refused, never written to freed memory. */
@@ -44,12 +49,13 @@
 /* Where a request is. */
 enum { PH_HEAD, PH_BODY, PH_RUNNING, PH_SUSPENDED, PH_ANSWERED };
 
+struct srv_conn;
 typedef struct srv_req {
     struct MHD_Connection *conn;
+    struct srv_conn *sc;         /* its connection's record (which outlives the request) */
     struct srv_req *prev, *next; /* the list of requests still being read (timeouts) */
     int phase;
     int fd;
-    int watched; /* the socket is in our epoll set, for hang-ups */
     int too_large;
     const char *bad_head; /* why the head is refused (a static message), or NULL */
     uint32_t slot;
@@ -64,6 +70,8 @@ typedef struct srv_req {
 typedef struct srv_conn {
     struct srv_conn *prev, *next;
     int fd;
+    int watched;     /* the socket is in our epoll set, for hang-ups */
+    int hup;         /* the client hung up (or shut its sending side) */
     unsigned served; /* requests answered on it */
     double t_mark;   /* accepted, or the last request finished */
     srv_req *cur;
@@ -91,6 +99,7 @@ typedef struct {
     size_t max_body;
     int draining;
     int dispatched; /* a task started this turn: its transfer goes out in the same turn */
+    int resumed;    /* a connection was resumed: MHD runs again this turn, to send its answer */
     double drain_deadline;
     int ref_dispatch, ref_cancel, ref_reload, ref_tick, ref_precheck;
     int ref_traceback;
@@ -101,7 +110,7 @@ static server *S; /* one per process: signal-free code reaches it from MHD's cal
 #define TAG_MHD 1u
 #define TAG_ENGINE 2u
 #define TAG_SIGNAL 3u
-#define TAG_CLIENT (1ull << 63) /* | handle: a suspended request's socket */
+#define TAG_CLIENT (1ull << 63) /* | its srv_conn: a connection's socket, for hang-ups */
 
 /* ---- logging: one JSON object a line; request lines come from Lua, already JSON -------------
  * Lines are gathered and written once a loop turn, in pieces of whole lines up to PIPE_BUF
@@ -163,13 +172,33 @@ static void json_str(char *out, size_t cap, const char *s) {
     out[o] = '\0';
 }
 
+/* "2026-11-28T22:00:00.000Z" (cap: 25 bytes at least). The seconds are formatted once a
+ * second (every request's log line asks), the milliseconds each time. */
 static void iso_time(char *buf, size_t cap) {
+    static time_t kept_sec = (time_t)-1;
+    static char kept[24];
+    static size_t kept_n;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    size_t n = strftime(buf, cap, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf + n, cap - n, ".%03ldZ", ts.tv_nsec / 1000000);
+    if (ts.tv_sec != kept_sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        kept_n = strftime(kept, sizeof kept, "%Y-%m-%dT%H:%M:%S", &tm);
+        kept_sec = ts.tv_sec;
+    }
+    if (cap < kept_n + 6) {
+        if (cap) buf[0] = '\0';
+        return;
+    }
+    unsigned ms = (unsigned)(ts.tv_nsec / 1000000);
+    memcpy(buf, kept, kept_n);
+    char *p = buf + kept_n;
+    *p++ = '.';
+    *p++ = (char)('0' + ms / 100);
+    *p++ = (char)('0' + ms / 10 % 10);
+    *p++ = (char)('0' + ms % 10);
+    *p++ = 'Z';
+    *p = '\0';
 }
 
 void nim_serve_log(int level, const char *event, const char *message) {
@@ -242,10 +271,12 @@ static void reading_unlink(srv_req *r) {
     r->prev = r->next = NULL;
 }
 
-static void unwatch(srv_req *r) {
-    if (!r->watched) return;
-    epoll_ctl(S->ep, EPOLL_CTL_DEL, r->fd, NULL);
-    r->watched = 0;
+/* A connection's socket in the loop's epoll set (op ADD), or its hang-up reported again
+ * (MOD: an edge-triggered watch reports what is true already when it is modified). */
+static void watch(srv_conn *conn, int op) {
+    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLET,
+                             .data.u64 = TAG_CLIENT | (uint64_t)(uintptr_t)conn};
+    if (epoll_ctl(S->ep, op, conn->fd, &ev) == 0) conn->watched = 1;
 }
 
 /* ---- Lua calls ---------------------------------------------------------------------------- */
@@ -293,6 +324,14 @@ static int header_ok(const char *name, const char *value) {
     return 1;
 }
 
+/* A response's body is the Lua string's own bytes, kept alive by a registry reference until
+ * MHD lets the response go (sent, or the connection ended): the answer is not copied again.
+ * MHD calls this from its own calls (MHD_run, MHD_destroy_response, MHD_stop_daemon), never
+ * while Lua runs a step that could be disturbed by it. */
+static void body_sent(void *cls) {
+    if (S) luaL_unref(S->L, LUA_REGISTRYINDEX, (int)(intptr_t)cls);
+}
+
 /* respond(handle, status, headers, body) -> true | false (the request is gone). */
 static int l_respond(lua_State *L) {
     srv_req *r = req_of(luaL_checkinteger(L, 1));
@@ -305,9 +344,14 @@ static int l_respond(lua_State *L) {
         lua_pushboolean(L, 0);
         return 1;
     }
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
-    if (!resp) return luaL_error(L, "respond: out of memory");
+    lua_pushvalue(L, 4);
+    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback_cls(
+        len, (void *)body, body_sent, (void *)(intptr_t)ref);
+    if (!resp) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        return luaL_error(L, "respond: out of memory");
+    }
     lua_pushnil(L);
     while (lua_next(L, 3)) {
         if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING &&
@@ -323,8 +367,8 @@ static int l_respond(lua_State *L) {
     r->resp = resp;
     r->status = (unsigned)status;
     if (r->phase == PH_SUSPENDED) {
-        unwatch(r);
         r->phase = PH_ANSWERED;
+        S->resumed = 1;
         MHD_resume_connection(r->conn);
     } else {
         r->phase = PH_ANSWERED; /* answered inside dispatch: queued when it returns */
@@ -451,6 +495,7 @@ static void *uri_started(void *cls, const char *uri, struct MHD_Connection *c) {
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     srv_conn *conn = sc ? sc->socket_context : NULL;
     if (conn) conn->cur = r;
+    r->sc = conn;
     r->next = S->reading.next;
     r->prev = &S->reading;
     S->reading.next->prev = r;
@@ -466,10 +511,12 @@ static enum MHD_Result push_header(void *cls, enum MHD_ValueKind kind, const cha
     char name[128];
     size_t n = strlen(key);
     if (n >= sizeof name) return MHD_YES; /* no header of ours is that long */
-    for (size_t i = 0; i <= n; i++)
+    for (size_t i = 0; i < n; i++)
         name[i] = (char)((key[i] >= 'A' && key[i] <= 'Z') ? key[i] + 32 : key[i]);
     const char *v = value ? value : "";
-    if (lua_getfield(L, -1, name) == LUA_TSTRING) { /* repeated: joined, as RFC 9110 allows */
+    lua_pushlstring(L, name, n); /* made once: the lookup and the store share it */
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, -3) == LUA_TSTRING) { /* repeated: joined, as RFC 9110 allows */
         lua_pushliteral(L, ", ");
         lua_pushstring(L, v);
         lua_concat(L, 3);
@@ -477,7 +524,7 @@ static enum MHD_Result push_header(void *cls, enum MHD_ValueKind kind, const cha
         lua_pop(L, 1);
         lua_pushstring(L, v);
     }
-    lua_setfield(L, -2, name);
+    lua_rawset(L, -3); /* a new table of ours: no metamethods to skip */
     return MHD_YES;
 }
 
@@ -550,7 +597,7 @@ static int push_request(lua_State *L) {
         lua_pushlstring(L, r->body ? r->body : "", r->len);
         lua_setfield(L, -2, "body");
     }
-    lua_newtable(L);
+    lua_createtable(L, 0, 8); /* room for a usual request's headers without a rehash */
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, push_header, L);
     lua_setfield(L, -2, "headers");
     const union MHD_ConnectionInfo *ci =
@@ -664,12 +711,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (to_lua(r, method, url, version, 0) != 0 && !r->resp)
             r->resp = plain_response(500, "internal_error", "the gateway failed", &r->status);
         if (r->resp) return queue(r);
-        /* waiting for the upstream: park the connection, listen for a hang-up */
+        /* waiting for the upstream: park the connection; a hang-up seen already is reported
+         * again (the watch is edge-triggered), so it cancels the request next turn */
         r->phase = PH_SUSPENDED;
         MHD_suspend_connection(c);
-        struct epoll_event ev = {.events = EPOLLRDHUP,
-                                 .data.u64 = TAG_CLIENT | (uint64_t)handle_of(r)};
-        if (r->fd >= 0 && epoll_ctl(S->ep, EPOLL_CTL_ADD, r->fd, &ev) == 0) r->watched = 1;
+        if (r->sc && r->sc->hup && r->sc->watched) watch(r->sc, EPOLL_CTL_MOD);
         return MHD_YES;
     }
     if (r->phase == PH_ANSWERED && r->resp) return queue(r); /* resumed with its answer */
@@ -692,7 +738,6 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         conn->t_mark = nim_now(); /* the next request's line is due within --idle-timeout */
     }
     reading_unlink(r);
-    unwatch(r);
     if (r->phase == PH_RUNNING || r->phase == PH_SUSPENDED) { /* its task still runs: stop it */
         lua_pushinteger(S->L, handle_of(r));
         call_ref(S->ref_cancel, 1, 0, "cancel_failed");
@@ -705,7 +750,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     S->live--;
 }
 
-/* A connection opens or closes: kept in a list, for the first-request and idle timeouts. */
+/* A connection opens or closes: kept in a list, for the first-request and idle timeouts, and
+ * watched for hang-ups. */
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode code) {
     (void)cls;
@@ -716,6 +762,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         conn->fd = ci ? ci->connect_fd : -1;
         conn->t_mark = nim_now();
+        if (conn->fd >= 0) watch(conn, EPOLL_CTL_ADD);
         conn->next = S->conns.next;
         conn->prev = &S->conns;
         S->conns.next->prev = conn;
@@ -723,6 +770,8 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         *socket_context = conn;
     } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
         srv_conn *conn = *socket_context;
+        /* out of the set before the record goes (MHD closes the socket after this call) */
+        if (conn->watched) epoll_ctl(S->ep, EPOLL_CTL_DEL, conn->fd, NULL);
         conn->prev->next = conn->next;
         conn->next->prev = conn->prev;
         free(conn);
@@ -746,7 +795,6 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
 static void abandon(lua_Integer h, unsigned status, const char *type, const char *msg) {
     srv_req *r = req_of(h);
     if (!r || r->phase != PH_SUSPENDED) return;
-    unwatch(r);
     lua_pushinteger(S->L, h);
     lua_pushinteger(S->L, status); /* what the client is told (or would be): for the log */
     call_ref(S->ref_cancel, 2, 0, "cancel_failed");
@@ -754,6 +802,7 @@ static void abandon(lua_Integer h, unsigned status, const char *type, const char
     if (!r || r->phase != PH_SUSPENDED) return; /* cancel answered it */
     r->resp = plain_response(status, type, msg, &r->status);
     r->phase = PH_ANSWERED;
+    S->resumed = 1;
     MHD_resume_connection(r->conn);
 }
 
@@ -840,6 +889,17 @@ static int setup_lua(lua_State *L) {
     return 0;
 }
 
+/* MHD's turn: run, and again (a few times at most) while it says it has work queued (a
+ * connection it must try once more after an answer went out, until its socket reads
+ * EAGAIN), rather than a loop turn each time. */
+static void mhd_run(void) {
+    MHD_UNSIGNED_LONG_LONG mt;
+    S->resumed = 0;
+    MHD_run(S->d);
+    for (int i = 0; i < 2 && MHD_get_timeout(S->d, &mt) == MHD_YES && mt == 0; i++)
+        MHD_run(S->d);
+}
+
 static int ep_add(int fd, uint64_t tag) {
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = tag};
     return epoll_ctl(S->ep, EPOLL_CTL_ADD, fd, &ev);
@@ -849,6 +909,10 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
                    int worker, int ready_fd) {
     static server srv;
     S = &srv;
+    /* No glibc fastbins in a worker: every request allocates a few blocks above 1 KB (the
+     * body, its Lua string, the answer, curl's buffers), and each such malloc with fastbins
+     * in use first consolidates them all; small blocks still come from the thread cache. */
+    mallopt(M_MXFAST, 0);
     srv.L = L, srv.o = o, srv.board = board, srv.worker = worker, srv.listen_fd = listen_fd;
     srv.free_head = UINT32_MAX;
     srv.reading.next = srv.reading.prev = &srv.reading;
@@ -907,9 +971,12 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
     int code = 0;
     for (;;) {
         double now = nim_now();
-        long wait = 1000;
+        long wait = 1000, mhd_wait = -1;
         MHD_UNSIGNED_LONG_LONG mt;
-        if (MHD_get_timeout(srv.d, &mt) == MHD_YES && (long long)mt < wait) wait = (long)mt;
+        if (MHD_get_timeout(srv.d, &mt) == MHD_YES) {
+            mhd_wait = (long long)mt < wait ? (long)mt : wait;
+            wait = mhd_wait;
+        }
         long nt = nimrank_timeout(L);
         if (nt >= 0 && nt < wait) wait = nt;
         long tt = (long)((next_tick - now) * 1000.0) + 1;
@@ -925,13 +992,18 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
             code = 1;
             break;
         }
-        int engine_ready = 0;
+        int engine_ready = 0, mhd_ready = 0;
         for (int i = 0; i < n; i++) {
             uint64_t tag = evs[i].data.u64;
             if (tag & TAG_CLIENT) {
-                client_gone((lua_Integer)(tag & ~TAG_CLIENT));
+                srv_conn *conn = (srv_conn *)(uintptr_t)(tag & ~TAG_CLIENT);
+                conn->hup = 1; /* (the record lives: it leaves the set before it is freed) */
+                if (conn->cur && conn->cur->phase == PH_SUSPENDED)
+                    client_gone(handle_of(conn->cur));
             } else if (tag == TAG_ENGINE) {
                 engine_ready = 1;
+            } else if (tag == TAG_MHD) {
+                mhd_ready = 1;
             } else if (tag == TAG_SIGNAL) {
                 struct signalfd_siginfo si;
                 while (read(srv.sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
@@ -949,7 +1021,10 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
                 }
             }
         }
-        MHD_run(srv.d);
+        /* MHD runs when its sockets moved, its timeout is due (0 while it has work queued), or
+         * a hang-up's 499 resumed a connection; not on every turn the engine wakes. */
+        if (mhd_ready || srv.resumed || (mhd_wait >= 0 && (nim_now() - now) * 1000.0 >= mhd_wait))
+            mhd_run();
         /* The scheduler runs when the network moved, a request started a call (its transfer
          * goes out now, not a turn later), or a timer (curl's, a task's sleep) is due. */
         if (engine_ready || srv.dispatched || (nt >= 0 && (nim_now() - now) * 1000.0 >= nt)) {
@@ -958,7 +1033,7 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
                 nim_serve_log(NIM_LOG_ERROR, "poll_failed", lua_tostring(L, -1));
                 lua_settop(L, 0);
             }
-            MHD_run(srv.d); /* answers the poll produced go out in this turn */
+            if (srv.resumed) mhd_run(); /* answers the poll produced go out in this turn */
         }
         now = nim_now();
         if (now >= next_tick) {

@@ -215,7 +215,7 @@ REFUSED.cache = nil -- LiteLLM's per-request cache controls: nim.rerank reads th
 -- The body as a JSON object, or an error response.
 local function json_body(req)
   local ctype = req.headers["content-type"]
-  if ctype and not ctype:lower():find("json", 1, true) then
+  if ctype and not ctype:find("json", 1, true) and not ctype:lower():find("json", 1, true) then
     -- named by its media type only: a header's bytes are not echoed into answers
     local media = ctype:match("^%s*([%w!#$&^_.+%-]+/[%w!#$&^_.+%-]+)")
     return nil, { fail(415, "unsupported_media_type", ("Content-Type %s is not JSON: send "
@@ -267,35 +267,44 @@ local function call_error(err)
     headers)
 end
 
+-- The answer's meta: billed units, the version, cache_hit when the cache answered or missed,
+-- warnings when there are any.
+local function meta_table(billed, hit, warnings)
+  return { billed_units = billed, api_version = { version = "1" }, cache_hit = hit,
+    warnings = warnings }
+end
+
 -- The answer's meta as JSON: its usual shape (billed tokens, the version, maybe cache_hit)
--- written here as nim.json would write it; any other (a filter's change, warnings) by nim.json.
+-- written here as nim.json would write it, with no table made; any other (a filter's change,
+-- warnings) by nim.json.
 local META_HEAD = '{"api_version":{"version":"1"},"billed_units":{"total_tokens":'
-local function meta_json(m)
-  local billed, hit = m.billed_units, m.cache_hit
+local function meta_json(billed, hit, warnings)
   local tokens = type(billed) == "table" and getmetatable(billed) == nil and billed.total_tokens
-  if m.warnings == nil and math.type(tokens) == "integer" and next(billed, next(billed)) == nil
+  if warnings == nil and math.type(tokens) == "integer" and next(billed, next(billed)) == nil
     and (hit == nil or type(hit) == "boolean") then
     return META_HEAD .. tokens .. (hit == nil and "}}" or hit and '},"cache_hit":true}'
       or '},"cache_hit":false}')
   end
-  return json.encode(m)
+  return json.encode(meta_table(billed, hit, warnings))
 end
 
 local function rerank_route(req, ctx)
   local body, bad = json_body(req)
   if not body then return table.unpack(bad) end
-  local args, refused = {}, {}
+  local args, refused = {}, nil
+  local null = json.null
   for k, v in pairs(body) do
     if type(k) ~= "string" then
       return fail(400, "invalid_request_error", "the body must be a JSON object")
     end
     if REFUSED[k] then
+      refused = refused or {}
       refused[#refused + 1] = k
-    elseif not IGNORED[k] and v ~= json.null then
+    elseif not IGNORED[k] and v ~= null then
       args[k] = v
     end
   end
-  if #refused > 0 then
+  if refused then
     table.sort(refused)
     return fail(400, "invalid_request_error", ("%s: set by the gateway's config, not by a "
       .. "request"):format(table.concat(refused, ", ")), refused[1])
@@ -357,15 +366,18 @@ local function rerank_route(req, ctx)
     ctx.error_type = err.type
     return call_error(err)
   end
-  local out_meta = { billed_units = res.meta.billed_units, api_version = { version = "1" },
-    cache_hit = res.meta.cache_hit }
-  if res.meta.cache_hit ~= nil then ctx.cache = res.meta.cache_hit and "hit" or "miss" end
-  if res.meta.warnings and #res.meta.warnings > 0 then out_meta.warnings = res.meta.warnings end
+  local rmeta = res.meta
+  local billed, hit, warnings = rmeta.billed_units, rmeta.cache_hit, rmeta.warnings
+  if hit ~= nil then ctx.cache = hit and "hit" or "miss" end
+  if not warnings or #warnings == 0 then warnings = nil end
   -- the answer (mostly documents) written by C in one piece; any shape it does not know goes
   -- to cjson
-  local text = native.encode_results(res.results, '{"id":' .. encode_value(res.id)
-    .. ',"results":', ',"meta":' .. meta_json(out_meta) .. "}")
-  if not text then return 200, { id = res.id, results = res.results, meta = out_meta } end
+  local id = res.id
+  local text = native.encode_results(res.results, '{"id":' .. encode_value(id) .. ',"results":',
+    ',"meta":' .. meta_json(billed, hit, warnings) .. "}")
+  if not text then
+    return 200, { id = id, results = res.results, meta = meta_table(billed, hit, warnings) }
+  end
   return 200, text
 end
 
@@ -576,12 +588,25 @@ log_line = function(fields)
 end
 
 -- cjson's, without its "\/"; a string with nothing to escape (cjson escapes control bytes,
--- DEL, quotes and backslashes) is quoted as it is
+-- DEL, quotes and backslashes) is quoted as it is. A request line's strings come from small
+-- sets (methods, routes, model names, deployments, addresses) and a pattern costs per byte:
+-- short ones' encodings are kept, a bounded number of them.
+local enc_kept, enc_count = {}, 0
 local function enc(v)
-  if type(v) == "string" and not v:find('[%c"\\]') then return '"' .. v .. '"' end
-  return json.encode(v)
+  if type(v) ~= "string" then return json.encode(v) end
+  local e = enc_kept[v]
+  if e then return e end
+  if v:find('[%c"\\]') then e = json.encode(v) else e = '"' .. v .. '"' end
+  if #v <= 64 then
+    if enc_count >= 256 then enc_kept, enc_count = {}, 0 end
+    enc_kept[v], enc_count = e, enc_count + 1
+  end
+  return e
 end
-local function opt(k, v) return v == nil and "" or (',"%s":%s'):format(k, enc(v)) end
+local function opt(k, v)
+  if v == nil then return "" end
+  return ',"' .. k .. '":' .. enc(v)
+end
 
 -- up: upstream_seconds(ctx), when the caller has it already
 local function record(req, ctx, status, up)
