@@ -15,7 +15,7 @@ TMP=$(mktemp -d)
 FAKE=$!
 [ -z "$BENCH_PIDS" ] || echo $FAKE >>"$BENCH_PIDS" # for the test that checks they all end
 trap 'kill $FAKE 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"' EXIT
-trap 'exit 1' INT TERM
+trap 'exit 1' INT TERM HUP PIPE # a reader gone (| head) or a closed terminal ends it too
 while ! grep -q PORT "$TMP/port" 2>/dev/null; do sleep 0.05; done
 URL="http://127.0.0.1:$(awk '/PORT/{print $2}' "$TMP/port")"
 opened() { curl -s "$URL/_fake/stats" | sed 's/.*"connections":\([0-9]*\).*/\1/'; }

@@ -19,7 +19,7 @@ FAKES=""
 # and stopped however the script ends.
 stop() { [ -z "$FAKES" ] || kill $FAKES 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"; }
 trap stop EXIT
-trap 'exit 1' INT TERM
+trap 'exit 1' INT TERM HUP PIPE # a reader gone (| head) or a closed terminal ends it too
 "$BUILD/fakenim" --canned 20000 >"$TMP/port" &
 FAKES="$FAKES $!"
 [ -z "$BENCH_PIDS" ] || echo $! >>"$BENCH_PIDS" # for the test that checks they all end

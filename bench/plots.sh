@@ -55,7 +55,7 @@ cleanup() {
     rm -rf "$TMP"
 }
 trap cleanup EXIT
-trap 'exit 1' INT TERM
+trap 'exit 1' INT TERM HUP PIPE # a reader gone (| head) or a closed terminal ends it too
 
 # run_bench FILE COMMAND...: runs one bench, its output shown and kept in FILE only when it
 # ran to its end.
@@ -177,7 +177,7 @@ restore() {
         [ ! -f $TMP/saved.\$f ] || mv $TMP/saved.\$f bench/out/\$f
     done
 }
-trap 'restore; exit 1' INT TERM
+trap 'restore; exit 1' INT TERM HUP PIPE
 mkdir -p bench/out
 for f in proxy.tsv proxy.png; do [ ! -f bench/out/\$f ] || mv bench/out/\$f $TMP/saved.\$f; done
 rc=0

@@ -21,7 +21,7 @@ stop() {
     rm -rf "$TMP"
 }
 trap stop EXIT
-trap 'exit 1' INT TERM
+trap 'exit 1' INT TERM HUP PIPE # a reader gone (| head) or a closed terminal ends it too
 
 # cohere_body N MODEL: the Cohere-style request every target gets, N documents of ~200 bytes.
 cohere_body() {
