@@ -48,7 +48,7 @@ struct nim_transfer {
     char *resp;
     size_t resp_len, resp_cap, max_response;
     int done, too_large, deferred;
-    int custom; /* the easy handle has an option of its own (release_easy) */
+    int custom;        /* the easy handle has an option of its own (release_easy) */
     double not_before; /* deferred: added to the multi at this time */
     nim_xfer_result result;
     long status;
@@ -468,8 +468,8 @@ static void set_options(CURL *easy, nim_transfer *t, const nim_request *r) {
     /* libcurl 7.88 runs a 1 ms limit as 200 ms (measured): 2 ms is the least it keeps.
      * 0 is libcurl's default: no total limit, its own connect limit. */
     long total = r->timeout_ms > 0 ? (r->timeout_ms < 2 ? 2L : r->timeout_ms) : 0L;
-    long connect = r->connect_timeout_ms > 0
-                       ? (r->connect_timeout_ms < 2 ? 2L : r->connect_timeout_ms) : 0L;
+    long connect =
+        r->connect_timeout_ms > 0 ? (r->connect_timeout_ms < 2 ? 2L : r->connect_timeout_ms) : 0L;
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, total);
     curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, connect);
     curl_easy_setopt(easy, CURLOPT_PRIVATE, t);

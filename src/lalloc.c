@@ -156,7 +156,7 @@ void *nim_pool_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 }
 
 void nim_pool_trim(nim_pool *p) {
-    chunk *current = p->chunks; /* carving continues there: kept */
+    chunk *current = p->chunks;             /* carving continues there: kept */
     for (size_t k = 0; k < NCLASSES; k++) { /* each list rebuilt without the leaving blocks */
         void *b = p->free[k], *last = NULL; /* last kept: its link word open */
         p->free[k] = NULL;

@@ -597,8 +597,9 @@ static void complete(lua_State *L, int idx) {
     const char *coding = nim_transfer_coding(t);
     int coded = coding != NULL;
     if (coding) { /* asked for none (Accept-Encoding: identity): the bytes are not text */
-        lua_pushfstring(L, "the answer came %s-encoded (Content-Encoding), although the request "
-                           "asked for none (Accept-Encoding: identity); it is not decoded",
+        lua_pushfstring(L,
+                        "the answer came %s-encoded (Content-Encoding), although the request "
+                        "asked for none (Accept-Encoding: identity); it is not decoded",
                         coding);
         lua_replace(L, body);
     }

@@ -369,8 +369,8 @@ void nim_wire_one_line(lua_State *L, int idx) {
     while (end > i && (unsigned char)s[end - 1] <= ' ')
         end--;
     size_t stop = end - i > 300 ? i + 300 : end;
-    for (int back = 0; back < 3 && stop < end && stop > i &&
-                       ((unsigned char)s[stop] & 0xC0) == 0x80;
+    for (int back = 0;
+         back < 3 && stop < end && stop > i && ((unsigned char)s[stop] & 0xC0) == 0x80;
          back++) /* a character cut at the limit is left out whole (at most 3 bytes back) */
         stop--;
     luaL_Buffer b;
