@@ -19,33 +19,16 @@ WORKERS=${NIMRANK_WORKERS:-$(nproc 2>/dev/null || echo 2)}
 KEY=sk-bench-rss
 sh .ci/deps.sh wrk nginx-light libnginx-mod-http-echo
 [ -x "$BUILD/nimrank" ] || make -s
-. bench/servers.sh # $TMP, started/stop, pick_port, wait_http, rss_tree
+. bench/servers.sh # $TMP, started/stop, pick_port, wait_http, rss_tree, nginx_upstream
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 UPATH=/v1/retrieval/nvidia/bench-slow/reranking
-mkdir -p "$TMP/ngx"
-pick_port; UP=$PORT
-cat >"$TMP/ngx/up.conf" <<EOF
-load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
-worker_processes 1;
-pid $TMP/ngx/up.pid;
-events { worker_connections 16384; }
-http {
-    $NGX_COMMON
-    server {
-        listen 127.0.0.1:$UP backlog=4096;
-        default_type application/json;
-        location = $UPATH {
-            echo_sleep $(awk -v d="$DELAY" 'BEGIN { printf "%.3f", d / 1000 }');
-            echo -n '{"rankings":[{"index":2,"logit":3.25},{"index":0,"logit":1.5},
-                {"index":1,"logit":-2.75}],"usage":{"prompt_tokens":12,"total_tokens":12}}';
-        }
-    }
-}
-EOF
-nginx -p "$TMP/ngx" -e "$TMP/ngx/up.err" -c "$TMP/ngx/up.conf" -g 'daemon off;' &
-started $!
-wait_http "http://127.0.0.1:$UP/" $! || { cat "$TMP/ngx/up.err" >&2; exit 1; }
+# the upstream holds each request DELAY ms (nginx's echo module), then answers a ranking
+ANSWER='{"rankings":[{"index":2,"logit":3.25},{"index":0,"logit":1.5},{"index":1,"logit":-2.75}],'
+ANSWER=$ANSWER'"usage":{"prompt_tokens":12,"total_tokens":12}}'
+SLEEP=$(awk -v d="$DELAY" 'BEGIN { printf "%.3f", d / 1000 }')
+nginx_upstream "load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;" 16384 \
+    "location = $UPATH { echo_sleep $SLEEP; echo -n '$ANSWER'; }"
 
 printf '{"model":"slow","query":"gpu memory bandwidth","top_n":3,"documents":[%s]}' \
     '"gpu memory bandwidth","cats","tensor cores and memory"' >"$TMP/body.json"

@@ -49,32 +49,40 @@ NGX_COMMON="client_body_temp_path $TMP/ngx/body; proxy_temp_path $TMP/ngx/proxy;
     scgi_temp_path $TMP/ngx/scgi; access_log off; keepalive_requests 100000000;
     client_max_body_size 64m; client_body_buffer_size 4m;"
 
-# canned_upstream "PATH FILE" ...: nginx (one worker, in $TMP/ngx) answering each POST to PATH
-# at once with FILE's bytes, the fake NIM the gateway benches put behind their targets; sets
-# UP to its port and returns once it answers.
-canned_upstream() {
+# nginx_upstream PREAMBLE CONNECTIONS LOCATIONS: nginx (one worker, in $TMP/ngx) as the upstream
+# of a gateway bench: PREAMBLE goes before its config (load_module lines), LOCATIONS into its
+# server block; sets UP to its port and returns once it answers.
+nginx_upstream() {
     mkdir -p "$TMP/ngx"
     pick_port; UP=$PORT
-    locations=""
-    for pair in "$@"; do
-        locations="$locations
-        location = ${pair%% *} { return 200 '$(cat "${pair#* }")'; }"
-    done
     cat >"$TMP/ngx/up.conf" <<EOF
+$1
 worker_processes 1;
 pid $TMP/ngx/up.pid;
-events { worker_connections 8192; }
+events { worker_connections $2; }
 http {
     $NGX_COMMON
     server {
         listen 127.0.0.1:$UP backlog=4096;
-        default_type application/json;$locations
+        default_type application/json;
+        $3
     }
 }
 EOF
     nginx -p "$TMP/ngx" -e "$TMP/ngx/up.err" -c "$TMP/ngx/up.conf" -g 'daemon off;' &
     started $!
     wait_http "http://127.0.0.1:$UP/" $! || { cat "$TMP/ngx/up.err" >&2; exit 1; }
+}
+
+# canned_upstream "PATH FILE" ...: the fake NIM the gateway benches put behind their targets,
+# answering each POST to PATH at once with FILE's bytes (nginx_upstream).
+canned_upstream() {
+    locations=""
+    for pair in "$@"; do
+        locations="$locations
+        location = ${pair%% *} { return 200 '$(cat "${pair#* }")'; }"
+    done
+    nginx_upstream "" 8192 "$locations"
 }
 
 # A port nothing uses, below the ephemeral range (the clients' own ports come from there).
