@@ -803,11 +803,17 @@ end
 -- Runs a config's Lua file on the budget: results of the chunk, or of after(its first result)
 -- when given (run on the budget too). label names the file in messages, chunkname in the chunk's
 -- own errors; budget_name in the budget's.
+-- Whether Lua of the user's has run in this state (a .lua config, a script), even one that
+-- failed: what it installed (a route, a strategy, a replaced function) may run later. The
+-- gateway puts its requests on the instruction budget once it has (nim.proxy).
+M.user_code_ran = false
+
 local function run_lua(path, what, label, chunkname, budget_name, after, ...)
   local text = read_text(path, what, label)
   local chunk, cerr = load(text, chunkname, "t", script_env())
   if not chunk then error(("%s: %s"):format(what, replace_plain(cerr, path, label)), 0) end
   local nim = require "nim"
+  M.user_code_ran = true
   local function finish(ok, ...)
     if ok then return ... end
     local e = ...

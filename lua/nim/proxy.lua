@@ -106,10 +106,15 @@ local routes = {}      -- path -> { methods = { METHOD = handler }, open = bool 
 local middleware = {}  -- { {name, fn}, ... } in the order added
 M.routes = routes
 
+-- Routes and middleware added once this module has loaded are the user's (a script's): from
+-- then on every request runs on the instruction budget (see guarded).
+local builtins_loaded, user_routes = false, false
+
 -- route(method, path, handler [, opts]): opts.open = true skips the master key check.
 function M.route(method, path, handler, opts)
   assert(type(method) == "string" and type(path) == "string" and type(handler) == "function",
     "proxy.route(method, path, handler [, opts])")
+  user_routes = user_routes or builtins_loaded
   local r = routes[path] or { methods = {} }
   r.methods[method:upper()] = handler
   if opts and opts.open ~= nil then r.open = opts.open end
@@ -120,6 +125,7 @@ end
 -- middleware.
 function M.use(name, fn)
   assert(type(name) == "string" and type(fn) == "function", "proxy.use(name, fn)")
+  user_routes = true
   for _, m in ipairs(middleware) do
     if m[1] == name then
       m[2] = fn
@@ -698,10 +704,22 @@ local function finish(req, ctx, status, body, headers)
   record(req, ctx, sent and s2 or 499, ups)
 end
 
--- Per-request Lua runs on the instruction budget (nim.settings.script_budget): a handler or a
--- middleware that loops is stopped with an error (500) instead of freezing the worker. It
--- counts the request's own coroutine; time spent in C (the network, JSON) is not counted.
+-- Per-request Lua runs on the instruction budget (nim.settings.script_budget) whenever Lua of
+-- the user's may run in it: a handler or a middleware that loops is stopped with an error
+-- (500) instead of freezing the worker. It counts the request's own coroutine (and those it
+-- starts); time spent in C (the network, JSON) is not counted. A count hook makes the VM call
+-- it for every instruction (~8% of a request), so a gateway that runs only nimrank's own Lua,
+-- whose loops are bounded by the checked request, goes without: guarded() says which.
 local BUDGET_STEP = 10000
+local config_module = require "nim.config"
+-- the program's NIMRANK_INIT file, which main.c runs at start-up when it is set and not empty
+local INIT_FILE = (os.getenv("NIMRANK_INIT") or "") ~= ""
+local function guarded()
+  -- user Lua: routes or middleware added after start-up, a script or a .lua config (run by
+  -- nim.config), an init file
+  return user_routes or config_module.user_code_ran or INIT_FILE
+end
+M.guarded = guarded
 local function on_budget(ctx)
   local co = coroutine.running()
   local used, limit = 0, nim.settings.script_budget
@@ -730,8 +748,13 @@ end
 local function serve(req)
   local ctx = { id = request_id(req.headers) or server.new_id() }
   req.id, req.ctx = ctx.id, ctx
-  local ok, status, body, headers = xpcall(budgeted, debug.traceback, req, ctx)
-  debug.sethook((coroutine.running())) -- the budget ends with the handler
+  local ok, status, body, headers
+  if guarded() then
+    ok, status, body, headers = xpcall(budgeted, debug.traceback, req, ctx)
+    debug.sethook((coroutine.running())) -- the budget ends with the handler
+  else
+    ok, status, body, headers = xpcall(handle, debug.traceback, req, ctx)
+  end
   if not ok then
     status, body, headers = failed(req, ctx, tostring(status))
   elseif math.type(status) ~= "integer" or status < 100 or status > 599 then
@@ -828,4 +851,5 @@ function M.start_worker(native_server)
     precheck = M.precheck, max_body = settings.max_body }
 end
 
+builtins_loaded = true -- what M.route adds from here on is a script's
 return M

@@ -966,6 +966,34 @@ test("serve_middleware_from_a_config_script_answers_or_passes", function()
   end)
 end)
 
+-- The per-request instruction budget (a count hook, a cost on every VM instruction) is on
+-- exactly when Lua of the user's may run in a request: asked of nim.proxy in a fresh program.
+test("serve_requests_run_on_the_budget_only_when_user_lua_may_run", function()
+  local dir = TMP .. "/guard"
+  os.execute("mkdir -p " .. q(dir))
+  write(dir .. "/plain.yaml", "model_list:\n  - model_name: m\n    litellm_params:\n"
+    .. "      model: local/bm25\n")
+  write(dir .. "/script.lua", "-- does nothing\n")
+  write(dir .. "/scripted.yaml", "model_list:\n  - model_name: m\n    litellm_params:\n"
+    .. "      model: local/bm25\nnimrank_settings:\n  scripts: [" .. dir .. "/script.lua]\n")
+  write(dir .. "/config.lua", "return { model_list = { { model_name = 'm', "
+    .. "litellm_params = { model = 'local/bm25' } } } }\n")
+  write(dir .. "/init.lua", "local nim = ...\n")
+  local function guarded(env, config, code)
+    return trim(sh(("%s %s --config %s -e %s"):format(env, BIN, q(config), q(
+      "local p = require('nim.proxy') " .. (code or "") .. " io.write(tostring(p.guarded()))"))))
+  end
+  eq(guarded("env", dir .. "/plain.yaml"), "false", "a YAML config, no scripts: no budget")
+  eq(guarded("env", dir .. "/scripted.yaml"), "true", "a config with scripts")
+  eq(guarded("env", dir .. "/config.lua"), "true", "a .lua config")
+  eq(guarded("env NIMRANK_INIT=" .. q(dir .. "/init.lua"), dir .. "/plain.yaml"), "true",
+    "an init file")
+  eq(guarded("env", dir .. "/plain.yaml", "p.use('m', function() end)"), "true",
+    "a middleware added")
+  eq(guarded("env", dir .. "/plain.yaml", "p.route('GET', '/x', function() end)"), "true",
+    "a route added")
+end)
+
 -- ---- signals --------------------------------------------------------------------------------
 local function added_config(broken)
   if broken then return "model_list:\n  - model_name: [unclosed\n" end
