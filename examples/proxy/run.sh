@@ -2,6 +2,7 @@
 # The user's document, end to end on one machine: a fake NVIDIA NIM on loopback stands in for
 # the hosted API, `nimrank serve` reads the LiteLLM config, and the document's curl commands
 # run unchanged against it. Run from the repository root: sh examples/proxy/run.sh
+# (PORT=N sh examples/proxy/run.sh when port 4000 is taken).
 cd "$(dirname "$0")/../.." || exit 1
 [ -x build/nimrank ] && [ -x build/fakenim ] || make --no-print-directory >/dev/null || exit 1
 TMP=$(mktemp -d)
@@ -11,7 +12,8 @@ cleanup() {
     wait 2>/dev/null
     rm -rf "$TMP"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap "exit 1" INT TERM HUP PIPE # cleanup runs at exit, also when the output is cut (| head)
 
 # The stand-in for https://ai.api.nvidia.com: it checks the key like the real API.
 export NVIDIA_NIM_API_KEY=nvapi-demo-key

@@ -45,8 +45,8 @@ Options:
   -v, --version         print the version
 
 The API key is read from NVIDIA_NIM_API_KEY, or the provider's own variable (COHERE_API_KEY,
-...: README "Other providers"), never from the command line, where other users could see
-it. Exit status: 0 success, 1 provider or network failure, 2 usage error.
+...: man nimrank, ENVIRONMENT; docs/providers.md), never from the command line, where other
+users could see it. Exit status: 0 success, 1 provider or network failure, 2 usage error.
 ]]
 
 -- A one-line progress bar on stderr; finish() clears it (on a terminal) or ends the line.
