@@ -2,7 +2,10 @@
 -- list whose entries are a name ("dedupe"), a one-key table ({min_score = 0.5}), or a
 -- function (results, ctx) -> results. Users add named filters with register(name, fn).
 local nim = require "nim"
-local config = require "nim.config" -- the instruction budget's rule (config.budget)
+-- nim.config (the config parser, the largest module) loads on first use: a program that
+-- reads no config does not compile it at start-up (docs/architecture.md, start-up).
+-- Here for config.budget, the instruction budget's rule.
+local config = setmetatable({}, { __index = function(_, k) return require("nim.config")[k] end })
 
 local M = {}
 

@@ -56,7 +56,9 @@
 local nim = require "nim"
 local filters = require "nim.filters"
 local catalog = require "nim.catalog"
-local config = require "nim.config"
+-- nim.config (the config parser, the largest module) loads on first use: a program that
+-- reads no config does not compile it at start-up (docs/architecture.md, start-up).
+local config = setmetatable({}, { __index = function(_, k) return require("nim.config")[k] end })
 local state_store = require "nim.state"
 
 local native = nim.native

@@ -43,6 +43,17 @@ test("e_runs_code_with_nim_preloaded", function()
   match(out, "^%d+%.%d+%.%d+\ttrue", "nim global is the module")
 end)
 
+-- What start-up compiles: the layer, not the modules a first use brings (the config parser,
+-- the scheduler, batching, the cache); architecture.md gives the cost of each.
+test("start_up_leaves_the_config_parser_scheduler_batching_and_cache_unloaded", function()
+  local out = sh(BIN .. [[ -e 'for _, m in ipairs({"nim.config", "nim.async", "nim.batch",
+    "nim.cache"}) do io.write(m, "=", tostring(package.loaded[m] ~= nil), " ") end']])
+  eq(out, "nim.config=false nim.async=false nim.batch=false nim.cache=false ", "unloaded")
+  out = sh(BIN .. [[ -e 'nim.rerank{model = "local/bm25", query = "q", documents = {"q"}}
+    io.write(tostring(package.loaded["nim.config"] ~= nil))']])
+  eq(out, "false", "a call without a config does not load the parser")
+end)
+
 test("script_gets_arg_table", function()
   local script = tmpfile("print(arg[0], arg[1], arg[2], select('#', ...))")
   local out, code = sh(BIN .. " " .. script .. " one two")
