@@ -13,8 +13,10 @@ DESTDIR  ?=
 
 LUA_DIR  := $(PREFIX)/share/lua/5.4
 PKGS     := lua5.4 lua5.4-cjson
-DEB_PKGS := pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev lua-cjson \
-            libmicrohttpd-dev libhiredis-dev lua-yaml curl luarocks nettle-dev \
+# build-essential: the C compiler and make are not assumed (without Recommends, none of the
+# others brings a compiler).
+DEB_PKGS := pkg-config build-essential liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev \
+            lua-cjson libmicrohttpd-dev libhiredis-dev lua-yaml curl luarocks nettle-dev \
             redis-server
 # Only for the documentation: the man page (`make man`, `make install`) and the benchmark plots
 # (`make bench-plots`), both checked by `make test`. `make` itself needs none of them.
@@ -165,6 +167,7 @@ test-asan:
 	    CFLAGS="-O1 -g -fno-omit-frame-pointer $(SAN)" LDFLAGS="$(SAN)" test
 
 test-valgrind: all
+	@sh .ci/deps.sh valgrind
 	@sh tests/valgrind.sh $(BUILD)
 
 test-tsan: all
@@ -255,6 +258,7 @@ FMT_TXT := $(wildcard lua/nim/*.lua lua/nim/providers/*.lua lua/nim/strategies/*
            tests/fuzz/*.sh tests/compat/*.sh tests/compat/*.mjs bench/*.sh bench/plots/*.gp \
            .ci/run .ci/deps.sh rockspecs/*)
 fmt-check:
+	@sh .ci/deps.sh clang-format
 	@clang-format --dry-run --Werror $(FMT_C)
 	@awk 'length > 100 { print FILENAME ":" FNR ": longer than 100 columns"; bad = 1 } \
 	     /\t/ { print FILENAME ":" FNR ": tab"; bad = 1 } END { exit bad }' $(FMT_TXT)
