@@ -5,7 +5,11 @@ local nim = require "nim"
 -- nim.config (the config parser, the largest module) loads on first use: a program that
 -- reads no config does not compile it at start-up (docs/architecture.md, start-up).
 -- Here for config.budget, the instruction budget's rule.
-local config = setmetatable({}, { __index = function(_, k) return require("nim.config")[k] end })
+local config = setmetatable({}, { __index = function(t, k)
+  local m = require "nim.config"
+  setmetatable(t, { __index = m }) -- from now on a table lookup, no call
+  return m[k]
+end })
 
 local M = {}
 

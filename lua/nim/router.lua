@@ -58,7 +58,11 @@ local filters = require "nim.filters"
 local catalog = require "nim.catalog"
 -- nim.config (the config parser, the largest module) loads on first use: a program that
 -- reads no config does not compile it at start-up (docs/architecture.md, start-up).
-local config = setmetatable({}, { __index = function(_, k) return require("nim.config")[k] end })
+local config = setmetatable({}, { __index = function(t, k)
+  local m = require "nim.config"
+  setmetatable(t, { __index = m }) -- from now on a table lookup, no call
+  return m[k]
+end })
 local state_store = require "nim.state"
 
 local native = nim.native
