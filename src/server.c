@@ -529,23 +529,41 @@ static enum MHD_Result push_header(void *cls, enum MHD_ValueKind kind, const cha
     return MHD_YES;
 }
 
-/* What a head must not have (RFC 9112 section 6): two different Content-Lengths, a
- * Content-Length beside a Transfer-Encoding, a coding other than chunked (libmicrohttpd reads
- * the first and ignores the rest, which is how requests are smuggled past a proxy), or a NUL
- * or bare CR in a value (a C string would end, or split, there). */
+/* What a head must not have (RFC 9112 sections 3.2, 5.1 and 6): two different
+ * Content-Lengths, a Content-Length beside a Transfer-Encoding, a coding other than chunked
+ * (libmicrohttpd reads the first and ignores the rest, which is how requests are smuggled past
+ * a proxy), a name with white space before its colon ("Content-Length :", which libmicrohttpd
+ * keeps as a name of its own: the length would frame nothing), a bare CR in a value, or, in
+ * HTTP/1.1, no Host. (A NUL in a value never gets here: libmicrohttpd ends the value at it.) */
 typedef struct {
     const char *cl; /* the first Content-Length */
     size_t cl_len;
-    int te, bad_cl;
+    int te, bad_cl, host;
     const char *bad;
 } head_scan;
+
+/* RFC 9110 section 5.6.2: the characters of a token, which a field name is. */
+static int is_token(const char *s, size_t n) {
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+    if (n == 0) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              (ch && strchr(extra, ch))))
+            return 0;
+    }
+    return 1;
+}
 
 static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
                                    size_t key_size, const char *value, size_t value_size) {
     (void)kind;
     head_scan *h = cls;
-    if (value && (memchr(value, '\0', value_size) || memchr(value, '\r', value_size)))
-        h->bad = "a header value holds a NUL or CR byte";
+    if (!is_token(key, key_size))
+        h->bad = "a header name holds a character a name may not have (white space before "
+                 "its colon?)";
+    if (value && memchr(value, '\r', value_size)) h->bad = "a header value holds a CR byte";
+    if (key_size == 4 && strncasecmp(key, "Host", 4) == 0) h->host = 1;
     if (key_size == 14 && strncasecmp(key, "Content-Length", 14) == 0) {
         if (h->cl && (value_size != h->cl_len || memcmp(value, h->cl, value_size) != 0))
             h->bad_cl = 1;
@@ -558,12 +576,25 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
     return MHD_YES;
 }
 
-static const char *head_problem(struct MHD_Connection *c) {
+static const char *head_problem(struct MHD_Connection *c, const char *version) {
     head_scan h = {0};
     MHD_get_connection_values_n(c, MHD_HEADER_KIND, scan_header, &h);
     if (h.bad_cl) return "two different Content-Length headers";
     if (h.te && h.cl) return "Content-Length and Transfer-Encoding together";
+    if (!h.bad && !h.host && strcmp(version, MHD_HTTP_VERSION_1_1) == 0)
+        return "no Host header (HTTP/1.1 requires one)";
     return h.bad;
+}
+
+/* MHD_OPTION_UNESCAPE_CALLBACK: libmicrohttpd's own decoding of %HH, except that a path
+ * holding %00 is left as it came (a C string would end at the NUL: "/rerank%00x" would be
+ * routed as "/rerank"); no route has one, so it is a 404. */
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s) {
+    (void)cls;
+    (void)c;
+    for (const char *p = strchr(s, '%'); p; p = strchr(p + 1, '%'))
+        if (p[1] == '0' && p[2] == '0') return strlen(s);
+    return MHD_http_unescape(s);
 }
 
 typedef struct {
@@ -657,7 +688,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->phase = PH_BODY;
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > S->max_body) r->too_large = 1;
-        r->bad_head = head_problem(c); /* answered 400 on its head (precheck), body unread */
+        r->bad_head =
+            head_problem(c, version); /* answered 400 on its head (precheck), body unread */
         /* A large body (or one of unknown length) is read only for a request its head allows:
          * the route, the method and the key are decided first. */
         if (r->bad_head || (!r->too_large && (!cl || strtoull(cl, NULL, 10) > 65536) &&
@@ -944,8 +976,8 @@ int nim_server_run(lua_State *L, const nim_serve_opts *o, int listen_fd, nim_boa
         o->idle_timeout_s, MHD_OPTION_CONNECTION_LIMIT, o->max_connections,
         /* 16 KB a connection (MHD's default is 32): request heads up to about 8 KB, and a
          * thousand connections cost 16 MB less (bench/proxy_rss.sh) */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-        NULL, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384, MHD_OPTION_UNESCAPE_CALLBACK, unescape,
+        NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
     if (!srv.d) {
         nim_serve_log(NIM_LOG_ERROR, "start_failed", "libmicrohttpd would not start");
         return 1;
