@@ -40,6 +40,7 @@ local metrics = require "nim.metrics"
 
 local native = nim.native
 local encode_value = require("cjson").encode
+local config_module = require "nim.config"
 local M = {}
 
 local VERSION = nim.version or "0"
@@ -47,7 +48,8 @@ local DEFAULT_MAX_MB = 10
 local DEFAULT_MAX_DOCUMENTS = 100000 -- a request's share of a worker's time and memory
 
 -- ---- settings (from the loaded config; M.setup re-reads them) -------------------------------
-local settings = { master_key = nil, max_body = DEFAULT_MAX_MB * 1024 * 1024, log_level = 1 }
+local settings = { master_key = nil, max_body = DEFAULT_MAX_MB * 1024 * 1024, log_level = 1,
+  secrets = {} }
 M.settings = settings
 
 -- The gateway's own settings of a config (general_settings), checked.
@@ -55,6 +57,11 @@ local function check_general(general)
   local key = general.master_key
   if key ~= nil and (type(key) ~= "string" or key == "") then
     error("general_settings.master_key: must be a non-empty string", 0)
+  end
+  -- a header value is trimmed and may not hold control characters: no client could send it
+  if key ~= nil and (key:find("%c") or key:find("^%s") or key:find("%s$")) then
+    error("general_settings.master_key: must not hold control characters or begin or end "
+      .. "with white space (no client could send it in a header)", 0)
   end
   if key == nil and settings.key_required then
     error("general_settings.master_key: required: the gateway listens on every address "
@@ -67,6 +74,18 @@ local function check_general(general)
   end
   return key, math.floor((mb or DEFAULT_MAX_MB) * 1024 * 1024),
     general.max_documents or DEFAULT_MAX_DOCUMENTS
+end
+
+-- The secrets no log line may hold: the master key and every deployment's api_key (its value,
+-- one from os.environ/ as read now). A deployment key shorter than 4 bytes is left, as the
+-- binding leaves secrets that short (they would match everywhere).
+local function secrets_of(cfg, master_key)
+  local list = { master_key }
+  for _, d in ipairs(cfg and cfg.deployments or {}) do
+    local v = d.params and config_module.env_value(d.params.api_key, "api_key")
+    if type(v) == "string" and #v >= 4 and v ~= master_key then list[#list + 1] = v end
+  end
+  return list
 end
 
 -- setup(config_path [, reload]) -> info: what the gateway needs of nim.config, checked. With
@@ -82,6 +101,7 @@ function M.setup(path, reload)
     key, max_body, max_docs = check_general(nim.config and nim.config.general or {})
   end
   settings.master_key, settings.max_body, settings.max_documents = key, max_body, max_docs
+  settings.secrets = secrets_of(nim.config, key)
   local groups, deployments = #nim.router:group_names(), 0
   for _ in pairs(nim.router.state) do deployments = deployments + 1 end
   return {
@@ -218,10 +238,22 @@ REFUSED.user, REFUSED.metadata = nil, nil
 REFUSED.cache = nil -- LiteLLM's per-request cache controls: nim.rerank reads them (nim.cache);
 -- but not cache.namespace (refused below)
 
+-- Is this Content-Type JSON: application/json or application/*+json, with parameters or none?
+-- Two of them (server.c joins a repeated header with ", ") are not.
+local function json_media(ctype)
+  local media, rest = ctype:match("^%s*([%w!#$&^_.+%-]+/[%w!#$&^_.+%-]+)%s*(.*)$")
+  if not media or (rest ~= "" and rest:sub(1, 1) ~= ";")
+    or rest:find(",%s*[%w!#$&^_.+%-]+/[%w!#$&^_.+%-]") then
+    return false
+  end
+  media = media:lower()
+  return media == "application/json" or media:match("^application/[%w!#$&^_.%-]+%+json$") ~= nil
+end
+
 -- The body as a JSON object, or an error response.
 local function json_body(req)
   local ctype = req.headers["content-type"]
-  if ctype and not ctype:find("json", 1, true) and not ctype:lower():find("json", 1, true) then
+  if ctype and not json_media(ctype) then
     -- named by its media type only: a header's bytes are not echoed into answers
     local media = ctype:match("^%s*([%w!#$&^_.+%-]+/[%w!#$&^_.+%-]+)")
     return nil, { fail(415, "unsupported_media_type", ("Content-Type %s is not JSON: send "
@@ -294,6 +326,15 @@ local function meta_json(billed, hit, warnings)
   return json.encode(meta_table(billed, hit, warnings))
 end
 
+-- A field as a JSON client counts: nim.rerank names a document by its Lua index (from 1),
+-- the client's list starts at 0.
+local function json_field(field)
+  if type(field) ~= "string" then return field end
+  return (field:gsub("^documents%[(%d+)%]", function(i)
+    return ("documents[%d]"):format(tonumber(i) - 1)
+  end))
+end
+
 local function rerank_route(req, ctx)
   local body, bad = json_body(req)
   if not body then return table.unpack(bad) end
@@ -303,10 +344,11 @@ local function rerank_route(req, ctx)
     if type(k) ~= "string" then
       return fail(400, "invalid_request_error", "the body must be a JSON object")
     end
-    if REFUSED[k] then
+    if v == null or IGNORED[k] then -- a null counts as absent
+    elseif REFUSED[k] then
       refused = refused or {}
       refused[#refused + 1] = k
-    elseif not IGNORED[k] and v ~= null then
+    else
       args[k] = v
     end
   end
@@ -358,8 +400,9 @@ local function rerank_route(req, ctx)
   ctx.call_s = nim.now() - t0
   if not ok then -- misuse: the call names the field
     local m = res
-    return fail(400, "invalid_request_error", m.field and ("%s: %s"):format(m.field, m.message)
-      or m.message, m.field)
+    local field = json_field(m.field)
+    return fail(400, "invalid_request_error", field and ("%s: %s"):format(field, m.message)
+      or m.message, field)
   end
   local meta = res and res.meta or err
   ctx.attempts = meta and meta.attempts
@@ -505,13 +548,15 @@ local function authorized(req)
 end
 
 -- ---- one request ----------------------------------------------------------------------------
--- What a client sent, as logs show it: the master key, sent where it does not belong (a
--- model name, a request id), never reaches a log line.
+-- What a client sent, as logs show it: a secret of the gateway's (settings.secrets), sent
+-- where it does not belong (a model name, a request id, an error a script raised), never
+-- reaches a log line.
 local function scrub(s)
-  local key = settings.master_key
-  if type(s) ~= "string" or not key or not s:find(key, 1, true) then return s end
-  local out = s:gsub(key:gsub("%W", "%%%0"), "[redacted]")
-  return out
+  if type(s) ~= "string" then return s end
+  for _, secret in ipairs(settings.secrets) do
+    if s:find(secret, 1, true) then s = s:gsub(secret:gsub("%W", "%%%0"), "[redacted]") end
+  end
+  return s
 end
 
 local function request_id(headers)
@@ -533,10 +578,12 @@ local function gate(req, ctx)
     return fail(404, "not_found_error", ("no route %s %s"):format(req.method, shown))
   end
   ctx.route = req.path
-  local handler = route.methods[req.method]
+  -- HEAD is GET without the body (RFC 9110; libmicrohttpd leaves the body out)
+  local handler = route.methods[req.method] or (req.method == "HEAD" and route.methods.GET)
   if not handler then
     local allowed = {}
     for m in pairs(route.methods) do allowed[#allowed + 1] = m end
+    if route.methods.GET and not route.methods.HEAD then allowed[#allowed + 1] = "HEAD" end
     table.sort(allowed)
     return fail(405, "method_not_allowed", ("%s %s: use %s"):format(req.method:sub(1, 32),
       req.path, table.concat(allowed, " or ")), nil, { Allow = table.concat(allowed, ", ") })
@@ -711,7 +758,6 @@ end
 -- it for every instruction (~8% of a request), so a gateway that runs only nimrank's own Lua,
 -- whose loops are bounded by the checked request, goes without: guarded() says which.
 local BUDGET_STEP = 10000
-local config_module = require "nim.config"
 -- the program's NIMRANK_INIT file, which main.c runs at start-up when it is set and not empty
 local INIT_FILE = (os.getenv("NIMRANK_INIT") or "") ~= ""
 local function guarded()

@@ -426,10 +426,10 @@ test("serve_unknown_route_is_404_and_wrong_method_405_with_allow", function()
     eq(r.headers["allow"], "POST", "Allow")
     r = post(srv, "/v1/models", "{}")
     is_error(r, 405, "method_not_allowed")
-    eq(r.headers["allow"], "GET", "Allow")
+    eq(r.headers["allow"], "GET, HEAD", "Allow (HEAD wherever GET)")
     r = request(srv, "DELETE", "/health/readiness", { key = false })
     is_error(r, 405)
-    eq(r.headers["allow"], "GET", "Allow")
+    eq(r.headers["allow"], "GET, HEAD", "Allow")
   end)
 end)
 
@@ -544,6 +544,19 @@ test("serve_each_wrong_field_type_is_400_naming_the_field", function()
         match(e.message, field, "message names " .. field)
       end
     end
+    -- a document the call refuses is named as the client counts (from 0); a number is its text
+    local e = is_error(post(srv, "/rerank", '{"model":"offline","query":"q","documents":["a",'
+      .. 'null]}'), 400, "invalid_request_error")
+    eq(e.param, "documents[1]", "the second document, counted from 0")
+    match(e.message, "got null", "named null, not a Lua type")
+    e = is_error(post(srv, "/rerank", '{"model":"offline","query":"q","documents":[{"text":'
+      .. 'true}]}'), 400)
+    eq(e.param, "documents[0].text", "param of a document's text")
+    local r = rerank_ok(post(srv, "/rerank", '{"model":"offline","query":"3","documents":[3,"x"]}'),
+      "a number document")
+    eq(r.results[1].document.text, "3", "3, not 3.0")
+    e = is_error(post(srv, "/rerank", '{"model":"offline","documents":["a"]}'), 400)
+    eq(e.message, "query: required (string)", "a missing query")
     -- values of the right type but out of range
     for _, c in ipairs({ { "top_n", "0" }, { "top_n", "-1" }, { "truncate", '"MIDDLE"' },
         { "query", '""' }, { "model", '""' } }) do
@@ -757,6 +770,9 @@ timeout 10 cat <&3
       { "Content-Length: 5\r\nContent-Length: 59", "two different Content%-Length" },
       { "Content-Length: 5\r\nTransfer-Encoding: chunked", "Content%-Length and Transfer" },
       { "Transfer-Encoding: gzip, chunked", "only chunked" },
+      -- white space before the colon: a name of its own to libmicrohttpd, framing nothing
+      { "Content-Length : 5", "white space before its colon" },
+      { "Content-Length: 5\r\nTransfer-Encoding : chunked", "white space before its colon" },
     }
     for _, c in ipairs(cases) do
       local out = sh(("bash %s %s %s 2>/dev/null"):format(q(probe), srv.port, q(c[1])))
@@ -764,6 +780,42 @@ timeout 10 cat <&3
       match(out, c[2], c[1] .. ": says why")
     end
     rerank_ok(post(srv, "/rerank", SEED), "served after")
+  end)
+end)
+
+test("serve_http_details_host_head_nul_in_the_path_media_types_and_nulls", function()
+  with_server({}, function(srv)
+    local probe = srv.dir .. "/head.sh"
+    write(probe, [[
+exec 3<>/dev/tcp/127.0.0.1/$1 || exit 1
+printf "$2" >&3
+timeout 10 cat <&3
+]])
+    local function raw(text) return sh(("bash %s %s %s 2>/dev/null"):format(q(probe), srv.port,
+      q(text))) end
+    local out = raw("GET /health/liveliness HTTP/1.1\r\nConnection: close\r\n\r\n")
+    match(out, "^HTTP/1%.1 400", "HTTP/1.1 without Host")
+    match(out, "Host header", "says why")
+    match(raw("GET /health/liveliness HTTP/1.0\r\n\r\n"), "^HTTP/1%.[01] 200",
+      "HTTP/1.0 needs none")
+    out = raw("HEAD /health/liveliness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    match(out, "^HTTP/1%.1 200", "HEAD where GET is")
+    ok(not out:find("alive", 1, true), "and no body")
+    match(raw("GET /health/liveliness%00x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+      "^HTTP/1%.1 404", "%00 in a path is not cut there")
+    local allow = raw("POST /health/liveliness HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+      .. "Connection: close\r\n\r\n")
+    match(allow, "^HTTP/1%.1 405", "POST where GET is")
+    match(allow, "[Aa]llow: GET, HEAD", "Allow names HEAD too")
+    -- only JSON media types; two Content-Types are not one
+    is_error(post(srv, "/rerank", SEED, { ctype = "application/jsonx" }), 415)
+    is_error(post(srv, "/rerank", SEED, { ctype = "text/plain, application/json" }), 415)
+    is_error(post(srv, "/rerank", SEED, { ctype = "application/json, text/plain" }), 415)
+    rerank_ok(post(srv, "/rerank", SEED, { ctype = "application/vnd.api+json" }), "+json")
+    rerank_ok(post(srv, "/rerank", SEED, { ctype = "Application/JSON" }), "any case")
+    -- a null counts as absent, also for a key the gateway refuses
+    rerank_ok(post(srv, "/rerank", '{"model":"offline","query":"q","documents":["q"],'
+      .. '"timeout":null,"api_key":null,"top_n":null}'), "nulls")
   end)
 end)
 
@@ -831,6 +883,12 @@ test("serve_fallback_answers_and_the_log_line_shows_it_without_secrets", functio
     local echoed = post(srv, "/rerank", { model = "nvidia-rerank", query = "!echo-auth show me",
       documents = { "a" } })
     is_error(echoed, 400, "bad_request")
+    -- a deployment's key sent back as a model name and a request id: logged redacted, the id
+    -- not echoed
+    local sent = post(srv, "/rerank", { model = "x-" .. h.key, query = "q", documents = { "a" } },
+      { headers = { "x-request-id: " .. h.key } })
+    is_error(sent, 404)
+    ok(sent.headers["x-request-id"] ~= h.key, "a request id holding a key is not echoed")
     ok(not echoed.body:find(h.key, 1, true), "the upstream's echo of the key is not passed on")
     match(echoed.body, "redacted", "it is redacted")
     rerank_ok(post(srv, "/rerank", SEED))
@@ -1296,6 +1354,9 @@ test("serve_check_exits_0_on_a_good_config_and_2_on_a_bad_one", function()
     { "model_list:\n  - model_name: x\n    litellm_params:\n      model: 5\n", "model" },
     { main_config({ general = "  max_request_size_mb: -1\n" }), "max_request_size_mb" },
     { "model_list:\n  - model_name: [unclosed\n", "config" },
+    -- a master key no client could send in a header
+    { main_config({ no_key = true, general = '  master_key: " sk-x"\n' }), "white space" },
+    { main_config({ no_key = true, general = '  master_key: "sk-a\\nb"\n' }), "control" },
   }
   for i, c in ipairs(cases) do
     local bad = ("%s/bad%d.yaml"):format(dir, i)
