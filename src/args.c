@@ -251,6 +251,7 @@ static void unsupported_params(lua_State *L, int args, int desc) {
 /* ---- typed fields -------------------------------------------------------------------------- */
 
 static int type_error(lua_State *L, const char *field, const char *expected, int idx) {
+    if (lua_isnil(L, idx)) return nim_misuse(L, "nim.rerank", field, "required (%s)", expected);
     return nim_misuse(L, "nim.rerank", field, "expected %s, got %s", expected,
                       luaL_typename(L, idx));
 }

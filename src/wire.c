@@ -108,6 +108,27 @@ int nim_buf_json_string(nim_buf *b, const char *s, size_t n) {
     return 0;
 }
 
+/* The name documents[i] (or documents[i].text), pushed: misuse names the field itself. */
+static const char *doc_field(lua_State *L, lua_Integer i, const char *sub) {
+    return lua_pushfstring(L, "documents[%I]%s", i, sub);
+}
+
+/* The text of the number at idx, pushed: a float with an integer's value as that integer
+ * (JSON has one number type: a JSON body's 3 decodes as the float 3.0), anything else as Lua
+ * writes it. Raises naming documents[i] plus sub for one that is not finite. */
+static void push_number_text(lua_State *L, int idx, lua_Integer i, const char *sub) {
+    idx = lua_absindex(L, idx);
+    if (!lua_isinteger(L, idx)) {
+        lua_Number x = lua_tonumber(L, idx);
+        if (!isfinite(x)) nim_misuse(L, "nim.rerank", doc_field(L, i, sub), "not a finite number");
+        if (x == floor(x) && fabs(x) < 9007199254740992.0) { /* 2^53: every integer exact */
+            lua_pushfstring(L, "%I", (LUAI_UACINT)(lua_Integer)x);
+            return;
+        }
+    }
+    luaL_tolstring(L, idx, NULL);
+}
+
 /* The text of document i (at doc) as a string pushed on the stack, or nothing pushed and 0
  * for a table with neither text nor (ranking) image. Raises naming documents[i]. */
 static int push_text(lua_State *L, int doc, lua_Integer i, int *has_image, nim_family family,
@@ -115,31 +136,36 @@ static int push_text(lua_State *L, int doc, lua_Integer i, int *has_image, nim_f
     *has_image = 0;
     switch (lua_type(L, doc)) {
     case LUA_TSTRING: lua_pushvalue(L, doc); return 1;
-    case LUA_TNUMBER:
+    case LUA_TNUMBER: push_number_text(L, doc, i, ""); return 1;
     case LUA_TBOOLEAN: luaL_tolstring(L, doc, NULL); return 1;
     case LUA_TTABLE: break;
-    default:
-        return nim_misuse(L, "nim.rerank", NULL, "documents[%I]: expected string or table, got %s",
-                          i, luaL_typename(L, doc));
+    default: { /* a JSON null (a light userdata of NULL, as cjson decodes it) is named so */
+        const char *type =
+            lua_islightuserdata(L, doc) && !lua_touserdata(L, doc) ? "null" : luaL_typename(L, doc);
+        return nim_misuse(L, "nim.rerank", doc_field(L, i, ""), "expected string or table, got %s",
+                          type);
+    }
     }
     if (family == NIM_FAMILY_RANKING) {
         int it = lua_getfield(L, doc, "image");
-        if (it != LUA_TNIL && it != LUA_TSTRING)
-            nim_misuse(L, "nim.rerank", NULL, "documents[%I].image: expected string, got %s", i,
-                       luaL_typename(L, -1));
+        if (it != LUA_TNIL && it != LUA_TSTRING) {
+            const char *type = luaL_typename(L, -1), *field = doc_field(L, i, ".image");
+            nim_misuse(L, "nim.rerank", field, "expected string, got %s", type);
+        }
         *has_image = (it == LUA_TSTRING);
         lua_rawseti(L, texts, -slot); /* the image is kept beside the text (or nil) */
     }
     int tt = lua_getfield(L, doc, "text");
     if (tt == LUA_TSTRING) return 1;
     if (tt == LUA_TNUMBER) {
-        luaL_tolstring(L, -1, NULL);
-        lua_remove(L, -2);
+        push_number_text(L, -1, i, ".text");
+        lua_remove(L, -2); /* the number */
         return 1;
     }
-    if (tt != LUA_TNIL)
-        nim_misuse(L, "nim.rerank", NULL, "documents[%I].text: expected string, got %s", i,
-                   luaL_typename(L, -1));
+    if (tt != LUA_TNIL) {
+        const char *type = luaL_typename(L, -1), *field = doc_field(L, i, ".text");
+        nim_misuse(L, "nim.rerank", field, "expected string, got %s", type);
+    }
     lua_pop(L, 1);
     return 0;
 }
@@ -149,9 +175,8 @@ static void push_json_text(lua_State *L, int encode_idx, int doc, lua_Integer i)
     lua_pushvalue(L, encode_idx);
     lua_pushvalue(L, doc);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-        const char *m = lua_tostring(L, -1);
-        nim_misuse(L, "nim.rerank", NULL, "documents[%I]: cannot be encoded as text (%s)", i,
-                   m ? m : "?");
+        const char *m = lua_tostring(L, -1), *field = doc_field(L, i, "");
+        nim_misuse(L, "nim.rerank", field, "cannot be encoded as text (%s)", m ? m : "?");
     }
 }
 

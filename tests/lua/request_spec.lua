@@ -54,6 +54,23 @@ test("documents_of_every_kind_become_passages", function()
   eq(p[6].text, "3.5", "numeric text")
 end)
 
+-- JSON has one number type: a gateway client's 3 reaches nim.rerank as the float 3.0 (cjson)
+-- and is sent as "3", as a Lua caller's integer 3 is; a number that is not finite is misuse.
+test("a_float_with_an_integer_value_is_sent_as_that_integer", function()
+  local body = sent({ documents = { 3.0, { text = -7.0 }, 2 ^ 53, 0.5 } })
+  local p = body.passages
+  eq(p[1].text, "3", "3.0")
+  eq(p[2].text, "-7", "text -7.0")
+  eq(p[3].text, "9.007199254741e+15", "2^53 and beyond: as Lua writes it")
+  eq(p[4].text, "0.5", "a fraction")
+  raises(function() nim.rerank(h.args({ documents = { "a", 1 / 0 } })) end,
+    "documents[2]: not a finite number")
+  raises(function() nim.rerank(h.args({ documents = { { text = 0 / 0 } } })) end,
+    "documents[1].text: not a finite number")
+  raises(function() nim.rerank(h.args({ documents = { require("cjson").null } })) end,
+    "documents[1]: expected string or table, got null")
+end)
+
 test("retrieval_family_drops_image", function()
   local body = sent({ documents = { { text = "t", image = "data:image/png;base64,AAAA" } } })
   eq(body.passages[1].image, nil, "image on retrieval")
