@@ -98,7 +98,14 @@ end
 
 -- Resumes a task and files it by what it yields next.
 local function resume(task, ...)
+  local waiting = task.waiting
   task.waiting, task.wake_at = nil, nil
+  if coroutine.status(task.co) == "dead" then
+    -- closed from outside the scheduler (coroutine.close on the task's coroutine): the task
+    -- ends cancelled, and what it waited for is cancelled too
+    if waiting then cancel_waiting(waiting) end
+    return finish(task, true, nil, cancelled_error(task.model))
+  end
   local ok, a, b = coroutine.resume(task.co, ...)
   if task.cancel_requested then -- cancelled from inside itself (an on_progress callback)
     if coroutine.status(task.co) ~= "dead" then

@@ -197,6 +197,22 @@ test("cancel_stops_the_request", function()
   req:cancel() -- idempotent
 end)
 
+-- A task's coroutine closed from outside the scheduler (coroutine.close) ends the task as
+-- cancelled: nim.run and the handle's wait go on, they do not raise.
+test("a_task_whose_coroutine_is_closed_from_outside_ends_cancelled", function()
+  local co
+  local task = nim.spawn(function()
+    co = coroutine.running()
+    return nim.rerank(args(uniq("!delay=300 gpu")))
+  end)
+  nim.run(0.05) -- the task is waiting for its answer
+  ok(co and coroutine.close(co), "closed")
+  ok(pcall(nim.run, 5), "nim.run does not raise")
+  local res, err = task:wait(5)
+  eq(res, nil, "no result")
+  eq(err.type, "cancelled", "cancelled")
+end)
+
 test("close_and_gc_cancel_pending_requests", function()
   local kept
   do
