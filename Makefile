@@ -57,7 +57,7 @@ PROGRAMS := $(BUILD)/nimrank $(BUILD)/nim.so $(BUILD)/libnimrank.a $(BUILD)/fake
             $(FUZZ_REPLAY)
 
 .PHONY: all build examples deps check-deps check-doc-deps run test test-asan test-valgrind \
-        test-tsan install uninstall clean bench bench-plots man fmt-check help rock rock-install \
+        test-tsan install uninstall clean bench bench-httpd bench-plots man fmt-check help rock rock-install \
         fuzz fuzz-smoke fuzz-build FORCE
 
 # Dependencies first, then a fresh make: pkg-config's answers are read when make starts, so
@@ -198,9 +198,20 @@ fuzz: fuzz-build
 $(BUILD)/curl_%: bench/curl_%.c bench/bench_util.h src/clock.h | $(BUILD)/obj
 	$(CC) $(CFLAGS) -o $@ $< $(shell pkg-config --libs libcurl) $(LDFLAGS)
 
+# The two minimal HTTP servers of bench/httpd.sh (libmicrohttpd as the gateway drives it, and
+# h2o): httpd_h2o only where Debian's libh2o-evloop-dev is installed (the script installs it).
+H2O_OK   := $(shell pkg-config --exists libh2o-evloop 2>/dev/null && echo 1)
+HTTPD_BENCH := $(BUILD)/httpd_mhd $(if $(H2O_OK),$(BUILD)/httpd_h2o)
+bench-httpd: $(HTTPD_BENCH)
+$(BUILD)/httpd_mhd: bench/httpd_mhd.c bench/httpd_common.h | $(BUILD)/obj
+	$(CC) $(CFLAGS) -std=gnu11 $(WARN) -o $@ $< $(MHD_LIBS) $(LDFLAGS)
+$(BUILD)/httpd_h2o: bench/httpd_h2o.c bench/httpd_common.h | $(BUILD)/obj
+	$(CC) $(CFLAGS) -std=gnu11 $(WARN) -DH2O_USE_LIBUV=0 -o $@ $< \
+	    $(shell pkg-config --libs libh2o-evloop 2>/dev/null) $(LDFLAGS)
+
 # Each bench's output is kept in bench/out/NAME.txt (only when it ran to its end), where
 # `make bench-plots` reads it.
-bench: all
+bench: all bench-httpd
 	@mkdir -p bench/out
 	@for b in overhead bm25 fanout providers; do \
 	    { sh bench/$$b.sh; echo $$? >bench/out/$$b.rc; } | tee bench/out/$$b.tmp; \
