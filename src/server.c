@@ -830,10 +830,17 @@ static void abandon(lua_Integer h, unsigned status, const char *type, const char
     if (!r || r->phase != PH_SUSPENDED) return;
     lua_pushinteger(S->L, h);
     lua_pushinteger(S->L, status); /* what the client is told (or would be): for the log */
-    call_ref(S->ref_cancel, 2, 0, "cancel_failed");
+    char id[160] = "";             /* the request's id (proxy.lua makes ids of at most 128 bytes) */
+    if (call_ref(S->ref_cancel, 2, 1, "cancel_failed") == 0) {
+        size_t n = 0;
+        const char *s = lua_tolstring(S->L, -1, &n);
+        if (s && n < sizeof id) memcpy(id, s, n + 1);
+        lua_pop(S->L, 1);
+    }
     r = req_of(h);
     if (!r || r->phase != PH_SUSPENDED) return; /* cancel answered it */
     r->resp = plain_response(status, type, msg, &r->status);
+    if (r->resp && id[0]) MHD_add_response_header(r->resp, "x-request-id", id);
     r->phase = PH_ANSWERED;
     S->resumed = 1;
     MHD_resume_connection(r->conn);

@@ -849,6 +849,7 @@ function M.cancel(handle, status)
   status = math.tointeger(status) or 499
   ctx.error_type = status == 499 and "client_closed" or "shutting_down"
   record(req, ctx, status) -- counted and logged as any request
+  return ctx.id -- server.c's answer carries it, as every answer does
 end
 
 function M.reload(path)

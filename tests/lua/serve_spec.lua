@@ -1246,9 +1246,10 @@ test("serve_sigterm_past_the_grace_period_answers_503_and_exits_0", function()
       documents = { "a" } }))
     local out = srv.dir .. "/slow.out"
     os.execute(("(curl -s --http1.1 --max-time 30 -H %s -H 'Content-Type: application/json' "
-      .. "--data-binary @%s -o %s -w '%%{http_code}' %s >%s 2>/dev/null; "
-      .. "echo \" exit=$?\" >>%s) >/dev/null 2>&1 &"):format(q("Authorization: Bearer " .. MASTER),
-      q(body), q(out .. ".body"), q(srv.base .. "/rerank"), q(out), q(out)))
+      .. "-H 'x-request-id: %s' -D %s --data-binary @%s -o %s -w '%%{http_code}' %s >%s "
+      .. "2>/dev/null; echo \" exit=$?\" >>%s) >/dev/null 2>&1 &"):format(
+      q("Authorization: Bearer " .. MASTER), marker, q(out .. ".head"), q(body),
+      q(out .. ".body"), q(srv.base .. "/rerank"), q(out), q(out)))
     poll("the slow request reaching the upstream", 10, function()
       local last = h.last(h.url)
       return last and last.body and last.body:find(marker, 1, true)
@@ -1264,6 +1265,8 @@ test("serve_sigterm_past_the_grace_period_answers_503_and_exits_0", function()
     match(res, "^503 exit=0", "the request was answered 503")
     is_error({ status = 503, body = read(out .. ".body"), json = h.decode(read(out .. ".body")),
       headers = { ["content-type"] = "application/json" } }, 503, "service_unavailable")
+    match(read(out .. ".head") or "", "\n[Xx]%-[Rr]equest%-[Ii]d: " .. marker:gsub("%-", "%%-"),
+      "the 503 carries the request's id, as every answer does")
     log_event(srv, '"event":"drain_timeout"')
     log_event(srv, '"pid":%d+,"event":"stopped","message":"worker stopped"')
   end)
