@@ -76,14 +76,37 @@ local function check_general(general)
     general.max_documents or DEFAULT_MAX_DOCUMENTS
 end
 
--- The secrets no log line may hold: the master key and every deployment's api_key (its value,
--- one from os.environ/ as read now). A deployment key shorter than 4 bytes is left, as the
--- binding leaves secrets that short (they would match everywhere).
+-- The secrets no log line may hold: the master key; every deployment's api_key and the
+-- values of its credential headers (nim.cache's rule for which headers those are), each as
+-- read now (an os.environ/ one too); and the key variables of every provider, which a
+-- deployment without api_key uses. A "Bearer <token>" value gives its token as well. One
+-- shorter than 4 bytes is left, as the binding leaves secrets that short (they would match
+-- everywhere); the master key never is.
 local function secrets_of(cfg, master_key)
-  local list = { master_key }
+  local list, seen = {}, {}
+  local function add(v)
+    if type(v) ~= "string" or #v < 4 or seen[v] then return end
+    seen[v] = true
+    list[#list + 1] = v
+    local token = v:match("^%a+%s+(%S+)$")
+    if token then add(token) end
+  end
+  if master_key then list[1], seen[master_key] = master_key, true end
+  local providers = require "nim.providers"
+  for _, name in ipairs(providers.list()) do
+    for _, var in ipairs(providers.get(name).key_env or {}) do add(os.getenv(var)) end
+  end
+  local secret_header = require("nim.cache").secret_header
   for _, d in ipairs(cfg and cfg.deployments or {}) do
-    local v = d.params and config_module.env_value(d.params.api_key, "api_key")
-    if type(v) == "string" and #v >= 4 and v ~= master_key then list[#list + 1] = v end
+    local params = d.params or {}
+    add((config_module.env_value(params.api_key, "api_key")))
+    if type(params.headers) == "table" then
+      for name, v in pairs(params.headers) do
+        if type(name) == "string" and secret_header(name) then
+          add((config_module.env_value(v, name)))
+        end
+      end
+    end
   end
   return list
 end
@@ -239,15 +262,16 @@ REFUSED.cache = nil -- LiteLLM's per-request cache controls: nim.rerank reads th
 -- but not cache.namespace (refused below)
 
 -- Is this Content-Type JSON: application/json or application/*+json, with parameters or none?
--- Two of them (server.c joins a repeated header with ", ") are not.
+-- Two values (server.c joins a repeated header with ", ") are not; a quoted parameter value
+-- may hold anything.
+local TOKEN = "[%w!#$%%&'*+.^_`|~%-]+"
 local function json_media(ctype)
-  local media, rest = ctype:match("^%s*([%w!#$&^_.+%-]+/[%w!#$&^_.+%-]+)%s*(.*)$")
-  if not media or (rest ~= "" and rest:sub(1, 1) ~= ";")
-    or rest:find(",%s*[%w!#$&^_.+%-]+/[%w!#$&^_.+%-]") then
-    return false
-  end
+  local plain = ctype:gsub('"[^"]*"', '""')
+  if plain:find(",", 1, true) then return false end
+  local media, rest = plain:match("^%s*(" .. TOKEN .. "/" .. TOKEN .. ")%s*(.*)$")
+  if not media or (rest ~= "" and rest:sub(1, 1) ~= ";") then return false end
   media = media:lower()
-  return media == "application/json" or media:match("^application/[%w!#$&^_.%-]+%+json$") ~= nil
+  return media == "application/json" or media:match("^application/" .. TOKEN .. "%+json$") ~= nil
 end
 
 -- The body as a JSON object, or an error response.

@@ -161,8 +161,8 @@ local function start(o)
     err = dir .. "/stderr", out = dir .. "/stdout", pidf = dir .. "/pid", rcf = dir .. "/rc",
     key = not o.no_key and MASTER or nil, workers = o.workers or 1 }
   write(srv.cfg, o.config or main_config(o))
-  local cmd = ("SERVE_SPEC_MASTER=%s %s serve --config %s --port 0 --workers %d --log %s %s")
-    :format(q(MASTER), BIN, q(srv.cfg), srv.workers, q(srv.log), o.args or "")
+  local cmd = ("%s SERVE_SPEC_MASTER=%s %s serve --config %s --port 0 --workers %d --log %s %s")
+    :format(o.env or "", q(MASTER), BIN, q(srv.cfg), srv.workers, q(srv.log), o.args or "")
   -- the wrapper records the pid and, once the server is gone, its exit code
   os.execute(("(%s </dev/null >%s 2>%s & echo $! >%s; wait $!; echo $? >%s) >/dev/null 2>&1 &")
     :format(cmd, q(srv.out), q(srv.err), q(srv.pidf), q(srv.rcf)))
@@ -798,6 +798,12 @@ timeout 10 cat <&3
     match(out, "Host header", "says why")
     match(raw("GET /health/liveliness HTTP/1.0\r\n\r\n"), "^HTTP/1%.[01] 200",
       "HTTP/1.0 needs none")
+    match(raw("GET /health/liveliness HTTP/1.2\r\nConnection: close\r\n\r\n"),
+      "^HTTP/1%.1 400", "a later 1.x needs one too")
+    out = raw("GET /health/liveliness HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close"
+      .. "\r\n\r\n")
+    match(out, "^HTTP/1%.1 400", "two Host headers")
+    match(out, "more than one Host", "says why")
     out = raw("HEAD /health/liveliness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     match(out, "^HTTP/1%.1 200", "HEAD where GET is")
     ok(not out:find("alive", 1, true), "and no body")
@@ -811,6 +817,9 @@ timeout 10 cat <&3
     is_error(post(srv, "/rerank", SEED, { ctype = "application/jsonx" }), 415)
     is_error(post(srv, "/rerank", SEED, { ctype = "text/plain, application/json" }), 415)
     is_error(post(srv, "/rerank", SEED, { ctype = "application/json, text/plain" }), 415)
+    is_error(post(srv, "/rerank", SEED, { ctype = "application/json;a=b, */*" }), 415)
+    rerank_ok(post(srv, "/rerank", SEED, { ctype = 'application/json; charset="utf-8,a/b"' }),
+      "a comma inside a quoted parameter")
     rerank_ok(post(srv, "/rerank", SEED, { ctype = "application/vnd.api+json" }), "+json")
     rerank_ok(post(srv, "/rerank", SEED, { ctype = "Application/JSON" }), "any case")
     -- a null counts as absent, also for a key the gateway refuses
@@ -903,6 +912,38 @@ test("serve_fallback_answers_and_the_log_line_shows_it_without_secrets", functio
     local n = 0
     for _, line in ipairs(log_lines(srv)) do if line.route then n = n + 1 end end
     ok(n >= 5, "a line per request")
+  end)
+end)
+
+-- Keys the config does not spell out are secrets too: a provider's key variable (used by a
+-- deployment without api_key) and a credential header's value, with or without its scheme.
+test("serve_keys_from_provider_variables_and_credential_headers_never_reach_the_log", function()
+  local implicit, header, bearer = "nvapi-implicit-4711", "hdr-secret-0815", "tok-bearer-2342"
+  local config = main_config({ more_models = ([[
+  - model_name: implicit-key
+    litellm_params:
+      model: nvidia_nim/nvidia/llama-nemotron-rerank-1b-v2
+      api_base: os.environ/FAKE_URL
+  - model_name: with-headers
+    litellm_params:
+      model: nvidia_nim/nvidia/llama-nemotron-rerank-1b-v2
+      api_base: os.environ/FAKE_URL
+      api_key: os.environ/FAKE_KEY
+      headers: { X-Upstream-Token: %s, Proxy-Authorization: "Bearer %s" }
+]]):format(header, bearer) })
+  with_server({ config = config, env = "NVIDIA_NIM_API_KEY=" .. implicit }, function(srv)
+    for _, secret in ipairs({ implicit, header, bearer }) do
+      is_error(post(srv, "/rerank", { model = "x-" .. secret, query = "q", documents = { "a" } },
+        { headers = { "x-request-id: " .. secret } }), 404)
+    end
+    stop(srv)
+    for _, f in ipairs({ srv.log, srv.err, srv.out }) do
+      local text = read(f) or ""
+      for _, secret in ipairs({ implicit, header, bearer }) do
+        ok(not text:find(secret, 1, true), secret .. " in " .. f)
+      end
+    end
+    match(read(srv.log) or "", "x%-%[redacted%]", "logged redacted")
   end)
 end)
 
