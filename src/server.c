@@ -563,7 +563,7 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
         h->bad = "a header name holds a character a name may not have (white space before "
                  "its colon?)";
     if (value && memchr(value, '\r', value_size)) h->bad = "a header value holds a CR byte";
-    if (key_size == 4 && strncasecmp(key, "Host", 4) == 0) h->host = 1;
+    if (key_size == 4 && strncasecmp(key, "Host", 4) == 0) h->host++;
     if (key_size == 14 && strncasecmp(key, "Content-Length", 14) == 0) {
         if (h->cl && (value_size != h->cl_len || memcmp(value, h->cl, value_size) != 0))
             h->bad_cl = 1;
@@ -581,8 +581,10 @@ static const char *head_problem(struct MHD_Connection *c, const char *version) {
     MHD_get_connection_values_n(c, MHD_HEADER_KIND, scan_header, &h);
     if (h.bad_cl) return "two different Content-Length headers";
     if (h.te && h.cl) return "Content-Length and Transfer-Encoding together";
-    if (!h.bad && !h.host && strcmp(version, MHD_HTTP_VERSION_1_1) == 0)
-        return "no Host header (HTTP/1.1 requires one)";
+    /* 1.1 and any later 1.x, which libmicrohttpd takes as 1.1 */
+    int http11 = strncmp(version, "HTTP/1.", 7) == 0 && strcmp(version, MHD_HTTP_VERSION_1_0) != 0;
+    if (!h.bad && h.host > 1) return "more than one Host header";
+    if (!h.bad && !h.host && http11) return "no Host header (HTTP/1.1 requires one)";
     return h.bad;
 }
 
