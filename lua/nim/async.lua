@@ -166,7 +166,11 @@ local function round(wait)
   native.step(wait or 0)
   local t = now()
   for task in pairs(live) do
-    if task.waiting and ready_to_resume(task.waiting) then
+    if task.waiting and coroutine.status(task.co) == "dead" then
+      -- closed from outside the scheduler while it waited: resume() ends it and cancels
+      -- what it waited for now, not when that answers
+      ready[#ready + 1] = task
+    elseif task.waiting and ready_to_resume(task.waiting) then
       ready[#ready + 1] = task
       task.waiting = false
     elseif task.wake_at and task.wake_at <= t then

@@ -203,14 +203,16 @@ test("a_task_whose_coroutine_is_closed_from_outside_ends_cancelled", function()
   local co
   local task = nim.spawn(function()
     co = coroutine.running()
-    return nim.rerank(args(uniq("!delay=300 gpu")))
+    return nim.rerank(args(uniq("!delay=10000 gpu")))
   end)
   nim.run(0.05) -- the task is waiting for its answer
   ok(co and coroutine.close(co), "closed")
-  ok(pcall(nim.run, 5), "nim.run does not raise")
+  local t0 = nim.now()
+  ok(pcall(nim.run, 20), "nim.run does not raise")
   local res, err = task:wait(5)
   eq(res, nil, "no result")
   eq(err.type, "cancelled", "cancelled")
+  ok(nim.now() - t0 < 5, "its transfer was cancelled, not waited for (10 s)")
 end)
 
 test("close_and_gc_cancel_pending_requests", function()
