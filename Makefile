@@ -13,9 +13,9 @@ DESTDIR  ?=
 
 LUA_DIR  := $(PREFIX)/share/lua/5.4
 PKGS     := lua5.4 lua5.4-cjson
-# build-essential: the C compiler and make are not assumed (without Recommends, none of the
-# others brings a compiler).
-DEB_PKGS := pkg-config build-essential liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev \
+# gcc, libc6-dev, make: the C compiler is not assumed (without Recommends, none of the others
+# brings one); named singly, not as build-essential, which an image may lack while having them.
+DEB_PKGS := pkg-config gcc libc6-dev make liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson-dev \
             lua-cjson libmicrohttpd-dev libhiredis-dev lua-yaml curl luarocks nettle-dev \
             redis-server
 # Only for the documentation: the man page (`make man`, `make install`) and the benchmark plots

@@ -42,8 +42,8 @@ drive() {
     BENCH_BODY="$TMP/body.json" BENCH_KEY=$KEY wrk -t 1 -c 1 -d "${2}s" -s "$TMP/post.lua" \
         "http://127.0.0.1:$1/rerank" >"$TMP/wrk.out" 2>&1
     awk '/^DONE/ {print $2}' "$TMP/wrk.out" >"$TMP/reqs"
-    ! grep -q "Non-2xx" "$TMP/wrk.out" || { echo "answers that were not 200:" >&2; \
-        cat "$TMP/wrk.out" >&2; exit 1; }
+    ! grep -Eq "Non-2xx|Socket errors" "$TMP/wrk.out" || { echo "answers that were not 200:" \
+        >&2; cat "$TMP/wrk.out" >&2; exit 1; }
 }
 for D in ${SHORT:-10} ${LONG:-30}; do
     # (a) nimrank serve, one worker
@@ -62,6 +62,7 @@ for D in ${SHORT:-10} ${LONG:-30}; do
     W=$(ps -o pid= --ppid $SV | tr -d ' ')
     drive "$NIM" "$D"
     kill $SV; wait $SV 2>/dev/null || true
+    unstarted $SV
     profile "$TMP/cg.$W.out" # the worker writes its profile as it exits
     echo "$(cat "$TMP/reqs") $(awk '/^(summary|totals):/ {print $2; exit}' "$TMP/cg.$W.out")" \
         >>"$TMP/ir.nimrank"
@@ -100,6 +101,7 @@ EOF
     # (one in each run, so it cancels out as the probe does)
     kill $NG; curl -s -o /dev/null --max-time 5 "http://127.0.0.1:$NGX/rerank" || true
     wait $NG 2>/dev/null || true
+    unstarted $NG
     profile "$TMP/ngx.$NG.out"
     echo "$(cat "$TMP/reqs") $(awk '/^(summary|totals):/ {print $2; exit}' "$TMP/ngx.$NG.out")" \
         >>"$TMP/ir.nginx"

@@ -178,6 +178,7 @@ counted() {
             --timeout 30s -s "$TMP/post.lua" "http://127.0.0.1:$HP/rerank" >"$TMP/wrk.out" 2>&1
         kill $SP
         wait $HPID 2>/dev/null || true
+        unstarted $HPID
         reqs=$(awk '/^RESULT/ {print $2}' "$TMP/wrk.out")
         if [ "$tool" = callgrind ]; then
             echo "$reqs $(awk '/^(summary|totals):/ {print $2; exit}' "$TMP"/cg.*.out)" \

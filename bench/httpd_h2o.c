@@ -51,7 +51,10 @@ static void waiting_gone(void *p) {
 
 static int on_rerank(h2o_handler_t *self, h2o_req_t *req) {
     (void)self;
-    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) return -1; /* 404 */
+    /* POST /rerank exactly (the path conf matches its prefix); anything else is 404 */
+    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST")) ||
+        !h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/rerank")))
+        return -1;
     body_bytes += req->entity.len; /* the whole body, in h2o's buffer */
     waiting *w = h2o_mem_alloc_shared(&req->pool, sizeof *w, waiting_gone);
     memset(w, 0, sizeof *w);

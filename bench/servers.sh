@@ -9,6 +9,9 @@ PIDS=""
 # Every server is started in this shell (never inside $(...), where its PID would be lost)
 # and stopped however the script ends; nimrank's workers are found through their parent.
 started() { PIDS="$PIDS $1"; [ -z "$BENCH_PIDS" ] || echo "$1" >>"$BENCH_PIDS"; }
+# unstarted PID: a server stopped and waited for leaves the list, so the exit trap never
+# signals its number again (by then another process's) or that process's children.
+unstarted() { PIDS=$(echo " $PIDS " | sed "s/ $1 / /g"); }
 alive() { for p in "$@"; do ! kill -0 "$p" 2>/dev/null || return 0; done; return 1; }
 stop() {
     kids=""
