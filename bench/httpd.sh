@@ -43,15 +43,7 @@ done
 canned_upstream "$MODEL_PATH-10/reranking $TMP/answer10.json" \
     "$MODEL_PATH-100/reranking $TMP/answer100.json" \
     "/rerank-10 $TMP/answer10.json" "/rerank-100 $TMP/answer100.json"
-cat >"$TMP/config.yaml" <<EOF
-model_list:
-  - model_name: bench-10
-    litellm_params: { model: nvidia_nim/nvidia/bench-10, api_base: "http://127.0.0.1:$UP/v1" }
-  - model_name: bench-100
-    litellm_params: { model: nvidia_nim/nvidia/bench-100, api_base: "http://127.0.0.1:$UP/v1" }
-general_settings:
-  master_key: $KEY
-EOF
+gateway_config "$TMP/config.yaml" 10 100
 WORKERS=1
 start_nimrank # $NIM
 

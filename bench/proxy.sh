@@ -66,15 +66,7 @@ wait_http "http://127.0.0.1:$NGX/" $! || { cat "$TMP/ngx/proxy.err" >&2; exit 1;
 pick_port; NIM=$PORT
 NIM_OK=""
 if "$BUILD/nimrank" serve --help >/dev/null 2>&1; then
-    cat >"$TMP/config.yaml" <<EOF
-model_list:
-  - model_name: bench-10
-    litellm_params: { model: nvidia_nim/nvidia/bench-10, api_base: "http://127.0.0.1:$UP/v1" }
-  - model_name: bench-100
-    litellm_params: { model: nvidia_nim/nvidia/bench-100, api_base: "http://127.0.0.1:$UP/v1" }
-general_settings:
-  master_key: $KEY
-EOF
+    gateway_config "$TMP/config.yaml" 10 100
     : >"$TMP/serve.err" # there before the first look at it
     "$BUILD/nimrank" serve --config "$TMP/config.yaml" --host 127.0.0.1 --port "$NIM" \
         --workers "$WORKERS" --log "$TMP/serve.log" \

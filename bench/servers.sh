@@ -1,7 +1,7 @@
 # servers.sh: sourced by the gateway benches (proxy.sh, proxy_rss.sh, soak.sh, cache.sh,
-# gateway_ir.sh). Raises the open-file limit, makes $TMP, and stops every server recorded with
-# started() however the script ends; pick_port, wait_http, the RSS/PSS of a process tree, and
-# canned_upstream.
+# gateway_ir.sh, httpd.sh). Raises the open-file limit, makes $TMP, and stops every server
+# recorded with started() however the script ends; pick_port, wait_http, the RSS/PSS of a
+# process tree, canned_upstream and gateway_config.
 # 1000 connections in, as many out, plus the upstream's: more descriptors than the default.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 TMP=$(mktemp -d)
@@ -75,6 +75,23 @@ EOF
     nginx -p "$TMP/ngx" -e "$TMP/ngx/up.err" -c "$TMP/ngx/up.conf" -g 'daemon off;' &
     started $!
     wait_http "http://127.0.0.1:$UP/" $! || { cat "$TMP/ngx/up.err" >&2; exit 1; }
+}
+
+# gateway_config FILE N...: the gateway's config of the benches: a model bench-N on the canned
+# upstream ($UP) for each N, and the master key $KEY.
+gateway_config() {
+    f=$1
+    shift
+    {
+        echo "model_list:"
+        for n in "$@"; do
+            echo "  - model_name: bench-$n"
+            printf '    litellm_params: { model: nvidia_nim/nvidia/bench-%s, ' "$n"
+            printf 'api_base: "http://127.0.0.1:%s/v1" }\n' "$UP"
+        done
+        echo "general_settings:"
+        echo "  master_key: $KEY"
+    } >"$f"
 }
 
 # canned_upstream "PATH FILE" ...: the fake NIM the gateway benches put behind their targets,
