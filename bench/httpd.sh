@@ -73,7 +73,7 @@ for N in 10 100; do
     done
 done
 
-{ wrk_post; cat <<'EOF'; } >"$TMP/post.lua"
+{ wrk_post; cat <<'EOF'; wrk_result; } >"$TMP/post.lua"
 -- With LIMIT set, a counted run: after that many answers the thread stops and wrk is told to
 -- end (SIGINT, as from the keyboard; its main thread otherwise sleeps out -d). From a
 -- background job: system() ignores SIGINT in wrk while its shell runs.
@@ -86,11 +86,6 @@ if limit then
       os.execute("(sleep 0.1; kill -INT $PPID) >/dev/null 2>&1 &")
     end
   end
-end
-function done(s, lat)
-  local e = s.errors
-  io.write(("RESULT %d %.6f %d %d %d\n"):format(s.requests, s.duration / 1e6,
-    lat:percentile(50), lat:percentile(99), e.status + e.connect + e.read + e.write + e.timeout))
 end
 EOF
 url() { # target docs

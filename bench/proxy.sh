@@ -82,13 +82,7 @@ if "$BUILD/nimrank" serve --help >/dev/null 2>&1; then
     fi
 fi
 
-{ wrk_post; cat <<'EOF'; } >"$TMP/post.lua"
-function done(s, lat)
-  local e = s.errors
-  io.write(("RESULT %d %.6f %d %d %d\n"):format(s.requests, s.duration / 1e6,
-    lat:percentile(50), lat:percentile(99), e.status + e.connect + e.read + e.write + e.timeout))
-end
-EOF
+{ wrk_post; wrk_result; } >"$TMP/post.lua"
 url() { # target docs
     case $1 in
     direct) echo "http://127.0.0.1:$UP$MODEL_PATH-$2/reranking" ;;

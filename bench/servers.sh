@@ -175,3 +175,13 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
 EOF
 }
+# wrk_result: wrk's done() for the timed benches: "RESULT requests seconds p50_us p99_us errors".
+wrk_result() {
+    cat <<'EOF'
+function done(s, lat)
+  local e = s.errors
+  io.write(("RESULT %d %.6f %d %d %d\n"):format(s.requests, s.duration / 1e6,
+    lat:percentile(50), lat:percentile(99), e.status + e.connect + e.read + e.write + e.timeout))
+end
+EOF
+}
