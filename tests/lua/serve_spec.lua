@@ -758,14 +758,23 @@ head -n 1 <&3
   end)
 end)
 
-test("serve_heads_that_could_smuggle_a_request_are_400", function()
-  with_server({}, function(srv)
-    local probe = srv.dir .. "/smuggle.sh"
+-- raw(srv, text): text written to the server's port byte for byte (printf %b: no % is a
+-- format); what came back.
+local function raw(srv, text)
+  local probe = srv.dir .. "/raw.sh"
+  if not srv.raw_probe then
     write(probe, [[
 exec 3<>/dev/tcp/127.0.0.1/$1 || exit 1
-printf "POST /rerank HTTP/1.1\r\nHost: x\r\n$2\r\nConnection: close\r\n\r\n0\r\n\r\n" >&3
+printf '%b' "$2" >&3
 timeout 10 cat <&3
 ]])
+    srv.raw_probe = true
+  end
+  return sh(("bash %s %s %s 2>/dev/null"):format(q(probe), srv.port, q(text)))
+end
+
+test("serve_heads_that_could_smuggle_a_request_are_400", function()
+  with_server({}, function(srv)
     local cases = {
       { "Content-Length: 5\r\nContent-Length: 59", "two different Content%-Length" },
       { "Content-Length: 5\r\nTransfer-Encoding: chunked", "Content%-Length and Transfer" },
@@ -775,7 +784,8 @@ timeout 10 cat <&3
       { "Content-Length: 5\r\nTransfer-Encoding : chunked", "white space before its colon" },
     }
     for _, c in ipairs(cases) do
-      local out = sh(("bash %s %s %s 2>/dev/null"):format(q(probe), srv.port, q(c[1])))
+      local out = raw(srv, "POST /rerank HTTP/1.1\r\nHost: x\r\n" .. c[1]
+        .. "\r\nConnection: close\r\n\r\n0\r\n\r\n")
       match(out, "^HTTP/1%.1 400", c[1])
       match(out, c[2], c[1] .. ": says why")
     end
@@ -785,31 +795,24 @@ end)
 
 test("serve_http_details_host_head_nul_in_the_path_media_types_and_nulls", function()
   with_server({}, function(srv)
-    local probe = srv.dir .. "/head.sh"
-    write(probe, [[
-exec 3<>/dev/tcp/127.0.0.1/$1 || exit 1
-printf "$2" >&3
-timeout 10 cat <&3
-]])
-    local function raw(text) return sh(("bash %s %s %s 2>/dev/null"):format(q(probe), srv.port,
-      q(text))) end
-    local out = raw("GET /health/liveliness HTTP/1.1\r\nConnection: close\r\n\r\n")
+    local out = raw(srv, "GET /health/liveliness HTTP/1.1\r\nConnection: close\r\n\r\n")
     match(out, "^HTTP/1%.1 400", "HTTP/1.1 without Host")
     match(out, "Host header", "says why")
-    match(raw("GET /health/liveliness HTTP/1.0\r\n\r\n"), "^HTTP/1%.[01] 200",
+    match(raw(srv, "GET /health/liveliness HTTP/1.0\r\n\r\n"), "^HTTP/1%.[01] 200",
       "HTTP/1.0 needs none")
-    match(raw("GET /health/liveliness HTTP/1.2\r\nConnection: close\r\n\r\n"),
+    match(raw(srv, "GET /health/liveliness HTTP/1.2\r\nConnection: close\r\n\r\n"),
       "^HTTP/1%.1 400", "a later 1.x needs one too")
-    out = raw("GET /health/liveliness HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close"
+    out = raw(srv, "GET /health/liveliness HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close"
       .. "\r\n\r\n")
     match(out, "^HTTP/1%.1 400", "two Host headers")
     match(out, "more than one Host", "says why")
-    out = raw("HEAD /health/liveliness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    out = raw(srv, "HEAD /health/liveliness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     match(out, "^HTTP/1%.1 200", "HEAD where GET is")
     ok(not out:find("alive", 1, true), "and no body")
-    match(raw("GET /health/liveliness%00x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    match(raw(srv, "GET /health/liveliness%00x HTTP/1.1\r\nHost: x\r\nConnection: close"
+      .. "\r\n\r\n"),
       "^HTTP/1%.1 404", "%00 in a path is not cut there")
-    local allow = raw("POST /health/liveliness HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+    local allow = raw(srv, "POST /health/liveliness HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
       .. "Connection: close\r\n\r\n")
     match(allow, "^HTTP/1%.1 405", "POST where GET is")
     match(allow, "[Aa]llow: GET, HEAD", "Allow names HEAD too")
