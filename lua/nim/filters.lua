@@ -2,14 +2,10 @@
 -- list whose entries are a name ("dedupe"), a one-key table ({min_score = 0.5}), or a
 -- function (results, ctx) -> results. Users add named filters with register(name, fn).
 local nim = require "nim"
--- nim.config (the config parser, the largest module) loads on first use: a program that
--- reads no config does not compile it at start-up (docs/architecture.md, start-up).
--- Here for config.budget, the instruction budget's rule.
-local config = setmetatable({}, { __index = function(t, k)
-  local m = require "nim.config"
-  setmetatable(t, { __index = m }) -- from now on a table lookup, no call
-  return m[k]
-end })
+-- The instruction budget's rule is nim.config's (config.budget), required where it is used:
+-- the config parser, the largest module, is not compiled at start-up by a program that runs
+-- no filter (docs/architecture.md, start-up).
+local function budget() return require("nim.config").budget() end
 
 local M = {}
 
@@ -126,7 +122,7 @@ function M.check(pipeline, where, fail, show)
   where, fail, show = where or "filters", fail or fail_plain, show or quoted
   if pipeline == nil then return end
   if type(pipeline) ~= "table" then fail(where, "expected a list") end
-  if pipeline[1] ~= nil then config.budget() end -- the budget they will run on
+  if pipeline[1] ~= nil then budget() end -- the budget they will run on
   for i, f in ipairs(pipeline) do
     local p = ("%s[%d]"):format(where, i)
     local name, arg
@@ -163,7 +159,7 @@ function M.apply(res, pipeline, ctx)
     end
     -- a filter (perhaps a config script's) runs on an instruction budget: a runaway one is
     -- stopped with an error naming it instead of hanging the call
-    local out = nim.native.budget(config.budget(), label, fn, results, ctx, arg)
+    local out = nim.native.budget(budget(), label, fn, results, ctx, arg)
     if type(out) ~= "table" then
       error(("filters[%d]: a filter must return the results list"):format(i), 0)
     end
